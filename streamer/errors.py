@@ -20,3 +20,7 @@ class ResourceExhausted(DetectError):
 
 class AlreadyExists(DetectError):
     code = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(DetectError):
+    code = "FAILED_PRECONDITION"

@@ -1,0 +1,132 @@
+"""Python client: `Client(addr).detect(metrics)` for one batch, `Client(addr).stream(batches)` for a stream.
+
+Metrics may be given as `pb.Metric` messages, as `(name, value)` or `(name, value, time)` tuples (time a
+datetime, or None), or as plain values with one `name=`.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Iterable, Iterator, NamedTuple, Sequence
+
+import grpc
+
+from streamer.pb import outliers_pb2 as pb
+from streamer.pb import outliers_pb2_grpc
+
+Mode = pb.Mode
+
+
+class Outlier(NamedTuple):
+    index: int     # position in the batch
+    name: str
+    value: float
+    mean: float    # what the value was judged against
+    stddev: float
+    zscore: float
+
+
+class Result(NamedTuple):
+    indices: list[int]        # positions of the outliers in the batch, ascending
+    outliers: list[Outlier]   # details, in the order of indices
+    batch: int                # streams: 0-based number of the request this answers
+
+    @classmethod
+    def from_response(cls, resp: pb.OutliersResponse) -> "Result":
+        return cls(list(resp.indices),
+                   [Outlier(o.index, o.name, o.value, o.mean, o.stddev, o.zscore) for o in resp.outliers],
+                   resp.batch)
+
+
+class ClientError(Exception):
+    """A call failed; `code` is the grpc.StatusCode and the message is the server's."""
+
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+def to_metrics(metrics=None, *, values: Iterable[float] | None = None, name: str = "value") -> list[pb.Metric]:
+    """Messages for `metrics` (Metric or (name, value[, time]) tuples) or for plain `values` of one `name`."""
+    if values is not None:
+        return [pb.Metric(name=name, value=float(v)) for v in values]
+    out = []
+    for m in metrics or ():
+        if isinstance(m, pb.Metric):
+            out.append(m)
+            continue
+        metric = pb.Metric(name=m[0], value=float(m[1]))
+        if len(m) > 2 and m[2] is not None:
+            t = m[2]
+            metric.time.FromDatetime(t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc))
+        out.append(metric)
+    return out
+
+
+def make_options(threshold: float | None = None, warmup: int | None = None, mode: int | None = None,
+                 alpha: float | None = None, exclude_outliers: bool = False) -> pb.DetectOptions | None:
+    """DetectOptions with the given fields (None = the server's default), or None if all are defaults."""
+    fields = dict(threshold=threshold, warmup=warmup, mode=mode, alpha=alpha,
+                  exclude_outliers=exclude_outliers or None)
+    fields = {k: v for k, v in fields.items() if v is not None}
+    return pb.DetectOptions(**fields) if fields else None
+
+
+class Client:
+    """A channel to a streamer server. Use as a context manager, or call close()."""
+
+    def __init__(self, addr: str = "localhost:9999", timeout: float | None = 30.0, max_message_mb: int = 64):
+        limit = max_message_mb * 1024 * 1024
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(addr, options=[("grpc.max_send_message_length", limit),
+                                                             ("grpc.max_receive_message_length", limit)])
+        self._stub = outliers_pb2_grpc.OutliersStub(self._channel)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def detect(self, metrics=None, *, values: Iterable[float] | None = None, name: str = "value",
+               threshold: float | None = None, timeout: float | None = None) -> Result:
+        """Judge one batch on its own (unary Detect): per name, values beyond k stddev of the batch mean."""
+        request = pb.OutliersRequest(metrics=to_metrics(metrics, values=values, name=name),
+                                     options=make_options(threshold=threshold))
+        try:
+            return Result.from_response(self._stub.Detect(request, timeout=timeout or self.timeout))
+        except grpc.RpcError as exc:
+            raise ClientError(exc.code(), exc.details()) from None
+
+    def stream(self, batches: Iterable[Sequence], *, session: str = "", options: pb.DetectOptions | None = None,
+               timeout: float | None = None) -> Iterator[Result]:
+        """DetectStream: send each batch (a sequence of metrics) as it comes, yield each batch's Result.
+
+        Batches are sent from grpc's own thread as fast as the iterator gives them; results arrive in order.
+        `session` continues that session's baselines; `options` (see make_options) hold for the whole stream.
+        `timeout` is the deadline of the whole stream (default: none).
+        """
+        def requests() -> Iterator[pb.OutliersRequest]:
+            first = True
+            for batch in batches:
+                req = batch if isinstance(batch, pb.OutliersRequest) else pb.OutliersRequest(
+                    metrics=to_metrics(batch))
+                if first:
+                    if session:
+                        req.session = session
+                    if options is not None:
+                        req.options.CopyFrom(options)
+                    first = False
+                yield req
+
+        call = self._stub.DetectStream(requests(), timeout=timeout)
+        try:
+            for resp in call:
+                yield Result.from_response(resp)
+        except grpc.RpcError as exc:
+            raise ClientError(exc.code(), exc.details()) from None
+        finally:
+            call.cancel()  # a consumer that stops early ends the stream on the server too

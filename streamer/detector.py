@@ -1,0 +1,192 @@
+"""The pipeline: request bytes -> columns -> series state -> kernels -> response bytes.
+
+Validation happens before any state is touched, so a rejected batch leaves the state exactly as it was.
+No grpc here: failures are DetectError subclasses, mapped to status codes by service.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from streamer import kernels
+from streamer.errors import (AlreadyExists, DetectError, FailedPrecondition, InvalidArgument,
+                             ResourceExhausted)
+from streamer.series import SeriesLimitError, SeriesTable
+from streamer.state import (MODE_CUMULATIVE, MODE_EXPONENTIAL, MODE_NAMES, SeriesState, Session,
+                            SessionError, SessionRegistry)
+from streamer.wire import Columns, Options, WireError, decode_request, encode_response
+
+MAX_NAME_BYTES = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Defaults:
+    """Server-wide defaults, used for every zero field of DetectOptions, and limits."""
+
+    threshold: float = 2.0
+    warmup: int = 10
+    mode: int = MODE_CUMULATIVE
+    alpha: float = 0.05
+    max_series: int = 100_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    """DetectOptions with the defaults filled in and checked."""
+
+    threshold: float
+    warmup: int
+    mode: int
+    alpha: float
+    exclude_outliers: bool
+
+
+def resolve(options: Options | None, defaults: Defaults, where: str) -> Params:
+    """Fill zero fields from `defaults`; raise InvalidArgument naming the field for values out of range."""
+    o = options or Options()
+    if math.isnan(o.threshold) or o.threshold < 0 or math.isinf(o.threshold):
+        raise InvalidArgument(f"{where}: options.threshold must be a finite number >= 0, got {o.threshold}")
+    if o.mode not in (0, MODE_CUMULATIVE, MODE_EXPONENTIAL):
+        raise InvalidArgument(f"{where}: options.mode {o.mode} is not a known Mode")
+    if o.alpha != 0 and not 0 < o.alpha <= 1:  # also rejects NaN
+        raise InvalidArgument(f"{where}: options.alpha must be in (0, 1], got {o.alpha}")
+    return Params(threshold=o.threshold or defaults.threshold,
+                  warmup=o.warmup or defaults.warmup,
+                  mode=o.mode or defaults.mode,
+                  alpha=o.alpha or defaults.alpha,
+                  exclude_outliers=o.exclude_outliers)
+
+
+def _decode(buf: bytes, where: str) -> Columns:
+    try:
+        cols = decode_request(buf)
+    except WireError as exc:
+        raise InvalidArgument(f"{where}: {exc}") from None
+    too_long = np.flatnonzero(cols.name_len > MAX_NAME_BYTES)
+    if len(too_long):
+        i = int(too_long[0])
+        raise InvalidArgument(f"{where}, metric {i}: name is {int(cols.name_len[i])} bytes, "
+                              f"over the limit of {MAX_NAME_BYTES} bytes")
+    return cols
+
+
+def _intern(table: SeriesTable, cols: Columns, where: str) -> np.ndarray:
+    try:
+        return table.intern(cols.buf, cols.name_start, cols.name_len)
+    except SeriesLimitError as exc:
+        raise ResourceExhausted(f"{where}, metric {exc.index}: the series limit of {exc.limit} series "
+                                f"(--max-series) is reached; the batch was not applied") from None
+
+
+class _Scratch:
+    """Output buffers for the kernels, grown as batches grow and reused across a stream's batches."""
+
+    def __init__(self) -> None:
+        self.resize(0)
+
+    def resize(self, n: int) -> None:
+        self.idx = np.empty(n, dtype=np.int32)
+        self.mean = np.empty(n, dtype=np.float64)
+        self.std = np.empty(n, dtype=np.float64)
+        self.z = np.empty(n, dtype=np.float64)
+
+    def ensure(self, n: int) -> None:
+        if len(self.idx) < n:
+            self.resize(max(n, 2 * len(self.idx)))
+
+    def encode(self, batch: int, k: int, cols: Columns, ids: np.ndarray, table: SeriesTable) -> bytes:
+        idx = self.idx[:k]
+        names = [table.name(s) for s in ids[idx].tolist()]
+        return encode_response(batch, idx, names, cols.values[idx], self.mean[:k], self.std[:k], self.z[:k])
+
+
+def detect(buf: bytes, defaults: Defaults) -> bytes:
+    """Unary Detect: judge one batch on its own, per metric name, against that name's batch mean and stddev."""
+    where = "request"
+    cols = _decode(buf, where)
+    params = resolve(cols.options, defaults, where)
+    table = SeriesTable(defaults.max_series)
+    ids = _intern(table, cols, where)
+    scratch = _Scratch()
+    scratch.ensure(len(cols))
+    k = kernels.detect_batch(ids, cols.values, len(table), params.threshold,
+                             scratch.idx, scratch.mean, scratch.std, scratch.z)
+    return scratch.encode(0, k, cols, ids, table)
+
+
+class StreamDetector:
+    """One DetectStream call: its options, its state (private or a session's) and its batch counter.
+
+    Options and session come from the first request. A later request may repeat them or leave them out; one
+    that names other options or another session is rejected, since a stream's state is judged by one rule.
+    """
+
+    def __init__(self, defaults: Defaults, sessions: SessionRegistry):
+        self.defaults = defaults
+        self.sessions = sessions
+        self.batch = 0
+        self.options: Options | None = None
+        self.params: Params | None = None
+        self.session: Session | None = None
+        self.state: SeriesState | None = None
+        self._session_name = ""
+        self._scratch = _Scratch()
+
+    def process(self, buf: bytes) -> bytes:
+        """Answer one request of the stream; raise DetectError (state untouched) if it cannot be applied."""
+        where = f"batch {self.batch}"
+        cols = _decode(buf, where)
+        if self.state is None:
+            self._start(cols, where)
+        else:
+            self._check_same(cols, where)
+        state, params = self.state, self.params
+        ids = _intern(state.table, cols, where)
+        state.reserve(len(state.table))
+        n = len(cols)
+        self._scratch.ensure(n)
+        s = self._scratch
+        if params.mode == MODE_EXPONENTIAL:
+            k = kernels.ewm_update(ids, cols.values, state.count, state.mean, state.spread, params.alpha,
+                                   params.threshold, params.warmup, params.exclude_outliers,
+                                   s.idx, s.mean, s.std, s.z)
+        else:
+            k = kernels.welford_update(ids, cols.values, state.count, state.mean, state.spread,
+                                       params.threshold, params.warmup, params.exclude_outliers,
+                                       s.idx, s.mean, s.std, s.z)
+        out = s.encode(self.batch, k, cols, ids, state.table)
+        self.batch += 1
+        return out
+
+    def _start(self, cols: Columns, where: str) -> None:
+        params = resolve(cols.options, self.defaults, where)
+        if cols.session:
+            try:
+                self.session = self.sessions.attach(cols.session, params.mode)
+            except SessionError as exc:
+                error = {"busy": AlreadyExists, "mode": FailedPrecondition, "full": ResourceExhausted}[exc.kind]
+                raise error(f"{where}: {exc}") from None
+            self.state = self.session.state
+        else:
+            self.state = SeriesState(params.mode, self.defaults.max_series)
+        self.options, self.params, self._session_name = cols.options, params, cols.session
+
+    def _check_same(self, cols: Columns, where: str) -> None:
+        if cols.options is not None and cols.options != self.options:
+            raise InvalidArgument(f"{where}: options differ from the stream's first request ({self.options}); "
+                                  f"a stream keeps one set of options, open a new stream to change them")
+        if cols.session and cols.session != self._session_name:
+            raise InvalidArgument(f"{where}: session {cols.session!r} differs from the stream's session "
+                                  f"{self._session_name!r}")
+
+    def close(self) -> None:
+        """Detach from the session (it stays for its TTL) or drop the private state."""
+        if self.session is not None:
+            self.sessions.detach(self.session)
+            self.session = None
+        self.state = None
+
+
+__all__ = ["Defaults", "Params", "StreamDetector", "detect", "resolve", "DetectError", "MODE_NAMES"]

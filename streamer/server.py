@@ -1,0 +1,109 @@
+"""Server lifecycle: compile the kernels, register the services, start, report health, stop gracefully."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from streamer import detector, kernels, wire
+from streamer.service import SERVICE_NAME, OutliersService
+from streamer.state import SessionRegistry
+
+log = logging.getLogger("streamer")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything `streamer serve` takes; every field has the default the CLI shows."""
+
+    host: str = "[::]"
+    port: int = 9999
+    defaults: detector.Defaults = detector.Defaults()
+    max_message_mb: int = 64
+    grace_seconds: float = 5.0
+    session_ttl: float = 600.0
+    max_sessions: int = 10_000
+
+
+class StreamerServer:
+    """A grpc.aio server with Outliers, health and reflection; `start()` returns once it answers."""
+
+    def __init__(self, config: Config = Config()):
+        self.config = config
+        self.sessions = SessionRegistry(config.session_ttl, config.max_sessions, config.defaults.max_series)
+        self.health = health.aio.HealthServicer()
+        self.port: int | None = None
+        self._server: grpc.aio.Server | None = None
+        self._sweeper: asyncio.Task | None = None
+
+    async def start(self) -> int:
+        # Compile before listening: the first request must not pay seconds of JIT, and health must not say
+        # SERVING before the kernels can run.
+        kernels.compile_all()
+        if hasattr(wire, "compile_all"):
+            wire.compile_all()
+        limit = self.config.max_message_mb * 1024 * 1024
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", limit),  # larger requests: RESOURCE_EXHAUSTED
+            ("grpc.max_send_message_length", limit),
+            # Ping idle connections so a collector that vanished without closing frees its session.
+            ("grpc.keepalive_time_ms", 60_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ])
+        server.add_generic_rpc_handlers((OutliersService(self.config.defaults, self.sessions).handler(),))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server)
+        self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.config.host}:{self.config.port}")
+        await server.start()
+        self._server = server
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._sweeper = asyncio.create_task(self._sweep_sessions())
+        return self.port
+
+    async def _sweep_sessions(self) -> None:
+        interval = min(max(self.config.session_ttl / 4, 0.05), 30.0)
+        while True:
+            await asyncio.sleep(interval)
+            dropped = self.sessions.sweep()
+            if dropped:
+                log.info("dropped %d idle session(s) after %.0f s", dropped, self.config.session_ttl)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop taking calls; calls in flight get `grace` seconds to finish, then are cancelled."""
+        if self._server is None:
+            return
+        await self.health.enter_graceful_shutdown()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self._server.stop(self.config.grace_seconds if grace is None else grace)
+        self._server = None
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    server = StreamerServer(config)
+    port = await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("streamer ready on %s:%d (threshold %g, warmup %d, mode %s)", config.host, port,
+             config.defaults.threshold, config.defaults.warmup, detector.MODE_NAMES[config.defaults.mode])
+    await stop.wait()
+    log.info("stopping: no new calls; calls in flight have %.1f s to finish", config.grace_seconds)
+    await server.stop()
+    log.info("stopped")

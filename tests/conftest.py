@@ -1,0 +1,126 @@
+"""Fixtures: real streamer servers on free loopback ports, in-process (own event loop thread) or via the CLI."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import pytest
+
+from streamer.pb import outliers_pb2_grpc
+from streamer.server import Config, StreamerServer
+
+READY = re.compile(r"ready on (\S+):(\d+)")
+
+
+class InProcessServer:
+    """A StreamerServer running on its own asyncio loop in a background thread."""
+
+    def __init__(self, config: Config):
+        self.server = StreamerServer(config)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.port = self.call(self.server.start())
+        self.addr = f"127.0.0.1:{self.port}"
+
+    def call(self, coro, timeout: float = 60):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self, grace: float = 0) -> None:
+        self.call(self.server.stop(grace))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture(scope="session")
+def make_server():
+    """Factory: make_server(**config_fields) -> a started InProcessServer on 127.0.0.1, stopped at the end."""
+    servers = []
+
+    def make(**fields) -> InProcessServer:
+        fields.setdefault("host", "127.0.0.1")
+        fields.setdefault("port", 0)
+        server = InProcessServer(dataclasses.replace(Config(), **fields))
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def server(make_server):
+    """One shared in-process server with the default settings."""
+    return make_server()
+
+
+@pytest.fixture
+def channel(server):
+    with grpc.insecure_channel(server.addr) as ch:
+        yield ch
+
+
+@pytest.fixture
+def stub(channel):
+    return outliers_pb2_grpc.OutliersStub(channel)
+
+
+class CliServer:
+    """`python -m streamer serve` as a subprocess, on a free port; stderr is collected in `log`."""
+
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamer", "serve", "--host", "127.0.0.1", "--port", "0", *args],
+            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.log: list[str] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            self.log.append(line)
+            match = READY.search(line)
+            if match:
+                self.port = int(match.group(2))
+                self.addr = f"127.0.0.1:{self.port}"
+                threading.Thread(target=self._drain, daemon=True).start()
+                return
+        self.proc.kill()
+        raise RuntimeError("streamer serve did not get ready:\n" + "".join(self.log))
+
+    def _drain(self) -> None:
+        for line in self.proc.stderr:
+            self.log.append(line)
+
+    def terminate(self, sig=signal.SIGTERM, timeout: float = 30) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def cli_server():
+    servers = []
+
+    def start(*args: str) -> CliServer:
+        s = CliServer(*args)
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.close()
