@@ -1,0 +1,253 @@
+"""Numba kernels: per-series batch statistics, Welford and exponentially weighted running state, Chan merge.
+
+Arrays and scalars in, arrays and counts out: no grpc, no protobuf, no logging, no per-metric Python objects.
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+# Every kernel writes its flagged metrics compactly: positions 0..k-1 of idx_out (int32 metric positions,
+# ascending), mean_out / std_out (the statistics the value was judged against) and z_out (signed z-score),
+# and returns k. The out arrays must be at least as long as `values`.
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _zscore(diff, std):
+    # (x - mean) / std, with std 0 meaning "any difference is infinitely far": +-inf, and 0 (not NaN) for
+    # x == mean. Explicit because numba's default error model raises ZeroDivisionError on x / 0.0.
+    if std > 0.0:
+        return diff / std
+    if diff > 0.0:
+        return math.inf
+    if diff < 0.0:
+        return -math.inf
+    return 0.0
+
+
+@numba.njit(nogil=True, cache=True)
+def _check_batch(ids, values, n_series, idx_out, mean_out, std_out, z_out):
+    # Checked up front, before any state is written: numba does no bounds checking, so an id outside the
+    # state arrays would silently corrupt memory, and raising half way through would leave a batch half
+    # applied. One pass over the ids; small next to the kernels' own pass.
+    n = len(values)
+    if len(ids) != n:
+        raise ValueError("ids and values must have the same length")
+    if len(idx_out) < n or len(mean_out) < n or len(std_out) < n or len(z_out) < n:
+        raise ValueError("the out arrays must be at least as long as values")
+    for i in range(n):
+        if ids[i] < 0 or ids[i] >= n_series:
+            raise ValueError("a series id is outside the state arrays")
+
+
+@numba.njit(nogil=True, cache=True)
+def detect_batch(ids, values, n_series, threshold, idx_out, mean_out, std_out, z_out):
+    """Unary Detect: flag finite x with |x - mean| > threshold * std, mean and std per series over the batch.
+
+    Population statistics over each series' finite values only (NaN and +-Inf neither count nor get
+    flagged). Two passes: the mean, then the squared deviations from it, with the correction term of the
+    "corrected two-pass algorithm" (Chan, Golub & LeVeque 1983) that absorbs the rounding error of the first
+    pass. The first pass sums x - (the series' first finite value) rather than x, so a series on a large
+    offset (1e9 with unit noise) keeps its digits, and a constant series gets exactly mean = x, std = 0.
+    Returns the number flagged; see the module comment for the out arrays.
+    """
+    _check_batch(ids, values, n_series, idx_out, mean_out, std_out, z_out)
+    n = len(values)
+    count = np.zeros(n_series, dtype=np.int64)
+    shift = np.zeros(n_series, dtype=np.float64)
+    total = np.zeros(n_series, dtype=np.float64)
+    for i in range(n):
+        x = values[i]
+        if not math.isfinite(x):
+            continue
+        s = ids[i]
+        if count[s] == 0:
+            shift[s] = x
+        count[s] += 1
+        total[s] += x - shift[s]
+    mean = np.empty(n_series, dtype=np.float64)
+    for s in range(n_series):
+        mean[s] = shift[s] + total[s] / count[s] if count[s] > 0 else 0.0
+    dev = np.zeros(n_series, dtype=np.float64)
+    sq = np.zeros(n_series, dtype=np.float64)
+    for i in range(n):
+        x = values[i]
+        if not math.isfinite(x):
+            continue
+        s = ids[i]
+        d = x - mean[s]
+        dev[s] += d
+        sq[s] += d * d
+    std = np.empty(n_series, dtype=np.float64)
+    for s in range(n_series):
+        if count[s] > 0:
+            m2 = sq[s] - dev[s] * dev[s] / count[s]
+            std[s] = math.sqrt(m2 / count[s]) if m2 > 0.0 else 0.0
+        else:
+            std[s] = 0.0
+    k = 0
+    for i in range(n):
+        x = values[i]
+        if not math.isfinite(x):
+            continue
+        s = ids[i]
+        d = x - mean[s]
+        if abs(d) > threshold * std[s]:
+            idx_out[k] = i
+            mean_out[k] = mean[s]
+            std_out[k] = std[s]
+            z_out[k] = _zscore(d, std[s])
+            k += 1
+    return k
+
+
+@numba.njit(nogil=True, cache=True)
+def welford_update(ids, values, count, mean, m2, threshold, warmup, exclude_outliers,
+                   idx_out, mean_out, std_out, z_out):
+    """MODE_CUMULATIVE: score each value against its series' running state, then add it (Welford 1962).
+
+    In order, per metric: a finite x is flagged when its series has taken in >= max(warmup, 2) values and
+    |x - mean| > threshold * sqrt(M2 / count) (population stddev); then x is added unless exclude_outliers
+    and x was flagged. Non-finite values are skipped. count (int64), mean and m2 (float64) are the state,
+    indexed by the ids and updated in place. Returns the number flagged; see the module comment.
+    """
+    _check_batch(ids, values, min(len(count), len(mean), len(m2)), idx_out, mean_out, std_out, z_out)
+    need = max(warmup, 2)
+    k = 0
+    for i in range(len(values)):
+        x = values[i]
+        if not math.isfinite(x):
+            continue
+        s = ids[i]
+        c = count[s]
+        mu = mean[s]
+        flagged = False
+        if c >= need:
+            std = math.sqrt(m2[s] / c)
+            d = x - mu
+            if abs(d) > threshold * std:
+                flagged = True
+                idx_out[k] = i
+                mean_out[k] = mu
+                std_out[k] = std
+                z_out[k] = _zscore(d, std)
+                k += 1
+        if flagged and exclude_outliers:
+            continue
+        # Welford's update: M2 grows by delta * (x - new mean), a sum of products of small deviations, so a
+        # series on a large offset loses no digits (unlike sum(x^2) - n * mean^2).
+        c += 1
+        delta = x - mu
+        mu += delta / c
+        count[s] = c
+        mean[s] = mu
+        m2[s] += delta * (x - mu)
+    return k
+
+
+@numba.njit(nogil=True, cache=True)
+def ewm_update(ids, values, count, mean, var, alpha, threshold, warmup, exclude_outliers,
+               idx_out, mean_out, std_out, z_out):
+    """MODE_EXPONENTIAL: like welford_update, with an exponentially weighted mean and variance (Finch 2009).
+
+    The newest value has weight alpha (0 < alpha <= 1). A series' first value sets mean = x, var = 0; after
+    that diff = x - mean; incr = alpha * diff; mean += incr; var = (1 - alpha) * (var + diff * incr), and
+    stddev = sqrt(var). count (int64) is only the number of values taken in, for the warmup. Returns the
+    number flagged; see the module comment.
+    """
+    _check_batch(ids, values, min(len(count), len(mean), len(var)), idx_out, mean_out, std_out, z_out)
+    need = max(warmup, 2)
+    k = 0
+    for i in range(len(values)):
+        x = values[i]
+        if not math.isfinite(x):
+            continue
+        s = ids[i]
+        c = count[s]
+        mu = mean[s]
+        flagged = False
+        if c >= need:
+            std = math.sqrt(var[s])
+            d = x - mu
+            if abs(d) > threshold * std:
+                flagged = True
+                idx_out[k] = i
+                mean_out[k] = mu
+                std_out[k] = std
+                z_out[k] = _zscore(d, std)
+                k += 1
+        if flagged and exclude_outliers:
+            continue
+        count[s] = c + 1
+        if c == 0:
+            mean[s] = x
+            var[s] = 0.0
+        else:
+            # Finch 2009, "Incremental calculation of weighted mean and variance", section 9: the variance
+            # is updated from deviations, never from E[x^2] - E[x]^2.
+            diff = x - mu
+            incr = alpha * diff
+            mean[s] = mu + incr
+            var[s] = (1.0 - alpha) * (var[s] + diff * incr)
+    return k
+
+
+@numba.njit(nogil=True, cache=True)
+def chan_merge(count_a, mean_a, m2_a, count_b, mean_b, m2_b):
+    """Elementwise merge of two MODE_CUMULATIVE states into the state of both inputs' values together.
+
+    Chan, Golub & LeVeque 1979 ("Updating formulae and a pairwise algorithm for computing sample
+    variances"): n = na + nb; delta = mean_b - mean_a; mean = mean_a + delta * nb / n;
+    M2 = M2_a + M2_b + delta^2 * na * nb / n. An empty side returns the other unchanged. Returns new arrays
+    (count, mean, m2). Exponentially weighted states have no such merge: their weights depend on order.
+    """
+    n = len(count_a)
+    if len(mean_a) != n or len(m2_a) != n or len(count_b) != n or len(mean_b) != n or len(m2_b) != n:
+        raise ValueError("chan_merge: all six arrays must have the same length")
+    count = np.empty(n, dtype=np.int64)
+    mean = np.empty(n, dtype=np.float64)
+    m2 = np.empty(n, dtype=np.float64)
+    for s in range(n):
+        na = count_a[s]
+        nb = count_b[s]
+        if nb == 0:
+            count[s] = na
+            mean[s] = mean_a[s]
+            m2[s] = m2_a[s]
+        elif na == 0:
+            count[s] = nb
+            mean[s] = mean_b[s]
+            m2[s] = m2_b[s]
+        else:
+            c = na + nb
+            delta = mean_b[s] - mean_a[s]
+            count[s] = c
+            mean[s] = mean_a[s] + delta * (nb / c)
+            m2[s] = m2_a[s] + m2_b[s] + delta * delta * (na * (nb / c))
+    return count, mean, m2
+
+
+def compile_all() -> None:
+    """Run every kernel once on tiny arrays, so JIT compilation (or loading numba's cache) happens now.
+
+    Uses the argument types the service passes: int64 ids, float64 values, a Python float threshold and
+    alpha, a Python int warmup and a Python bool exclude_outliers. Other types would compile again on
+    first use, so callers should keep to these.
+    """
+    ids = np.zeros(2, dtype=np.int64)
+    values = np.array([1.0, 2.0])
+    idx = np.empty(2, dtype=np.int32)
+    out = [np.empty(2, dtype=np.float64) for _ in range(3)]
+    count = np.zeros(1, dtype=np.int64)
+    mean = np.zeros(1, dtype=np.float64)
+    spread = np.zeros(1, dtype=np.float64)
+    detect_batch(ids, values, 1, 2.0, idx, *out)
+    welford_update(ids, values, count, mean, spread, 2.0, 2, False, idx, *out)
+    count[:] = 0
+    ewm_update(ids, values, count, mean, spread, 0.05, 2.0, 2, False, idx, *out)
+    chan_merge(count, mean, spread, count, mean, spread)
+
+
+__all__ = ["detect_batch", "welford_update", "ewm_update", "chan_merge", "compile_all"]
