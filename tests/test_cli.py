@@ -28,7 +28,7 @@ def cli_addr():
 def classic_rows():
     values = np.random.default_rng(0).uniform(0, 40, 1000)
     values[[7, 113, 835]] = [97.3, 92.1, 93.2]
-    return [(f"2026-11-23T10:{i // 60 % 60:02d}:{i % 60:02d}Z", "CPU", v) for i, v in enumerate(values)]
+    return [(f"2026-11-23T10:{i // 60 % 60:02d}:{i % 60:02d}Z", "CPU", v) for i, v in enumerate(values.tolist())]
 
 
 def test_detect_csv(cli_addr, tmp_path):
