@@ -162,6 +162,9 @@ class StreamDetector:
 
     def _start(self, cols: Columns, where: str) -> None:
         params = resolve(cols.options, self.defaults, where)
+        if len(cols.session.encode()) > MAX_NAME_BYTES:
+            raise InvalidArgument(f"{where}: session name is {len(cols.session.encode())} bytes, over the "
+                                  f"limit of {MAX_NAME_BYTES} bytes")
         if cols.session:
             try:
                 self.session = self.sessions.attach(cols.session, params.mode)
