@@ -1,0 +1,298 @@
+"""DetectStream end to end through real servers: semantics vs the naive reference, sessions, atomic
+rejection, cancellation, deadlines, many streams."""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import grpc
+import numpy as np
+import pytest
+
+import naive
+from streamer.client import Client, ClientError, make_options
+from streamer.detector import Defaults
+from streamer.pb import outliers_pb2 as pb
+from streamer.pb import outliers_pb2_grpc
+
+CUM, EXP = pb.MODE_CUMULATIVE, pb.MODE_EXPONENTIAL
+
+
+def random_batches(seed: int, n_batches: int = 12, size: int = 200, names: int = 6, offset: float = 0.0):
+    """Batches of (name, value) with interleaved names, spikes, NaN/Inf and one constant series."""
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(n_batches):
+        which = rng.integers(0, names, size)
+        values = offset + rng.normal(0, 1, size) * (1 + which)
+        spikes = rng.random(size) < 0.03
+        values[spikes] += rng.choice([-1, 1], spikes.sum()) * 12 * (1 + which[spikes])
+        values[rng.random(size) < 0.01] = np.nan
+        values[rng.random(size) < 0.005] = np.inf
+        values[which == names - 1] = offset + 5.0  # a constant series
+        batches.append([(f"series-{w}", float(v)) for w, v in zip(which, values)])
+    return batches
+
+
+def reference(batches, *, mode=CUM, threshold=2.0, warmup=10, alpha=0.05, exclude=False, state=None):
+    """Per batch: (indices, mean, std, z) from tests/naive.py's loop reference."""
+    state = state if state is not None else {}
+    step = naive.welford_stream if mode == CUM else naive.ewm_stream
+    out = []
+    for batch in batches:
+        out.append(step(batch, state, threshold=threshold, warmup=warmup, alpha=alpha, exclude=exclude))
+    return out
+
+
+def assert_matches(results, expected):
+    assert len(results) == len(expected)
+    for n, (got, (idx, mean, std, z)) in enumerate(zip(results, expected)):
+        assert got.batch == n
+        assert got.indices == idx, f"batch {n}"
+        np.testing.assert_allclose([o.mean for o in got.outliers], mean, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose([o.stddev for o in got.outliers], std, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose([o.zscore for o in got.outliers], z, rtol=1e-7)
+
+
+CASES = [
+    dict(mode=CUM), dict(mode=CUM, exclude=True), dict(mode=CUM, warmup=2), dict(mode=CUM, threshold=3.0),
+    dict(mode=EXP, alpha=0.1), dict(mode=EXP, alpha=0.3, exclude=True), dict(mode=EXP, alpha=1.0, warmup=3),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("seed,offset", [(11, 0.0), (12, 1e9)])
+def test_stream_matches_naive_reference(server, case, seed, offset):
+    batches = random_batches(seed, offset=offset)
+    opts = make_options(threshold=case.get("threshold"), warmup=case.get("warmup"), mode=case["mode"],
+                        alpha=case.get("alpha"), exclude_outliers=case.get("exclude", False))
+    with Client(server.addr) as client:
+        results = list(client.stream(batches, options=opts, timeout=60))
+    expected = reference(batches, **case)
+    assert sum(len(e[0]) for e in expected) > 10, "the stream must contain outliers to mean anything"
+    assert_matches(results, expected)
+
+
+def test_constant_series_flags_any_change_with_infinite_z(server):
+    batches = [[("c", 5.0)] * 10, [("c", 5.0), ("c", 5.0000001), ("c", 4.0)]]
+    with Client(server.addr) as client:  # exclude_outliers: both changes are judged against the constant
+        results = list(client.stream(batches, options=make_options(warmup=2, exclude_outliers=True),
+                                     timeout=30))
+    assert results[0].indices == []
+    assert results[1].indices == [1, 2]
+    assert [o.zscore for o in results[1].outliers] == [np.inf, -np.inf]
+    assert [o.stddev for o in results[1].outliers] == [0.0, 0.0]
+
+
+def test_defaults_come_from_server_flags(make_server):
+    s = make_server(defaults=Defaults(threshold=1.0, warmup=3, mode=EXP, alpha=0.5))
+    batches = random_batches(21, n_batches=4)
+    with Client(s.addr) as client:
+        results = list(client.stream(batches, timeout=30))
+    assert_matches(results, reference(batches, mode=EXP, threshold=1.0, warmup=3, alpha=0.5))
+
+
+def test_session_resumes_across_streams(server):
+    session = f"resume-{uuid.uuid4()}"
+    batches = random_batches(31, n_batches=8)
+    expected = reference(batches)
+    with Client(server.addr) as client:
+        first = list(client.stream(batches[:5], session=session, timeout=30))
+        second = list(client.stream(batches[5:], session=session, timeout=30))
+        private = list(client.stream(batches[5:], timeout=30))
+    assert_matches(first, expected[:5])
+    # batch numbers restart with each stream; flags continue the session's baselines
+    assert [r.batch for r in second] == [0, 1, 2]
+    assert [r.indices for r in second] == [e[0] for e in expected[5:]]
+    assert [r.indices for r in private] != [r.indices for r in second]
+
+
+def test_a_spike_right_after_reconnecting_is_flagged(server):
+    session = f"spike-{uuid.uuid4()}"
+    calm = [[("cpu", 50.0 + (i % 5) * 0.1)] for i in range(30)]
+    with Client(server.addr) as client:
+        list(client.stream(calm, session=session, options=make_options(warmup=20), timeout=30))
+    with Client(server.addr) as client:  # a new channel: the collector restarted
+        (result,) = client.stream([[("cpu", 95.0)]], session=session, options=make_options(warmup=20),
+                                  timeout=30)
+    assert result.indices == [0] and result.outliers[0].zscore > 100
+
+
+def _open_stream(addr, session, gate: threading.Event, seen: list):
+    def requests():
+        yield pb.OutliersRequest(session=session, metrics=[pb.Metric(name="a", value=1)])
+        gate.wait(30)
+    with grpc.insecure_channel(addr) as channel:
+        for response in outliers_pb2_grpc.OutliersStub(channel).DetectStream(requests(), timeout=60):
+            seen.append(response.batch)
+
+
+def test_second_stream_on_an_open_session_is_already_exists(server):
+    session = f"busy-{uuid.uuid4()}"
+    gate, seen = threading.Event(), []
+    holder = threading.Thread(target=_open_stream, args=(server.addr, session, gate, seen))
+    holder.start()
+    try:
+        for _ in range(300):
+            if seen:
+                break
+            time.sleep(0.05)
+        assert seen == [0]
+        with Client(server.addr) as client:
+            with pytest.raises(ClientError) as err:
+                list(client.stream([[("a", 1.0)]], session=session, timeout=10))
+        assert err.value.code == grpc.StatusCode.ALREADY_EXISTS
+        assert session in err.value.details
+    finally:
+        gate.set()
+        holder.join(30)
+    with Client(server.addr) as client:  # once the first stream has ended, the session is free again
+        assert len(_retry_stream(client, [[("a", 1.0)]], session)) == 1
+
+
+def _retry_stream(client, batches, session, **kw):
+    """The server frees a session when it sees the previous stream end, which can lag the client by a moment."""
+    for _ in range(100):
+        try:
+            return list(client.stream(batches, session=session, timeout=10, **kw))
+        except ClientError as exc:
+            if exc.code != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+            time.sleep(0.05)
+    raise AssertionError("session never freed")
+
+
+def _stream_until_error(client, batches, session="", **kw):
+    results = []
+    with pytest.raises(ClientError) as err:
+        for r in client.stream(batches, session=session, timeout=30, **kw):
+            results.append(r)
+    return results, err.value
+
+
+@pytest.mark.parametrize("bad", ["long_name", "series_limit", "options_change"])
+def test_rejected_batch_is_not_applied(make_server, bad):
+    s = make_server(defaults=Defaults(max_series=6))
+    batches = random_batches(41, n_batches=6, names=5)
+    probe = random_batches(42, n_batches=2, names=5)
+    poison = [("series-0", 1e6), ("series-1", -1e6), ("series-2", 3e5)]
+    if bad == "long_name":
+        poison.append(("x" * 1025, 1.0))
+    elif bad == "series_limit":
+        poison += [("new-1", 1.0), ("new-2", 2.0)]  # 5 + 2 > 6
+    bad_request = pb.OutliersRequest(metrics=[pb.Metric(name=n, value=v) for n, v in poison])
+    if bad == "options_change":
+        bad_request.options.threshold = 5.0
+    session = f"atomic-{bad}-{uuid.uuid4()}"
+    with Client(s.addr) as client:
+        results, err = _stream_until_error(client, [*batches, bad_request, *probe], session=session)
+        assert [r.batch for r in results] == list(range(len(batches)))  # every earlier batch was answered
+        code, where = {"long_name": (grpc.StatusCode.INVALID_ARGUMENT, "batch 6, metric 3"),
+                       "series_limit": (grpc.StatusCode.RESOURCE_EXHAUSTED, "batch 6, metric 4"),
+                       "options_change": (grpc.StatusCode.INVALID_ARGUMENT, "batch 6")}[bad]
+        assert err.code == code and where in err.details, err.details
+        after = _retry_stream(client, probe, session)
+    expected = reference([*batches, *probe])[len(batches):]
+    assert [r.indices for r in after] == [e[0] for e in expected]
+    np.testing.assert_allclose([o.mean for r in after for o in r.outliers],
+                               [m for e in expected for m in e[1]], rtol=1e-12)
+
+
+@pytest.mark.parametrize("options,field", [
+    (pb.DetectOptions(threshold=-2), "options.threshold"), (pb.DetectOptions(alpha=1.5), "options.alpha"),
+    (pb.DetectOptions(mode=7), "options.mode"),
+])
+def test_bad_options_end_the_stream_with_invalid_argument(server, options, field):
+    with Client(server.addr) as client:
+        results, err = _stream_until_error(client, [[("a", 1.0)]], options=options)
+    assert results == [] and err.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "batch 0" in err.details and field in err.details
+
+
+def test_session_mode_cannot_change(server):
+    session = f"mode-{uuid.uuid4()}"
+    with Client(server.addr) as client:
+        list(client.stream([[("a", 1.0)]], session=session, options=make_options(mode=CUM), timeout=10))
+        _, err = _stream_until_error(client, [[("a", 1.0)]], session=session, options=make_options(mode=EXP))
+    assert err.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_idle_session_expires_after_ttl(make_server):
+    s = make_server(session_ttl=0.2)
+    session = f"ttl-{uuid.uuid4()}"
+    with Client(s.addr) as client:
+        list(client.stream([[("a", 1.0)]], session=session, timeout=10))
+        assert len(s.server.sessions) == 1
+        for _ in range(100):
+            if len(s.server.sessions) == 0:
+                break
+            time.sleep(0.05)
+        assert len(s.server.sessions) == 0
+
+
+@pytest.mark.parametrize("end", ["cancel", "deadline"])
+def test_cancel_and_deadline_free_the_session(server, end):
+    session = f"{end}-{uuid.uuid4()}"
+    gate = threading.Event()
+
+    def requests():
+        yield pb.OutliersRequest(session=session, metrics=[pb.Metric(name="a", value=1)])
+        gate.wait(20)
+
+    with grpc.insecure_channel(server.addr) as channel:
+        call = outliers_pb2_grpc.OutliersStub(channel).DetectStream(
+            requests(), timeout=0.5 if end == "deadline" else 30)
+        assert next(call).batch == 0
+        if end == "cancel":
+            call.cancel()
+        with pytest.raises(grpc.RpcError) as err:
+            next(call)
+        assert err.value.code() == {"cancel": grpc.StatusCode.CANCELLED,
+                                    "deadline": grpc.StatusCode.DEADLINE_EXCEEDED}[end]
+    gate.set()
+    with Client(server.addr) as client:
+        assert len(_retry_stream(client, [[("a", 1.0)]], session)) == 1
+    assert not server.server.sessions._sessions[session].open
+
+
+def test_fifty_concurrent_streams_each_answered_correctly(server):
+    errors, done = [], []
+
+    def one(seed):
+        try:
+            batches = random_batches(seed, n_batches=6, size=100)
+            with Client(server.addr) as client:
+                results = list(client.stream(batches, timeout=120))
+            assert_matches(results, reference(batches))
+            done.append(seed)
+        except Exception as exc:  # noqa: BLE001 - reported below with its seed
+            errors.append((seed, repr(exc)))
+
+    threads = [threading.Thread(target=one, args=(1000 + i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert errors == [] and len(done) == 50
+
+
+def _proc_status(pid):
+    fields = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status"))
+    return int(fields["Threads"]), int(fields["VmRSS"].split()[0])
+
+
+def test_a_thousand_short_streams_leave_threads_and_memory_flat(cli_server):
+    s = cli_server()
+    batch = [("cpu", 1.0), ("cpu", 2.0), ("mem", 3.0)]
+    with Client(s.addr) as client:
+        def burst(n):
+            for i in range(n):
+                list(client.stream([batch, batch], session=f"short-{i % 7}" if i % 2 else "", timeout=10))
+        burst(200)  # warm up: allocator pools, grpc threads, caches
+        threads0, rss0 = _proc_status(s.proc.pid)
+        burst(1000)
+        threads1, rss1 = _proc_status(s.proc.pid)
+    print(f"threads {threads0} -> {threads1}, rss {rss0} -> {rss1} KiB")
+    assert threads1 <= threads0 + 1
+    assert rss1 - rss0 < 20 * 1024
