@@ -6,7 +6,7 @@ datetime, or None), or as plain values with one `name=`.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Iterable, Iterator, NamedTuple, Sequence
+from typing import AsyncIterable, AsyncIterator, Iterable, Iterator, NamedTuple, Sequence
 
 import grpc
 
@@ -72,14 +72,33 @@ def make_options(threshold: float | None = None, warmup: int | None = None, mode
     return pb.DetectOptions(**fields) if fields else None
 
 
+def _channel_options(max_message_mb: int) -> list[tuple[str, int]]:
+    limit = max_message_mb * 1024 * 1024
+    return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+
+
+def _detect_request(metrics, values, name, threshold) -> pb.OutliersRequest:
+    return pb.OutliersRequest(metrics=to_metrics(metrics, values=values, name=name),
+                              options=make_options(threshold=threshold))
+
+
+def _stream_request(batch, first: bool, session: str, options) -> pb.OutliersRequest:
+    """The request for one batch of a stream; the first one carries the session and options."""
+    req = batch if isinstance(batch, pb.OutliersRequest) else pb.OutliersRequest(metrics=to_metrics(batch))
+    if first:
+        if session:
+            req.session = session
+        if options is not None:
+            req.options.CopyFrom(options)
+    return req
+
+
 class Client:
     """A channel to a streamer server. Use as a context manager, or call close()."""
 
     def __init__(self, addr: str = "localhost:9999", timeout: float | None = 30.0, max_message_mb: int = 64):
-        limit = max_message_mb * 1024 * 1024
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(addr, options=[("grpc.max_send_message_length", limit),
-                                                             ("grpc.max_receive_message_length", limit)])
+        self._channel = grpc.insecure_channel(addr, options=_channel_options(max_message_mb))
         self._stub = outliers_pb2_grpc.OutliersStub(self._channel)
 
     def __enter__(self) -> "Client":
@@ -94,8 +113,7 @@ class Client:
     def detect(self, metrics=None, *, values: Iterable[float] | None = None, name: str = "value",
                threshold: float | None = None, timeout: float | None = None) -> Result:
         """Judge one batch on its own (unary Detect): per name, values beyond k stddev of the batch mean."""
-        request = pb.OutliersRequest(metrics=to_metrics(metrics, values=values, name=name),
-                                     options=make_options(threshold=threshold))
+        request = _detect_request(metrics, values, name, threshold)
         try:
             return Result.from_response(self._stub.Detect(request, timeout=timeout or self.timeout))
         except grpc.RpcError as exc:
@@ -110,17 +128,8 @@ class Client:
         `timeout` is the deadline of the whole stream (default: none).
         """
         def requests() -> Iterator[pb.OutliersRequest]:
-            first = True
-            for batch in batches:
-                req = batch if isinstance(batch, pb.OutliersRequest) else pb.OutliersRequest(
-                    metrics=to_metrics(batch))
-                if first:
-                    if session:
-                        req.session = session
-                    if options is not None:
-                        req.options.CopyFrom(options)
-                    first = False
-                yield req
+            for n, batch in enumerate(batches):
+                yield _stream_request(batch, n == 0, session, options)
 
         call = self._stub.DetectStream(requests(), timeout=timeout)
         try:
@@ -130,3 +139,56 @@ class Client:
             raise ClientError(exc.code(), exc.details()) from None
         finally:
             call.cancel()  # a consumer that stops early ends the stream on the server too
+
+
+class AsyncClient:
+    """The asyncio form of Client: `async with AsyncClient(addr) as c`, `await c.detect(...)`,
+    `async for r in c.stream(batches)` where batches may be an iterable or an async iterable."""
+
+    def __init__(self, addr: str = "localhost:9999", timeout: float | None = 30.0, max_message_mb: int = 64):
+        self.timeout = timeout
+        self._channel = grpc.aio.insecure_channel(addr, options=_channel_options(max_message_mb))
+        self._stub = outliers_pb2_grpc.OutliersStub(self._channel)
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def detect(self, metrics=None, *, values: Iterable[float] | None = None, name: str = "value",
+                     threshold: float | None = None, timeout: float | None = None) -> Result:
+        """Judge one batch on its own (unary Detect); see Client.detect."""
+        request = _detect_request(metrics, values, name, threshold)
+        try:
+            return Result.from_response(await self._stub.Detect(request, timeout=timeout or self.timeout))
+        except grpc.RpcError as exc:
+            raise ClientError(exc.code(), exc.details()) from None
+
+    async def stream(self, batches: Iterable[Sequence] | AsyncIterable[Sequence], *, session: str = "",
+                     options: pb.DetectOptions | None = None,
+                     timeout: float | None = None) -> AsyncIterator[Result]:
+        """DetectStream; see Client.stream. Requests are written as the batches come, answers read as they
+        arrive, so a fast producer is pipelined."""
+        async def requests() -> AsyncIterator[pb.OutliersRequest]:
+            n = 0
+            if hasattr(batches, "__aiter__"):
+                async for batch in batches:
+                    yield _stream_request(batch, n == 0, session, options)
+                    n += 1
+            else:
+                for batch in batches:
+                    yield _stream_request(batch, n == 0, session, options)
+                    n += 1
+
+        call = self._stub.DetectStream(requests(), timeout=timeout)
+        try:
+            async for resp in call:
+                yield Result.from_response(resp)
+        except grpc.RpcError as exc:
+            raise ClientError(exc.code(), exc.details()) from None
+        finally:
+            call.cancel()

@@ -296,3 +296,25 @@ def test_a_thousand_short_streams_leave_threads_and_memory_flat(cli_server):
     print(f"threads {threads0} -> {threads1}, rss {rss0} -> {rss1} KiB")
     assert threads1 <= threads0 + 1
     assert rss1 - rss0 < 20 * 1024
+
+
+def test_async_client_streams_and_detects(server):
+    import asyncio
+
+    from streamer.client import AsyncClient
+
+    batches = random_batches(51, n_batches=5)
+
+    async def produce():
+        for b in batches:
+            yield b
+
+    async def main():
+        async with AsyncClient(server.addr) as client:
+            unary = await client.detect(values=[1, 1, 1, 1, 1, 1, 1, 1, 1, 50])
+            streamed = [r async for r in client.stream(produce(), timeout=30)]
+            return unary, streamed
+
+    unary, streamed = asyncio.run(main())
+    assert unary.indices == [9]
+    assert_matches(streamed, reference(batches))
