@@ -6,6 +6,7 @@ import threading
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
@@ -15,8 +16,8 @@ from streamer.pb import outliers_pb2_grpc
 
 @pytest.mark.parametrize("service", ["", "pb.Outliers"])
 def test_health_is_serving(channel, service):
-    response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
-                                                        timeout=10)
+    request = health_pb2.HealthCheckRequest(service=service)
+    response = health_pb2_grpc.HealthStub(channel).Check(request, timeout=10)
     assert response.status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -30,7 +31,7 @@ def test_reflection_lists_and_describes_the_service(channel):
     db = ProtoReflectionDescriptorDatabase(channel)
     services = set(db.get_services())
     assert {"pb.Outliers", "grpc.health.v1.Health"} <= services
-    pool = __import__("google.protobuf.descriptor_pool", fromlist=["x"]).DescriptorPool(db)
+    pool = descriptor_pool.DescriptorPool(db)
     outliers = pool.FindServiceByName("pb.Outliers")
     assert [m.name for m in outliers.methods] == ["Detect", "DetectStream"]
     assert outliers.methods_by_name["DetectStream"].client_streaming
