@@ -17,7 +17,7 @@ def zscore(diff: float, std: float) -> float:
 
 
 def batch_stats(values: list[float]) -> tuple[float, float]:
-    """Population mean and stddev of the finite values, exactly (statistics works in rationals), then rounded."""
+    """Population mean and stddev of the finite values: exact (statistics uses rationals), then rounded."""
     finite = [x for x in values if math.isfinite(x)]
     if not finite:
         return 0.0, 0.0
@@ -116,7 +116,7 @@ def welford_stream(batch, state, *, threshold=2.0, warmup=10, exclude=False, alp
 
 
 def ewm_stream(batch, state, *, threshold=2.0, warmup=10, exclude=False, alpha=0.05):
-    """DetectStream MODE_EXPONENTIAL on a batch of (name, value) pairs; `state` (a dict) carries over batches."""
+    """DetectStream MODE_EXPONENTIAL on (name, value) pairs; `state` (a dict) carries over batches."""
     return _by_name(ewm_update, batch, state, (alpha, threshold, warmup, exclude))
 
 

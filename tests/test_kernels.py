@@ -321,6 +321,8 @@ def test_stream_kernels_reject_bad_arguments_before_touching_state(kernel):
     with pytest.raises(ValueError):
         fn(np.zeros(3, np.int64), values, *state, *extra, 2.0, 0, False, *outs(2))
     with pytest.raises(ValueError):
+        fn(np.zeros(4, np.int64), values, *state, *extra, 2.0, 0, False, *outs(4))
+    with pytest.raises(ValueError):
         kernels.detect_batch(np.array([0, 1, 2]), values, 2, 2.0, *outs(3))
 
 
