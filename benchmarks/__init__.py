@@ -1,0 +1,1 @@
+"""Benchmark harness: `python -m benchmarks` measures streamer against a baseline and the transport ceiling."""
