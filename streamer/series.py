@@ -1,10 +1,27 @@
 """Series table: metric name bytes -> dense slot numbers (0, 1, 2, ...), with a limit on how many.
 
-Interning a batch is all-or-nothing: if the batch would take the table past its limit, nothing is added.
+An open-addressing hash table (linear probing) over numpy arrays, probed in numba; names live in one byte
+arena. Interning a batch is all-or-nothing: if the batch would take the table past its limit, nothing is added.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
+from numba import njit
+
+from streamer.wire import load_i64, tail_word
+
+_MUL = np.int64(-0x61C8864680B583EB)  # 0x9E3779B97F4A7C15, 2**64 / golden ratio (Knuth's multiplicative hash)
+_EMPTY = -1                             # a free table entry's slot
+_PAD = 8                                # arena bytes past the end, so 8-byte loads of a name's tail stay inside
+
+# what _intern stopped for (besides finishing)
+_DONE = 0
+_GROW_SLOTS = 1
+_GROW_ARENA = 2
+_GROW_TABLE = 3
+_OVER_LIMIT = 4
 
 
 class SeriesLimitError(Exception):
@@ -16,36 +33,194 @@ class SeriesLimitError(Exception):
         self.limit = limit
 
 
-class SeriesTable:
-    """Names of the series seen so far, each with its slot in the state arrays."""
+@njit(nogil=True, cache=True)
+def _hash(b, p, n, seed):
+    """64-bit hash of the n bytes b[p:p+n], a word at a time: multiply, then fold the high half down."""
+    h = seed ^ (n * _MUL)
+    end = p + n
+    while end - p >= 8:
+        h = (h ^ load_i64(b, p)) * _MUL
+        h ^= (h >> 29) & 0x7FFFFFFFF  # logical shift right by 29
+        p += 8
+    if end > p:
+        h = (h ^ tail_word(b, p, end - p)) * _MUL
+        h ^= (h >> 29) & 0x7FFFFFFFF
+    return h * _MUL
 
-    def __init__(self, limit: int):
+
+@njit(nogil=True, cache=True)
+def _same(b, p, arena, q, n):
+    """Whether b[p:p+n] == arena[q:q+n]; the arena is padded, so its tail word is always loadable."""
+    k = 0
+    while n - k >= 8:
+        if load_i64(b, p + k) != load_i64(arena, q + k):
+            return False
+        k += 8
+    if n > k:
+        mask = (np.int64(1) << (8 * (n - k))) - 1
+        return tail_word(b, p + k, n - k) == load_i64(arena, q + k) & mask
+    return True
+
+
+@njit(nogil=True, cache=True)
+def _home(h, shift):
+    """The table entry a hash starts probing at: its top bits (the best mixed ones after a multiply)."""
+    return (h >> shift) & ((np.int64(1) << (64 - shift)) - 1)
+
+
+@njit(nogil=True, cache=True)
+def _intern(b, name_start, name_len, i, ids, table, shift, hashes, offsets, lengths, arena, count, used,
+            limit, seed, hash_mask):
+    """Look up (and add) the names of metrics i, i+1, ... writing their slots to ids.
+
+    table: int64[2 * size] of (hash, slot) pairs, slot -1 when free, size = 2**(64 - shift).
+    Returns (status, i, count, used): _DONE, or where it stopped and why (a full array, or the limit).
+    """
+    n = len(name_start)
+    mask = (len(table) >> 1) - 1
+    while i < n:
+        p = name_start[i]
+        ln = name_len[i]
+        h = _hash(b, p, ln, seed) & hash_mask
+        e = _home(h, shift)
+        while True:
+            slot = table[2 * e + 1]
+            if slot == _EMPTY:
+                break
+            if table[2 * e] == h and lengths[slot] == ln and _same(b, p, arena, offsets[slot], ln):
+                break
+            e = (e + 1) & mask
+        if slot == _EMPTY:
+            if count >= limit:
+                return _OVER_LIMIT, i, count, used
+            if count >= len(offsets):
+                return _GROW_SLOTS, i, count, used
+            if used + ln + _PAD > len(arena):
+                return _GROW_ARENA, i, count, used
+            if 2 * (count + 1) > mask + 1:  # keep the load factor at most 1/2: short probes
+                return _GROW_TABLE, i, count, used
+            slot = count
+            for k in range(ln):
+                arena[used + k] = b[p + k]
+            offsets[slot] = used
+            lengths[slot] = ln
+            hashes[slot] = h
+            table[2 * e] = h
+            table[2 * e + 1] = slot
+            used += ln
+            count += 1
+        ids[i] = slot
+        i += 1
+    return _DONE, i, count, used
+
+
+@njit(nogil=True, cache=True)
+def _rehash(table, shift, hashes, count):
+    """Fill an empty table with slots 0..count-1, in slot order (which _forget relies on)."""
+    mask = (len(table) >> 1) - 1
+    for slot in range(count):
+        h = hashes[slot]
+        e = _home(h, shift)
+        while table[2 * e + 1] != _EMPTY:
+            e = (e + 1) & mask
+        table[2 * e] = h
+        table[2 * e + 1] = slot
+
+
+@njit(nogil=True, cache=True)
+def _forget(table, shift, hashes, first, count):
+    """Remove slots count-1 down to `first` from the table, newest first.
+
+    With linear probing, clearing the newest entry cannot cut another entry's probe path: every entry still
+    present was inserted before it (rehashing inserts in slot order too), when its position was free.
+    """
+    mask = (len(table) >> 1) - 1
+    for slot in range(count - 1, first - 1, -1):
+        e = _home(hashes[slot], shift)
+        while table[2 * e + 1] != slot:
+            e = (e + 1) & mask
+        table[2 * e] = 0
+        table[2 * e + 1] = _EMPTY
+
+
+class SeriesTable:
+    """Names of the series seen so far, each with its slot in the state arrays.
+
+    `capacity` is the starting number of table entries (rounded up to a power of 2, at least 4); `seed`
+    keys the hash (random by default, so a client cannot aim names at one probe chain); `_hash_mask` lets
+    tests force hash collisions (0: every name hashes alike).
+    """
+
+    def __init__(self, limit: int, capacity: int = 64, seed: int | None = None, _hash_mask: int = -1):
         self.limit = limit
-        self._slots: dict[bytes, int] = {}
-        self._names: list[bytes] = []
+        size = 4
+        while size < capacity:
+            size *= 2
+        self._shift = 64 - size.bit_length() + 1
+        self._table = np.zeros(2 * size, dtype=np.int64)
+        self._table[1::2] = _EMPTY
+        self._hashes = np.zeros(size // 2, dtype=np.int64)
+        self._offsets = np.zeros(size // 2, dtype=np.int64)
+        self._lengths = np.zeros(size // 2, dtype=np.int64)
+        self._arena = np.zeros(16 * size + _PAD, dtype=np.uint8)
+        self._count = 0
+        self._used = 0
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little", signed=True)
+        self._seed = np.int64(seed)
+        self._hash_mask = np.int64(_hash_mask)
 
     def __len__(self) -> int:
-        return len(self._names)
+        return self._count
 
-    def intern(self, buf: bytes, name_start: np.ndarray, name_len: np.ndarray) -> np.ndarray:
-        """Slot of each name span in `buf`, adding new names; raise SeriesLimitError and add none if over."""
-        view = memoryview(buf)
+    def intern(self, buf, name_start: np.ndarray, name_len: np.ndarray) -> np.ndarray:
+        """Slot of each name span in `buf` (bytes or uint8 array), adding new names in order of first use.
+
+        Raise SeriesLimitError and add none if the batch would take the table past its limit.
+        """
+        b = buf if isinstance(buf, np.ndarray) else np.frombuffer(buf, dtype=np.uint8)
         ids = np.empty(len(name_start), dtype=np.int64)
-        new: dict[bytes, int] = {}
-        for i, (s, n) in enumerate(zip(name_start.tolist(), name_len.tolist())):
-            key = bytes(view[s:s + n])
-            slot = self._slots.get(key)
-            if slot is None:
-                slot = new.get(key)
-                if slot is None:
-                    slot = len(self._names) + len(new)
-                    if slot >= self.limit:
-                        raise SeriesLimitError(i, self.limit)
-                    new[key] = slot
-            ids[i] = slot
-        self._slots.update(new)
-        self._names.extend(new)
-        return ids
+        first, used0 = self._count, self._used
+        i = 0
+        while True:
+            status, i, self._count, self._used = _intern(
+                b, name_start, name_len, i, ids, self._table, self._shift, self._hashes, self._offsets,
+                self._lengths, self._arena, self._count, self._used, self.limit, self._seed, self._hash_mask)
+            if status == _DONE:
+                return ids
+            if status == _GROW_SLOTS:
+                n = 2 * len(self._offsets)
+                self._hashes, self._offsets, self._lengths = (_grown(a, n) for a in
+                                                              (self._hashes, self._offsets, self._lengths))
+            elif status == _GROW_ARENA:
+                need = self._used + int(name_len[i]) + _PAD
+                self._arena = _grown(self._arena, max(2 * len(self._arena), need))
+            elif status == _GROW_TABLE:
+                self._shift -= 1  # twice the entries, each a (hash, slot) pair of int64s
+                self._table = np.zeros(2 * len(self._table), dtype=np.int64)
+                self._table[1::2] = _EMPTY
+                _rehash(self._table, self._shift, self._hashes, self._count)
+            else:
+                _forget(self._table, self._shift, self._hashes, first, self._count)
+                self._count, self._used = first, used0
+                raise SeriesLimitError(i, self.limit)
 
     def name(self, slot: int) -> bytes:
-        return self._names[slot]
+        if not 0 <= slot < self._count:
+            raise IndexError(f"series slot {slot} out of range (table holds {self._count})")
+        off = int(self._offsets[slot])
+        return self._arena[off:off + int(self._lengths[slot])].tobytes()
+
+    def names(self, slots) -> list[bytes]:
+        """Names of many slots (for tests and logs; the response encoder reads the arrays directly)."""
+        return [self.name(int(s)) for s in slots]
+
+    def name_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(arena, offsets, lengths): slot s's name is arena[offsets[s]:offsets[s] + lengths[s]]."""
+        return self._arena, self._offsets, self._lengths
+
+
+def _grown(a: np.ndarray, n: int) -> np.ndarray:
+    new = np.zeros(n, dtype=a.dtype)
+    new[:len(a)] = a
+    return new

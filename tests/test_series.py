@@ -1,0 +1,158 @@
+"""streamer.series.SeriesTable against a plain dict: slots, growth, forced collisions, the limit and rollback."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from streamer.series import SeriesLimitError, SeriesTable
+
+SEED = 20240611
+
+
+def spans(names: list[bytes], prefix: bytes = b"") -> tuple[bytes, np.ndarray, np.ndarray]:
+    """names laid end to end after `prefix`, as the decoder's (buf, name_start, name_len) columns."""
+    lens = np.array([len(x) for x in names], dtype=np.int64)
+    starts = np.zeros(len(names), dtype=np.int64)
+    if len(names):
+        starts[0] = len(prefix)
+        np.cumsum(lens[:-1], out=starts[1:])
+        starts[1:] += len(prefix)
+    return prefix + b"".join(names), starts, lens
+
+
+class DictTable:
+    """The naive reference: a dict, all-or-nothing by building the new names aside."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.slots: dict[bytes, int] = {}
+
+    def intern(self, names: list[bytes]) -> list[int]:
+        new: dict[bytes, int] = {}
+        out = []
+        for i, name in enumerate(names):
+            slot = self.slots.get(name, new.get(name))
+            if slot is None:
+                slot = len(self.slots) + len(new)
+                if slot >= self.limit:
+                    raise SeriesLimitError(i, self.limit)
+                new[name] = slot
+            out.append(slot)
+        self.slots.update(new)
+        return out
+
+
+def random_names(rng: random.Random, pool: list[bytes], n: int, fresh: float) -> list[bytes]:
+    """n names, a `fresh` fraction new (any bytes, any length 0-40: long ones cross the 8-byte words)."""
+    out = []
+    for _ in range(n):
+        if not pool or rng.random() < fresh:
+            pool.append(bytes(rng.randrange(256) for _ in range(rng.choice([0, 1, 3, 7, 8, 9, 15, 16, 17, 40]))))
+        out.append(rng.choice(pool))
+    return out
+
+
+# hash_mask 0 makes every name hash alike (only the byte comparison tells them apart); 7 leaves 8 hashes
+@pytest.mark.parametrize("hash_mask", [-1, 7, 0])
+@pytest.mark.parametrize("capacity", [1, 64])
+def test_slots_match_a_dict_through_growth(hash_mask, capacity):
+    rng = random.Random(SEED)
+    table = SeriesTable(limit=10 ** 6, capacity=capacity, seed=SEED, _hash_mask=hash_mask)
+    reference = DictTable(10 ** 6)
+    pool: list[bytes] = []
+    for _ in range(30):
+        names = random_names(rng, pool, rng.randrange(0, 60), fresh=0.3)
+        # the names sit at odd offsets of a bigger buffer, as in a request, with bytes after the last one
+        buf, starts, lens = spans(names, prefix=bytes(rng.randrange(256) for _ in range(rng.randrange(9))))
+        ids = table.intern(buf + b"\xff" * rng.randrange(3), starts, lens)
+        assert ids.dtype == np.int64
+        assert ids.tolist() == reference.intern(names)
+    assert len(table) == len(reference.slots) > 100
+    for name, slot in reference.slots.items():
+        assert table.name(slot) == name
+    assert table.names(list(reference.slots.values())) == list(reference.slots)
+
+
+def test_names_at_the_very_end_of_the_buffer():
+    # no bytes after the name: its tail word must be read byte by byte, not past the buffer
+    table = SeriesTable(limit=100, seed=SEED)
+    for n in range(0, 20):
+        name = bytes(range(65, 65 + n))
+        buf = np.frombuffer(name, dtype=np.uint8)
+        ids = table.intern(buf, np.array([0], dtype=np.int64), np.array([n], dtype=np.int64))
+        assert table.name(int(ids[0])) == name
+        again = table.intern(b"xx" + name, np.array([2], dtype=np.int64), np.array([n], dtype=np.int64))
+        assert again.tolist() == ids.tolist()
+
+
+def test_equal_prefixes_are_different_series():
+    table = SeriesTable(limit=100, seed=SEED, _hash_mask=0)
+    names = [b"cpu", b"cpu\x00", b"cp", b"cpu.user.host-0001", b"cpu.user.host-0002", b""]
+    ids = table.intern(*spans(names))
+    assert ids.tolist() == list(range(len(names)))
+    assert table.intern(*spans(names[::-1])).tolist() == list(range(len(names)))[::-1]
+
+
+@pytest.mark.parametrize("hash_mask", [-1, 0])
+def test_the_limit_rejects_the_whole_batch(hash_mask):
+    rng = random.Random(SEED)
+    limit = 50
+    table = SeriesTable(limit=limit, capacity=4, seed=SEED, _hash_mask=hash_mask)
+    reference = DictTable(limit)
+    pool: list[bytes] = []
+    rejected = 0
+    for _ in range(40):
+        names = random_names(rng, pool, rng.randrange(1, 30), fresh=0.25)
+        try:
+            expected = reference.intern(names)
+        except SeriesLimitError as exc:
+            rejected += 1
+            with pytest.raises(SeriesLimitError) as got:
+                table.intern(*spans(names))
+            assert (got.value.index, got.value.limit) == (exc.index, limit)
+            assert f"over the limit of {limit} series" in str(got.value)
+        else:
+            assert table.intern(*spans(names)).tolist() == expected
+        assert len(table) == len(reference.slots)
+        # after a rollback every old name still finds its slot and no new one is there
+        known = list(reference.slots)
+        assert table.intern(*spans(known)).tolist() == list(range(len(known)))
+    assert rejected > 5 and len(table) == limit
+
+
+def test_rollback_after_growing_within_the_batch():
+    table = SeriesTable(limit=100, capacity=4, seed=SEED)
+    old = [b"s%d" % i for i in range(3)]
+    table.intern(*spans(old))
+    too_many = [b"new%d" % i for i in range(200)]  # grows table, slots and arena before hitting the limit
+    with pytest.raises(SeriesLimitError) as exc:
+        table.intern(*spans(too_many))
+    assert exc.value.index == 97
+    assert len(table) == 3
+    # names of the rejected batch are new again, in the order they now come
+    assert table.intern(*spans(old + [b"new50", b"fresh", b"new0"])).tolist() == [0, 1, 2, 3, 4, 5]
+    assert table.names([3, 4, 5]) == [b"new50", b"fresh", b"new0"]
+    assert len(table) == 6
+
+
+def test_limit_zero_and_bad_slots():
+    table = SeriesTable(limit=0)
+    with pytest.raises(SeriesLimitError) as exc:
+        table.intern(*spans([b"a"]))
+    assert exc.value.index == 0
+    assert len(table) == 0
+    assert table.intern(*spans([])).tolist() == []
+    with pytest.raises(IndexError):
+        table.name(0)
+
+
+def test_a_large_table():
+    table = SeriesTable(limit=10 ** 6, seed=SEED)
+    names = [b"host-%06d.cpu" % i for i in range(50_000)]
+    assert table.intern(*spans(names)).tolist() == list(range(50_000))
+    rng = random.Random(SEED)
+    sample = rng.sample(range(50_000), 1000)
+    assert table.intern(*spans([names[i] for i in sample])).tolist() == sample
+    assert table.name(49_999) == b"host-049999.cpu"
