@@ -1,0 +1,287 @@
+// Package testserver starts the real Python streamer server for Go tests, and a TCP proxy that can cut
+// connections; no part of it is a mock of gRPC.
+package testserver
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// StartupTimeout bounds the wait for "ready on HOST:PORT" (the server compiles or loads its numba kernels first).
+const StartupTimeout = 3 * time.Minute
+
+var ready = regexp.MustCompile(`ready on (\S+):(\d+)`)
+
+// Server is one `streamer serve` process on a free loopback port.
+type Server struct {
+	Addr string // "127.0.0.1:PORT"
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	log  strings.Builder // everything the server wrote to stderr
+}
+
+// Log is what the server has written to stderr so far.
+func (s *Server) Log() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.log.String()
+}
+
+// Binary is the server executable: $STREAMER_BIN, else <repo>/.venv/bin/streamer.
+func Binary() (string, error) {
+	if bin := os.Getenv("STREAMER_BIN"); bin != "" {
+		return bin, nil
+	}
+	root, err := RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(root, ".venv", "bin", "streamer"), nil
+}
+
+// RepoRoot is the directory above the Go module (the one holding go.mod), found from the working directory
+// that `go test` gives each package (its own directory).
+func RepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return filepath.Dir(dir), nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("no go.mod above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// Start runs `streamer serve --host 127.0.0.1 --port 0 ARGS...` and waits for it to be ready; the process is
+// killed when the test ends. Without the binary the test is skipped, or fails when $CI is set: in CI a
+// missing server must not turn the cross-language tests into a silent pass.
+func Start(t testing.TB, args ...string) *Server {
+	t.Helper()
+	bin := requireBinary(t)
+	s, err := start(bin, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		s.Stop()
+		if t.Failed() {
+			t.Logf("server log:\n%s", s.Log())
+		}
+	})
+	return s
+}
+
+var shared struct {
+	once sync.Once
+	s    *Server
+	err  error
+}
+
+// Shared is one server with default settings for every test of the package that asks (starting one takes
+// seconds); TestMain calls StopShared after m.Run. A failing test gets the server's log.
+func Shared(t testing.TB) *Server {
+	t.Helper()
+	bin := requireBinary(t)
+	shared.once.Do(func() { shared.s, shared.err = start(bin) })
+	if shared.err != nil {
+		t.Fatal(shared.err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("server log:\n%s", shared.s.Log())
+		}
+	})
+	return shared.s
+}
+
+// StopShared kills the shared server, if one was started.
+func StopShared() {
+	if shared.s != nil {
+		shared.s.Stop()
+	}
+}
+
+func requireBinary(t testing.TB) string {
+	t.Helper()
+	bin, err := Binary()
+	if err == nil {
+		_, err = os.Stat(bin)
+	}
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("streamer server binary: %v (set STREAMER_BIN or run `make`)", err)
+		}
+		t.Skipf("streamer server binary: %v (set STREAMER_BIN or run `make`); skipped outside CI", err)
+	}
+	return bin
+}
+
+func start(bin string, args ...string) (*Server, error) {
+	s := &Server{}
+	s.cmd = exec.Command(bin, append([]string{"serve", "--host", "127.0.0.1", "--port", "0"}, args...)...)
+	s.cmd.Env = append(os.Environ(), "PYTHONUNBUFFERED=1")
+	// If the test binary dies without cleanup, the kernel ends the server too.
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stderr, err := s.cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := s.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	addr := make(chan string, 1)
+	go func() {
+		// Keep reading after "ready" so that the server never blocks on a full stderr pipe.
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 64*1024), 1024*1024)
+		found := false
+		for sc.Scan() {
+			line := sc.Text()
+			s.mu.Lock()
+			s.log.WriteString(line + "\n")
+			s.mu.Unlock()
+			if m := ready.FindStringSubmatch(line); m != nil && !found {
+				found = true
+				addr <- net.JoinHostPort(m[1], m[2])
+			}
+		}
+		close(addr)
+	}()
+	select {
+	case a, ok := <-addr:
+		if ok {
+			s.Addr = a
+			return s, nil
+		}
+		s.Stop()
+		return nil, fmt.Errorf("%s serve exited before it was ready:\n%s", bin, s.Log())
+	case <-time.After(StartupTimeout):
+		s.Stop()
+		return nil, fmt.Errorf("%s serve not ready after %v:\n%s", bin, StartupTimeout, s.Log())
+	}
+}
+
+// Stop kills the server and waits for it.
+func (s *Server) Stop() {
+	if s.cmd.ProcessState == nil {
+		_ = s.cmd.Process.Kill()
+		_ = s.cmd.Wait()
+	}
+}
+
+// Proxy forwards TCP connections from its own loopback port to a target, and can cut them: a network blip
+// as the client sees it (its connection reset at once), with the server side closed only later, as a server
+// that has not yet noticed the loss.
+type Proxy struct {
+	Addr   string
+	target string
+	ln     net.Listener
+	mu     sync.Mutex
+	pairs  map[*pair]struct{} // open forwarded connections, removed by Cut
+	closed bool
+}
+
+// pair is one forwarded connection: client is the accepted side, server the dialled one.
+type pair struct {
+	client, server net.Conn
+	cut            atomic.Bool // set by Cut: the server side is closed by Cut's timer, not by the copiers
+}
+
+// NewProxy listens on a free loopback port and forwards to target; it is closed when the test ends.
+func NewProxy(t testing.TB, target string) *Proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Proxy{Addr: ln.Addr().String(), target: target, ln: ln, pairs: map[*pair]struct{}{}}
+	go p.accept()
+	t.Cleanup(p.Close)
+	return p
+}
+
+func (p *Proxy) accept() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		u, err := net.Dial("tcp", p.target)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		pr := &pair{client: c, server: u}
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			c.Close()
+			u.Close()
+			return
+		}
+		p.pairs[pr] = struct{}{}
+		p.mu.Unlock()
+		go p.copy(pr, u, c)
+		go p.copy(pr, c, u)
+	}
+}
+
+func (p *Proxy) copy(pr *pair, dst, src net.Conn) {
+	_, _ = io.Copy(dst, src)
+	pr.client.Close()
+	if !pr.cut.Load() {
+		pr.server.Close()
+	}
+	p.mu.Lock()
+	delete(p.pairs, pr)
+	p.mu.Unlock()
+}
+
+// Cut resets every client connection now and closes the server side of each after serverDelay; new
+// connections are still accepted.
+func (p *Proxy) Cut(serverDelay time.Duration) {
+	p.mu.Lock()
+	cut := make([]*pair, 0, len(p.pairs))
+	for pr := range p.pairs {
+		cut = append(cut, pr)
+		delete(p.pairs, pr)
+	}
+	p.mu.Unlock()
+	for _, pr := range cut {
+		pr.cut.Store(true)
+		if tc, ok := pr.client.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0) // RST, not FIN: an abrupt loss, as a real blip looks to the client
+		}
+		pr.client.Close()
+		server := pr.server
+		time.AfterFunc(serverDelay, func() { server.Close() })
+	}
+}
+
+// Close stops accepting and closes every connection at once.
+func (p *Proxy) Close() {
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	p.ln.Close()
+	p.Cut(0)
+}
