@@ -25,6 +25,7 @@ MAX_MESSAGE = 64 * 1024 * 1024
 EPOCH = 1_700_000_000  # seconds; the timestamps the requests carry (carried by servers, not scored)
 SPIKE_RATE = 0.005     # share of values that are spikes (the outliers a server should flag)
 QUANTILES = tuple(range(0, 101, 5))  # latency quantiles kept for the distribution plot
+CALL_SLACK = 60.0      # seconds a call may run past the measurement before it counts as hung (deadline)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +82,7 @@ def _cpu_seconds(pid: int) -> float:
 
 async def _stream_pipelined(channel, requests, deadline, window, latencies) -> int:
     """One stream: write requests until the deadline with at most `window` unanswered; returns answers read."""
-    call = channel.stream_stream(PATHS["stream"])()
+    call = channel.stream_stream(PATHS["stream"])(timeout=deadline - time.perf_counter() + CALL_SLACK)
     free = asyncio.Semaphore(window)
 
     async def send() -> None:
@@ -106,7 +107,7 @@ async def _stream_pipelined(channel, requests, deadline, window, latencies) -> i
 
 async def _stream_lockstep(channel, requests, deadline, window, latencies) -> int:
     """One stream: write a request, wait for its answer, repeat until the deadline."""
-    call = channel.stream_stream(PATHS["stream"])()
+    call = channel.stream_stream(PATHS["stream"])(timeout=deadline - time.perf_counter() + CALL_SLACK)
     answers = 0
     while time.perf_counter() < deadline:
         start = time.perf_counter()
@@ -127,7 +128,7 @@ async def _detect_lockstep(channel, requests, deadline, window, latencies) -> in
     answers = 0
     while time.perf_counter() < deadline:
         start = time.perf_counter()
-        await detect(requests[answers % len(requests)], timeout=60)
+        await detect(requests[answers % len(requests)], timeout=CALL_SLACK)
         latencies.append(time.perf_counter() - start)
         answers += 1
     return answers
@@ -142,7 +143,7 @@ async def _detect_pipelined(channel, requests, deadline, window, latencies) -> i
         nonlocal answers
         i = offset
         while time.perf_counter() < deadline:
-            await detect(requests[i % len(requests)], timeout=60)
+            await detect(requests[i % len(requests)], timeout=CALL_SLACK)
             answers += 1
             i += window
     await asyncio.gather(*(one_caller(k) for k in range(window)))

@@ -1,0 +1,77 @@
+"""The servers under test, each in its own process on a free loopback port: streamer, baseline, ceiling."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+READY = re.compile(r"ready on (\S+):(\d+)")
+
+# name -> command (after the interpreter); every one listens on 127.0.0.1 with a port the OS picks and
+# logs "... ready on HOST:PORT" to stderr once it answers.
+COMMANDS = {
+    "ceiling": ["-m", "benchmarks.ceiling_server", "--host", "127.0.0.1", "--port", "0"],
+    "baseline": ["-m", "benchmarks.baseline_server", "--host", "127.0.0.1", "--port", "0"],
+    "streamer": ["-m", "streamer", "serve", "--host", "127.0.0.1", "--port", "0", "--log-level", "info"],
+}
+DESCRIPTIONS = {
+    "ceiling": "grpc.aio, raw bytes in, b\"\" out, no parsing: what the transport and client allow",
+    "baseline": "sync grpc thread pool, generated servicer, values read per metric attribute, 2-sigma rule",
+    "streamer": "streamer serve (grpc.aio, numba wire decoder and kernels)",
+}
+
+
+class ServerProcess:
+    """One server subprocess; its stderr goes to a log file that is searched for the ready line."""
+
+    def __init__(self, name: str, timeout: float = 180.0):
+        self.name = name
+        self.command = [sys.executable, *COMMANDS[name]]
+        self.log_path = Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
+        with open(self.log_path, "w") as log:
+            # Its own session: a Ctrl-C at the terminal reaches the harness, which stops the servers itself.
+            self.proc = subprocess.Popen(self.command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = READY.search(self.log_path.read_text())
+            if match:
+                self.addr = f"127.0.0.1:{match.group(2)}"
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        tail = self.log_tail()
+        self.stop()
+        raise RuntimeError(f"{name} server did not get ready: {' '.join(self.command)}\n{tail}")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text().splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM (graceful stop), then SIGKILL if it has not exited after `timeout` seconds."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log_path.unlink(missing_ok=True)
