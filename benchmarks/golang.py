@@ -38,28 +38,42 @@ class GoLoadGenerator:
         version = subprocess.run(["go", "version"], capture_output=True, text=True)
         self.version = version.stdout.strip()
         usage = subprocess.run([str(self.binary), "-h"], capture_output=True, text=True, timeout=30)
+        text = usage.stderr + usage.stdout
+        self.flags = set(re.findall(r"^\s+-(\w+)", text, re.M))
         # `-duration duration` (flag.Duration: "2.5s") or `-duration float` (seconds): read it from -h.
-        kind = re.search(r"-duration\s+(\w+)", usage.stderr + usage.stdout)
+        kind = re.search(r"-duration\s+(\w+)", text)
         self._seconds_flag = bool(kind and kind.group(1) in ("float", "float64", "int", "uint"))
 
-    def command(self, addr: str, scenario, duration: float) -> list[str]:
-        return [str(self.binary), "-addr", addr, "-mode", scenario.rpc, "-batch", str(scenario.batch),
-                "-series", str(scenario.series), "-streams", str(scenario.streams),
-                "-duration", f"{duration:g}" if self._seconds_flag else f"{duration:g}s",
-                f"-pipelined={'true' if scenario.load == 'pipelined' else 'false'}", "-json"]
+    def _seconds(self, value: float) -> str:
+        return f"{value:g}" if self._seconds_flag else f"{value:g}s"
+
+    def command(self, addr: str, scenario, duration: float, warmup: float = 0.0) -> list[str]:
+        """The flags for one measurement; optional flags only when this build of the tool has them."""
+        command = [str(self.binary), "-addr", addr, "-mode", scenario.rpc, "-batch", str(scenario.batch),
+                   "-series", str(scenario.series), "-streams", str(scenario.streams),
+                   "-duration", self._seconds(duration),
+                   f"-pipelined={'true' if scenario.load == 'pipelined' else 'false'}", "-json"]
+        if "warmup" in self.flags:
+            command += ["-warmup", self._seconds(warmup)]
+        if "window" in self.flags and scenario.load == "pipelined":
+            command += ["-window", str(scenario.window)]
+        if "timestamps" in self.flags:
+            command.append("-timestamps=true")  # the Python client's requests carry times too: same bytes
+        return command
 
     def run(self, addr: str, scenario, duration: float, warmup: float) -> dict:
-        """One measurement (after a warm-up run of the same load), read into the Python client's figures."""
+        """One measurement (after a warm-up of the same load), read into the Python client's figures."""
         try:
-            if warmup > 0:
+            if warmup > 0 and "warmup" not in self.flags:
                 subprocess.run(self.command(addr, scenario, warmup), capture_output=True, timeout=warmup + 120)
-            done = subprocess.run(self.command(addr, scenario, duration), capture_output=True, text=True,
-                                  timeout=duration + 120)
+            done = subprocess.run(self.command(addr, scenario, duration, warmup), capture_output=True, text=True,
+                                  timeout=warmup + duration + 120)
         except subprocess.TimeoutExpired:
             return {"error": "the Go load generator did not finish in time"}
-        if done.returncode != 0:
-            return {"error": f"go loadgen exited {done.returncode}: {done.stderr.strip()[-500:]}"}
-        return normalize(done.stdout, scenario.batch)
+        result = normalize(done.stdout, scenario.batch, latency=scenario.load == "lockstep")
+        if done.returncode != 0 and "error" not in result:
+            result = {"error": f"go loadgen exited {done.returncode}: {done.stderr.strip()[-500:]}"}
+        return result
 
 
 def _last_json(text: str):
@@ -97,11 +111,16 @@ def _latency_ms(flat: dict[str, float], quantile: str) -> float | None:
     return None
 
 
-def normalize(stdout: str, batch: int) -> dict:
-    """The Go tool's JSON as {metrics_per_s, batches_per_s, latency_ms: {p50, p99}}; `raw` keeps all of it."""
+def normalize(stdout: str, batch: int, latency: bool = True) -> dict:
+    """The Go tool's JSON as {metrics_per_s, batches_per_s, latency_ms: {p50, p99}}; `raw` keeps all of it.
+
+    Latency is kept only when `latency` (lock-step loads: pipelined answers wait in a queue, not a server).
+    """
     raw = _last_json(stdout)
     if not isinstance(raw, dict):
         return {"error": f"go loadgen printed no JSON object: {stdout.strip()[-300:]}"}
+    if raw.get("error"):
+        return {"error": f"go loadgen: {raw['error']}"}
     flat = _flatten(raw)
     metrics = next((v for k, v in flat.items() if re.search(r"metrics?" + _RATE, k)), None)
     batches = next((v for k, v in flat.items()
@@ -114,6 +133,6 @@ def normalize(stdout: str, batch: int) -> dict:
         return {"error": f"no metrics/s figure in the Go load generator's JSON: {sorted(flat)}"}
     result = {"metrics_per_s": metrics, "batches_per_s": batches, "raw": raw}
     p50, p99 = _latency_ms(flat, "p50"), _latency_ms(flat, "p99")
-    if p50 and p99:
+    if latency and p50 and p99:
         result["latency_ms"] = {"p50": p50, "p99": p99}
     return result
