@@ -83,10 +83,17 @@ def _ratio(x) -> str:
     return "-" if x is None else f"{x:.2f}x"
 
 
+def _cores(cpu: dict) -> str:
+    if "server_cores" not in cpu:
+        return "-"
+    return f"{cpu['server_cores']:.2f} / {cpu['client_cores']:.2f}"
+
+
 def table(results: list[dict]) -> str:
     """Markdown table, one row per scenario, server and load generator, in run order."""
-    lines = ["| scenario | server | client | metrics/s | batches/s | p50 ms | p99 ms | vs ceiling | vs baseline |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| scenario | server | client | metrics/s | batches/s | p50 ms | p99 ms | vs ceiling | vs baseline "
+             "| CPU server/client |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     order = {name: i for i, name in enumerate(SERVERS)}
     seen = []
     for r in results:
@@ -99,12 +106,13 @@ def table(results: list[dict]) -> str:
         for n, r in enumerate(rows):
             label = r["scenario"]["label"] if n == 0 else ""
             if "error" in r:
-                lines.append(f"| {label} | {r['server']} | {loadgen} | error: {r['error'][:80]} | | | | | |")
+                lines.append(f"| {label} | {r['server']} | {loadgen} | error: {r['error'][:80]} | | | | | | |")
                 continue
             lat = r.get("latency_ms", {})
             lines.append(f"| {label} | {r['server']} | {loadgen} | {_si(r['metrics_per_s'])} | "
                          f"{_si(r['batches_per_s'])} | {_ms(lat.get('p50'))} | {_ms(lat.get('p99'))} | "
-                         f"{_ratio(r.get('ratio_to_ceiling'))} | {_ratio(r.get('ratio_to_baseline'))} |")
+                         f"{_ratio(r.get('ratio_to_ceiling'))} | {_ratio(r.get('ratio_to_baseline'))} | "
+                         f"{_cores(r.get('cpu', {}))} |")
     return "\n".join(lines)
 
 

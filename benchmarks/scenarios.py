@@ -25,6 +25,8 @@ class Scenario:
     def label(self) -> str:
         kind = "DetectStream" if self.rpc == "stream" else "Detect"
         many = f", {self.streams} {'streams' if self.rpc == 'stream' else 'callers'}" if self.streams > 1 else ""
+        if self.rpc == "detect" and self.load == "pipelined":
+            many += f", {self.window} calls in flight"
         return f"{kind} {self.load}, {self.batch:,}/batch, {self.series:,} series{many}"
 
     def params(self) -> dict:
