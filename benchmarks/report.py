@@ -211,7 +211,8 @@ def plot(report: dict, path) -> None:
     kern = (report.get("kernels") or {}).get("results", [])
     for method in dict.fromkeys(k["method"] for k in kern):
         pts = sorted((k["series"], k["updates_per_s"]) for k in kern if k["method"] == method)
-        a_ker.plot([p[0] for p in pts], [p[1] for p in pts], "-o", label=method)
+        numba = method.endswith("_update") or method == "detect_batch"  # the others are the references
+        a_ker.plot([p[0] for p in pts], [p[1] for p in pts], "-o" if numba else "--s", label=method)
     a_ker.set(xscale="log", yscale="log", xlabel="series", ylabel="updates/s",
               title="Kernels, in-process (after JIT warm-up)")
     a_ker.grid(True, which="both", alpha=0.3)
