@@ -295,9 +295,6 @@ func drive(ctx context.Context, cfg config, frames [][]byte, id int, w *worker) 
 	default:
 		err = driveStream(ctx, conn, frames, id, w)
 	}
-	if cfg.Mode == "detect" && ctx.Err() != nil {
-		return nil // the call in flight at the end was cancelled by the deadline, not failed
-	}
 	return err
 }
 
@@ -305,7 +302,9 @@ func driveDetect(ctx context.Context, cfg config, conn *grpc.ClientConn, frames 
 	for n := id; ctx.Err() == nil; n++ {
 		f := frame(frames[n%len(frames)])
 		var resp pb.OutliersResponse
-		callCtx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+		// Not derived from ctx: the call in flight at the end completes (uncounted) instead of being cancelled,
+		// which could otherwise come back as the server's DEADLINE_EXCEEDED before ctx itself reports an end.
+		callCtx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
 		t0 := time.Now()
 		err := conn.Invoke(callCtx, pb.Outliers_Detect_FullMethodName, &f, &resp)
 		lat := time.Since(t0)
