@@ -3,7 +3,7 @@
 package testserver
 
 import (
-	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -27,10 +27,11 @@ var ready = regexp.MustCompile(`ready on (\S+):(\d+)`)
 
 // Server is one `streamer serve` process on a free loopback port.
 type Server struct {
-	Addr string // "127.0.0.1:PORT"
-	cmd  *exec.Cmd
-	mu   sync.Mutex
-	log  strings.Builder // everything the server wrote to stderr
+	Addr   string // "127.0.0.1:PORT"
+	cmd    *exec.Cmd
+	exited chan struct{} // closed when the process has ended and its stderr is read
+	mu     sync.Mutex
+	log    strings.Builder // everything the server wrote to stderr
 }
 
 // Log is what the server has written to stderr so far.
@@ -137,55 +138,67 @@ func requireBinary(t testing.TB) string {
 
 func start(bin string, args ...string) (*Server, error) {
 	s := &Server{}
+	addr := make(chan string, 1)
 	s.cmd = exec.Command(bin, append([]string{"serve", "--host", "127.0.0.1", "--port", "0"}, args...)...)
 	s.cmd.Env = append(os.Environ(), "PYTHONUNBUFFERED=1")
+	// exec copies stderr into the writer until the process ends, so the server never blocks on a full pipe.
+	s.cmd.Stderr = &logWriter{s: s, ready: addr}
+	s.cmd.WaitDelay = 5 * time.Second // should a child of the server keep stderr open, Wait still returns
 	// If the test binary dies without cleanup, the kernel ends the server too.
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	stderr, err := s.cmd.StderrPipe()
-	if err != nil {
-		return nil, err
-	}
 	if err := s.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
-	addr := make(chan string, 1)
+	exited := make(chan struct{})
 	go func() {
-		// Keep reading after "ready" so that the server never blocks on a full stderr pipe.
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 64*1024), 1024*1024)
-		found := false
-		for sc.Scan() {
-			line := sc.Text()
-			s.mu.Lock()
-			s.log.WriteString(line + "\n")
-			s.mu.Unlock()
-			if m := ready.FindStringSubmatch(line); m != nil && !found {
-				found = true
-				addr <- net.JoinHostPort(m[1], m[2])
-			}
-		}
-		close(addr)
+		_ = s.cmd.Wait()
+		close(exited)
 	}()
+	s.exited = exited
 	select {
-	case a, ok := <-addr:
-		if ok {
-			s.Addr = a
-			return s, nil
-		}
-		s.Stop()
-		return nil, fmt.Errorf("%s serve exited before it was ready:\n%s", bin, s.Log())
+	case a := <-addr:
+		s.Addr = a
+		return s, nil
+	case <-exited:
+		return nil, fmt.Errorf("%s serve exited before it was ready (%v):\n%s", bin, s.cmd.ProcessState, s.Log())
 	case <-time.After(StartupTimeout):
 		s.Stop()
 		return nil, fmt.Errorf("%s serve not ready after %v:\n%s", bin, StartupTimeout, s.Log())
 	}
 }
 
+// logWriter keeps the server's stderr and sends the address of its first "ready on HOST:PORT" line.
+type logWriter struct {
+	s       *Server
+	ready   chan<- string
+	partial []byte // an unfinished last line
+	found   bool
+}
+
+func (w *logWriter) Write(p []byte) (int, error) {
+	w.s.mu.Lock()
+	w.s.log.Write(p)
+	w.s.mu.Unlock()
+	w.partial = append(w.partial, p...)
+	for {
+		i := bytes.IndexByte(w.partial, '\n')
+		if i < 0 {
+			break
+		}
+		line := w.partial[:i]
+		w.partial = w.partial[i+1:]
+		if m := ready.FindSubmatch(line); m != nil && !w.found {
+			w.found = true
+			w.ready <- net.JoinHostPort(string(m[1]), string(m[2]))
+		}
+	}
+	return len(p), nil
+}
+
 // Stop kills the server and waits for it.
 func (s *Server) Stop() {
-	if s.cmd.ProcessState == nil {
-		_ = s.cmd.Process.Kill()
-		_ = s.cmd.Wait()
-	}
+	_ = s.cmd.Process.Kill() // an error only says it has already exited
+	<-s.exited
 }
 
 // Proxy forwards TCP connections from its own loopback port to a target, and can cut them: a network blip
