@@ -103,19 +103,21 @@ def run_kernels(mode: str, workdir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def run_wire(quick: bool, workdir: Path) -> dict:
-    """benchmarks/wire_bench.py's run(quick) in its own process (its JIT and imports stay out of ours)."""
-    path = Path(workdir) / "wire.json"
-    code = ("import json, sys; from benchmarks import wire_bench; "
-            "json.dump(wire_bench.run(quick=sys.argv[2] == '1'), open(sys.argv[1], 'w'))")
+def run_wire(quick: bool, workdir: Path) -> tuple[dict, str | None]:
+    """benchmarks/wire_bench.py's run(quick) in its own process (its JIT and imports stay out of ours), and its
+    format_table(report) when it has one."""
+    path, table = Path(workdir) / "wire.json", Path(workdir) / "wire.md"
+    code = ("import json, sys; from benchmarks import wire_bench; r = wire_bench.run(quick=sys.argv[3] == '1'); "
+            "json.dump(r, open(sys.argv[1], 'w')); f = getattr(wire_bench, 'format_table', None); "
+            "f and open(sys.argv[2], 'w').write(f(r))")
     try:
-        done = subprocess.run([sys.executable, "-c", code, str(path), "1" if quick else "0"], cwd=ROOT,
-                              stdout=sys.stderr, timeout=900)
+        done = subprocess.run([sys.executable, "-c", code, str(path), str(table), "1" if quick else "0"],
+                              cwd=ROOT, stdout=sys.stderr, timeout=900)
     except subprocess.TimeoutExpired:
-        return {"error": "benchmarks/wire_bench.py did not finish in 15 minutes"}
+        return {"error": "benchmarks/wire_bench.py did not finish in 15 minutes"}, None
     if done.returncode != 0:
-        return {"error": f"benchmarks/wire_bench.py exited {done.returncode}"}
-    return json.loads(path.read_text())
+        return {"error": f"benchmarks/wire_bench.py exited {done.returncode}"}, None
+    return json.loads(path.read_text()), table.read_text() if table.exists() else None
 
 
 def best_of(runs: list[dict]) -> dict:
@@ -194,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[tuple[str, str, str], list[dict]] = {}
     servers: dict[str, ServerProcess] = {}
     worker = None
+    wire_md = None
     errors = 0
     with tempfile.TemporaryDirectory(prefix="streamer-bench-") as workdir:
         workdir = Path(workdir)
@@ -204,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             wire_path = ROOT / "benchmarks" / "wire_bench.py"
             if wire_path.exists() and not args.no_wire:
                 log("wire micro-benchmarks (benchmarks/wire_bench.py) ...")
-                doc["wire"] = run_wire(mode != "full", workdir)
+                doc["wire"], wire_md = run_wire(mode != "full", workdir)
             elif not wire_path.exists():
                 doc["notes"].append("benchmarks/wire_bench.py not present: no in-process wire figures.")
 
@@ -282,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(doc, indent=1)
     (out / "latest.json").write_text(text)
     (out / f"bench-{started:%Y%m%d-%H%M%S}-{mode}.json").write_text(text)
-    md = report.markdown(doc, kernels_md)
+    md = report.markdown(doc, kernels_md, wire_md)
     (out / "latest.md").write_text(md)
     try:
         report.plot(doc, out / "latest.png")

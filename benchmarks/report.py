@@ -133,7 +133,7 @@ def flat_table(title: str, obj) -> str:
     return "\n".join([f"| {title} | value |", "|---|---:|", *rows])
 
 
-def markdown(report: dict, kernels_table: str | None) -> str:
+def markdown(report: dict, kernels_table: str | None, wire_table: str | None = None) -> str:
     m, v = report["machine"], report["versions"]
     head = [f"Run `{report['command']}` ({report['mode']}), {report['started']}, "
             f"{report['elapsed_s']:.0f} s.",
@@ -146,7 +146,7 @@ def markdown(report: dict, kernels_table: str | None) -> str:
     if kernels_table:
         parts.append("### Kernels (in-process, updates/s)\n\n" + kernels_table)
     if report.get("wire"):
-        wire = flat_table("figure", report["wire"])
+        wire = wire_table or flat_table("figure", report["wire"])
         parts.append("### Wire path (in-process, benchmarks/wire_bench.py)\n\n" + wire)
     if report.get("notes"):
         parts.append("Notes:\n\n" + "\n".join(f"- {n}" for n in report["notes"]))
