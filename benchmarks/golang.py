@@ -36,7 +36,7 @@ class GoLoadGenerator:
         if build.returncode != 0:
             raise RuntimeError(f"go build ./cmd/loadgen failed:\n{build.stderr.strip()[-2000:]}")
         version = subprocess.run(["go", "version"], capture_output=True, text=True)
-        self.version = version.stdout.strip()
+        self.version = version.stdout.strip().removeprefix("go version ")  # "go1.26.8 linux/amd64"
         usage = subprocess.run([str(self.binary), "-h"], capture_output=True, text=True, timeout=30)
         text = usage.stderr + usage.stdout
         self.flags = set(re.findall(r"^\s+-(\w+)", text, re.M))
