@@ -80,8 +80,7 @@ def test_names_at_the_very_end_of_the_buffer():
     table = SeriesTable(limit=100, seed=SEED)
     for n in range(0, 20):
         name = bytes(range(65, 65 + n))
-        buf = np.frombuffer(name, dtype=np.uint8)
-        ids = table.intern(buf, np.array([0], dtype=np.int64), np.array([n], dtype=np.int64))
+        ids = table.intern(name, np.array([0], dtype=np.int64), np.array([n], dtype=np.int64))
         assert table.name(int(ids[0])) == name
         again = table.intern(b"xx" + name, np.array([2], dtype=np.int64), np.array([n], dtype=np.int64))
         assert again.tolist() == ids.tolist()
