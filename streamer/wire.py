@@ -72,6 +72,17 @@ def _byte_pointer(context, builder, aryty, ary, pos, posty, target):
 
 
 @intrinsic
+def _byte(typingctx, arr, pos):
+    """arr[pos] (uint8) as an int64, without numba's negative-index wraparound: the caller has checked pos."""
+    sig = types.int64(arr, pos)
+
+    def codegen(context, builder, sig, args):
+        ptr = _byte_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1], ir.IntType(8))
+        return builder.zext(builder.load(ptr), ir.IntType(64))
+    return sig, codegen
+
+
+@intrinsic
 def load_i64(typingctx, arr, pos):
     """The 8 bytes at arr[pos] (uint8 array) as an int64, little-endian, unaligned."""
     sig = types.int64(arr, pos)
@@ -203,8 +214,8 @@ def _varint_bytes(b, p, end, most):
 @njit(**_INLINE)
 def _varint(b, p, end):
     """(value, next) of the varint at b[p], as int64 bits; at most 10 bytes, excess high bits dropped."""
-    if p < end and b[p] < 0x80:
-        return np.int64(b[p]), p + 1
+    if p < end and _byte(b, p) < 0x80:
+        return _byte(b, p), p + 1
     x, size = _varint_word(b, p, end, 8)
     if size:
         return x, p + size
@@ -214,8 +225,8 @@ def _varint(b, p, end):
 @njit(**_INLINE)
 def _varint32(b, p, end):
     """(value, next) of a tag or length varint at b[p]: upb reads these as at most 5 bytes."""
-    if p < end and b[p] < 0x80:
-        return np.int64(b[p]), p + 1
+    if p < end and _byte(b, p) < 0x80:
+        return _byte(b, p), p + 1
     x, size = _varint_word(b, p, end, 5)
     if size:
         return x, p + size
@@ -368,10 +379,10 @@ def _skip(b, p, end, t, depth, st):
 @njit(**_INLINE)
 def _decode_timestamp(b, p, end, seconds, nanos, st):
     """Merge the google.protobuf.Timestamp in b[p:end] into (seconds, nanos); returns (s, n, next)."""
-    if end - p >= 2 and b[p] == 0x08:
+    if end - p >= 2 and _byte(b, p) == 0x08:
         # the usual encoding, seconds then nanos, each once: read straight through (else the loop decides)
         s, q = _varint(b, p + 1, end)
-        if 0 <= q < end and b[q] == 0x10:
+        if 0 <= q < end and _byte(b, q) == 0x10:
             x, q = _varint(b, q + 1, end)
             if q == end:
                 x &= 0xFFFFFFFF
