@@ -10,7 +10,7 @@ import os
 import numpy as np
 from numba import njit
 
-from streamer.wire import _HOT, _INLINE, load_i64, tail_word
+from streamer.wire import _HOT, _INLINE, at, load_i64, tail_word
 
 _MUL = np.int64(-0x61C8864680B583EB)  # 0x9E3779B97F4A7C15, 2**64 / golden ratio (Knuth's multiplicative hash)
 _EMPTY = -1                             # a free table entry's slot
@@ -79,15 +79,15 @@ def _intern(b, name_start, name_len, i, ids, table, shift, hashes, offsets, leng
     n = len(name_start)
     mask = (len(table) >> 1) - 1
     while i < n:
-        p = name_start[i]
-        ln = name_len[i]
+        p = at(name_start, i)
+        ln = at(name_len, i)
         h = _hash(b, p, ln, seed) & hash_mask
         e = _home(h, shift)
         while True:
-            slot = table[2 * e + 1]
+            slot = at(table, 2 * e + 1)
             if slot == _EMPTY:
                 break
-            if table[2 * e] == h and lengths[slot] == ln and _same(b, p, arena, offsets[slot], ln):
+            if at(table, 2 * e) == h and at(lengths, slot) == ln and _same(b, p, arena, at(offsets, slot), ln):
                 break
             e = (e + 1) & mask
         if slot == _EMPTY:
