@@ -402,6 +402,14 @@ def test_names_point_into_the_request_bytes():
     assert buf[cols.name_start[1]:cols.name_start[1] + 3] == "bé".encode()
 
 
+def test_columns_grow_for_small_metrics():
+    # 2-byte metrics: far more than the columns' first guess (one per 24 bytes); decoding resumes after growing
+    buf = record(2, 2, record(2, 0, 3)) + record(1, 2, b"") * 999 + record(1, 2, METRIC) + record(3, 2, b"s")
+    assert same_as_protobuf(buf)
+    cols = wire.decode_request(buf)
+    assert len(cols) == 1000 and cols.values[-1] == 1.5 and cols.options.warmup == 3 and cols.session == "s"
+
+
 def test_a_large_request_decodes_without_per_metric_objects():
     n = 20_000
     req = pb.OutliersRequest(metrics=[pb.Metric(name=f"s{i % 7}", value=i * 0.5) for i in range(n)])
