@@ -16,7 +16,7 @@ from streamer.errors import (AlreadyExists, DetectError, FailedPrecondition, Inv
 from streamer.series import SeriesLimitError, SeriesTable
 from streamer.state import (MODE_CUMULATIVE, MODE_EXPONENTIAL, MODE_NAMES, SeriesState, Session,
                             SessionError, SessionRegistry)
-from streamer.wire import Columns, Options, WireError, decode_request, encode_response
+from streamer.wire import Columns, Options, WireError, decode_request, encode_flagged
 
 MAX_NAME_BYTES = 1024
 
@@ -97,9 +97,7 @@ class _Scratch:
             self.resize(max(n, 2 * len(self.idx)))
 
     def encode(self, batch: int, k: int, cols: Columns, ids: np.ndarray, table: SeriesTable) -> bytes:
-        idx = self.idx[:k]
-        names = [table.name(s) for s in ids[idx].tolist()]
-        return encode_response(batch, idx, names, cols.values[idx], self.mean[:k], self.std[:k], self.z[:k])
+        return encode_flagged(batch, self.idx[:k], ids, cols.values, self.mean, self.std, self.z, table)
 
 
 def detect(buf: bytes, defaults: Defaults) -> bytes:
