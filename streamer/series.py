@@ -22,6 +22,7 @@ _GROW_SLOTS = 1
 _GROW_ARENA = 2
 _GROW_TABLE = 3
 _OVER_LIMIT = 4
+_BAD_SPAN = 5
 
 
 class SeriesLimitError(Exception):
@@ -76,11 +77,13 @@ def _intern(b, name_start, name_len, i, ids, table, shift, hashes, offsets, leng
     table: int64[2 * size] of (hash, slot) pairs, slot -1 when free, size = 2**(64 - shift).
     Returns (status, i, count, used): _DONE, or where it stopped and why (a full array, or the limit).
     """
-    n = len(name_start)
+    n = min(len(name_start), len(name_len), len(ids))
     mask = (len(table) >> 1) - 1
     while i < n:
         p = at(name_start, i)
         ln = at(name_len, i)
+        if p < 0 or ln < 0 or ln > len(b) - p:  # a span outside the buffer would read out of bounds
+            return _BAD_SPAN, i, count, used
         h = _hash(b, p, ln, seed) & hash_mask
         e = _home(h, shift)
         while True:
@@ -180,6 +183,8 @@ class SeriesTable:
         Raise SeriesLimitError and add none if the batch would take the table past its limit.
         """
         b = buf if type(buf) is bytes else bytes(buf)  # one jitted signature
+        if len(name_start) != len(name_len):
+            raise ValueError(f"{len(name_start)} name starts but {len(name_len)} name lengths")
         ids = np.empty(len(name_start), dtype=np.int64)
         first, used0 = self._count, self._used
         i = 0
@@ -204,6 +209,8 @@ class SeriesTable:
             else:
                 _forget(self._table, self._shift, self._hashes, first, self._count)
                 self._count, self._used = first, used0
+                if status == _BAD_SPAN:
+                    raise ValueError(f"name {i}: span [{name_start[i]}, +{name_len[i]}) is outside the buffer")
                 raise SeriesLimitError(i, self.limit)
 
     def name(self, slot: int) -> bytes:

@@ -620,8 +620,20 @@ def _encode(out, batch, index, rows, ids, values, mean, std, z, arena, name_off,
 
     Outlier j has series s = ids[rows[j]] and value values[rows[j]], name arena[name_off[s]:][:name_len[s]],
     and mean[j], std[j], z[j]. Returns the response's size; writes nothing if `out` is shorter than that.
+    Returns -1 (writing nothing) if a row, series or name lies outside its array: no unchecked reads.
     """
     k = len(index)
+    if len(rows) < k or len(mean) < k or len(std) < k or len(z) < k:
+        return -1
+    for j in range(k):
+        r = rows[j]
+        if r < 0 or r >= len(ids) or r >= len(values):
+            return -1
+        s = ids[r]
+        if s < 0 or s >= len(name_len) or s >= len(name_off):
+            return -1
+        if name_len[s] < 0 or name_off[s] < 0 or name_off[s] + name_len[s] > len(arena):
+            return -1
     packed = 0
     for j in range(k):
         packed += _varint_size(np.int64(index[j]))
@@ -685,6 +697,8 @@ def _encoded(batch, index, rows, ids, values, mean, std, z, arena, name_off, nam
     # room for outliers with names up to ~40 bytes; asked again with the exact size if that is short
     out = np.empty(16 + 96 * len(index), dtype=np.uint8)
     size = _encode(out, batch, index, rows, ids, values, mean, std, z, arena, name_off, name_len)
+    if size < 0:
+        raise ValueError("encode: an index, series slot or name is outside its array, or mean/std/z are short")
     if size > len(out):
         out = np.empty(size, dtype=np.uint8)
         _encode(out, batch, index, rows, ids, values, mean, std, z, arena, name_off, name_len)
@@ -702,7 +716,8 @@ def encode_flagged(batch: int, index: np.ndarray, ids: np.ndarray, values: np.nd
     if k == 0:  # most batches of a stream
         return _batch_only(int(batch))
     arena, name_off, name_len = table.name_arrays()
-    return _encoded(int(batch), index, index, ids, values, mean[:k], std[:k], z[:k], arena, name_off, name_len)
+    # mean/std/z need no slicing: _encode reads the first k (slices cost 0.15 us each, 0.15 ns a metric at 1000)
+    return _encoded(int(batch), index, index, ids, values, mean, std, z, arena, name_off, name_len)
 
 
 def encode_response(batch: int, index: np.ndarray, names: list[bytes], values: np.ndarray,

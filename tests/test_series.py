@@ -155,3 +155,15 @@ def test_a_large_table():
     sample = rng.sample(range(50_000), 1000)
     assert table.intern(*spans([names[i] for i in sample])).tolist() == sample
     assert table.name(49_999) == b"host-049999.cpu"
+
+
+def test_spans_outside_the_buffer_are_refused_and_nothing_is_added():
+    table = SeriesTable(limit=100, seed=SEED)
+    table.intern(*spans([b"old"]))
+    for start, length in ((-1, 1), (3, 3), (0, -1), (6, 0)):
+        with pytest.raises(ValueError, match="outside the buffer"):
+            table.intern(b"newxy", np.array([0, start], dtype=np.int64), np.array([3, length], dtype=np.int64))
+        assert len(table) == 1
+    with pytest.raises(ValueError):
+        table.intern(b"ab", np.array([0, 1], dtype=np.int64), np.array([1], dtype=np.int64))
+    assert table.intern(*spans([b"new", b"old"])).tolist() == [1, 0]

@@ -497,3 +497,17 @@ def test_encode_long_names_and_many_outliers():
     assert wire.encode_response(0, np.zeros(0, dtype=np.int32), [], *columns) == b""
     assert wire.encode_response(300, np.zeros(0, dtype=np.int32), [], *columns) == \
         pb.OutliersResponse(batch=300).SerializeToString()
+
+
+def test_encode_rejects_rows_outside_the_columns():
+    table = SeriesTable(limit=10, seed=1)
+    ids = table.intern(b"ab", np.array([0, 1], dtype=np.int64), np.array([1, 1], dtype=np.int64))
+    values = np.array([1.0, 2.0])
+    stats = np.zeros(2)
+    assert pb.OutliersResponse.FromString(
+        wire.encode_flagged(1, np.array([1], dtype=np.int32), ids, values, stats, stats, stats, table)
+    ).outliers[0].name == "b"
+    for index, slots, short in (([2], ids, stats), ([-1], ids, stats), ([1], np.array([0, 10 ** 6]), stats),
+                                ([0, 1], ids, stats[:1])):
+        with pytest.raises(ValueError):
+            wire.encode_flagged(1, np.array(index, dtype=np.int32), slots, values, short, stats, stats, table)
