@@ -263,7 +263,7 @@ def _length(b, p, end):
     return n, p
 
 
-@njit(**_INLINE)
+@njit(**_HOT)
 def _skip_scalar(b, p, end, wt):
     """Skip the value of wire type 0, 1, 2 or 5 at b[p]; -code for 6 and 7 (3 and 4 are the callers')."""
     if wt == 0:
@@ -374,7 +374,7 @@ def _skip_group(b, p, end, field, depth, st):
                 return p
 
 
-@njit(**_INLINE)
+@njit(**_HOT)
 def _skip(b, p, end, t, depth, st):
     """Skip the value of an unknown field with tag t at b[p]; `depth` = nesting levels left here."""
     field = t >> 3
@@ -399,6 +399,12 @@ def _decode_timestamp(b, p, end, seconds, nanos, st):
             if q == end:
                 x &= 0xFFFFFFFF
                 return s, x - 0x100000000 if x >= 0x80000000 else x, q
+    return _decode_timestamp_fields(b, p, end, seconds, nanos, st)
+
+
+@njit(**_HOT)
+def _decode_timestamp_fields(b, p, end, seconds, nanos, st):
+    """_decode_timestamp for any other encoding: field by field (called, not inlined: it is rare)."""
     while p < end:
         t, p = _tag(b, p, end)
         if t == 0x08:  # seconds: int64
