@@ -67,7 +67,7 @@ class NumbaPath:
 
     def step(self) -> bytes:
         cols = wire.decode_request(self.buf)
-        ids = self.table.intern(cols.buf, cols.name_start, cols.name_len)
+        ids = self.table.intern(cols.buf, cols.name_start, cols.name_len, cols.name_hash)
         k = kernels.welford_update(ids, cols.values, self.count, self.mean, self.m2, THRESHOLD, WARMUP, False,
                                    self.idx, self.mean_out, self.std_out, self.z_out)
         out = wire.encode_flagged(self.batch, self.idx[:k], ids, cols.values, self.mean_out, self.std_out,
@@ -79,12 +79,12 @@ class NumbaPath:
     def stages(self) -> dict:
         """Each stage alone, on the inputs the previous stage made (a closure per stage)."""
         cols = wire.decode_request(self.buf)
-        ids = self.table.intern(cols.buf, cols.name_start, cols.name_len)
+        ids = self.table.intern(cols.buf, cols.name_start, cols.name_len, cols.name_hash)
         k = kernels.welford_update(ids, cols.values, self.count, self.mean, self.m2, THRESHOLD, WARMUP, False,
                                    self.idx, self.mean_out, self.std_out, self.z_out)
         return {
             "decode": lambda: wire.decode_request(self.buf),
-            "intern": lambda: self.table.intern(cols.buf, cols.name_start, cols.name_len),
+            "intern": lambda: self.table.intern(cols.buf, cols.name_start, cols.name_len, cols.name_hash),
             "welford": lambda: kernels.welford_update(ids, cols.values, self.count, self.mean, self.m2, THRESHOLD,
                                                       WARMUP, False, self.idx, self.mean_out, self.std_out,
                                                       self.z_out),

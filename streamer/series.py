@@ -5,14 +5,12 @@ arena. Interning a batch is all-or-nothing: if the batch would take the table pa
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 from numba import njit
 
-from streamer.wire import _HOT, _INLINE, at, load_i64, tail_word
+from streamer.wire import _HOT, _INLINE, HASH_SEED, at, load_i64, tail_word
+from streamer.wire import name_hash as hash_of_name
 
-_MUL = np.int64(-0x61C8864680B583EB)  # 0x9E3779B97F4A7C15, 2**64 / golden ratio (Knuth's multiplicative hash)
 _EMPTY = -1                             # a free table entry's slot
 _PAD = 8                                # arena bytes past the end, so 8-byte loads of a name's tail stay inside
 
@@ -34,19 +32,17 @@ class SeriesLimitError(Exception):
         self.limit = limit
 
 
-@njit(**_INLINE)
-def _hash(b, p, n, seed):
-    """64-bit hash of the n bytes b[p:p+n], a word at a time: multiply, then fold the high half down."""
-    h = seed ^ (n * _MUL)
-    end = p + n
-    while end - p >= 8:
-        h = (h ^ load_i64(b, p)) * _MUL
-        h ^= (h >> 29) & 0x7FFFFFFFF  # logical shift right by 29
-        p += 8
-    if end > p:
-        h = (h ^ tail_word(b, p, end - p)) * _MUL
-        h ^= (h >> 29) & 0x7FFFFFFFF
-    return h * _MUL
+@njit(**_HOT)
+def _hash_names(b, name_start, name_len, seed, out):
+    """out[i] = wire.name_hash of each name span (what decode_request already gives); -1 - i for a span
+    outside b, else 0."""
+    for i in range(min(len(name_start), len(name_len), len(out))):
+        p = at(name_start, i)
+        ln = at(name_len, i)
+        if p < 0 or ln < 0 or ln > len(b) - p:
+            return -1 - i
+        out[i] = hash_of_name(b, p, p + ln, seed)
+    return 0
 
 
 @njit(**_INLINE)
@@ -70,21 +66,21 @@ def _home(h, shift):
 
 
 @njit(**_HOT)
-def _intern(b, name_start, name_len, i, ids, table, shift, hashes, offsets, lengths, arena, count, used,
-            limit, seed, hash_mask):
-    """Look up (and add) the names of metrics i, i+1, ... writing their slots to ids.
+def _intern(b, name_start, name_len, name_hashes, i, ids, table, shift, hashes, offsets, lengths, arena, count,
+            used, limit, hash_mask):
+    """Look up (and add) the names of metrics i, i+1, ... (their hashes given) writing their slots to ids.
 
     table: int64[2 * size] of (hash, slot) pairs, slot -1 when free, size = 2**(64 - shift).
     Returns (status, i, count, used): _DONE, or where it stopped and why (a full array, or the limit).
     """
-    n = min(len(name_start), len(name_len), len(ids))
+    n = min(len(name_start), len(name_len), len(name_hashes), len(ids))
     mask = (len(table) >> 1) - 1
     while i < n:
         p = at(name_start, i)
         ln = at(name_len, i)
         if p < 0 or ln < 0 or ln > len(b) - p:  # a span outside the buffer would read out of bounds
             return _BAD_SPAN, i, count, used
-        h = _hash(b, p, ln, seed) & hash_mask
+        h = at(name_hashes, i) & hash_mask
         e = _home(h, shift)
         while True:
             slot = at(table, 2 * e + 1)
@@ -150,11 +146,12 @@ class SeriesTable:
     """Names of the series seen so far, each with its slot in the state arrays.
 
     `capacity` is the starting number of table entries (rounded up to a power of 2, at least 4); `seed`
-    keys the hash (random by default, so a client cannot aim names at one probe chain); `_hash_mask` lets
-    tests force hash collisions (0: every name hashes alike).
+    keys the hash (wire.HASH_SEED, random per process, by default: then the hashes decode_request gives can
+    be used); `_hash_mask` lets tests force hash collisions (0: every name hashes alike).
+    Not thread-safe: one stream (or the session's one open stream) uses a table at a time.
     """
 
-    def __init__(self, limit: int, capacity: int = 64, seed: int | None = None, _hash_mask: int = -1):
+    def __init__(self, limit: int, capacity: int = 64, seed: int = HASH_SEED, _hash_mask: int = -1):
         self.limit = limit
         size = 4
         while size < capacity:
@@ -168,8 +165,6 @@ class SeriesTable:
         self._arena = np.zeros(16 * size + _PAD, dtype=np.uint8)
         self._count = 0
         self._used = 0
-        if seed is None:
-            seed = int.from_bytes(os.urandom(8), "little", signed=True)
         # plain ints, not numpy scalars: numba takes those ~20x faster as arguments
         self._seed = int(seed)
         self._hash_mask = int(_hash_mask)
@@ -177,21 +172,32 @@ class SeriesTable:
     def __len__(self) -> int:
         return self._count
 
-    def intern(self, buf: bytes, name_start: np.ndarray, name_len: np.ndarray) -> np.ndarray:
+    def intern(self, buf: bytes, name_start: np.ndarray, name_len: np.ndarray,
+               name_hash: np.ndarray | None = None) -> np.ndarray:
         """Slot of each name span buf[name_start[i]:][:name_len[i]], adding new names in order of first use.
 
-        Raise SeriesLimitError and add none if the batch would take the table past its limit.
+        name_hash: the spans' wire.name_hash with HASH_SEED, as decode_request gives them (Columns.name_hash);
+        computed here when absent (or when this table has its own seed). Raise SeriesLimitError and add none
+        if the batch would take the table past its limit; ValueError for a span outside buf.
         """
         b = buf if type(buf) is bytes else bytes(buf)  # one jitted signature
-        if len(name_start) != len(name_len):
-            raise ValueError(f"{len(name_start)} name starts but {len(name_len)} name lengths")
-        ids = np.empty(len(name_start), dtype=np.int64)
+        n = len(name_start)
+        if len(name_len) != n or (name_hash is not None and len(name_hash) != n):
+            raise ValueError(f"{n} name starts, {len(name_len)} lengths and "
+                             f"{'no' if name_hash is None else len(name_hash)} hashes")
+        if name_hash is None or self._seed != HASH_SEED:
+            name_hash = np.empty(n, dtype=np.int64)
+            bad = _hash_names(b, name_start, name_len, self._seed, name_hash)
+            if bad:
+                i = -1 - bad
+                raise ValueError(f"name {i}: span [{name_start[i]}, +{name_len[i]}) is outside the buffer")
+        ids = np.empty(n, dtype=np.int64)
         first, used0 = self._count, self._used
         i = 0
         while True:
             status, i, self._count, self._used = _intern(
-                b, name_start, name_len, i, ids, self._table, self._shift, self._hashes, self._offsets,
-                self._lengths, self._arena, self._count, self._used, self.limit, self._seed, self._hash_mask)
+                b, name_start, name_len, name_hash, i, ids, self._table, self._shift, self._hashes,
+                self._offsets, self._lengths, self._arena, self._count, self._used, self.limit, self._hash_mask)
             if status == _DONE:
                 return ids
             if status == _GROW_SLOTS:

@@ -17,6 +17,7 @@ Deliberate differences from the protobuf library:
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 from llvmlite import ir
@@ -57,6 +58,7 @@ class Columns:
     times: np.ndarray        # int64[n], nanoseconds since the epoch (0 when absent)
     options: Options | None  # None when the request carries no options field
     session: str
+    name_hash: np.ndarray | None = None  # int64[n], name_hash() of each name with HASH_SEED, for SeriesTable
 
     def __len__(self) -> int:
         return len(self.values)
@@ -315,6 +317,49 @@ def _utf8_bytes(b, p, end):
     return True
 
 
+# Keys the name hash for this process, so a client cannot aim names at one probe chain of a series table
+# (as Python randomizes str hashes). An argument, never a jit-time constant: numba's cache would keep it.
+HASH_SEED = int.from_bytes(os.urandom(8), "little", signed=True)
+_MUL = np.int64(-0x61C8864680B583EB)  # 0x9E3779B97F4A7C15, 2**64 / golden ratio (Knuth's multiplicative hash)
+
+
+@njit(**_INLINE)
+def _hash_word(h, w):
+    h = (h ^ w) * _MUL
+    return h ^ ((h >> 29) & 0x7FFFFFFFF)  # fold the high half down (a logical shift right by 29)
+
+
+@njit(**_INLINE)
+def _hash_utf8(b, p, end, seed):
+    """(name_hash(b, p, end, seed), whether b[p:end] is UTF-8): one pass over the words for both."""
+    h = seed ^ ((end - p) * _MUL)
+    seen = np.int64(0)  # the OR of all words: no high bit set means all ASCII
+    q = p
+    while end - q >= 8:
+        w = load_i64(b, q)
+        seen |= w
+        h = _hash_word(h, w)
+        q += 8
+    if end > q:
+        w = tail_word(b, q, end - q)
+        seen |= w
+        h = _hash_word(h, w)
+    return h * _MUL, (seen & _HIGH_BITS) == 0 or _utf8_bytes(b, p, end)
+
+
+@njit(**_INLINE)
+def name_hash(b, p, end, seed):
+    """64-bit hash of the name b[p:end], a word at a time (as _hash_utf8, without the UTF-8 check)."""
+    h = seed ^ ((end - p) * _MUL)
+    q = p
+    while end - q >= 8:
+        h = _hash_word(h, load_i64(b, q))
+        q += 8
+    if end > q:
+        h = _hash_word(h, tail_word(b, q, end - q))
+    return h * _MUL
+
+
 @njit(**_INLINE)
 def utf8_valid(b, p, end):
     """Whether b[p:end] is well-formed UTF-8 (no overlongs, surrogates or code points over U+10FFFF)."""
@@ -329,7 +374,7 @@ def utf8_valid(b, p, end):
 # The decoder's state, one int64 array: the request's options and session as read so far, where to resume
 # when the columns are full, and the stack of open groups.
 _HAS_OPTIONS, _WARMUP, _MODE, _EXCLUDE, _THRESHOLD, _ALPHA = 0, 1, 2, 3, 4, 5  # doubles kept as their bits
-_SESSION_START, _SESSION_LEN, _POS, _COUNT, _BAD_METRIC, _STACK = 6, 7, 8, 9, 10, 11
+_SESSION_START, _SESSION_LEN, _POS, _COUNT, _BAD_METRIC, _SEED, _STACK = 6, 7, 8, 9, 10, 11, 12
 _STATE_SIZE = _STACK + _MAX_DEPTH
 _FULL = 1  # _decode's return when the columns are full: grow them and call again
 
@@ -448,9 +493,11 @@ def _decode_options(b, p, end, st):
 
 @njit(**_INLINE)
 def _decode_metric(b, p, end, st):
-    """(name start, name length, value, seconds, nanos, next) of the Metric in b[p:end]; next = -code."""
+    """(name start, name length, name hash, value, seconds, nanos, next) of the Metric in b[p:end];
+    next = -code on error."""
     name_start = p
     name_len = 0
+    name_h = name_hash(b, p, p, st[_SEED])  # of the empty name, if none is sent
     value = 0.0
     seconds = np.int64(0)
     nanos = np.int64(0)
@@ -466,11 +513,13 @@ def _decode_metric(b, p, end, st):
             size, p = _length(b, p, end)
             if p < 0:
                 break
-            if not utf8_valid(b, p, p + size):
+            h, valid = _hash_utf8(b, p, p + size, st[_SEED])  # the words are read once, for both
+            if not valid:
                 p = -_E_NAME_UTF8
                 break
             name_start = p
             name_len = size
+            name_h = h
             p += size
         elif t == 0x0A:  # time: Timestamp, merged when sent in parts
             size, p = _length(b, p, end)
@@ -481,13 +530,13 @@ def _decode_metric(b, p, end, st):
             p = _skip(b, p, end, t, _MAX_DEPTH - 1, st)
         if p < 0:
             break
-    return name_start, name_len, value, seconds, nanos, p
+    return name_start, name_len, name_h, value, seconds, nanos, p
 
 
 @njit(**_HOT)
 def _decode(b, cols, st):
-    """Decode the OutliersRequest in b into cols (int64[4, capacity]: name start, name length, value bits,
-    time) and st, from byte st[_POS] and metric st[_COUNT] on.
+    """Decode the OutliersRequest in b into cols (int64[5, capacity]: name start, name length, value bits,
+    time, name hash) and st, from byte st[_POS] and metric st[_COUNT] on.
 
     Returns (status, metrics decoded, has options, has session); status is 0 when done, _FULL when cols has
     no room for the next metric (st says where to resume), or -code on malformed input (st[_POS] = the
@@ -507,9 +556,10 @@ def _decode(b, cols, st):
                 return _FULL, i, st[_HAS_OPTIONS], st[_SESSION_LEN]
             size, p = _length(b, p, n)
             if p >= 0:
-                ns, nl, value, seconds, nanos, p = _decode_metric(b, p, p + size, st)
+                ns, nl, h, value, seconds, nanos, p = _decode_metric(b, p, p + size, st)
                 cols[0, i] = ns
                 cols[1, i] = nl
+                cols[4, i] = h
                 cols[2, i] = _f64_bits(value)
                 cols[3, i] = seconds * _NS + nanos  # wraps outside 1678-2262: see the module docstring
                 if p < 0:
@@ -543,13 +593,14 @@ def decode_request(buf: bytes) -> Columns:
     if type(buf) is not bytes:
         buf = bytes(buf)  # one jitted signature (grpc hands over bytes)
     # Room for every metric of at least 24 bytes (a name of 10 and a value), doubled if smaller ones come:
-    # the columns take at most 1.33x the request's size. Per-call Python work is kept small on purpose: at
+    # the columns take at most 1.7x the request's size. Per-call Python work is kept small on purpose: at
     # 1000 metrics a batch, each microsecond is 1 ns a metric.
-    cols = np.empty((4, len(buf) // 24 + 4), dtype=np.int64)
+    cols = np.empty((5, len(buf) // 24 + 4), dtype=np.int64)
     st = np.zeros(_STATE_SIZE, dtype=np.int64)
+    st[_SEED] = HASH_SEED
     code, n, has_options, has_session = _decode(buf, cols, st)
     while code == _FULL:
-        grown = np.empty((4, 2 * cols.shape[1]), dtype=np.int64)
+        grown = np.empty((5, 2 * cols.shape[1]), dtype=np.int64)
         grown[:, :cols.shape[1]] = cols
         cols = grown
         code, n, has_options, has_session = _decode(buf, cols, st)
@@ -565,7 +616,8 @@ def decode_request(buf: bytes) -> Columns:
     if has_session:
         start = int(st[_SESSION_START])
         session = buf[start:start + int(st[_SESSION_LEN])].decode()
-    return Columns(buf, cols[0, :n], cols[1, :n], cols[2, :n].view(np.float64), cols[3, :n], options, session)
+    return Columns(buf, cols[0, :n], cols[1, :n], cols[2, :n].view(np.float64), cols[3, :n], options, session,
+                   cols[4, :n])
 
 
 # --- encoding ----------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ import random
 import numpy as np
 import pytest
 
+from streamer import wire
+from streamer.pb import outliers_pb2 as pb
 from streamer.series import SeriesLimitError, SeriesTable
 
 SEED = 20240611
@@ -167,3 +169,21 @@ def test_spans_outside_the_buffer_are_refused_and_nothing_is_added():
     with pytest.raises(ValueError):
         table.intern(b"ab", np.array([0, 1], dtype=np.int64), np.array([1], dtype=np.int64))
     assert table.intern(*spans([b"new", b"old"])).tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("hash_mask", [-1, 0])
+def test_hashes_from_the_decoder_give_the_same_slots(hash_mask):
+    rng = random.Random(SEED)
+    pool: list[bytes] = []
+    given = SeriesTable(limit=10 ** 6, capacity=4, _hash_mask=hash_mask)
+    computed = SeriesTable(limit=10 ** 6, capacity=4, _hash_mask=hash_mask)
+    for _ in range(10):
+        names = random_names(rng, pool, 40, fresh=0.3)
+        names = [name.decode("utf-8", "replace").encode() for name in names]  # the decoder takes UTF-8 only
+        req = pb.OutliersRequest(metrics=[pb.Metric(name=name.decode(), value=1.0) for name in names])
+        cols = wire.decode_request(req.SerializeToString())
+        ids = given.intern(cols.buf, cols.name_start, cols.name_len, cols.name_hash)
+        assert ids.tolist() == computed.intern(cols.buf, cols.name_start, cols.name_len).tolist()
+    assert given.names(range(len(given))) == computed.names(range(len(computed)))
+    with pytest.raises(ValueError, match="hashes"):
+        given.intern(cols.buf, cols.name_start, cols.name_len, cols.name_hash[:-1])

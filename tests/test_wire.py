@@ -12,7 +12,7 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamer import wire
+from streamer import series, wire
 from streamer.pb import outliers_pb2 as pb
 from streamer.series import SeriesTable
 
@@ -264,6 +264,10 @@ def test_library_built_requests_decode_as_protobuf_reads_them(req):
     cols = wire.decode_request(buf)
     assert [cols.buf[s:s + n].decode() for s, n in zip(cols.name_start, cols.name_len)] == \
         [m.name for m in req.metrics]
+    # the hashes the decoder gives are those the series table computes for the same spans
+    expected = np.empty(len(cols), dtype=np.int64)
+    assert series._hash_names(buf, cols.name_start, cols.name_len, wire.HASH_SEED, expected) == 0
+    assert cols.name_hash.tolist() == expected.tolist()
 
 
 @WIRE
@@ -480,8 +484,8 @@ def test_compile_all_warms_every_entry_point():
     # in a fresh interpreter, so nothing else has compiled them; these are the jitted functions Python
     # calls (the others are compiled into them)
     code = ("from streamer import series, wire; wire.compile_all(); "
-            "print([f.__name__ for f in (wire._decode, wire._encode, series._intern, series._rehash, "
-            "series._forget) if not f.signatures])")
+            "print([f.__name__ for f in (wire._decode, wire._encode, series._intern, series._hash_names, "
+            "series._rehash, series._forget) if not f.signatures])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
