@@ -74,7 +74,7 @@ def _decode(buf: bytes, where: str) -> Columns:
 
 def _intern(table: SeriesTable, cols: Columns, where: str) -> np.ndarray:
     try:
-        return table.intern(cols.buf, cols.name_start, cols.name_len)
+        return table.intern(cols.buf, cols.name_start, cols.name_len, cols.name_hash)
     except SeriesLimitError as exc:
         raise ResourceExhausted(f"{where}, metric {exc.index}: the series limit of {exc.limit} series "
                                 f"(--max-series) is reached; the batch was not applied") from None
@@ -104,12 +104,14 @@ def detect(buf: bytes, defaults: Defaults) -> bytes:
     """Unary Detect: judge one batch on its own, per metric name, against that name's batch mean and stddev."""
     where = "request"
     cols = _decode(buf, where)
-    params = resolve(cols.options, defaults, where)
+    # Only the threshold applies to a single batch; the stream options are ignored, as the README says.
+    threshold = resolve(Options(threshold=cols.options.threshold) if cols.options else None, defaults,
+                        where).threshold
     table = SeriesTable(defaults.max_series)
     ids = _intern(table, cols, where)
     scratch = _Scratch()
     scratch.ensure(len(cols))
-    k = kernels.detect_batch(ids, cols.values, len(table), params.threshold,
+    k = kernels.detect_batch(ids, cols.values, len(table), threshold,
                              scratch.idx, scratch.mean, scratch.std, scratch.z)
     return scratch.encode(0, k, cols, ids, table)
 
@@ -130,6 +132,7 @@ class StreamDetector:
         self.session: Session | None = None
         self.state: SeriesState | None = None
         self._session_name = ""
+        self._made_session = False
         self._scratch = _Scratch()
 
     def process(self, buf: bytes) -> bytes:
@@ -173,9 +176,10 @@ class StreamDetector:
         else:
             self.state = SeriesState(params.mode, self.defaults.max_series)
         self.options, self.params, self._session_name = cols.options, params, cols.session
+        self._made_session = self.session is not None and len(self.state.table) == 0
 
     def _check_same(self, cols: Columns, where: str) -> None:
-        if cols.options is not None and cols.options != self.options:
+        if cols.options is not None and resolve(cols.options, self.defaults, where) != self.params:
             raise InvalidArgument(f"{where}: options differ from the stream's first request ({self.options}); "
                                   f"a stream keeps one set of options, open a new stream to change them")
         if cols.session and cols.session != self._session_name:
@@ -185,7 +189,9 @@ class StreamDetector:
     def close(self) -> None:
         """Detach from the session (it stays for its TTL) or drop the private state."""
         if self.session is not None:
-            self.sessions.detach(self.session)
+            # A session this stream made but never filled (its first batch was rejected) is not kept.
+            forget = self._made_session and len(self.session.state.table) == 0
+            self.sessions.detach(self.session, forget=forget)
             self.session = None
         self.state = None
 

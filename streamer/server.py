@@ -6,6 +6,8 @@ import contextlib
 import dataclasses
 import logging
 import signal
+import time
+from typing import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -34,37 +36,40 @@ class Config:
 class StreamerServer:
     """A grpc.aio server with Outliers, health and reflection; `start()` returns once it answers."""
 
-    def __init__(self, config: Config = Config()):
+    def __init__(self, config: Config = Config(), clock: Callable[[], float] = time.monotonic):
         self.config = config
-        self.sessions = SessionRegistry(config.session_ttl, config.max_sessions, config.defaults.max_series)
+        self.sessions = SessionRegistry(config.session_ttl, config.max_sessions, config.defaults.max_series,
+                                        clock=clock)
         self.health = health.aio.HealthServicer()
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._sweeper: asyncio.Task | None = None
 
     async def start(self) -> int:
-        # Compile before listening: the first request must not pay seconds of JIT, and health must not say
-        # SERVING before the kernels can run.
-        kernels.compile_all()
-        if hasattr(wire, "compile_all"):
-            wire.compile_all()
         limit = self.config.max_message_mb * 1024 * 1024
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", limit),  # larger requests: RESOURCE_EXHAUSTED
             ("grpc.max_send_message_length", limit),
-            # Ping idle connections so a collector that vanished without closing frees its session.
-            ("grpc.keepalive_time_ms", 60_000),
-            ("grpc.keepalive_timeout_ms", 20_000),
-            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+            # Ping idle connections so a collector that vanished without closing frees its session within
+            # ~15 s (it gets ALREADY_EXISTS until then, and retries).
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
         ])
         server.add_generic_rpc_handlers((OutliersService(self.config.defaults, self.sessions).handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server)
-        self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self.config.host}:{self.config.port}")
+        addr = f"{self.config.host}:{self.config.port}"
+        try:  # bind first: a busy port fails at once, not after the compile
+            self.port = server.add_insecure_port(addr)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {addr}: {exc}") from None
+        # Compile before serving: the first request must not pay seconds of JIT, and health must not say
+        # SERVING before the kernels can run. Nothing is accepted until server.start().
+        kernels.compile_all()
+        wire.compile_all()
         await server.start()
         self._server = server
         for service in ("", SERVICE_NAME):
@@ -95,12 +100,12 @@ class StreamerServer:
 
 async def serve(config: Config) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    server = StreamerServer(config)
-    port = await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before start: a signal during the compile stops cleanly too
         loop.add_signal_handler(sig, stop.set)
+    server = StreamerServer(config)
+    port = await server.start()
     log.info("streamer ready on %s:%d (threshold %g, warmup %d, mode %s)", config.host, port,
              config.defaults.threshold, config.defaults.warmup, detector.MODE_NAMES[config.defaults.mode])
     await stop.wait()

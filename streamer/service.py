@@ -6,8 +6,9 @@ where the time goes; the paths and messages on the wire are exactly those of pro
 """
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import grpc
 
@@ -19,6 +20,24 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = "pb.Outliers"
 
+# Requests larger than this are processed on a worker thread (the numba code releases the GIL), so one huge
+# batch does not stall every other stream and the health checks on the event loop. Smaller ones run inline:
+# a thread hop costs more than their whole pipeline.
+OFFLOAD_BYTES = 1 << 20
+
+
+async def _run(fn: Callable[[bytes], bytes], request: bytes) -> bytes:
+    if len(request) <= OFFLOAD_BYTES:
+        return fn(request)
+    work = asyncio.get_running_loop().run_in_executor(None, fn, request)
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        # The call was cancelled, but the thread cannot be: let it finish before the stream's cleanup frees
+        # its session, so no other stream ever sees a batch being applied.
+        await work
+        raise
+
 
 class OutliersService:
     """Detect (unary) and DetectStream (bidirectional stream) over raw request bytes."""
@@ -29,7 +48,7 @@ class OutliersService:
 
     async def Detect(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
-            return detector.detect(request, self.defaults)
+            return await _run(lambda r: detector.detect(r, self.defaults), request)
         except DetectError as exc:
             await context.abort(grpc.StatusCode[exc.code], str(exc))
 
@@ -39,7 +58,7 @@ class OutliersService:
         try:
             async for request in requests:
                 try:
-                    response = stream.process(request)
+                    response = await _run(stream.process, request)
                 except DetectError as exc:
                     log.info("DetectStream from %s ended: %s: %s", context.peer(), exc.code, exc)
                     await context.abort(grpc.StatusCode[exc.code], str(exc))

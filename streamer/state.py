@@ -67,9 +67,9 @@ class SessionError(Exception):
 class SessionRegistry:
     """Named sessions kept for `ttl` seconds after their last stream detached.
 
-    One lock guards `_sessions` and each session's `open` flag: attach/detach/sweep may run on different
-    threads (grpc's, a sweeper's), and checking-then-setting `open` must be atomic so two streams never share
-    a session's arrays.
+    One lock guards `_sessions` and each session's `open` flag, so that checking-then-setting `open` is atomic
+    and two streams never share a session's arrays. Under grpc.aio every caller runs on the event loop thread,
+    but the lock keeps the registry safe for a thread-pool server or a batch offloaded to a worker thread.
     """
 
     def __init__(self, ttl: float, max_sessions: int, max_series: int,
@@ -89,6 +89,9 @@ class SessionRegistry:
         """Open `name` for one stream, making it if new; raise SessionError if it cannot be."""
         with self._lock:
             session = self._sessions.get(name)
+            if session is not None and not session.open and self.clock() - session.last_used > self.ttl:
+                del self._sessions[name]  # expired, though the sweeper has not come by yet
+                session = None
             if session is None:
                 if len(self._sessions) >= self.max_sessions:
                     raise SessionError("full", f"session {name!r}: the server holds its limit of "
@@ -103,10 +106,13 @@ class SessionRegistry:
             session.open = True
             return session
 
-    def detach(self, session: Session) -> None:
+    def detach(self, session: Session, forget: bool = False) -> None:
+        """End the session's stream; `forget` drops the session at once instead of keeping it for the TTL."""
         with self._lock:
             session.open = False
             session.last_used = self.clock()
+            if forget and self._sessions.get(session.name) is session:
+                del self._sessions[session.name]
 
     def sweep(self) -> int:
         """Drop sessions idle (no open stream) for longer than the TTL; return how many were dropped."""
