@@ -492,12 +492,12 @@ def _decode_options(b, p, end, st):
 
 
 @njit(**_INLINE)
-def _decode_metric(b, p, end, st):
+def _decode_metric(b, p, end, st, empty_hash):
     """(name start, name length, name hash, value, seconds, nanos, next) of the Metric in b[p:end];
     next = -code on error."""
     name_start = p
     name_len = 0
-    name_h = name_hash(b, p, p, st[_SEED])  # of the empty name, if none is sent
+    name_h = empty_hash  # if no name is sent
     value = 0.0
     seconds = np.int64(0)
     nanos = np.int64(0)
@@ -546,6 +546,7 @@ def _decode(b, cols, st):
     p = st[_POS]
     i = st[_COUNT]
     capacity = cols.shape[1]
+    empty_hash = name_hash(b, 0, 0, st[_SEED])
     while p < n:
         start = p
         t, p = _tag(b, p, n)
@@ -556,7 +557,7 @@ def _decode(b, cols, st):
                 return _FULL, i, st[_HAS_OPTIONS], st[_SESSION_LEN]
             size, p = _length(b, p, n)
             if p >= 0:
-                ns, nl, h, value, seconds, nanos, p = _decode_metric(b, p, p + size, st)
+                ns, nl, h, value, seconds, nanos, p = _decode_metric(b, p, p + size, st, empty_hash)
                 cols[0, i] = ns
                 cols[1, i] = nl
                 cols[4, i] = h
