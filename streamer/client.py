@@ -84,7 +84,13 @@ def _detect_request(metrics, values, name, threshold) -> pb.OutliersRequest:
 
 def _stream_request(batch, first: bool, session: str, options) -> pb.OutliersRequest:
     """The request for one batch of a stream; the first one carries the session and options."""
-    req = batch if isinstance(batch, pb.OutliersRequest) else pb.OutliersRequest(metrics=to_metrics(batch))
+    if isinstance(batch, pb.OutliersRequest):
+        if not first:
+            return batch
+        req = pb.OutliersRequest()
+        req.CopyFrom(batch)  # the caller's message stays as it was
+    else:
+        req = pb.OutliersRequest(metrics=to_metrics(batch))
     if first:
         if session:
             req.session = session
@@ -114,8 +120,9 @@ class Client:
                threshold: float | None = None, timeout: float | None = None) -> Result:
         """Judge one batch on its own (unary Detect): per name, values beyond k stddev of the batch mean."""
         request = _detect_request(metrics, values, name, threshold)
+        timeout = self.timeout if timeout is None else timeout
         try:
-            return Result.from_response(self._stub.Detect(request, timeout=timeout or self.timeout))
+            return Result.from_response(self._stub.Detect(request, timeout=timeout))
         except grpc.RpcError as exc:
             raise ClientError(exc.code(), exc.details()) from None
 
@@ -163,8 +170,9 @@ class AsyncClient:
                      threshold: float | None = None, timeout: float | None = None) -> Result:
         """Judge one batch on its own (unary Detect); see Client.detect."""
         request = _detect_request(metrics, values, name, threshold)
+        timeout = self.timeout if timeout is None else timeout
         try:
-            return Result.from_response(await self._stub.Detect(request, timeout=timeout or self.timeout))
+            return Result.from_response(await self._stub.Detect(request, timeout=timeout))
         except grpc.RpcError as exc:
             raise ClientError(exc.code(), exc.details()) from None
 
