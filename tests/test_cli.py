@@ -81,3 +81,13 @@ def test_console_script_is_installed():
     assert exe, "the `streamer` console script is not installed next to this Python"
     out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.startswith("streamer ")
+
+
+def test_serve_on_a_busy_port_fails_at_once_with_a_message():
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        out = run("serve", "--host", "127.0.0.1", "--port", str(busy.getsockname()[1]))
+    assert out.returncode == 1
+    assert "cannot listen on 127.0.0.1:" in out.stderr and "Traceback" not in out.stderr
