@@ -6,7 +6,6 @@ each server goes.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -27,7 +26,10 @@ def unavailable() -> str | None:
 
 
 class GoLoadGenerator:
-    """Builds go/cmd/loadgen once into `workdir` and runs it once per measurement."""
+    """Builds go/cmd/loadgen once into `workdir` and runs it once per measurement.
+
+    Its flags and JSON fields are fixed and documented in go/README.md (a Go test keeps them in step).
+    """
 
     def __init__(self, workdir: Path):
         self.binary = Path(workdir) / "loadgen"
@@ -37,102 +39,46 @@ class GoLoadGenerator:
             raise RuntimeError(f"go build ./cmd/loadgen failed:\n{build.stderr.strip()[-2000:]}")
         version = subprocess.run(["go", "version"], capture_output=True, text=True)
         self.version = version.stdout.strip().removeprefix("go version ")  # "go1.26.8 linux/amd64"
-        usage = subprocess.run([str(self.binary), "-h"], capture_output=True, text=True, timeout=30)
-        text = usage.stderr + usage.stdout
-        self.flags = set(re.findall(r"^\s+-(\w+)", text, re.M))
-        # `-duration duration` (flag.Duration: "2.5s") or `-duration float` (seconds): read it from -h.
-        kind = re.search(r"-duration\s+(\w+)", text)
-        self._seconds_flag = bool(kind and kind.group(1) in ("float", "float64", "int", "uint"))
-
-    def _seconds(self, value: float) -> str:
-        return f"{value:g}" if self._seconds_flag else f"{value:g}s"
 
     def command(self, addr: str, scenario, duration: float, warmup: float = 0.0) -> list[str]:
-        """The flags for one measurement; optional flags only when this build of the tool has them."""
+        """The flags for one measurement."""
         command = [str(self.binary), "-addr", addr, "-mode", scenario.rpc, "-batch", str(scenario.batch),
                    "-series", str(scenario.series), "-streams", str(scenario.streams),
-                   "-duration", self._seconds(duration),
-                   f"-pipelined={'true' if scenario.load == 'pipelined' else 'false'}", "-json"]
-        if "warmup" in self.flags:
-            command += ["-warmup", self._seconds(warmup)]
-        if "window" in self.flags and scenario.load == "pipelined":
+                   "-duration", f"{duration:g}s", "-warmup", f"{warmup:g}s",
+                   f"-pipelined={'true' if scenario.load == 'pipelined' else 'false'}",
+                   "-timestamps=true",  # the Python client's requests carry times too: same bytes
+                   "-json"]
+        if scenario.load == "pipelined":
             command += ["-window", str(scenario.window)]
-        if "timestamps" in self.flags:
-            command.append("-timestamps=true")  # the Python client's requests carry times too: same bytes
         return command
 
     def run(self, addr: str, scenario, duration: float, warmup: float) -> dict:
         """One measurement (after a warm-up of the same load), read into the Python client's figures."""
         try:
-            if warmup > 0 and "warmup" not in self.flags:
-                subprocess.run(self.command(addr, scenario, warmup), capture_output=True, timeout=warmup + 120)
             done = subprocess.run(self.command(addr, scenario, duration, warmup), capture_output=True, text=True,
                                   timeout=warmup + duration + 120)
         except subprocess.TimeoutExpired:
             return {"error": "the Go load generator did not finish in time"}
-        result = normalize(done.stdout, scenario.batch, latency=scenario.load == "lockstep")
+        result = normalize(done.stdout, latency=scenario.load == "lockstep")
         if done.returncode != 0 and "error" not in result:
             result = {"error": f"go loadgen exited {done.returncode}: {done.stderr.strip()[-500:]}"}
         return result
 
 
-def _last_json(text: str):
-    try:
-        return json.loads(text)
-    except ValueError:
-        pass
-    for line in reversed(text.strip().splitlines()):
-        try:
-            return json.loads(line)
-        except ValueError:
-            continue
-    return None
-
-
-def _flatten(obj, prefix: str = "") -> dict[str, float]:
-    out = {}
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            out.update(_flatten(value, f"{prefix}{key}.".lower()))
-    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
-        out[prefix.rstrip(".")] = float(obj)
-    return out
-
-
-_RATE = r"(_|\.)?(per_?s(ec(ond)?)?|/s|_s|ps|rate|throughput)$"
-_UNITS = {"ns": 1e-6, "us": 1e-3, "µs": 1e-3, "micros": 1e-3, "ms": 1.0, "millis": 1.0, "s": 1e3, "sec": 1e3}
-
-
-def _latency_ms(flat: dict[str, float], quantile: str) -> float | None:
-    for key, value in flat.items():
-        if re.search(rf"(^|[._]){quantile}($|[._])", key):
-            unit = re.findall(r"(?:^|[._])(ns|us|µs|micros|ms|millis|s|sec)(?=$|[._])", key)
-            return value * _UNITS[unit[-1] if unit else "ms"]
-    return None
-
-
-def normalize(stdout: str, batch: int, latency: bool = True) -> dict:
-    """The Go tool's JSON as {metrics_per_s, batches_per_s, latency_ms: {p50, p99}}; `raw` keeps all of it.
+def normalize(stdout: str, latency: bool = True) -> dict:
+    """The Go tool's JSON line as {metrics_per_s, batches_per_s, latency_ms: {p50, p99}}; `raw` keeps all of it.
 
     Latency is kept only when `latency` (lock-step loads: pipelined answers wait in a queue, not a server).
     """
-    raw = _last_json(stdout)
-    if not isinstance(raw, dict):
+    try:
+        raw = json.loads(stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
         return {"error": f"go loadgen printed no JSON object: {stdout.strip()[-300:]}"}
     if raw.get("error"):
         return {"error": f"go loadgen: {raw['error']}"}
-    flat = _flatten(raw)
-    metrics = next((v for k, v in flat.items() if re.search(r"metrics?" + _RATE, k)), None)
-    batches = next((v for k, v in flat.items()
-                    if re.search(r"(batch(es)?|requests?|messages?|responses?|calls?|rpcs?)" + _RATE, k)), None)
-    if metrics is None and batches is not None:
-        metrics = batches * batch
-    if batches is None and metrics is not None:
-        batches = metrics / batch
-    if not metrics:
-        return {"error": f"no metrics/s figure in the Go load generator's JSON: {sorted(flat)}"}
-    result = {"metrics_per_s": metrics, "batches_per_s": batches, "raw": raw}
-    p50, p99 = _latency_ms(flat, "p50"), _latency_ms(flat, "p99")
-    if latency and p50 and p99:
-        result["latency_ms"] = {"p50": p50, "p99": p99}
+    if not raw.get("metrics_per_s"):
+        return {"error": f"no metrics_per_s in the Go load generator's JSON: {sorted(raw)}"}
+    result = {"metrics_per_s": raw["metrics_per_s"], "batches_per_s": raw["batches_per_s"], "raw": raw}
+    if latency:
+        result["latency_ms"] = {"p50": raw["p50_ms"], "p99": raw["p99_ms"]}
     return result
