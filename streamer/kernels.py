@@ -27,6 +27,20 @@ def _zscore(diff, std):
     return 0.0
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _judge(i, x, mu, std, threshold, k, idx_out, mean_out, std_out, z_out):
+    # The streaming rule for one value against its series' pre-update mean and stddev: if flagged, write
+    # row k of the out arrays and return True.
+    d = x - mu
+    if abs(d) > threshold * std:
+        idx_out[k] = i
+        mean_out[k] = mu
+        std_out[k] = std
+        z_out[k] = _zscore(d, std)
+        return True
+    return False
+
+
 @numba.njit(nogil=True, cache=True)
 def _check_batch(ids, values, n_series, idx_out, mean_out, std_out, z_out):
     # Checked up front, before any state is written: numba does no bounds checking, so an id outside the
@@ -119,17 +133,9 @@ def welford_update(ids, values, count, mean, m2, threshold, warmup, exclude_outl
         s = ids[i]
         c = count[s]
         mu = mean[s]
-        flagged = False
-        if c >= need:
-            std = math.sqrt(m2[s] / c)
-            d = x - mu
-            if abs(d) > threshold * std:
-                flagged = True
-                idx_out[k] = i
-                mean_out[k] = mu
-                std_out[k] = std
-                z_out[k] = _zscore(d, std)
-                k += 1
+        flagged = c >= need and _judge(i, x, mu, math.sqrt(m2[s] / c), threshold, k, idx_out, mean_out,
+                                       std_out, z_out)
+        k += flagged
         if flagged and exclude_outliers:
             continue
         # Welford's update: M2 grows by delta * (x - new mean), a sum of products of small deviations, so a
@@ -163,17 +169,9 @@ def ewm_update(ids, values, count, mean, var, alpha, threshold, warmup, exclude_
         s = ids[i]
         c = count[s]
         mu = mean[s]
-        flagged = False
-        if c >= need:
-            std = math.sqrt(var[s])
-            d = x - mu
-            if abs(d) > threshold * std:
-                flagged = True
-                idx_out[k] = i
-                mean_out[k] = mu
-                std_out[k] = std
-                z_out[k] = _zscore(d, std)
-                k += 1
+        flagged = c >= need and _judge(i, x, mu, math.sqrt(var[s]), threshold, k, idx_out, mean_out,
+                                       std_out, z_out)
+        k += flagged
         if flagged and exclude_outliers:
             continue
         count[s] = c + 1
