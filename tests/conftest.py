@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Callable
 
 import grpc
 import pytest
@@ -20,15 +21,36 @@ from streamer.server import Config, StreamerServer
 READY = re.compile(r"ready on (\S+):(\d+)")
 
 
+class FakeClock:
+    """A clock for SessionRegistry / StreamerServer(clock=...) that moves only when a test advances it."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    return FakeClock()
+
+
 class InProcessServer:
     """A StreamerServer running on its own asyncio loop in a background thread."""
 
-    def __init__(self, config: Config):
-        self.server = StreamerServer(config)
+    # start() compiles the numba kernels; on a fresh machine (empty cache, cores shared) that can take minutes
+    START_TIMEOUT = 180
+
+    def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic):
+        self.server = StreamerServer(config, clock=clock)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.port = self.call(self.server.start())
+        self.port = self.call(self.server.start(), timeout=self.START_TIMEOUT)
         self.addr = f"127.0.0.1:{self.port}"
 
     def call(self, coro, timeout: float = 60):
@@ -43,13 +65,14 @@ class InProcessServer:
 
 @pytest.fixture(scope="session")
 def make_server():
-    """Factory: make_server(**config_fields) -> a started InProcessServer on 127.0.0.1, stopped at the end."""
+    """Factory: make_server(clock=..., **config_fields) -> a started InProcessServer on 127.0.0.1, stopped at
+    the end; `clock` (default time.monotonic) is what its session registry reads, e.g. a FakeClock."""
     servers = []
 
-    def make(**fields) -> InProcessServer:
+    def make(clock: Callable[[], float] = time.monotonic, **fields) -> InProcessServer:
         fields.setdefault("host", "127.0.0.1")
         fields.setdefault("port", 0)
-        server = InProcessServer(dataclasses.replace(Config(), **fields))
+        server = InProcessServer(dataclasses.replace(Config(), **fields), clock=clock)
         servers.append(server)
         return server
 
