@@ -52,6 +52,24 @@ def _slow_stream(addr: str, results: list, sent_second: threading.Event, may_sen
             results.append(exc.code())
 
 
+def _wait_for(predicate, what: str, tries: int = 300):
+    for _ in range(tries):
+        if predicate():
+            return
+        threading.Event().wait(0.1)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def _health(addr: str):
+    """The health status of service "" via a new channel, or the status code the Check failed with."""
+    with grpc.insecure_channel(addr) as channel:
+        try:
+            return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""),
+                                                             timeout=5).status
+        except grpc.RpcError as exc:
+            return exc.code()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_lets_the_call_in_flight_finish_then_exits_0(cli_server, sig):
     server = cli_server("--grace-seconds", "20")
@@ -59,17 +77,28 @@ def test_signal_lets_the_call_in_flight_finish_then_exits_0(cli_server, sig):
     sent_second, may_send = threading.Event(), threading.Event()
     caller = threading.Thread(target=_slow_stream, args=(server.addr, results, sent_second, may_send))
     caller.start()
-    with grpc.insecure_channel(server.addr) as channel:  # the stream is open once its first answer is in
-        grpc.channel_ready_future(channel).result(timeout=30)
-    for _ in range(300):
-        if results:
-            break
-        threading.Event().wait(0.1)
-    assert results == [0]
-    server.proc.send_signal(sig)
-    threading.Event().wait(0.5)          # the server is now shutting down, the stream still open
-    may_send.set()
-    caller.join(30)
+    try:
+        _wait_for(lambda: results, "the stream's first answer")  # the stream is open
+        assert results == [0]
+        assert _health(server.addr) == health_pb2.HealthCheckResponse.SERVING
+        server.proc.send_signal(sig)
+        _wait_for(lambda: "stopping" in "".join(server.log), "the server to log 'stopping'")
+        # In the grace period grpc has closed the listener and sent GOAWAY: a health Check fails UNAVAILABLE
+        # (NOT_SERVING could only be seen in the instant between the health flip and the listener closing).
+        status = _health(server.addr)
+        assert status in (health_pb2.HealthCheckResponse.NOT_SERVING, grpc.StatusCode.UNAVAILABLE), status
+        _wait_for(lambda: _health(server.addr) == grpc.StatusCode.UNAVAILABLE, "health to be refused")
+        with grpc.insecure_channel(server.addr) as channel:  # a new call on a new channel is refused
+            with pytest.raises(grpc.RpcError) as err:
+                outliers_pb2_grpc.OutliersStub(channel).Detect(
+                    pb.OutliersRequest(metrics=[pb.Metric(name="a", value=1.0)]), timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        # ... while the call in flight is still open, waiting for its second batch, and the server still up
+        assert results == [0] and not sent_second.is_set() and server.proc.poll() is None
+        assert "stopped" not in "".join(server.log)
+    finally:
+        may_send.set()
+        caller.join(30)
     assert results == [0, 1], results   # the call in flight was answered in full
     assert server.proc.wait(30) == 0
     log = "".join(server.log)
