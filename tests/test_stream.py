@@ -2,8 +2,10 @@
 rejection, cancellation, deadlines, many streams."""
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import tracemalloc
 import uuid
 
 import grpc
@@ -15,6 +17,7 @@ from streamer.client import Client, ClientError, make_options
 from streamer.detector import Defaults
 from streamer.pb import outliers_pb2 as pb
 from streamer.pb import outliers_pb2_grpc
+from streamer.state import SeriesState
 
 CUM, EXP = pb.MODE_CUMULATIVE, pb.MODE_EXPONENTIAL
 
@@ -277,25 +280,61 @@ def test_fifty_concurrent_streams_each_answered_correctly(server):
     assert errors == [] and len(done) == 50
 
 
-def _proc_status(pid):
+def _proc_threads(pid):
     fields = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status"))
-    return int(fields["Threads"]), int(fields["VmRSS"].split()[0])
+    return int(fields["Threads"])
 
 
-def test_a_thousand_short_streams_leave_threads_and_memory_flat(cli_server):
+SHORT_BATCH = [("cpu", 1.0), ("cpu", 2.0), ("mem", 3.0)]
+SHORT_SESSIONS = 7
+
+
+def _short_streams(client, n):
+    """n two-batch streams, every other one on one of SHORT_SESSIONS named sessions."""
+    for i in range(n):
+        session = f"short-{i % SHORT_SESSIONS}" if i % 2 else ""
+        results = list(client.stream([SHORT_BATCH, SHORT_BATCH], session=session, timeout=10))
+        assert [r.batch for r in results] == [0, 1]
+
+
+def test_a_thousand_short_streams_leave_server_threads_flat(cli_server):
     s = cli_server()
-    batch = [("cpu", 1.0), ("cpu", 2.0), ("mem", 3.0)]
     with Client(s.addr) as client:
-        def burst(n):
-            for i in range(n):
-                list(client.stream([batch, batch], session=f"short-{i % 7}" if i % 2 else "", timeout=10))
-        burst(200)  # warm up: allocator pools, grpc threads, caches
-        threads0, rss0 = _proc_status(s.proc.pid)
-        burst(1000)
-        threads1, rss1 = _proc_status(s.proc.pid)
-    print(f"threads {threads0} -> {threads1}, rss {rss0} -> {rss1} KiB")
+        _short_streams(client, 200)  # warm up: grpc's threads
+        threads0 = _proc_threads(s.proc.pid)
+        _short_streams(client, 1000)
+        threads1 = _proc_threads(s.proc.pid)
+    print(f"threads {threads0} -> {threads1}")
     assert threads1 <= threads0 + 1
-    assert rss1 - rss0 < 20 * 1024
+
+
+def _live_series_states():
+    return sum(1 for o in gc.get_objects() if isinstance(o, SeriesState))
+
+
+def test_a_thousand_short_streams_leave_no_state_behind(make_server):
+    """Each stream's state (~6 KiB of arrays) must be freed when it ends; only the 7 sessions stay."""
+    s = make_server()
+    gc.collect()
+    states0 = _live_series_states()  # other servers' sessions in this process
+    with Client(s.addr) as client:
+        _short_streams(client, 200)  # warm up: allocator pools, grpc's threads and caches
+        gc.collect()
+        tracemalloc.start()
+        try:
+            _short_streams(client, 1000)
+            gc.collect()
+            grown, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    gc.collect()
+    states = _live_series_states() - states0
+    print(f"{states} live SeriesState, {grown / 1024:.0f} KiB still allocated of what 1000 streams allocated")
+    assert len(s.server.sessions) == SHORT_SESSIONS
+    assert states <= SHORT_SESSIONS + 2
+    # About 10 KiB stays (grpc's and the allocator's bookkeeping). Leaking each private stream's SeriesState
+    # would keep ~2.7 MiB, its three arrays alone ~1 MiB, a 16-float list per private stream ~110 KiB.
+    assert grown < 64 * 1024
 
 
 def test_async_client_streams_and_detects(server):
