@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 import naive
-from streamer.client import Client, ClientError, make_options
+from streamer.client import Client, ClientError, make_options, to_metrics
 from streamer.detector import Defaults
 from streamer.pb import outliers_pb2 as pb
 from streamer.pb import outliers_pb2_grpc
+from streamer.service import OFFLOAD_BYTES
 from streamer.state import SeriesState
 
 CUM, EXP = pb.MODE_CUMULATIVE, pb.MODE_EXPONENTIAL
@@ -404,3 +405,128 @@ def test_async_client_streams_and_detects(server):
     unary, streamed = asyncio.run(main())
     assert unary.indices == [9]
     assert_matches(streamed, reference(batches))
+
+
+def test_max_sessions_exceeded_is_resource_exhausted(make_server):
+    s = make_server(max_sessions=2)
+    with Client(s.addr) as client:
+        for name in ("one", "two"):
+            list(client.stream([[("a", 1.0)]], session=name, timeout=10))
+        results, err = _stream_until_error(client, [[("a", 1.0)]], session="three")
+        assert results == [] and err.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "batch 0" in err.details and "'three'" in err.details and "--max-sessions" in err.details
+        assert len(_retry_stream(client, [[("a", 2.0)]], "one")) == 1  # the kept sessions still resume
+        assert len(list(client.stream([[("a", 1.0)]], timeout=10))) == 1  # private streams need no session
+    assert len(s.server.sessions) == 2
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_session_name_limit_is_1024_bytes(server, extra):
+    name = uuid.uuid4().hex + "é" * 496 + "x" * extra  # 1024 + extra bytes, but only 528 + extra characters
+    assert len(name.encode()) == 1024 + extra
+    with Client(server.addr) as client:
+        if not extra:
+            assert len(list(client.stream([[("a", 1.0)]], session=name, timeout=10))) == 1
+            return
+        results, err = _stream_until_error(client, [[("a", 1.0)]], session=name)
+    assert results == [] and err.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "batch 0" in err.details and "session name is 1025 bytes" in err.details
+    assert name not in server.server.sessions._sessions
+
+
+@pytest.mark.parametrize("first", ["", "named"])
+def test_a_later_request_naming_another_session_is_invalid_argument(server, first):
+    session = f"{first}-{uuid.uuid4()}" if first else ""
+    other = f"other-{uuid.uuid4()}"
+    batches = [[("a", 1.0)]]
+    if session:  # repeating the stream's own session is allowed
+        batches.append(pb.OutliersRequest(session=session, metrics=[pb.Metric(name="a", value=2.0)]))
+    batches += [pb.OutliersRequest(session=other, metrics=[pb.Metric(name="a", value=3.0)]), [("a", 4.0)]]
+    with Client(server.addr) as client:
+        results, err = _stream_until_error(client, batches, session=session)
+    n = len(batches) - 2
+    assert [r.batch for r in results] == list(range(n))
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"batch {n}" in err.details and other in err.details
+    assert other not in server.server.sessions._sessions
+
+
+def _with_options(batch, options: pb.DetectOptions) -> pb.OutliersRequest:
+    req = pb.OutliersRequest(metrics=to_metrics(batch))
+    req.options.CopyFrom(options)
+    req.options.SetInParent()  # present on the wire even when every field is zero
+    return req
+
+
+@pytest.mark.parametrize("first,later,case", [
+    (None, pb.DetectOptions(threshold=2.0, warmup=10, mode=CUM, alpha=0.05), {}),
+    (None, pb.DetectOptions(), {}),
+    (pb.DetectOptions(threshold=3.0), pb.DetectOptions(threshold=3.0, warmup=10, mode=CUM), dict(threshold=3.0)),
+    (pb.DetectOptions(mode=EXP, alpha=0.1, warmup=3), pb.DetectOptions(mode=EXP, alpha=0.1, warmup=3, threshold=2),
+     dict(mode=EXP, alpha=0.1, warmup=3)),
+], ids=["defaults-spelled-out", "empty-options", "threshold", "exponential"])
+def test_later_options_equal_after_defaults_are_accepted(server, first, later, case):
+    batches = random_batches(61, n_batches=5)
+    requests = [batches[0], *(_with_options(b, later) for b in batches[1:])]
+    with Client(server.addr) as client:
+        results = list(client.stream(requests, options=first, timeout=30))
+    assert_matches(results, reference(batches, **case))
+
+
+@pytest.mark.parametrize("mode", [CUM, EXP])
+def test_stream_beyond_the_initial_capacity_matches_naive_reference(server, mode):
+    """300 series: the state's arrays (64 to start with) and the series table grow mid-stream, keeping the
+    40 series that came before."""
+    batches = random_batches(71, n_batches=3, size=400, names=40) + random_batches(72, n_batches=5, size=3000,
+                                                                                   names=300)
+    with Client(server.addr) as client:
+        results = list(client.stream(batches, options=make_options(mode=mode), timeout=60))
+    expected = reference(batches, mode=mode)
+    assert sum(len(e[0]) for e in expected[3:]) > 10
+    assert_matches(results, expected)
+
+
+@pytest.mark.parametrize("bad", ["series_limit", "long_name"])
+def test_a_session_whose_first_batch_is_rejected_is_not_kept(make_server, bad):
+    s = make_server(defaults=Defaults(max_series=2))
+    session = f"first-{bad}-{uuid.uuid4()}"
+    first = [("a", 1.0), ("b", 2.0), ("c", 3.0)] if bad == "series_limit" else [("a", 1.0), ("x" * 1025, 2.0)]
+    with Client(s.addr) as client:
+        list(client.stream([[("a", 1.0)]], session="kept", timeout=10))
+        before = len(s.server.sessions)
+        results, err = _stream_until_error(client, [first], session=session, options=make_options(mode=CUM))
+        assert results == [] and err.code == {"series_limit": grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                              "long_name": grpc.StatusCode.INVALID_ARGUMENT}[bad]
+        assert len(s.server.sessions) == before == 1
+        # nothing of the rejected stream binds the name: it opens afresh in the other mode
+        assert len(list(client.stream([[("a", 1.0)]], session=session, options=make_options(mode=EXP),
+                                      timeout=10))) == 1
+    assert len(s.server.sessions) == 2
+
+
+def _big_batch(seed):
+    batch = random_batches(seed, n_batches=1, size=80_000)[0]
+    assert pb.OutliersRequest(metrics=to_metrics(batch)).ByteSize() > OFFLOAD_BYTES  # a worker thread's job
+    return batch
+
+
+def test_unary_detect_of_a_batch_over_a_mebibyte(server):
+    batch = _big_batch(81)
+    with Client(server.addr) as client:
+        result = client.detect(batch, timeout=60)
+    idx, mean, std, z = naive.detect(batch)
+    assert len(idx) > 100 and result.indices == idx
+    np.testing.assert_allclose([o.mean for o in result.outliers], mean, rtol=1e-9)
+    np.testing.assert_allclose([o.stddev for o in result.outliers], std, rtol=1e-9)
+    np.testing.assert_allclose([o.zscore for o in result.outliers], z, rtol=1e-7)
+    assert [o.name for o in result.outliers] == [batch[i][0] for i in idx]
+
+
+def test_stream_batch_over_a_mebibyte(server):
+    batches = random_batches(82, n_batches=2)
+    batches.insert(1, _big_batch(83))
+    with Client(server.addr) as client:
+        results = list(client.stream(batches, timeout=60))
+    expected = reference(batches)
+    assert len(expected[1][0]) > 100
+    assert_matches(results, expected)
