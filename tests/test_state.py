@@ -71,7 +71,7 @@ def test_other_mode_is_refused(registry):
     assert registry.attach("a", MODE_CUMULATIVE) is a
 
 
-def test_full_registry_refuses_a_new_name_only(registry, fake_clock):
+def test_full_registry_refuses_a_new_name_only(registry):
     held = [registry.attach(n, MODE_CUMULATIVE) for n in "abc"]
     registry.detach(held[0])
     with pytest.raises(SessionError) as err:
