@@ -61,6 +61,7 @@ class OutliersService:
                     response = await _run(stream.process, request)
                 except DetectError as exc:
                     log.info("DetectStream from %s ended: %s: %s", context.peer(), exc.code, exc)
+                    stream.close()  # free the session before the status reaches the client (abort sends it)
                     await context.abort(grpc.StatusCode[exc.code], str(exc))
                 yield response
         finally:
