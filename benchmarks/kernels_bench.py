@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from benchmarks.wire_bench import best_seconds
 from streamer import kernels
 
 SERIES = (1, 100, 10_000, 100_000)
@@ -43,22 +44,6 @@ def make_batch(n_series: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
     spikes = rng.random(n) < 0.005
     values[spikes] = rng.uniform(100.0, 1000.0, int(spikes.sum()))
     return ids, values
-
-
-def _best_rate(step, n: int, min_time: float, rounds: int) -> float:
-    """Updates per second of `step()` (which takes n updates): best of `rounds`, each at least min_time."""
-    best = 0.0
-    for _ in range(rounds):
-        calls = 0
-        start = time.perf_counter()
-        while True:
-            step()
-            calls += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_time:
-                break
-        best = max(best, calls * n / elapsed)
-    return best
 
 
 def _numba_steps(ids, values, n_series):
@@ -141,10 +126,10 @@ def run(mode: str = "quick", progress=None) -> dict:
     for n_series in settings["series"]:
         ids, values = make_batch(n_series)
         n = len(values)
-        rates = {name: _best_rate(step, n, min_time, rounds)
+        rates = {name: n / best_seconds(step, min_time, rounds)
                  for name, step in _numba_steps(ids, values, n_series).items()}
         # The Python loop is ~100x slower: one round of at least one batch is enough to rank it.
-        rates["python_welford"] = _best_rate(_python_welford_step(ids, values, n_series), n, min_time, 1)
+        rates["python_welford"] = n / best_seconds(_python_welford_step(ids, values, n_series), min_time, 1)
         rates["numpy_recompute"] = _numpy_recompute_rate(ids, values, n_series, settings["history"], rounds)
         for name, rate in rates.items():
             results.append({"series": n_series, "batch": n, "method": name, "updates_per_s": rate})

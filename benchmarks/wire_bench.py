@@ -125,7 +125,7 @@ class ProtobufPath:
         return resp.SerializeToString()
 
 
-def _best_seconds(step, min_time: float, rounds: int) -> float:
+def best_seconds(step, min_time: float, rounds: int) -> float:
     """Seconds per call of step(): the best of `rounds` rounds, each of at least min_time."""
     best = float("inf")
     for _ in range(rounds):
@@ -172,9 +172,9 @@ def run(quick: bool = False, progress=None) -> dict:
             row = {"metrics": n, "time": with_time, "bytes_per_metric": round(len(buf) / n, 1),
                    "outliers_per_batch": fast.k}
             for method, path in (("numba", fast), ("protobuf", slow)):
-                row[method] = _best_seconds(path.step, min_time, rounds) / n * 1e9
+                row[method] = best_seconds(path.step, min_time, rounds) / n * 1e9
             row["speedup"] = row["protobuf"] / row["numba"]
-            row["stages"] = {stage: _best_seconds(step, min_time / 2, rounds) / n * 1e9
+            row["stages"] = {stage: best_seconds(step, min_time / 2, rounds) / n * 1e9
                              for stage, step in fast.stages().items()}
             results.append(row)
             say(f"wire: {n:>7} metrics {'with' if with_time else 'without'} time: numba {row['numba']:6.1f} "
