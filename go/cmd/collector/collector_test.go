@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"os"
 	"runtime"
 	"strings"
 	"testing"
@@ -16,11 +15,7 @@ import (
 	"streamer/go/pb"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testserver.StopShared()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testserver.Main(m) }
 
 func TestParseCPU(t *testing.T) {
 	// user nice system idle iowait irq softirq steal guest guest_nice: guest is inside user, not added again.

@@ -17,11 +17,7 @@ import (
 	"streamer/go/internal/testserver"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testserver.StopShared()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testserver.Main(m) }
 
 func TestRunEveryMode(t *testing.T) {
 	srv := testserver.Shared(t)

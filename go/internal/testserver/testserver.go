@@ -98,7 +98,7 @@ var shared struct {
 }
 
 // Shared is one server with default settings for every test of the package that asks (starting one takes
-// seconds); TestMain calls StopShared after m.Run. A failing test gets the server's log.
+// seconds); TestMain (testserver.Main) stops it after m.Run. A failing test gets the server's log.
 func Shared(t testing.TB) *Server {
 	t.Helper()
 	bin := requireBinary(t)
@@ -119,6 +119,13 @@ func StopShared() {
 	if shared.s != nil {
 		shared.s.Stop()
 	}
+}
+
+// Main is a package's TestMain: run the tests, then stop the shared server (if a test started it).
+func Main(m *testing.M) {
+	code := m.Run()
+	StopShared()
+	os.Exit(code)
 }
 
 func requireBinary(t testing.TB) string {
