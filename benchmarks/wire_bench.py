@@ -16,7 +16,7 @@ from importlib import metadata
 
 import numpy as np
 
-from streamer import kernels, wire
+from streamer import kernels, series, wire
 from streamer.pb import outliers_pb2 as pb
 from streamer.series import SeriesTable
 
@@ -158,6 +158,7 @@ def run(quick: bool = False, progress=None) -> dict:
     say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     start = time.perf_counter()
     wire.compile_all()
+    series.compile_all()
     kernels.compile_all()
     compile_s = time.perf_counter() - start
     results = []

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from streamer.wire import _HOT, _INLINE, HASH_SEED, at, load_i64, tail_word
-from streamer.wire import name_hash as hash_of_name
+from streamer.wire.primitives import HASH_SEED, HOT, INLINE, at, byte_at, load_i64, tail_word
+from streamer.wire.primitives import name_hash as hash_of_name
 
 _EMPTY = -1                             # a free table entry's slot
 _PAD = 8                                # arena bytes past the end, so 8-byte loads of a name's tail stay inside
@@ -32,7 +32,7 @@ class SeriesLimitError(Exception):
         self.limit = limit
 
 
-@njit(**_HOT)
+@njit(**HOT)
 def _hash_names(b, name_start, name_len, seed, out):
     """out[i] = wire.name_hash of each name span (what decode_request already gives); -1 - i for a span
     outside b, else 0."""
@@ -45,7 +45,7 @@ def _hash_names(b, name_start, name_len, seed, out):
     return 0
 
 
-@njit(**_INLINE)
+@njit(**INLINE)
 def _same(b, p, arena, q, n):
     """Whether b[p:p+n] == arena[q:q+n]; the arena is padded, so its tail word is always loadable."""
     k = 0
@@ -59,13 +59,13 @@ def _same(b, p, arena, q, n):
     return True
 
 
-@njit(**_INLINE)
+@njit(**INLINE)
 def _home(h, shift):
     """The table entry a hash starts probing at: its top bits (the best mixed ones after a multiply)."""
     return (h >> shift) & ((np.int64(1) << (64 - shift)) - 1)
 
 
-@njit(**_HOT)
+@njit(**HOT)
 def _intern(b, name_start, name_len, name_hashes, i, ids, table, shift, hashes, offsets, lengths, arena, count,
             used, limit, hash_mask):
     """Look up (and add) the names of metrics i, i+1, ... (their hashes given) writing their slots to ids.
@@ -100,7 +100,7 @@ def _intern(b, name_start, name_len, name_hashes, i, ids, table, shift, hashes, 
                 return _GROW_TABLE, i, count, used
             slot = count
             for k in range(ln):
-                arena[used + k] = b[p + k]
+                arena[used + k] = byte_at(b, p + k)
             offsets[slot] = used
             lengths[slot] = ln
             hashes[slot] = h
@@ -113,7 +113,7 @@ def _intern(b, name_start, name_len, name_hashes, i, ids, table, shift, hashes, 
     return _DONE, i, count, used
 
 
-@njit(**_HOT)
+@njit(**HOT)
 def _rehash(table, shift, hashes, count):
     """Fill an empty table with slots 0..count-1, in slot order (which _forget relies on)."""
     mask = (len(table) >> 1) - 1
@@ -126,7 +126,7 @@ def _rehash(table, shift, hashes, count):
         table[2 * e + 1] = slot
 
 
-@njit(**_HOT)
+@njit(**HOT)
 def _forget(table, shift, hashes, first, count):
     """Remove slots count-1 down to `first` from the table, newest first.
 
@@ -238,3 +238,14 @@ def _grown(a: np.ndarray, n: int) -> np.ndarray:
     new = np.zeros(n, dtype=a.dtype)
     new[:len(a)] = a
     return new
+
+
+def compile_all() -> None:
+    """Compile (or load from numba's cache) the table's jitted functions: lookups, growth and rollback."""
+    table = SeriesTable(limit=3, capacity=1)
+    one = np.ones(3, dtype=np.int64)
+    table.intern(b"abc", np.arange(3, dtype=np.int64), one)  # the table grows
+    try:
+        table.intern(b"d", one[:1] - 1, one[:1])  # over the limit: rolled back
+    except SeriesLimitError:
+        pass

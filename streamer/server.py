@@ -13,7 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from streamer import detector, kernels, wire
+from streamer import detector, kernels, series, wire
 from streamer.service import SERVICE_NAME, OutliersService
 from streamer.state import SessionRegistry
 
@@ -70,6 +70,7 @@ class StreamerServer:
         # SERVING before the kernels can run. Nothing is accepted until server.start().
         kernels.compile_all()
         wire.compile_all()
+        series.compile_all()
         await server.start()
         self._server = server
         for service in ("", SERVICE_NAME):
