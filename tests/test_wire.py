@@ -8,9 +8,11 @@ import sys
 
 import numpy as np
 import pytest
-from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from oracle import INT64, bits, reference, same_as_protobuf
+from hostile import FROZE_THE_SERVER, METRIC_TAGS, OPTIONS_TAGS, TIMESTAMP_TAGS, TOP_TAGS, overlong_variants
 
 from streamer import series, wire
 from streamer.pb import outliers_pb2 as pb
@@ -20,67 +22,6 @@ from streamer.series import SeriesTable
 settings.register_profile("wire", derandomize=True, deadline=None, max_examples=150,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 WIRE = settings.get_profile("wire")
-
-INT64 = 2 ** 64
-
-
-# --- the oracle and the decoder under test, reduced to comparable values -----------------------------
-
-def bits(x: float) -> int:
-    """A double's bit pattern: compares NaN payloads and -0.0 exactly."""
-    return struct.unpack("<q", struct.pack("<d", x))[0]
-
-
-def wrap64(x: int) -> int:
-    return (x + 2 ** 63) % INT64 - 2 ** 63
-
-
-def reference(buf: bytes):
-    """What the protobuf library reads from buf, or None when it rejects it."""
-    try:
-        req = pb.OutliersRequest.FromString(buf)
-    except DecodeError:
-        return None
-    options = None
-    if req.HasField("options"):
-        o = req.options
-        options = (bits(o.threshold), o.warmup, o.mode, bits(o.alpha), o.exclude_outliers)
-    return {
-        "names": [m.name.encode() for m in req.metrics],
-        "values": [bits(m.value) for m in req.metrics],
-        "times": [wrap64(m.time.seconds * 10 ** 9 + m.time.nanos) for m in req.metrics],
-        "options": options,
-        "session": req.session,
-    }
-
-
-def ours(buf: bytes):
-    """What wire.decode_request reads from buf, or None when it raises WireError."""
-    try:
-        cols = wire.decode_request(buf)
-    except wire.WireError:
-        return None
-    assert cols.name_start.dtype == cols.name_len.dtype == cols.times.dtype == np.int64
-    assert cols.values.dtype == np.float64
-    assert len(cols.name_start) == len(cols.name_len) == len(cols.values) == len(cols.times) == len(cols)
-    options = None
-    if cols.options is not None:
-        o = cols.options
-        options = (bits(o.threshold), o.warmup, o.mode, bits(o.alpha), o.exclude_outliers)
-    return {
-        "names": [cols.buf[s:s + n] for s, n in zip(cols.name_start.tolist(), cols.name_len.tolist())],
-        "values": [bits(v) for v in cols.values.tolist()],
-        "times": cols.times.tolist(),
-        "options": options,
-        "session": cols.session,
-    }
-
-
-def same_as_protobuf(buf: bytes) -> bool:
-    """Assert the decoder agrees with the library on buf; return whether the library accepted it."""
-    expected = reference(buf)
-    assert ours(buf) == expected, buf.hex()
-    return expected is not None
 
 
 # --- hand encoding -----------------------------------------------------------------------------------
@@ -254,6 +195,22 @@ def mutated(draw) -> bytes:
     return bytes(buf)
 
 
+@st.composite
+def overlong_inserted(draw) -> bytes:
+    """A valid request with an overlong tag or varint spliced in: the low bits a known field's tag, 1-7
+    continuation bytes, terminated or not; the class of input that once made the decoder spin."""
+    buf = bytearray(draw(valid_requests))
+    for _ in range(draw(st.integers(1, 2))):
+        t = draw(st.sampled_from(TOP_TAGS + METRIC_TAGS + OPTIONS_TAGS + TIMESTAMP_TAGS + [0x4B, 0x4C]))
+        junk = bytes([t | 0x80]) + b"\x80" * draw(st.integers(0, 6)) + draw(st.sampled_from([b"", b"\x00", b"\x01"]))
+        at = draw(st.integers(0, len(buf)))
+        if draw(st.booleans()) and at < len(buf):
+            buf[at:at + len(junk)] = junk  # overwrite
+        else:
+            buf[at:at] = junk
+    return bytes(buf)
+
+
 # --- decoding: differential ----------------------------------------------------------------------------
 
 @WIRE
@@ -286,6 +243,25 @@ def test_mutated_requests_are_read_or_rejected_as_protobuf_does(buf):
 @given(st.binary(max_size=40))
 def test_random_bytes_are_read_or_rejected_as_protobuf_does(buf):
     same_as_protobuf(buf)
+
+
+@settings(WIRE, max_examples=600)
+@given(overlong_inserted())
+def test_overlong_tags_and_varints_are_read_or_rejected_as_protobuf_does(buf):
+    same_as_protobuf(buf)
+
+
+@pytest.mark.parametrize("buf", FROZE_THE_SERVER, ids=bytes.hex)
+def test_the_requests_that_froze_the_server_are_rejected(buf):
+    assert reference(buf) is None
+    with pytest.raises(wire.WireError, match="at byte 0: a varint is too long"):
+        wire.decode_request(buf)
+
+
+def test_overlong_tags_in_every_message_are_read_or_rejected_as_protobuf_does():
+    variants = overlong_variants()
+    accepted = sum(same_as_protobuf(buf) for buf in variants)
+    assert 0 < accepted < len(variants)  # both kinds: 2-5 byte tags are valid, 6 or more are not
 
 
 @settings(WIRE, max_examples=400)
