@@ -1,7 +1,8 @@
 """The pipeline: request bytes -> columns -> series state -> kernels -> response bytes.
 
-Validation happens before any state is touched, so a rejected batch leaves the state exactly as it was.
-No grpc here: failures are DetectError subclasses, mapped to status codes by service.py.
+Validation happens before any state is touched, so a rejected batch leaves the state exactly as it was; a
+batch whose answer might be too large to send is staged, and undone if it is. No grpc here: failures are
+DetectError subclasses, mapped to status codes by service.py.
 """
 from __future__ import annotations
 
@@ -20,6 +21,13 @@ from streamer.wire import Columns, Options, WireError, decode_request, encode_fl
 
 MAX_NAME_BYTES = 1024
 
+# Bytes an answer can take per metric if every metric is flagged, besides the name's own bytes: the Outlier's
+# tag and length (1 + 2: an Outlier is under 16 KiB), index (1 + 5), name tag and length (1 + 2: names are
+# at most MAX_NAME_BYTES), four doubles (4 * 9), and its entry in the packed indices (5); per answer, the
+# packed field's tag and length (1 + 5) and the batch number (1 + 10).
+_ANSWER_BYTES_PER_METRIC = 53
+_ANSWER_BYTES_FIXED = 17
+
 
 @dataclasses.dataclass(frozen=True)
 class Defaults:
@@ -30,6 +38,7 @@ class Defaults:
     mode: int = MODE_CUMULATIVE
     alpha: float = 0.05
     max_series: int = 100_000
+    max_response_bytes: int = 64 * 1024 * 1024  # what grpc can send; the server sets it from --max-message-mb
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +79,20 @@ def _decode(buf: bytes, where: str) -> Columns:
         raise InvalidArgument(f"{where}, metric {i}: name is {int(cols.name_len[i])} bytes, "
                               f"over the limit of {MAX_NAME_BYTES} bytes")
     return cols
+
+
+def _answer_bound(request_bytes: int, metrics: int) -> int:
+    """Bytes the answer to a request of `metrics` metrics takes at most, whatever is flagged.
+
+    The names are disjoint spans of the request, so their bytes sum to less than the request's: no pass over
+    the batch is needed.
+    """
+    return request_bytes + _ANSWER_BYTES_PER_METRIC * metrics + _ANSWER_BYTES_FIXED
+
+
+def _too_large(where: str, size: int, outliers: int, limit: int) -> str:
+    return (f"{where}: the answer is {size / 2**20:.2f} MiB ({size} bytes, {outliers} outliers), over the limit "
+            f"of {limit / 2**20:g} MiB (--max-message-mb)")
 
 
 def _intern(table: SeriesTable, cols: Columns, where: str) -> np.ndarray:
@@ -113,7 +136,10 @@ def detect(buf: bytes, defaults: Defaults) -> bytes:
     scratch.ensure(len(cols))
     k = kernels.detect_batch(ids, cols.values, len(table), threshold,
                              scratch.idx, scratch.mean, scratch.std, scratch.z)
-    return scratch.encode(0, k, cols, ids, table)
+    out = scratch.encode(0, k, cols, ids, table)
+    if len(out) > defaults.max_response_bytes:  # grpc would fail to send it, with a traceback in the log
+        raise ResourceExhausted(_too_large(where, len(out), k, defaults.max_response_bytes))
+    return out
 
 
 class StreamDetector:
@@ -144,11 +170,21 @@ class StreamDetector:
         else:
             self._check_same(cols, where)
         state, params = self.state, self.params
+        n = len(cols)
+        # The kernels update the state in place, and only the encoded answer tells whether grpc can send it.
+        # When even an answer flagging every metric fits (nearly every batch), nothing is staged: this costs a
+        # few integer operations. Otherwise the table's length and the batch's slots are saved, to be restored
+        # if the answer turns out too large.
+        limit = self.defaults.max_response_bytes
+        staged = _answer_bound(len(buf), n) > limit
+        if staged:
+            known = len(state.table)
         ids = _intern(state.table, cols, where)
         state.reserve(len(state.table))
-        n = len(cols)
         self._scratch.ensure(n)
         s = self._scratch
+        if staged:
+            saved = state.count[ids], state.mean[ids], state.spread[ids]  # copies (fancy indexing)
         if params.mode == MODE_EXPONENTIAL:
             k = kernels.ewm_update(ids, cols.values, state.count, state.mean, state.spread, params.alpha,
                                    params.threshold, params.warmup, params.exclude_outliers,
@@ -158,6 +194,11 @@ class StreamDetector:
                                        params.threshold, params.warmup, params.exclude_outliers,
                                        s.idx, s.mean, s.std, s.z)
         out = s.encode(self.batch, k, cols, ids, state.table)
+        if staged and len(out) > limit:
+            # Repeated ids restore the same saved values; new series go back to the zeros reserve() gave them.
+            state.count[ids], state.mean[ids], state.spread[ids] = saved
+            state.table.truncate(known)
+            raise ResourceExhausted(f"{_too_large(where, len(out), k, limit)}; the batch was not applied")
         self.batch += 1
         return out
 

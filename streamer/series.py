@@ -1,7 +1,8 @@
 """Series table: metric name bytes -> dense slot numbers (0, 1, 2, ...), with a limit on how many.
 
 An open-addressing hash table (linear probing) over numpy arrays, probed in numba; names live in one byte
-arena. Interning a batch is all-or-nothing: if the batch would take the table past its limit, nothing is added.
+arena. Interning a batch is all-or-nothing: if the batch would take the table past its limit, nothing is added;
+`truncate` takes back the names of a batch that was interned but then not applied.
 """
 from __future__ import annotations
 
@@ -192,7 +193,7 @@ class SeriesTable:
                 i = -1 - bad
                 raise ValueError(f"name {i}: span [{name_start[i]}, +{name_len[i]}) is outside the buffer")
         ids = np.empty(n, dtype=np.int64)
-        first, used0 = self._count, self._used
+        first = self._count
         i = 0
         while True:
             status, i, self._count, self._used = _intern(
@@ -213,11 +214,24 @@ class SeriesTable:
                 self._table[1::2] = _EMPTY
                 _rehash(self._table, self._shift, self._hashes, self._count)
             else:
-                _forget(self._table, self._shift, self._hashes, first, self._count)
-                self._count, self._used = first, used0
+                self.truncate(first)
                 if status == _BAD_SPAN:
                     raise ValueError(f"name {i}: span [{name_start[i]}, +{name_len[i]}) is outside the buffer")
                 raise SeriesLimitError(i, self.limit)
+
+    def truncate(self, count: int) -> None:
+        """Forget every series after the first `count`, as if their names had never been interned.
+
+        Undoes the new names of a batch that cannot be applied (pass len(table) from before its intern).
+        The arrays keep their grown sizes; the forgotten names' arena bytes are reused by the next new names.
+        """
+        if not 0 <= count <= self._count:
+            raise ValueError(f"cannot truncate a table of {self._count} series to {count}")
+        if count == self._count:
+            return
+        _forget(self._table, self._shift, self._hashes, count, self._count)
+        self._used = int(self._offsets[count])  # names are laid in the arena in slot order
+        self._count = count
 
     def name(self, slot: int) -> bytes:
         if not 0 <= slot < self._count:

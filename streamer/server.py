@@ -32,12 +32,20 @@ class Config:
     session_ttl: float = 600.0
     max_sessions: int = 10_000
 
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest request grpc takes and the largest answer it sends."""
+        return self.max_message_mb * 1024 * 1024
+
 
 class StreamerServer:
     """A grpc.aio server with Outliers, health and reflection; `start()` returns once it answers."""
 
     def __init__(self, config: Config = Config(), clock: Callable[[], float] = time.monotonic):
         self.config = config
+        # One limit for both directions: grpc refuses to send a larger answer, so the pipeline checks it first
+        # (and does not apply a stream batch it cannot answer).
+        self.defaults = dataclasses.replace(config.defaults, max_response_bytes=config.max_message_bytes)
         self.sessions = SessionRegistry(config.session_ttl, config.max_sessions, config.defaults.max_series,
                                         clock=clock)
         self.health = health.aio.HealthServicer()
@@ -46,7 +54,7 @@ class StreamerServer:
         self._sweeper: asyncio.Task | None = None
 
     async def start(self) -> int:
-        limit = self.config.max_message_mb * 1024 * 1024
+        limit = self.config.max_message_bytes
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", limit),  # larger requests: RESOURCE_EXHAUSTED
             ("grpc.max_send_message_length", limit),
@@ -56,7 +64,7 @@ class StreamerServer:
             ("grpc.keepalive_timeout_ms", 5_000),
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
         ])
-        server.add_generic_rpc_handlers((OutliersService(self.config.defaults, self.sessions).handler(),))
+        server.add_generic_rpc_handlers((OutliersService(self.defaults, self.sessions).handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

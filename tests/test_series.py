@@ -187,3 +187,43 @@ def test_hashes_from_the_decoder_give_the_same_slots(hash_mask):
     assert given.names(range(len(given))) == computed.names(range(len(computed)))
     with pytest.raises(ValueError, match="hashes"):
         given.intern(cols.buf, cols.name_start, cols.name_len, cols.name_hash[:-1])
+
+
+@pytest.mark.parametrize("hash_mask", [-1, 0])
+def test_truncate_forgets_the_newest_names(hash_mask):
+    rng = random.Random(SEED)
+    table = SeriesTable(limit=10 ** 6, capacity=4, seed=SEED, _hash_mask=hash_mask)
+    reference = DictTable(10 ** 6)
+    pool: list[bytes] = []
+    truncated = 0
+    for _ in range(40):
+        known = len(table)
+        names = random_names(rng, pool, rng.randrange(1, 40), fresh=0.3)
+        ids = table.intern(*spans(names))  # may grow the table, slots and arena
+        if rng.random() < 0.5:  # this batch is not applied: its new names go
+            table.truncate(known)
+            truncated += 1
+            assert len(table) == known
+            pool[:] = [name for name in pool if name in reference.slots]
+        else:
+            assert ids.tolist() == reference.intern(names)
+        known_names = list(reference.slots)
+        assert table.intern(*spans(known_names)).tolist() == list(range(len(known_names)))
+        assert table.names(range(len(table))) == known_names
+    print(f"{len(table)} series kept, {truncated} batches truncated")
+    assert len(table) > 40 and truncated > 10
+
+
+def test_truncate_bounds():
+    table = SeriesTable(limit=100, seed=SEED)
+    table.intern(*spans([b"a", b"bb", b"ccc"]))
+    table.truncate(3)  # nothing newer: a no-op
+    assert len(table) == 3
+    for bad in (-1, 4):
+        with pytest.raises(ValueError, match="truncate"):
+            table.truncate(bad)
+    table.truncate(1)
+    assert table.intern(*spans([b"dddd", b"bb", b"a"])).tolist() == [1, 2, 0]
+    assert table.names(range(3)) == [b"a", b"dddd", b"bb"]
+    table.truncate(0)
+    assert len(table) == 0 and table.intern(*spans([b"bb"])).tolist() == [0]
