@@ -14,7 +14,7 @@ GO_TOOLS := bin/.go-tools-$(PROTOC_GEN_GO_VERSION)-$(PROTOC_GEN_GO_GRPC_VERSION)
 # -count=1: the Go tests talk to the Python server, whose changes go's test cache cannot see.
 GO_TEST  := cd go && STREAMER_BIN=$(CURDIR)/$(BIN)/streamer go test -count=1 ./...
 
-.PHONY: serve test proto lint bench bench-quick clean
+.PHONY: serve test proto lint bench bench-quick fuzz clean
 .PHONY: go-tools go-test
 
 $(STAMP): setup.cfg pyproject.toml
@@ -26,9 +26,24 @@ $(STAMP): setup.cfg pyproject.toml
 serve: $(STAMP)  ## run the service with embedded defaults (port 9999)
 	$(BIN)/streamer serve
 
+# The wire tests and the fuzz targets run twice: in the normal build, then in the checked one, where every load
+# checks its bounds and every decoder loop its progress (streamer/wire/primitives.py), in its own numba cache.
+WIRE_TESTS := tests/test_wire.py tests/test_wire_checked.py tests/test_series.py tests/test_fuzz.py
+
 test: $(STAMP) go-tools  ## the whole test suite
 	$(BIN)/pytest
+	STREAMER_WIRE_CHECKED=1 $(BIN)/pytest -q $(WIRE_TESTS)
 	$(GO_TEST)
+
+# Coverage-guided fuzzing of the decoder (atheris) for FUZZ_SECONDS; a crash or a hang (-timeout) is saved in
+# tests/fuzz/regressions/, which `make test` replays. The grown corpus (.fuzz/) is then replayed through the
+# compiled decoder in the checked build.
+FUZZ_SECONDS ?= 600
+fuzz: $(STAMP)  ## fuzz the request decoder for FUZZ_SECONDS (600) against the protobuf library
+	mkdir -p .fuzz/corpus
+	$(BIN)/python tests/fuzz/fuzz_decode.py -dict=tests/fuzz/outliers.dict -max_total_time=$(FUZZ_SECONDS) \
+		-timeout=10 -print_final_stats=1 -artifact_prefix=tests/fuzz/regressions/ .fuzz/corpus tests/fuzz/corpus
+	STREAMER_WIRE_CHECKED=1 $(BIN)/python tests/fuzz/replay.py .fuzz/corpus tests/fuzz/corpus tests/fuzz/regressions
 
 proto: $(STAMP) go-tools  ## regenerate the committed bindings from protos/outliers.proto
 	$(BIN)/python protos/generate.py
