@@ -56,8 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-message-mb", type=_positive(int), default=Config.max_message_mb,
                    help="largest request or response in MiB; a larger request is RESOURCE_EXHAUSTED")
     s.add_argument("--grace-seconds", type=float, default=Config.grace_seconds,
-                   help="on SIGTERM/SIGINT, how long calls in flight may take to finish before they are "
-                        "cancelled")
+                   help="on SIGTERM/SIGINT, how long unary calls in flight may take to finish before they are "
+                        "cancelled (open streams end at once, their received batches answered)")
+    s.add_argument("--drain-seconds", type=float, default=Config.drain_seconds,
+                   help="on SIGTERM/SIGINT, seconds during which health says NOT_SERVING but new calls are still "
+                        "taken, so load balancers can follow; then open streams end with UNAVAILABLE")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="log verbosity (logs go to stderr)")
 
@@ -148,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     defaults = Defaults(threshold=args.threshold, warmup=args.warmup, mode=MODES[args.mode], alpha=args.alpha,
                         max_series=args.max_series)
     config = Config(host=args.host, port=args.port, defaults=defaults, max_message_mb=args.max_message_mb,
-                    grace_seconds=args.grace_seconds, session_ttl=args.session_ttl,
+                    grace_seconds=args.grace_seconds, drain_seconds=args.drain_seconds,
+                    session_ttl=args.session_ttl,
                     max_sessions=args.max_sessions)
     try:
         asyncio.run(serve(config))

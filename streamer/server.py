@@ -29,6 +29,7 @@ class Config:
     defaults: detector.Defaults = detector.Defaults()
     max_message_mb: int = 64
     grace_seconds: float = 5.0
+    drain_seconds: float = 0.0
     session_ttl: float = 600.0
     max_sessions: int = 10_000
 
@@ -52,6 +53,7 @@ class StreamerServer:
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._sweeper: asyncio.Task | None = None
+        self.service: OutliersService | None = None
 
     async def start(self) -> int:
         limit = self.config.max_message_bytes
@@ -64,7 +66,8 @@ class StreamerServer:
             ("grpc.keepalive_timeout_ms", 5_000),
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
         ])
-        server.add_generic_rpc_handlers((OutliersService(self.defaults, self.sessions).handler(),))
+        self.service = OutliersService(self.defaults, self.sessions)
+        server.add_generic_rpc_handlers((self.service.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -94,16 +97,26 @@ class StreamerServer:
             if dropped:
                 log.info("dropped %d idle session(s) after %.0f s", dropped, self.config.session_ttl)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Stop taking calls; calls in flight get `grace` seconds to finish, then are cancelled."""
+    async def stop(self, grace: float | None = None, drain: float | None = None) -> None:
+        """The shutdown sequence (shared/DECISIONS.md): health turns NOT_SERVING; for `drain` seconds new calls
+        are still taken, so load balancers can follow; then every open stream is ended with UNAVAILABLE once
+        the requests it has read are answered, new calls are refused, and unary calls in flight get `grace`
+        seconds to finish before they are cancelled."""
         if self._server is None:
             return
+        grace = self.config.grace_seconds if grace is None else grace
+        drain = self.config.drain_seconds if drain is None else drain
         await self.health.enter_graceful_shutdown()
+        if drain > 0:
+            await asyncio.sleep(drain)
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        await self._server.stop(self.config.grace_seconds if grace is None else grace)
+        streams = self.service.end_streams()
+        if streams:
+            log.info("ending %d open stream(s) with UNAVAILABLE; clients reconnect", streams)
+        await self._server.stop(grace)
         self._server = None
 
 
@@ -118,6 +131,8 @@ async def serve(config: Config) -> None:
     log.info("streamer ready on %s:%d (threshold %g, warmup %d, mode %s)", config.host, port,
              config.defaults.threshold, config.defaults.warmup, detector.MODE_NAMES[config.defaults.mode])
     await stop.wait()
-    log.info("stopping: no new calls; calls in flight have %.1f s to finish", config.grace_seconds)
+    log.info("stopping: health NOT_SERVING; %sopen streams end with UNAVAILABLE, unary calls in flight have "
+             "%.1f s to finish", f"after {config.drain_seconds:g} s of drain, " if config.drain_seconds else "",
+             config.grace_seconds)
     await server.stop()
     log.info("stopped")

@@ -39,12 +39,30 @@ async def _run(fn: Callable[[bytes], bytes], request: bytes) -> bytes:
         raise
 
 
+class _Stream:
+    """What shutdown needs to know of one open DetectStream: its task, and whether it waits for a request."""
+
+    __slots__ = ("task", "reading", "ended_by_server")
+
+    def __init__(self, task: asyncio.Task):
+        self.task = task
+        self.reading = False          # parked in the read of the next request (the only place it may be cancelled)
+        self.ended_by_server = False  # end_streams() cancelled that read
+
+
+SHUTTING_DOWN = ("the server is shutting down; every batch it read from this stream has been answered: resend any "
+                 "unanswered batch on a new stream")
+
+
 class OutliersService:
     """Detect (unary) and DetectStream (bidirectional stream) over raw request bytes."""
 
     def __init__(self, defaults: detector.Defaults, sessions: SessionRegistry):
         self.defaults = defaults
         self.sessions = sessions
+        # The open streams, and whether shutdown has begun; only touched on the event loop's thread.
+        self._streams: set[_Stream] = set()
+        self._closing = False
 
     async def Detect(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
@@ -55,8 +73,26 @@ class OutliersService:
     async def DetectStream(self, requests: AsyncIterator[bytes],
                            context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         stream = detector.StreamDetector(self.defaults, self.sessions)
+        me = _Stream(asyncio.current_task())
+        self._streams.add(me)
         try:
-            async for request in requests:
+            next_request = requests.__aiter__().__anext__
+            while True:
+                if self._closing:
+                    break
+                me.reading = True
+                try:
+                    request = await next_request()
+                except StopAsyncIteration:
+                    return
+                except asyncio.CancelledError:
+                    if not me.ended_by_server:
+                        raise  # the client cancelled, or its deadline passed
+                    if hasattr(me.task, "uncancel"):  # Python 3.11+: this cancellation is handled
+                        me.task.uncancel()
+                    break
+                finally:
+                    me.reading = False
                 try:
                     response = await _run(stream.process, request)
                 except DetectError as exc:
@@ -64,10 +100,25 @@ class OutliersService:
                     stream.close()  # free the session before the status reaches the client (abort sends it)
                     await context.abort(grpc.StatusCode[exc.code], str(exc))
                 yield response
+            # Shutdown: every request read so far has had its answer; the client retries on UNAVAILABLE.
+            stream.close()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
         finally:
             # Runs on normal end, on abort, and when the client cancels or its deadline passes
             # (the generator is closed with CancelledError): the session is free for the next stream.
+            self._streams.discard(me)
             stream.close()
+
+    def end_streams(self) -> int:
+        """Shutdown: end every open stream with UNAVAILABLE once the requests it has read are answered; new
+        streams are refused the same way. Returns how many streams were open."""
+        self._closing = True
+        for s in self._streams:
+            if s.reading:  # parked in its read: nothing is in progress, so it can be woken at once
+                s.ended_by_server = True
+                s.task.cancel()
+            # else it is running a batch or sending an answer, and sees _closing before its next read
+        return len(self._streams)
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The generic handler to register on a server: both methods take and return raw bytes."""
