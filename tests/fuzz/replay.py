@@ -12,7 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/, for oracle.py
+_TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [_TESTS, os.path.dirname(_TESTS)]  # tests/ (oracle.py) and the checkout whose decoder this is
 
 from oracle import ours, reference  # noqa: E402
 
