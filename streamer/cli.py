@@ -58,6 +58,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--grace-seconds", type=float, default=Config.grace_seconds,
                    help="on SIGTERM/SIGINT, how long unary calls in flight may take to finish before they are "
                         "cancelled (open streams end at once, their received batches answered)")
+    s.add_argument("--store", default=Config.store,
+                   help="where sessions outlive the process: sqlite:///PATH (relative to the working directory; "
+                        "sqlite:////PATH is absolute) or memory:// (nothing written)")
+    s.add_argument("--snapshot-seconds", type=_positive(float), default=Config.snapshot_seconds,
+                   help="while a stream is open, how often its session is written to the store if it changed "
+                        "(also when the stream ends and on SIGTERM/SIGINT)")
+    s.add_argument("--lease-seconds", type=_positive(float), default=Config.lease_seconds,
+                   help="a session's lease in the store, renewed every third of it while its stream is open; a "
+                        "server that died leaves its sessions to others after this long")
     s.add_argument("--drain-seconds", type=float, default=Config.drain_seconds,
                    help="on SIGTERM/SIGINT, seconds during which health says NOT_SERVING but new calls are still "
                         "taken, so load balancers can follow; then open streams end with UNAVAILABLE")
@@ -152,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                         max_series=args.max_series)
     config = Config(host=args.host, port=args.port, defaults=defaults, max_message_mb=args.max_message_mb,
                     grace_seconds=args.grace_seconds, drain_seconds=args.drain_seconds,
-                    session_ttl=args.session_ttl,
+                    session_ttl=args.session_ttl, store=args.store, snapshot_seconds=args.snapshot_seconds,
+                    lease_seconds=args.lease_seconds,
                     max_sessions=args.max_sessions)
     try:
         asyncio.run(serve(config))

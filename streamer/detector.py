@@ -13,7 +13,7 @@ import numpy as np
 
 from streamer import kernels
 from streamer.errors import (AlreadyExists, DetectError, FailedPrecondition, InvalidArgument,
-                             ResourceExhausted)
+                             ResourceExhausted, Unavailable)
 from streamer.series import SeriesLimitError, SeriesTable
 from streamer.state import (MODE_CUMULATIVE, MODE_EXPONENTIAL, MODE_NAMES, SeriesState, Session,
                             SessionError, SessionRegistry)
@@ -142,6 +142,11 @@ def detect(buf: bytes, defaults: Defaults) -> bytes:
     return out
 
 
+def _describe(params: Params) -> str:
+    """The options a session was judged with, as the store keeps them (for people reading it)."""
+    return ", ".join(f"{f.name}={getattr(params, f.name)}" for f in dataclasses.fields(params))
+
+
 class StreamDetector:
     """One DetectStream call: its options, its state (private or a session's) and its batch counter.
 
@@ -169,6 +174,17 @@ class StreamDetector:
             self._start(cols, where)
         else:
             self._check_same(cols, where)
+        if self.session is None:
+            return self._apply(buf, cols, where)
+        if self.session.lost:
+            raise Unavailable(f"{where}: session {self._session_name!r} was taken over by another server process "
+                              f"(its lease expired); reconnect to continue from that process's state")
+        with self.session.lock:  # a snapshot never sees half a batch
+            out = self._apply(buf, cols, where)
+            self.session.changed = True
+        return out
+
+    def _apply(self, buf: bytes, cols: Columns, where: str) -> bytes:
         state, params = self.state, self.params
         n = len(cols)
         # The kernels update the state in place, and only the encoded answer tells whether grpc can send it.
@@ -209,7 +225,7 @@ class StreamDetector:
                                   f"limit of {MAX_NAME_BYTES} bytes")
         if cols.session:
             try:
-                self.session = self.sessions.attach(cols.session, params.mode)
+                self.session = self.sessions.attach(cols.session, params.mode, _describe(params))
             except SessionError as exc:
                 error = {"busy": AlreadyExists, "mode": FailedPrecondition, "full": ResourceExhausted}[exc.kind]
                 raise error(f"{where}: {exc}") from None

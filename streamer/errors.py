@@ -24,3 +24,7 @@ class AlreadyExists(DetectError):
 
 class FailedPrecondition(DetectError):
     code = "FAILED_PRECONDITION"
+
+
+class Unavailable(DetectError):
+    code = "UNAVAILABLE"

@@ -1,21 +1,30 @@
-"""State that outlives a batch: per-series running statistics, and named sessions that outlive a stream.
+"""State that outlives a batch: per-series running statistics, and named sessions that outlive a stream and,
+through a store (streamer/store/), the process: leases say which process may change a session, snapshots
+carry its state across restarts. This module is the only caller of the store.
 
 Arrays only here; the arithmetic on them lives in kernels.py.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import logging
 import threading
 import time
+import uuid
 from typing import Callable
 
 import numpy as np
 
 from streamer.series import SeriesTable
+from streamer.store import MemoryStore, Snapshot, Store
 
 MODE_CUMULATIVE = 1
 MODE_EXPONENTIAL = 2
 MODE_NAMES = {MODE_CUMULATIVE: "MODE_CUMULATIVE", MODE_EXPONENTIAL: "MODE_EXPONENTIAL"}
+_ARRAYS = ("count", "mean", "spread")  # what a snapshot keeps of a SeriesState, besides the names
+
+log = logging.getLogger(__name__)
 
 
 class SeriesState:
@@ -23,6 +32,7 @@ class SeriesState:
 
     `count` is the number of values each series has taken in; `mean` its mean; `spread` is Welford's M2
     (sum of squared deviations) in MODE_CUMULATIVE and the exponentially weighted variance in MODE_EXPONENTIAL.
+    Bytes per series: 24 in these arrays, plus the table's 32 and the name's length.
     """
 
     def __init__(self, mode: int, max_series: int, capacity: int = 64):
@@ -39,21 +49,61 @@ class SeriesState:
             return
         while capacity < n_series:
             capacity *= 2
-        for name in ("count", "mean", "spread"):
+        for name in _ARRAYS:
             old = getattr(self, name)
             new = np.zeros(capacity, dtype=old.dtype)
             new[:len(old)] = old
             setattr(self, name, new)
 
+    def columns(self) -> tuple[bytes, np.ndarray, dict[str, np.ndarray]]:
+        """Copies of (names in slot order, their lengths, the statistics' arrays), for a snapshot."""
+        n = len(self.table)
+        arena, offsets, lengths = self.table.name_arrays()
+        lengths = lengths[:n].copy()
+        if n and not np.array_equal(offsets[1:n], np.cumsum(lengths)[:-1]):
+            raise AssertionError("series names are not packed in slot order")  # SeriesTable appends them
+        used = int(offsets[n - 1] + lengths[n - 1]) if n else 0
+        return arena[:used].tobytes(), lengths, {k: getattr(self, k)[:n].copy() for k in _ARRAYS}
+
+    @classmethod
+    def from_snapshot(cls, snap: Snapshot, max_series: int) -> SeriesState:
+        n = len(snap)
+        state = cls(snap.mode, max(max_series, n), capacity=max(64, n))
+        offsets = np.zeros(n, dtype=np.int64)
+        np.cumsum(snap.name_lengths[:-1], out=offsets[1:])
+        ids = state.table.intern(snap.names, offsets, snap.name_lengths)
+        if not np.array_equal(ids, np.arange(n)):
+            raise ValueError(f"session {snap.name!r}: the snapshot's series names are not distinct")
+        for key in _ARRAYS:
+            getattr(state, key)[:n] = snap.arrays[key]
+        return state
+
 
 @dataclasses.dataclass(eq=False)
 class Session:
-    """A named SeriesState that a collector can come back to after its stream ends."""
+    """A named SeriesState that a collector can come back to after its stream ends.
+
+    `lock` is held while a batch changes the state and while a snapshot copies it, so a snapshot never holds
+    half a batch (a batch may run on a worker thread while the event loop takes a snapshot).
+    """
 
     name: str
     state: SeriesState
     open: bool = False      # a stream is attached right now
     last_used: float = 0.0  # clock() when the last stream detached (or the session was made)
+    version: int = 0        # of the last snapshot saved or loaded
+    changed: bool = False   # batches were applied since that snapshot
+    lost: bool = False      # the store gave the lease to another process: this copy must not be used
+    options: str = ""
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    def snapshot(self, now: float) -> Snapshot:
+        """A copy of the state between two batches, with the next version number; marks it unchanged."""
+        with self.lock:
+            names, lengths, arrays = self.state.columns()
+            self.version += 1
+            self.changed = False
+            return Snapshot(self.name, self.state.mode, self.options, self.version, names, lengths, arrays, now)
 
 
 class SessionError(Exception):
@@ -65,60 +115,211 @@ class SessionError(Exception):
 
 
 class SessionRegistry:
-    """Named sessions kept for `ttl` seconds after their last stream detached.
+    """Named sessions: kept in memory for `ttl` seconds after their last stream detached, and in the store.
 
     One lock guards `_sessions` and each session's `open` flag, so that checking-then-setting `open` is atomic
     and two streams never share a session's arrays. Under grpc.aio every caller runs on the event loop thread,
-    but the lock keeps the registry safe for a thread-pool server or a batch offloaded to a worker thread.
+    but the lock keeps the registry safe for a batch offloaded to a worker thread and for the store's writer.
+
+    With a store, attaching takes the session's lease there (so no other process on the store can attach it)
+    and loads its snapshot when the store's is newer than this process's copy; snapshots, renewals and
+    releases run on one writer thread, in order, off the event loop. The lease's owner token is this
+    registry's: a session it holds can be taken again at once by its next stream here.
     """
 
     def __init__(self, ttl: float, max_sessions: int, max_series: int,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.time, store: Store | None = None,
+                 lease_seconds: float = 10.0, on_store_health: Callable[[bool], None] = lambda ok: None):
         self.ttl = ttl
         self.max_sessions = max_sessions
         self.max_series = max_series
         self.clock = clock
+        self.store = store if store is not None else MemoryStore()
+        self.lease_seconds = lease_seconds
+        self.owner = uuid.uuid4().hex
+        self._on_store_health = on_store_health
+        self._store_ok = True
         self._lock = threading.Lock()
         self._sessions: dict[str, Session] = {}
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="streamer-store")
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._sessions)
 
-    def attach(self, name: str, mode: int) -> Session:
+    def attach(self, name: str, mode: int, options: str = "") -> Session:
         """Open `name` for one stream, making it if new; raise SessionError if it cannot be."""
         with self._lock:
             session = self._sessions.get(name)
-            if session is not None and not session.open and self.clock() - session.last_used > self.ttl:
+            if session is not None and not session.open and (
+                    self.clock() - session.last_used > self.ttl or session.lost):
                 del self._sessions[name]  # expired, though the sweeper has not come by yet
                 session = None
-            if session is None:
-                if len(self._sessions) >= self.max_sessions:
-                    raise SessionError("full", f"session {name!r}: the server holds its limit of "
-                                               f"{self.max_sessions} sessions (--max-sessions)")
-                session = Session(name, SeriesState(mode, self.max_series))
-                self._sessions[name] = session
-            elif session.open:
+            if session is not None and session.open:
                 raise SessionError("busy", f"session {name!r} already has an open stream")
-            elif session.state.mode != mode:
-                raise SessionError("mode", f"session {name!r} keeps {MODE_NAMES[session.state.mode]} "
-                                           f"state; it cannot continue in {MODE_NAMES[mode]}")
-            session.open = True
-            return session
+            if session is None and len(self._sessions) >= self.max_sessions:
+                raise SessionError("full", f"session {name!r}: the server holds its limit of "
+                                           f"{self.max_sessions} sessions (--max-sessions)")
+            if session is None:
+                session = Session(name, SeriesState(mode, self.max_series), last_used=self.clock())
+                self._sessions[name] = session
+            session.open = True  # reserved: the store calls below run without the registry's lock
+        try:
+            self._take(session, mode)
+        except BaseException:
+            with self._lock:
+                session.open = False
+                if len(session.state.table) == 0 and self._sessions.get(name) is session:
+                    del self._sessions[name]
+            self._writer.submit(self._release, session)  # if the lease was taken (else a no-op)
+            raise
+        session.options = options
+        return session
+
+    def _take(self, session: Session, mode: int) -> None:
+        """The lease, and the stored state if it is newer than ours; then the mode check."""
+        name = session.name
+        try:
+            holder = self.store.acquire(name, self.owner, self.lease_seconds, self.clock())
+            stored = self.store.version(name) if holder is None else None
+        except Exception as exc:  # the store is down: go on from memory (DECISIONS: store lost while serving)
+            self._store_failed(f"session {name!r}: cannot take its lease", exc)
+            holder, stored = None, None
+        if holder is not None:
+            raise SessionError("busy", f"session {name!r} has an open stream on another server process (its "
+                                       f"lease ends in {max(holder - self.clock(), 0):.1f} s unless renewed)")
+        if stored is not None and stored > session.version:
+            try:
+                snap = self.store.load(name)
+            except Exception as exc:
+                self._store_failed(f"session {name!r}: cannot load its snapshot; going on from memory", exc)
+                snap = None
+            if snap is not None:
+                session.state = SeriesState.from_snapshot(snap, self.max_series)
+                session.version = snap.version
+                session.changed = False
+                log.info("session %r: resumed from the store (version %d, %d series)", name, snap.version,
+                         len(snap))
+        if session.state.mode != mode:
+            raise SessionError("mode", f"session {name!r} keeps {MODE_NAMES[session.state.mode]} "
+                                       f"state; it cannot continue in {MODE_NAMES[mode]}")
 
     def detach(self, session: Session, forget: bool = False) -> None:
-        """End the session's stream; `forget` drops the session at once instead of keeping it for the TTL."""
+        """End the session's stream: snapshot it (if changed) and release its lease, off the event loop.
+        `forget` drops the session at once instead of keeping it for the TTL (nothing is written)."""
         with self._lock:
             session.open = False
             session.last_used = self.clock()
             if forget and self._sessions.get(session.name) is session:
                 del self._sessions[session.name]
+        snap = session.snapshot(self.clock()) if session.changed and self.store.durable and not forget else None
+        self._writer.submit(self._save_and_release, session, snap)
+
+    def snapshot_open(self) -> int:
+        """Snapshot every open session that changed since its last snapshot; returns how many."""
+        with self._lock:
+            due = [s for s in self._sessions.values() if s.open and s.changed and not s.lost]
+        if not self.store.durable:
+            return 0
+        for session in due:
+            self._writer.submit(self._save, session, session.snapshot(self.clock()))
+        return len(due)
+
+    def renew_leases(self) -> None:
+        """Extend the lease of every open session (call every third of the lease)."""
+        with self._lock:
+            held = [s for s in self._sessions.values() if s.open and not s.lost]
+        for session in held:
+            self._writer.submit(self._renew, session)
 
     def sweep(self) -> int:
-        """Drop sessions idle (no open stream) for longer than the TTL; return how many were dropped."""
+        """Drop sessions idle (no open stream) for longer than the TTL, here and in the store; return how many
+        were dropped here."""
         now = self.clock()
         with self._lock:
             expired = [n for n, s in self._sessions.items() if not s.open and now - s.last_used > self.ttl]
             for name in expired:
                 del self._sessions[name]
+        self._writer.submit(self._expire, now - self.ttl, now)
         return len(expired)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every snapshot, renewal and release asked for so far is done."""
+        self._writer.submit(lambda: None).result(timeout)
+
+    def close(self) -> None:
+        """Shutdown: snapshot the sessions that changed and are still open, release every lease, close the
+        store. Streams have ended by now (their detach queued the rest)."""
+        with self._lock:
+            sessions = list(self._sessions.values())
+        for session in sessions:
+            if session.open:
+                self.detach(session)
+        self._writer.shutdown(wait=True)
+        self.store.close()
+
+    # --- on the writer thread -------------------------------------------------------------------------
+
+    def _save(self, session: Session, snap: Snapshot) -> bool:
+        started = time.perf_counter()
+        try:
+            saved = self.store.save(snap, self.owner)
+        except Exception as exc:
+            session.changed = True  # retried at the next snapshot
+            self._store_failed(f"session {session.name!r}: snapshot of {len(snap)} series failed; retrying", exc)
+            return False
+        self._store_back()
+        if not saved:
+            session.lost = True
+            log.warning("session %r: snapshot refused: another server process holds its lease now", session.name)
+            return False
+        log.debug("session %r: snapshot version %d, %d series, %d bytes in %.1f ms", session.name, snap.version,
+                  len(snap), snap.nbytes, 1e3 * (time.perf_counter() - started))
+        return True
+
+    def _save_and_release(self, session: Session, snap: Snapshot | None) -> None:
+        if snap is not None:
+            self._save(session, snap)
+        self._release(session)
+
+    def _release(self, session: Session) -> None:
+        with self._lock:
+            if session.open:
+                return  # attached again here meanwhile: the lease is the new stream's
+        try:
+            self.store.release(session.name, self.owner)
+        except Exception as exc:
+            self._store_failed(f"session {session.name!r}: cannot release its lease (it expires by itself)", exc)
+
+    def _renew(self, session: Session) -> None:
+        try:
+            kept = self.store.renew(session.name, self.owner, self.lease_seconds, self.clock())
+        except Exception as exc:
+            self._store_failed(f"session {session.name!r}: cannot renew its lease", exc)
+            return
+        with self._lock:
+            if not kept and session.open:
+                session.lost = True
+                log.warning("session %r: its lease was lost to another server process; its stream ends",
+                            session.name)
+
+    def _expire(self, idle_before: float, now: float) -> None:
+        try:
+            gone = self.store.expire(idle_before, now)
+        except Exception as exc:
+            self._store_failed("cannot expire idle sessions", exc)
+            return
+        if gone:
+            log.info("store: dropped %d idle session(s) after %.0f s", len(gone), self.ttl)
+
+    def _store_failed(self, what: str, exc: Exception) -> None:
+        log.error("store: %s: %s", what, exc)
+        if self._store_ok:
+            self._store_ok = False
+            self._on_store_health(False)
+
+    def _store_back(self) -> None:
+        if not self._store_ok:
+            self._store_ok = True
+            log.info("store: writing again")
+            self._on_store_health(True)

@@ -45,7 +45,7 @@ class InProcessServer:
     # start() compiles the numba kernels; on a fresh machine (empty cache, cores shared) that can take minutes
     START_TIMEOUT = 180
 
-    def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, config: Config, clock: Callable[[], float] = time.time):
         self.server = StreamerServer(config, clock=clock)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -66,12 +66,13 @@ class InProcessServer:
 @pytest.fixture(scope="session")
 def make_server():
     """Factory: make_server(clock=..., **config_fields) -> a started InProcessServer on 127.0.0.1, stopped at
-    the end; `clock` (default time.monotonic) is what its session registry reads, e.g. a FakeClock."""
+    the end; `clock` (default time.time) is what its session registry reads, e.g. a FakeClock."""
     servers = []
 
-    def make(clock: Callable[[], float] = time.monotonic, **fields) -> InProcessServer:
+    def make(clock: Callable[[], float] = time.time, **fields) -> InProcessServer:
         fields.setdefault("host", "127.0.0.1")
         fields.setdefault("port", 0)
+        fields.setdefault("store", "memory://")
         server = InProcessServer(dataclasses.replace(Config(), **fields), clock=clock)
         servers.append(server)
         return server
@@ -103,7 +104,9 @@ class CliServer:
 
     def __init__(self, *args: str):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamer", "serve", "--host", "127.0.0.1", "--port", "0", *args],
+            # an in-memory store unless the test names one (a later --store wins): no test shares state
+            [sys.executable, "-m", "streamer", "serve", "--host", "127.0.0.1", "--port", "0", "--store", "memory://",
+             *args],
             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.log: list[str] = []
         deadline = time.monotonic() + 120
