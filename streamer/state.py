@@ -273,8 +273,9 @@ class SessionRegistry:
             session.lost = True
             log.warning("session %r: snapshot refused: another server process holds its lease now", session.name)
             return False
-        log.debug("session %r: snapshot version %d, %d series, %d bytes in %.1f ms", session.name, snap.version,
-                  len(snap), snap.nbytes, 1e3 * (time.perf_counter() - started))
+        log.debug("session %r: snapshot version %d: %d series, %d values, %d bytes in %.1f ms", session.name,
+                  snap.version, len(snap), int(snap.arrays["count"].sum()), snap.nbytes,
+                  1e3 * (time.perf_counter() - started))
         return True
 
     def _save_and_release(self, session: Session, snap: Snapshot | None) -> None:

@@ -1,0 +1,155 @@
+"""The store interface, one contract for every backend: leases are compare-and-set on their owner, a stale
+owner's write is refused, snapshots round-trip exactly; and the SQLite file's own failure modes."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import subprocess
+
+import numpy as np
+import pytest
+
+from streamer.store import SCHEMA_VERSION, MemoryStore, Snapshot, StoreError, open_store
+from streamer.store.sqlite import SQLiteStore
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request, tmp_path):
+    s = MemoryStore() if request.param == "memory" else SQLiteStore(str(tmp_path / "state" / "s.db"))
+    yield s
+    s.close()
+
+
+def snapshot(name="a", version=1, n=3, last_used=100.0, seed=0) -> Snapshot:
+    rng = np.random.default_rng(seed)
+    names = [f"series-{i}".encode() for i in range(n)]
+    return Snapshot(name, 1, "threshold=2.0", version, b"".join(names),
+                    np.array([len(x) for x in names], dtype=np.int64),
+                    {"count": rng.integers(0, 100, n), "mean": rng.normal(size=n), "spread": rng.random(n)},
+                    last_used)
+
+
+def same(a: Snapshot, b: Snapshot) -> bool:
+    return (a.name, a.mode, a.options, a.version, a.names, a.last_used) == \
+        (b.name, b.mode, b.options, b.version, b.names, b.last_used) and \
+        np.array_equal(a.name_lengths, b.name_lengths) and a.arrays.keys() == b.arrays.keys() and \
+        all(np.array_equal(a.arrays[k], b.arrays[k]) and a.arrays[k].dtype == b.arrays[k].dtype for k in a.arrays)
+
+
+def test_a_lease_is_exclusive_until_released_or_expired(store):
+    assert store.acquire("a", "p1", 10, now=0) is None
+    assert store.acquire("a", "p1", 10, now=1) is None          # its owner may take it again
+    assert store.acquire("a", "p2", 10, now=2) == 11            # another waits for the expiry
+    assert store.renew("a", "p1", 10, now=5)
+    assert store.acquire("a", "p2", 10, now=12) == 15
+    assert not store.release("a", "p2") and not store.renew("a", "p2", 10, now=12)
+    assert store.release("a", "p1")
+    assert store.acquire("a", "p2", 10, now=13) is None
+    assert store.acquire("b", "p1", 10, now=13) is None         # leases are per session
+
+
+def test_an_expired_lease_goes_to_the_next_owner_and_the_stale_owner_cannot_write(store):
+    assert store.acquire("a", "old", 2, now=0) is None
+    assert store.save(snapshot(version=1), "old")
+    assert store.acquire("a", "new", 2, now=3) is None           # old stalled past its lease
+    assert store.save(snapshot(version=5, seed=1), "new")
+    assert not store.save(snapshot(version=9, seed=2), "old")    # the stalled owner wakes up: refused
+    assert not store.renew("a", "old", 2, now=3) and not store.release("a", "old")
+    assert store.version("a") == 5 and same(store.load("a"), snapshot(version=5, seed=1))
+
+
+def test_a_write_without_a_lease_is_refused(store):
+    assert not store.save(snapshot(), "nobody")
+    assert store.load("a") is None and store.version("a") is None
+
+
+def test_snapshots_round_trip_exactly(store):
+    store.acquire("a", "p", 10, now=0)
+    for n in (0, 1, 1000):
+        snap = snapshot(n=n, version=n + 1)
+        assert store.save(snap, "p")
+        assert same(store.load("a"), snap) and store.version("a") == n + 1
+
+
+def test_expire_drops_idle_sessions_without_a_live_lease(store):
+    for name, used in (("old", 10.0), ("busy", 10.0), ("recent", 90.0)):
+        store.acquire(name, "p", 1000, now=0)
+        store.save(snapshot(name, last_used=used), "p")
+    store.release("old", "p")
+    store.release("recent", "p")
+    assert store.expire(idle_before=50.0, now=95.0) == ["old"]
+    assert store.load("old") is None and store.load("busy") is not None and store.load("recent") is not None
+
+
+def test_sqlite_state_is_shared_by_two_connections(tmp_path):
+    path = str(tmp_path / "s.db")
+    a, b = SQLiteStore(path), SQLiteStore(path)
+    assert a.acquire("x", "pa", 10, now=0) is None
+    assert b.acquire("x", "pb", 10, now=1) == 10
+    assert a.save(snapshot("x", version=3), "pa")
+    assert b.version("x") == 3 and same(b.load("x"), snapshot("x", version=3))
+    a.close()
+    b.close()
+
+
+def test_open_store_urls(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert isinstance(open_store("memory://"), MemoryStore)
+    s = open_store("sqlite:///state/x.db")  # relative to the working directory
+    assert os.path.exists(tmp_path / "state" / "x.db")
+    s.close()
+    s = open_store(f"sqlite:///{tmp_path}/abs.db")  # sqlite:////abs/path
+    s.close()
+    assert os.path.exists(tmp_path / "abs.db")
+    for bad in ("redis://x", "sqlite:///", "postgres://db"):
+        with pytest.raises(StoreError):
+            open_store(bad)
+
+
+def test_a_newer_schema_is_refused_with_a_message(tmp_path):
+    path = str(tmp_path / "s.db")
+    SQLiteStore(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
+    with pytest.raises(StoreError, match=f"newer streamer .*schema {SCHEMA_VERSION + 1}"):
+        SQLiteStore(path)
+
+
+def test_a_corrupt_file_and_a_foreign_database_are_refused(tmp_path):
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="cannot use it as a store"):
+        SQLiteStore(str(junk))
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE customers (id INTEGER)")
+    with pytest.raises(StoreError, match="not a streamer store"):
+        SQLiteStore(str(foreign))
+
+
+def make_read_only(directory) -> None:
+    """A directory nobody may write into, root included (CI runs as root, who ignores permission bits):
+    chattr +i where root can, else the permission bits. Undo with writable(directory)."""
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(directory)], check=True)
+    else:
+        directory.chmod(stat.S_IRUSR | stat.S_IXUSR)
+
+
+def writable(directory) -> None:
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(directory)], check=True)
+    else:
+        directory.chmod(stat.S_IRWXU)
+
+
+def test_a_read_only_directory_is_refused(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    make_read_only(ro)
+    try:
+        with pytest.raises(StoreError, match="cannot"):
+            SQLiteStore(str(ro / "s.db"))
+    finally:
+        writable(ro)
