@@ -31,9 +31,9 @@ DESCRIPTIONS = {
 class ServerProcess:
     """One server subprocess; its stderr goes to a log file that is searched for the ready line."""
 
-    def __init__(self, name: str, timeout: float = 180.0):
+    def __init__(self, name: str, timeout: float = 180.0, extra: list[str] = ()):
         self.name = name
-        self.command = [sys.executable, *COMMANDS[name]]
+        self.command = [sys.executable, *COMMANDS[name], *extra]  # a flag in `extra` overrides COMMANDS' own
         self.log_path = Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
         with open(self.log_path, "w") as log:
             # Its own session: a Ctrl-C at the terminal reaches the harness, which stops the servers itself.
