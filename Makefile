@@ -11,11 +11,14 @@ STAMP  := $(VENV)/.installed
 PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 GO_TOOLS := bin/.go-tools-$(PROTOC_GEN_GO_VERSION)-$(PROTOC_GEN_GO_GRPC_VERSION)
+# grpcurl, the reflection client of tests/test_reflection.py (it describes and calls the server as a user would).
+GRPCURL_VERSION := v1.9.4
+GRPCURL := bin/.grpcurl-$(GRPCURL_VERSION)
 # -count=1: the Go tests talk to the Python server, whose changes go's test cache cannot see.
 GO_TEST  := cd go && STREAMER_BIN=$(CURDIR)/$(BIN)/streamer go test -count=1 ./...
 
 .PHONY: serve test proto lint bench bench-quick clean
-.PHONY: go-tools go-test
+.PHONY: go-tools grpcurl go-test
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +29,7 @@ $(STAMP): setup.cfg pyproject.toml
 serve: $(STAMP)  ## run the service with embedded defaults (port 9999)
 	$(BIN)/streamer serve
 
-test: $(STAMP) go-tools  ## the whole test suite
+test: $(STAMP) go-tools grpcurl  ## the whole test suite
 	$(BIN)/pytest
 	$(GO_TEST)
 
@@ -52,6 +55,12 @@ go-tools: $(GO_TOOLS)  ## install the pinned protoc-gen-go and protoc-gen-go-grp
 $(GO_TOOLS):
 	GOBIN=$(CURDIR)/bin go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 	GOBIN=$(CURDIR)/bin go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	touch $@
+
+grpcurl: $(GRPCURL)  ## install the pinned grpcurl into ./bin (for the reflection tests)
+
+$(GRPCURL):
+	GOBIN=$(CURDIR)/bin go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 	touch $@
 
 go-test: $(STAMP)  ## only the Go tests (against the real Python server)

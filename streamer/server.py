@@ -11,9 +11,15 @@ from typing import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+# grpcio-reflection (1.85) provides only grpc.reflection.v1alpha; grpcurl and grpc-go's reflection client ask
+# for v1 first and fall back to v1alpha when v1 is UNIMPLEMENTED. Serve v1 too once the library has it.
 from grpc_reflection.v1alpha import reflection
 
 from streamer import detector, kernels, wire
+# The Outliers methods are registered as raw-bytes handlers (service.py), so nothing else loads the generated
+# module; reflection answers from the default descriptor pool, which holds pb.Outliers only once this import
+# has run. Without it, `grpcurl describe pb.Outliers` from another process gets "Symbol not found".
+from streamer.pb import outliers_pb2
 from streamer.service import SERVICE_NAME, OutliersService
 from streamer.state import SessionRegistry
 
@@ -58,6 +64,7 @@ class StreamerServer:
         ])
         server.add_generic_rpc_handlers((OutliersService(self.config.defaults, self.sessions).handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        assert outliers_pb2.DESCRIPTOR.services_by_name["Outliers"].full_name == SERVICE_NAME
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server)
