@@ -4,8 +4,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import signal
+import socket
 import time
 from typing import Callable
 
@@ -37,6 +39,45 @@ class Config:
     grace_seconds: float = 5.0
     session_ttl: float = 600.0
     max_sessions: int = 10_000
+    # SO_REUSEPORT. Off: the port is this process's alone, so a second server on it fails at start instead of
+    # silently sharing the connections (and its sessions) with the first. On only for several workers of one
+    # server that bind the same port (a future --workers N).
+    reuse_port: bool = False
+
+
+def _check_bindable(host: str, port: int, reuse_port: bool) -> None:
+    """Raise OSError saying why, if grpc could not listen on host:port, or could only on some of its addresses.
+
+    grpc reports a failed bind only as "Failed to bind" (after a log line of its own on stderr), and binds a
+    name like localhost when any one of its addresses is free. A plain socket per resolved address, with the
+    options grpc uses (SO_REUSEADDR, and SO_REUSEPORT only when asked for), says what is wrong, and an address
+    in use anywhere is an error: a second server must not share this one's name.
+    """
+    if port == 0:
+        return
+    name = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    where = f"cannot listen on {host}:{port}"
+    try:
+        infos = socket.getaddrinfo(name or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise OSError(f"{where}: {exc.strerror}") from None
+    errors = []
+    for family, kind, proto, _, addr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6 and addr[0] == "::":
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # grpc's [::] takes IPv4 too
+            try:
+                probe.bind(addr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise OSError(f"{where}: the port is in use on {addr[0]} (is another server running "
+                                  f"on it?)") from None
+                errors.append(exc)
+    if len(errors) == len(infos):
+        raise OSError(f"{where}: {errors[0].strerror.lower()}") from None
 
 
 class StreamerServer:
@@ -56,6 +97,8 @@ class StreamerServer:
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", limit),  # larger requests: RESOURCE_EXHAUSTED
             ("grpc.max_send_message_length", limit),
+            # grpc sets SO_REUSEPORT unless told not to; see Config.reuse_port.
+            ("grpc.so_reuseport", int(self.config.reuse_port)),
             # Ping idle connections so a collector that vanished without closing frees its session within
             # ~15 s (it gets ALREADY_EXISTS until then, and retries).
             ("grpc.keepalive_time_ms", 10_000),
@@ -69,7 +112,9 @@ class StreamerServer:
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server)
         addr = f"{self.config.host}:{self.config.port}"
-        try:  # bind first: a busy port fails at once, not after the compile
+        # Bind first: a busy port fails at once, not after the compile.
+        _check_bindable(self.config.host, self.config.port, self.config.reuse_port)
+        try:
             self.port = server.add_insecure_port(addr)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {addr}: {exc}") from None

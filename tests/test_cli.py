@@ -88,6 +88,25 @@ def test_serve_on_a_busy_port_fails_at_once_with_a_message():
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        out = run("serve", "--host", "127.0.0.1", "--port", str(busy.getsockname()[1]))
+        port = busy.getsockname()[1]
+        out = run("serve", "--host", "127.0.0.1", "--port", str(port))
     assert out.returncode == 1
-    assert "cannot listen on 127.0.0.1:" in out.stderr and "Traceback" not in out.stderr
+    assert out.stderr == (f"streamer serve: cannot listen on 127.0.0.1:{port}: the port is in use on 127.0.0.1 "
+                          f"(is another server running on it?)\n")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::]"])
+def test_a_second_server_on_the_same_port_fails_at_once(cli_server, host):
+    """grpc sets SO_REUSEPORT unless told not to, which would let a second server share the port (and split the
+    connections between two session tables): the second one must fail, before it compiles anything."""
+    first = cli_server()
+    out = run("serve", "--host", host, "--port", str(first.port))
+    assert out.returncode == 1
+    assert out.stderr.splitlines() == [f"streamer serve: cannot listen on {host}:{first.port}: the port is in use "
+                                       f"on {'127.0.0.1' if host == '127.0.0.1' else '::'} (is another server "
+                                       f"running on it?)"], out.stderr
+    # the first server is undisturbed and answers
+    from streamer.client import Client
+    with Client(first.addr, timeout=10) as client:
+        assert client.detect(values=[1, 1, 1, 1, 1, 1, 1, 1, 1, 9], name="x").indices == [9]
+    assert first.proc.poll() is None
