@@ -8,6 +8,7 @@ import errno
 import logging
 import signal
 import socket
+import threading
 import time
 from typing import Callable
 
@@ -17,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 # for v1 first and fall back to v1alpha when v1 is UNIMPLEMENTED. Serve v1 too once the library has it.
 from grpc_reflection.v1alpha import reflection
 
-from streamer import detector, kernels, wire
+from streamer import detector, kernels, series, wire
 # The Outliers methods are registered as raw-bytes handlers (service.py), so nothing else loads the generated
 # module; reflection answers from the default descriptor pool, which holds pb.Outliers only once this import
 # has run. Without it, `grpcurl describe pb.Outliers` from another process gets "Symbol not found".
@@ -80,6 +81,22 @@ def _check_bindable(host: str, port: int, reuse_port: bool) -> None:
         raise OSError(f"{where}: {errors[0].strerror.lower()}") from None
 
 
+def _jit_functions() -> list:
+    """Every numba function of the pipeline (for the compile's cache statistics)."""
+    from numba.core.dispatcher import Dispatcher
+
+    found = {id(v): v for m in (kernels, series, wire) for v in vars(m).values() if isinstance(v, Dispatcher)}
+    return list(found.values())
+
+
+def _compile_kernels() -> tuple[int, int]:
+    """Compile every kernel of the pipeline, or load it from numba's cache: (signatures loaded, compiled)."""
+    kernels.compile_all()
+    wire.compile_all()
+    stats = [f.stats for f in _jit_functions()]
+    return sum(sum(s.cache_hits.values()) for s in stats), sum(sum(s.cache_misses.values()) for s in stats)
+
+
 class StreamerServer:
     """A grpc.aio server with Outliers, health and reflection; `start()` returns once it answers."""
 
@@ -92,7 +109,8 @@ class StreamerServer:
         self._server: grpc.aio.Server | None = None
         self._sweeper: asyncio.Task | None = None
 
-    async def start(self) -> int:
+    async def start(self, stop: asyncio.Event | None = None) -> int | None:
+        """Bind, compile the kernels, start serving; the port, or None if `stop` was set during the compile."""
         limit = self.config.max_message_mb * 1024 * 1024
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", limit),  # larger requests: RESOURCE_EXHAUSTED
@@ -120,14 +138,58 @@ class StreamerServer:
             raise OSError(f"cannot listen on {addr}: {exc}") from None
         # Compile before serving: the first request must not pay seconds of JIT, and health must not say
         # SERVING before the kernels can run. Nothing is accepted until server.start().
-        kernels.compile_all()
-        wire.compile_all()
+        if not await self._compile(stop):
+            return None
         await server.start()
         self._server = server
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._sweeper = asyncio.create_task(self._sweep_sessions())
         return self.port
+
+    async def _compile(self, stop: asyncio.Event | None) -> bool:
+        """Compile (or load from numba's cache) on a thread, so a signal meanwhile is acted on at once.
+
+        False if `stop` was set first. The thread cannot be interrupted: it is a daemon, left to the process's
+        exit. (asyncio.to_thread would not do: asyncio.run waits for its executor's threads at the end.)
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+
+        def finish(outcome) -> None:
+            if not done.done():
+                done.set_result(outcome)
+
+        def work() -> None:
+            try:
+                outcome = _compile_kernels()
+            except BaseException as exc:  # handed to the event loop, raised there
+                outcome = exc
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the server stopped meanwhile
+                loop.call_soon_threadsafe(finish, outcome)
+
+        cache = _jit_functions()[0].stats.cache_path
+        log.info("compiling the kernels, or loading them from numba's cache in %s: tens of seconds the first "
+                 "time, about a second on later starts", cache)
+        started = time.perf_counter()
+        threading.Thread(target=work, name="streamer-compile", daemon=True).start()
+        waiters = [done] if stop is None else [done, asyncio.ensure_future(stop.wait())]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters[1:]:
+            waiter.cancel()
+        if not done.done():
+            return False
+        outcome = done.result()
+        if isinstance(outcome, BaseException):
+            raise outcome
+        loaded, compiled = outcome
+        seconds = time.perf_counter() - started
+        if compiled:
+            log.info("compiled %d kernel signature(s) in %.1f s (%d loaded from the cache); numba cached them "
+                     "for the next start", compiled, seconds, loaded)
+        else:
+            log.info("loaded the kernels from numba's cache in %.1f s", seconds)
+        return True
 
     async def _sweep_sessions(self) -> None:
         interval = min(max(self.config.session_ttl / 4, 0.05), 30.0)
@@ -157,7 +219,10 @@ async def serve(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):  # before start: a signal during the compile stops cleanly too
         loop.add_signal_handler(sig, stop.set)
     server = StreamerServer(config)
-    port = await server.start()
+    port = await server.start(stop)
+    if port is None:
+        log.info("stopped by a signal during the compile, before serving")
+        return
     log.info("streamer ready on %s:%d (threshold %g, warmup %d, mode %s)", config.host, port,
              config.defaults.threshold, config.defaults.warmup, detector.MODE_NAMES[config.defaults.mode])
     await stop.wait()
