@@ -1,9 +1,15 @@
-# Small verbs; the README's commands are these. Every verb sets up what it needs from nothing:
-# a local virtual environment (.venv) with the package and its declared dependencies.
+# Small verbs; the README's commands are these. Every verb sets up what it needs from nothing: a local
+# virtual environment (.venv) with the package, its runtime dependencies and only the extras that verb needs.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# One stamp per set of dependencies: `make serve` installs the runtime ones only, `make test` adds the dev and
+# bench extras (the benchmark harness has a test), `make bench` only bench. Each reinstalls when setup.cfg or
+# pyproject.toml changes.
+VENV_STAMP    := $(VENV)/.created
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+DEV_STAMP     := $(VENV)/.installed-dev
+BENCH_STAMP   := $(VENV)/.installed-bench
 
 # Go: the protoc plugins are pinned here and installed into ./bin (gitignored). protoc-gen-go's version is
 # that of google.golang.org/protobuf in go/go.mod (tests/test_go.py checks), so the code it writes matches the
@@ -17,37 +23,52 @@ GRPCURL := bin/.grpcurl-$(GRPCURL_VERSION)
 # -count=1: the Go tests talk to the Python server, whose changes go's test cache cannot see.
 GO_TEST  := cd go && STREAMER_BIN=$(CURDIR)/$(BIN)/streamer go test -count=1 ./...
 
-.PHONY: serve test proto lint bench bench-quick clean
+.DEFAULT_GOAL := help
+.PHONY: help serve test proto lint bench bench-quick clean
 .PHONY: go-tools grpcurl go-test
 
-$(STAMP): setup.cfg pyproject.toml
+help:  ## list the verbs
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VENV_STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
-	touch $(STAMP)
+	touch $@
 
-serve: $(STAMP)  ## run the service with embedded defaults (port 9999)
+$(RUNTIME_STAMP): $(VENV_STAMP) setup.cfg pyproject.toml
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(DEV_STAMP): $(RUNTIME_STAMP)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+$(BENCH_STAMP): $(RUNTIME_STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	touch $@
+
+serve: $(RUNTIME_STAMP)  ## run the service with embedded defaults (port 9999); installs the runtime dependencies only
 	$(BIN)/streamer serve
 
-test: $(STAMP) go-tools grpcurl  ## the whole test suite
+test: $(DEV_STAMP) $(BENCH_STAMP) go-tools grpcurl  ## the whole test suite (Python, then Go against the real server)
 	$(BIN)/pytest
 	$(GO_TEST)
 
-proto: $(STAMP) go-tools  ## regenerate the committed bindings from protos/outliers.proto
+proto: $(DEV_STAMP) go-tools  ## regenerate the committed bindings from protos/outliers.proto
 	$(BIN)/python protos/generate.py
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)  ## flake8, go vet and gofmt
 	$(BIN)/flake8 streamer tests benchmarks protos
 	cd go && go vet ./... && { unformatted=$$(gofmt -l .); test -z "$$unformatted" || { echo "gofmt -l: $$unformatted"; exit 1; }; }
 
-bench: $(STAMP)  ## full benchmark run (about 10 minutes)
+bench: $(BENCH_STAMP)  ## full benchmark run (about 7 minutes)
 	$(BIN)/python -m benchmarks
 
-bench-quick: $(STAMP)  ## short benchmark run (about 2 minutes)
+bench-quick: $(BENCH_STAMP)  ## short benchmark run (about 75 s)
 	$(BIN)/python -m benchmarks --quick
 
-clean:
-	rm -rf $(VENV) build *.egg-info
+clean:  ## remove .venv, build outputs and ./bin
+	rm -rf $(VENV) build dist *.egg-info
 	rm -rf bin
 
 go-tools: $(GO_TOOLS)  ## install the pinned protoc-gen-go and protoc-gen-go-grpc into ./bin
@@ -63,5 +84,5 @@ $(GRPCURL):
 	GOBIN=$(CURDIR)/bin go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 	touch $@
 
-go-test: $(STAMP)  ## only the Go tests (against the real Python server)
+go-test: $(RUNTIME_STAMP)  ## only the Go tests (against the real Python server)
 	$(GO_TEST)

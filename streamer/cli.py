@@ -1,4 +1,5 @@
-"""Command line: `streamer serve` runs the service, `streamer detect FILE` sends a file's metrics to Detect.
+"""Command line: `streamer serve` runs the service, `streamer detect FILE` sends a file's metrics to Detect,
+`streamer proto` prints the contract.
 
 Every flag is checked here, with its range in --help; a bad one is one line on stderr and exit status 2.
 """
@@ -68,8 +69,8 @@ NOT_EMPTY = _checked(str, lambda v: v.strip() != "", "a non-empty string")
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="streamer",
-                     description="Outliers in metric streams: run the gRPC service (serve), or send a file of "
-                                 "metrics to it (detect).")
+                     description="Outliers in metric streams: run the gRPC service (serve), send a file of metrics "
+                                 "to it (detect), print its contract (proto).")
     parser.add_argument("--version", action="version", version=f"streamer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -148,6 +149,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--exclude-outliers", action="store_true", default=None,
                    help="--stream: flagged values do not update their series' state")
     t.set_defaults(subparser=t)
+
+    sub.add_parser("proto", help="print the service's contract, protos/outliers.proto (also in the wheel)",
+                   description="Print protos/outliers.proto, the contract of the Outliers service, as shipped "
+                               "in the package: hand it to grpcurl -proto, or generate a client from it.")
     return parser
 
 
@@ -167,6 +172,10 @@ def _check_detect(parser: argparse.ArgumentParser, args) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "proto":
+        from importlib import resources
+        sys.stdout.write(resources.files("streamer.pb").joinpath("outliers.proto").read_text(encoding="utf-8"))
+        return 0
     if args.command == "detect":
         _check_detect(args.subparser, args)
         from streamer import detect_file

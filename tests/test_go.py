@@ -15,7 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 GENERATE = ROOT / "protos" / "generate.py"
 COMMITTED = {"python": ROOT / "streamer" / "pb", "go": ROOT / "go" / "pb"}
 # What generate.py writes per language; anything else in the directory (__init__.py, caches) is not generated.
-GENERATED = {"python": ["outliers_pb2.py", "outliers_pb2.pyi", "outliers_pb2_grpc.py"],
+GENERATED = {"python": ["outliers.proto", "outliers_pb2.py", "outliers_pb2.pyi", "outliers_pb2_grpc.py"],
              "go": ["outliers.pb.go", "outliers_grpc.pb.go"]}
 
 
