@@ -62,9 +62,14 @@ def _check_bindable(host: str, port: int, reuse_port: bool) -> None:
         infos = socket.getaddrinfo(name or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise OSError(f"{where}: {exc.strerror}") from None
-    errors = []
+    errors, tried = [], 0
     for family, kind, proto, _, addr in infos:
-        with socket.socket(family, kind, proto) as probe:
+        try:
+            probe = socket.socket(family, kind, proto)
+        except OSError:  # e.g. no IPv6 on this host: grpc's [::] falls back to 0.0.0.0, so let grpc decide
+            continue
+        tried += 1
+        with probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if reuse_port:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -77,7 +82,7 @@ def _check_bindable(host: str, port: int, reuse_port: bool) -> None:
                     raise OSError(f"{where}: the port is in use on {addr[0]} (is another server running "
                                   f"on it?)") from None
                 errors.append(exc)
-    if len(errors) == len(infos):
+    if tried and len(errors) == tried:
         raise OSError(f"{where}: {errors[0].strerror.lower()}") from None
 
 
