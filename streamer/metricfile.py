@@ -36,6 +36,8 @@ def parse_time(text) -> tuple[int, int] | None:
         raise ValueError(text)
     if isinstance(text, (int, float)):
         return _from_float(float(text))
+    if not isinstance(text, str):
+        raise TypeError(text)
     text = text.strip()
     number = _DECIMAL.match(text)
     if number:  # exact: "1764580000.123456789" keeps every digit, which a float would not
@@ -166,7 +168,7 @@ class MetricFile:
         return self._csv(first, lines)
 
     def _csv(self, header_line: str, lines: Iterator[str]) -> Iterator[Row]:
-        header = [h.strip() for h in next(csv.reader([header_line]))]
+        header = [h.strip().lower() for h in next(csv.reader([header_line]))]  # Time,Name,Value will do
         missing = [c for c in ("name", "value") if c not in header]
         if missing:
             raise FileError(f"{self.label}:{self.line}: the CSV header {','.join(header)!r} lacks "

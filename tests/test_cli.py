@@ -64,7 +64,7 @@ def test_detect_rejects_a_file_without_the_header(tmp_path):
     path.write_text("1,CPU,2\n")
     out = run("detect", str(path), "--addr", "127.0.0.1:1")
     assert out.returncode == 1
-    assert out.stderr == f"streamer detect: {path}:1: the CSV header '1,CPU,2' lacks name and value; it must " \
+    assert out.stderr == f"streamer detect: {path}:1: the CSV header '1,cpu,2' lacks name and value; it must " \
                          f"name time,name,value (time may be left out)\n"
 
 
