@@ -51,6 +51,15 @@ def test_detect_jsonl_from_stdin(cli_addr):
     assert json.loads(out.stdout)["indices"] == [7, 113, 835]
 
 
+def test_detect_reads_crlf_a_byte_order_mark_and_a_capitalised_header(cli_addr, tmp_path):
+    path = tmp_path / "excel.csv"
+    rows = "".join(f"{t},{n},{v!r}\r\n" for t, n, v in classic_rows())
+    path.write_bytes(b"\xef\xbb\xbf" + f"Time,Name,Value\r\n{rows}".encode())
+    out = run("detect", str(path), "--addr", cli_addr, "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["indices"] == [7, 113, 835]
+
+
 def test_detect_reports_server_errors(cli_addr, tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text("time,name,value\n," + "x" * 2000 + ",1\n")
@@ -87,6 +96,7 @@ BAD_FILES = [
     ("string.jsonl", b'{"name": "a", "value": "x1"}\n', 1, "value 'x1' is not a number"),
     ("broken.jsonl", b'{"name": "a", "value": 1\n', 1, "not valid JSON"),
     ("list.jsonl", b'{"name": "a", "value": 1}\n[1, 2]\n', 2, "not a JSON object"),
+    ("objtime.jsonl", b'{"name": "a", "value": 1, "time": {"s": 1}}\n', 1, "time {'s': 1} is neither"),
 ]
 
 
