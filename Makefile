@@ -1,9 +1,15 @@
-# Small verbs; the README's commands are these. Every verb sets up what it needs from nothing:
-# a local virtual environment (.venv) with the package and its declared dependencies.
+# Small verbs; the README's commands are these. Every verb sets up what it needs from nothing: a local
+# virtual environment (.venv) with the package, its runtime dependencies and only the extras that verb needs.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# One stamp per set of dependencies: `make serve` installs the runtime ones only, `make test` adds the dev and
+# bench extras (the benchmark harness has a test), `make bench` only bench. Each reinstalls when setup.cfg or
+# pyproject.toml changes.
+VENV_STAMP    := $(VENV)/.created
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+DEV_STAMP     := $(VENV)/.installed-dev
+BENCH_STAMP   := $(VENV)/.installed-bench
 
 # Go: the protoc plugins are pinned here and installed into ./bin (gitignored). protoc-gen-go's version is
 # that of google.golang.org/protobuf in go/go.mod (tests/test_go.py checks), so the code it writes matches the
@@ -11,26 +17,44 @@ STAMP  := $(VENV)/.installed
 PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 GO_TOOLS := bin/.go-tools-$(PROTOC_GEN_GO_VERSION)-$(PROTOC_GEN_GO_GRPC_VERSION)
+# grpcurl, the reflection client of tests/test_reflection.py (it describes and calls the server as a user would).
+GRPCURL_VERSION := v1.9.4
+GRPCURL := bin/.grpcurl-$(GRPCURL_VERSION)
 # -count=1: the Go tests talk to the Python server, whose changes go's test cache cannot see.
 GO_TEST  := cd go && STREAMER_BIN=$(CURDIR)/$(BIN)/streamer go test -count=1 ./...
 
-.PHONY: serve test proto lint bench bench-quick fuzz clean
-.PHONY: go-tools go-test
+.DEFAULT_GOAL := help
+.PHONY: help serve test proto lint bench bench-quick fuzz clean
+.PHONY: go-tools grpcurl go-test
 
-$(STAMP): setup.cfg pyproject.toml
+help:  ## list the verbs
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VENV_STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
-	touch $(STAMP)
+	touch $@
 
-serve: $(STAMP)  ## run the service with embedded defaults (port 9999)
+$(RUNTIME_STAMP): $(VENV_STAMP) setup.cfg pyproject.toml
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(DEV_STAMP): $(RUNTIME_STAMP)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+$(BENCH_STAMP): $(RUNTIME_STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	touch $@
+
+serve: $(RUNTIME_STAMP)  ## run the service with embedded defaults (port 9999); installs the runtime dependencies only
 	$(BIN)/streamer serve
 
 # The wire tests and the fuzz targets run twice: in the normal build, then in the checked one, where every load
 # checks its bounds and every decoder loop its progress (streamer/wire/primitives.py), in its own numba cache.
 WIRE_TESTS := tests/test_wire.py tests/test_wire_checked.py tests/test_series.py tests/test_fuzz.py
 
-test: $(STAMP) go-tools  ## the whole test suite
+test: $(DEV_STAMP) $(BENCH_STAMP) go-tools grpcurl  ## the whole test suite (Python, then Go against the real server)
 	$(BIN)/pytest
 	STREAMER_WIRE_CHECKED=1 $(BIN)/pytest -q $(WIRE_TESTS)
 	$(GO_TEST)
@@ -39,27 +63,27 @@ test: $(STAMP) go-tools  ## the whole test suite
 # tests/fuzz/regressions/, which `make test` replays. The grown corpus (.fuzz/) is then replayed through the
 # compiled decoder in the checked build.
 FUZZ_SECONDS ?= 600
-fuzz: $(STAMP)  ## fuzz the request decoder for FUZZ_SECONDS (600) against the protobuf library
+fuzz: $(DEV_STAMP)  ## fuzz the request decoder for FUZZ_SECONDS (600) against the protobuf library
 	mkdir -p .fuzz/corpus
 	$(BIN)/python tests/fuzz/fuzz_decode.py -dict=tests/fuzz/outliers.dict -max_total_time=$(FUZZ_SECONDS) \
 		-timeout=10 -print_final_stats=1 -artifact_prefix=tests/fuzz/regressions/ .fuzz/corpus tests/fuzz/corpus
 	STREAMER_WIRE_CHECKED=1 $(BIN)/python tests/fuzz/replay.py .fuzz/corpus tests/fuzz/corpus tests/fuzz/regressions
 
-proto: $(STAMP) go-tools  ## regenerate the committed bindings from protos/outliers.proto
+proto: $(DEV_STAMP) go-tools  ## regenerate the committed bindings from protos/outliers.proto
 	$(BIN)/python protos/generate.py
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)  ## flake8, go vet and gofmt
 	$(BIN)/flake8 streamer tests benchmarks protos
 	cd go && go vet ./... && { unformatted=$$(gofmt -l .); test -z "$$unformatted" || { echo "gofmt -l: $$unformatted"; exit 1; }; }
 
-bench: $(STAMP)  ## full benchmark run (about 10 minutes)
+bench: $(BENCH_STAMP)  ## full benchmark run (about 7 minutes)
 	$(BIN)/python -m benchmarks
 
-bench-quick: $(STAMP)  ## short benchmark run (about 2 minutes)
+bench-quick: $(BENCH_STAMP)  ## short benchmark run (about 75 s)
 	$(BIN)/python -m benchmarks --quick
 
-clean:
-	rm -rf $(VENV) build *.egg-info
+clean:  ## remove .venv, build outputs and ./bin
+	rm -rf $(VENV) build dist *.egg-info
 	rm -rf bin
 
 go-tools: $(GO_TOOLS)  ## install the pinned protoc-gen-go and protoc-gen-go-grpc into ./bin
@@ -69,5 +93,11 @@ $(GO_TOOLS):
 	GOBIN=$(CURDIR)/bin go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 	touch $@
 
-go-test: $(STAMP)  ## only the Go tests (against the real Python server)
+grpcurl: $(GRPCURL)  ## install the pinned grpcurl into ./bin (for the reflection tests)
+
+$(GRPCURL):
+	GOBIN=$(CURDIR)/bin go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
+	touch $@
+
+go-test: $(RUNTIME_STAMP)  ## only the Go tests (against the real Python server)
 	$(GO_TEST)

@@ -133,7 +133,7 @@ def _parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="the short run (about 1-2 minutes)")
+    size.add_argument("--quick", action="store_true", help="the short run (about 75 s; the full one, about 7 minutes)")
     size.add_argument("--tiny", action="store_true", help="a few seconds, for the test: shapes, not figures")
     parser.add_argument("--scenarios", nargs="+", metavar="PATTERN",
                         help="run only the scenarios whose name matches (glob, e.g. 'stream-pipe-*'); "

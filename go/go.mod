@@ -1,4 +1,4 @@
-module streamer/go
+module github.com/streamer-dev/streamer/go
 
 go 1.26.0
 

@@ -1,6 +1,8 @@
 """Regenerate the committed bindings from protos/outliers.proto (run by `make proto` and the staleness test).
 
-Python: messages, services and .pyi stubs into streamer/pb/, with the import made package-relative.
+Python: messages, services and .pyi stubs into streamer/pb/, with the import made package-relative, and a copy
+of the .proto itself, which the wheel carries as package data (a pip-only user's contract, for grpcurl -proto or
+another language's generator).
 Go: messages and services into go/pb/, by the pinned protoc-gen-go and protoc-gen-go-grpc in bin/
 (`make go-tools` installs them), run by the same protoc (grpcio-tools) as the Python output.
 With no --*-out option both languages are written to their committed places; with any, only those.
@@ -8,6 +10,7 @@ With no --*-out option both languages are written to their committed places; wit
 import argparse
 import pathlib
 import re
+import shutil
 import sys
 
 import grpc_tools
@@ -32,6 +35,7 @@ def generate_python(out: pathlib.Path) -> None:
     grpc_file = out / "outliers_pb2_grpc.py"
     text = grpc_file.read_text()
     grpc_file.write_text(re.sub(r"^import outliers_pb2 as", "from . import outliers_pb2 as", text, flags=re.M))
+    shutil.copyfile(HERE / PROTO, out / PROTO)
 
 
 def generate_go(out: pathlib.Path, plugins: pathlib.Path = ROOT / "bin") -> None:

@@ -1,34 +1,76 @@
-"""Command line: `streamer serve` runs the service, `streamer detect FILE` sends a file's metrics to Detect."""
+"""Command line: `streamer serve` runs the service, `streamer detect FILE` sends a file's metrics to Detect,
+`streamer proto` prints the contract.
+
+Every flag is checked here, with its range in --help; a bad one is one line on stderr and exit status 2.
+"""
 from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
-import datetime as dt
-import json
 import logging
+import math
+import os
 import sys
-from typing import Iterator
 
 from streamer import __version__
 from streamer.detector import Defaults
+from streamer.progress import MODES as PROGRESS_MODES
 from streamer.server import Config, serve
 from streamer.state import MODE_CUMULATIVE, MODE_EXPONENTIAL
 
 MODES = {"cumulative": MODE_CUMULATIVE, "exponential": MODE_EXPONENTIAL}
+MAX_MESSAGE_MB = 2047  # grpc's message limits are int32 byte counts: 2047 MiB is the most that fits
+MAX_UINT32 = 2**32 - 1
+MAX_INT32 = 2**31 - 1
 
 
-def _positive(kind):
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (the flag and its rule) instead of the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _checked(kind, ok, rule: str):
+    """An argparse type: `kind(text)` that must satisfy `ok`, else an error saying `rule`."""
     def parse(text: str):
-        value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text if kind is not str else repr(text)}")
         return value
     return parse
 
 
+def _int_range(low: int, high: int):
+    return _checked(int, lambda v: low <= v <= high, f"an integer from {low} to {high}")
+
+
+def _int_at_least(low: int):
+    return _checked(int, lambda v: v >= low, f"an integer >= {low}")
+
+
+def _finite_above(low: float, inclusive: bool = False):
+    sign = ">=" if inclusive else ">"
+    return _checked(float, lambda v: math.isfinite(v) and (v >= low if inclusive else v > low),
+                    f"a finite number {sign} {low:g}")
+
+
+PORT = _int_range(0, 65535)
+THRESHOLD = _finite_above(0)
+WARMUP = _int_range(0, MAX_UINT32)
+ALPHA = _checked(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+MESSAGE_MB = _int_range(1, MAX_MESSAGE_MB)
+SECONDS = _finite_above(0)
+NOT_EMPTY = _checked(str, lambda v: v.strip() != "", "a non-empty string")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="streamer", description=__doc__)
+    parser = _Parser(prog="streamer",
+                     description="Outliers in metric streams: run the gRPC service (serve), send a file of metrics "
+                                 "to it (detect), print its contract (proto).")
     parser.add_argument("--version", action="version", version=f"streamer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -37,124 +79,126 @@ def _parser() -> argparse.ArgumentParser:
                        description="Run the Outliers gRPC service (Detect, DetectStream), with health and "
                                    "reflection, until SIGTERM or SIGINT.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    s.add_argument("--host", default="[::]", help="address to listen on ([::] = every interface)")
-    s.add_argument("--port", type=int, default=9999, help="port to listen on; 0 picks a free one")
-    s.add_argument("--threshold", type=_positive(float), default=d.threshold,
-                   help="k: flag |x - mean| > k * stddev when a request leaves options.threshold 0")
-    s.add_argument("--warmup", type=int, default=d.warmup,
-                   help="DetectStream: values a series must have seen before it can be flagged (at least 2)")
+    s.add_argument("--host", type=NOT_EMPTY, default="[::]",
+                   help="address or name to listen on ([::] = every interface, IPv4 and IPv6)")
+    s.add_argument("--port", type=PORT, default=9999,
+                   help="port to listen on, 0-65535; 0 picks a free one (the log says which). The port is "
+                        "exclusive: a second server on it fails at start")
+    s.add_argument("--threshold", type=THRESHOLD, default=d.threshold,
+                   help="k, a finite number > 0: flag |x - mean| > k * stddev when a request leaves "
+                        "options.threshold 0")
+    s.add_argument("--warmup", type=WARMUP, default=d.warmup,
+                   help=f"DetectStream: values a series must have seen before it can be flagged, 0-{MAX_UINT32} "
+                        f"(below 2 acts as 2: a deviation needs two values)")
     s.add_argument("--mode", choices=sorted(MODES), default="cumulative",
                    help="DetectStream: running statistics when a request leaves options.mode unset")
-    s.add_argument("--alpha", type=float, default=d.alpha,
+    s.add_argument("--alpha", type=ALPHA, default=d.alpha,
                    help="exponential mode: weight of the newest value, 0 < alpha <= 1")
-    s.add_argument("--max-series", type=_positive(int), default=d.max_series,
-                   help="series one stream, session or Detect request may hold; more is RESOURCE_EXHAUSTED")
-    s.add_argument("--session-ttl", type=_positive(float), default=Config.session_ttl,
-                   help="seconds an idle session (no open stream) keeps its baselines before it is dropped")
-    s.add_argument("--max-sessions", type=_positive(int), default=Config.max_sessions,
-                   help="sessions the server keeps at once; a new one past this is RESOURCE_EXHAUSTED")
-    s.add_argument("--max-message-mb", type=_positive(int), default=Config.max_message_mb,
-                   help="largest request or response in MiB; a larger request is RESOURCE_EXHAUSTED")
-    s.add_argument("--grace-seconds", type=float, default=Config.grace_seconds,
-                   help="on SIGTERM/SIGINT, how long unary calls in flight may take to finish before they are "
-                        "cancelled (open streams end at once, their received batches answered)")
+    s.add_argument("--max-series", type=_int_range(1, MAX_INT32), default=d.max_series,
+                   help=f"series one stream, session or Detect request may hold, 1-{MAX_INT32}; more is "
+                        f"RESOURCE_EXHAUSTED")
+    s.add_argument("--session-ttl", type=SECONDS, default=Config.session_ttl,
+                   help="seconds (finite, > 0) an idle session (no open stream) keeps its baselines, in memory "
+                        "and in the store, before it is dropped")
+    s.add_argument("--max-sessions", type=_int_at_least(1), default=Config.max_sessions,
+                   help="sessions the server keeps at once, >= 1; a new one past this is RESOURCE_EXHAUSTED")
+    s.add_argument("--max-message-mb", type=MESSAGE_MB, default=Config.max_message_mb,
+                   help=f"largest request or response in MiB, 1-{MAX_MESSAGE_MB} (grpc counts bytes in an "
+                        f"int32); a larger request or answer is RESOURCE_EXHAUSTED")
+    s.add_argument("--grace-seconds", type=_finite_above(0, inclusive=True), default=Config.grace_seconds,
+                   help="on SIGTERM/SIGINT, seconds (finite, >= 0) unary calls in flight may take to finish "
+                        "before they are cancelled (open streams end at once, their received batches answered)")
+    s.add_argument("--drain-seconds", type=_finite_above(0, inclusive=True), default=Config.drain_seconds,
+                   help="on SIGTERM/SIGINT, seconds (finite, >= 0) during which health says NOT_SERVING but new "
+                        "calls are still taken, so load balancers can follow; then open streams end with "
+                        "UNAVAILABLE")
     s.add_argument("--store", default=Config.store,
                    help="where sessions outlive the process: sqlite:///PATH (relative to the working directory; "
                         "sqlite:////PATH is absolute) or memory:// (nothing written)")
-    s.add_argument("--snapshot-seconds", type=_positive(float), default=Config.snapshot_seconds,
-                   help="while a stream is open, how often its session is written to the store if it changed "
-                        "(also when the stream ends and on SIGTERM/SIGINT)")
-    s.add_argument("--lease-seconds", type=_positive(float), default=Config.lease_seconds,
-                   help="a session's lease in the store, renewed every third of it while its stream is open; a "
-                        "server that died leaves its sessions to others after this long")
-    s.add_argument("--drain-seconds", type=float, default=Config.drain_seconds,
-                   help="on SIGTERM/SIGINT, seconds during which health says NOT_SERVING but new calls are still "
-                        "taken, so load balancers can follow; then open streams end with UNAVAILABLE")
+    s.add_argument("--snapshot-seconds", type=SECONDS, default=Config.snapshot_seconds,
+                   help="seconds (finite, > 0): while a stream is open, how often its session is written to the "
+                        "store if it changed (also when the stream ends, and on SIGTERM/SIGINT)")
+    s.add_argument("--lease-seconds", type=SECONDS, default=Config.lease_seconds,
+                   help="seconds (finite, > 0) of a session's lease in the store, renewed every third of it while "
+                        "its stream is open; a server that died leaves its sessions to others after this long")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="log verbosity (logs go to stderr)")
 
     t = sub.add_parser("detect", help="send a CSV or JSON-lines file of metrics to Detect, print the outliers",
                        description="Send the metrics of FILE (CSV with a header time,name,value, or JSON "
                                    "lines {\"time\":..., \"name\":..., \"value\":...}; '-' reads stdin) as "
-                                   "one Detect request and print each outlier.",
+                                   "one Detect request, built in bounded memory (the answer is that of one "
+                                   "Detect of every row), and print each outlier. With --stream, the file goes "
+                                   "through DetectStream in batches instead, whose rule differs: each value "
+                                   "is judged against the values of its series before it.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    t.add_argument("file", help="path of the CSV (.csv) or JSON-lines file; '-' for stdin")
-    t.add_argument("--addr", default="localhost:9999", help="server address host:port")
-    t.add_argument("--threshold", type=_positive(float), default=None,
-                   help="k for this request (default: the server's)")
-    t.add_argument("--timeout", type=_positive(float), default=30.0, help="deadline of the call, seconds")
-    t.add_argument("--json", action="store_true", help="print the response as one JSON object")
+    t.add_argument("file", help="path of the CSV or JSON-lines file (JSON lines if its first line starts with "
+                                "'{'); '-' for stdin")
+    t.add_argument("--addr", type=NOT_EMPTY, default="localhost:9999", help="server address host:port")
+    t.add_argument("--threshold", type=THRESHOLD, default=None,
+                   help="k for this request, a finite number > 0 (default: the server's)")
+    t.add_argument("--timeout", type=SECONDS, default=None,
+                   help="deadline in seconds (finite, > 0) of the Detect call, or with --stream of the whole "
+                        "stream (default: 30 for Detect, none for --stream)")
+    t.add_argument("--max-message-mb", type=MESSAGE_MB, default=Config.max_message_mb,
+                   help=f"largest request in MiB, 1-{MAX_MESSAGE_MB}; a file that does not fit in one Detect "
+                        f"request is refused with a message (the server's --max-message-mb must allow it too)")
+    t.add_argument("--json", action="store_true", help="print the answer as one JSON object")
+    t.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
+                   help="a progress line on stderr: auto = on a terminal, once the run has taken 1.5 s")
+    g = t.add_argument_group("DetectStream (--stream)")
+    g.add_argument("--stream", action="store_true",
+                   help="send the file through DetectStream in batches (no session): each value is judged "
+                        "against the values of its series before it, with a warm-up, not against the whole "
+                        "file's mean")
+    g.add_argument("--batch-size", type=_int_range(1, 1_000_000), default=None,
+                   help="--stream: rows per request, 1-1000000 (default 10000)")
+    g.add_argument("--warmup", type=WARMUP, default=None,
+                   help=f"--stream: options.warmup, 0-{MAX_UINT32} (default and 0: the server's)")
+    g.add_argument("--mode", choices=sorted(MODES), default=None,
+                   help="--stream: options.mode (default: the server's)")
+    g.add_argument("--alpha", type=ALPHA, default=None,
+                   help="--stream, exponential mode: options.alpha, 0 < alpha <= 1 (default: the server's)")
+    g.add_argument("--exclude-outliers", action="store_true", default=None,
+                   help="--stream: flagged values do not update their series' state")
+    t.set_defaults(subparser=t)
+
+    sub.add_parser("proto", help="print the service's contract, protos/outliers.proto (also in the wheel)",
+                   description="Print protos/outliers.proto, the contract of the Outliers service, as shipped "
+                               "in the package: hand it to grpcurl -proto, or generate a client from it.")
     return parser
 
 
-def _parse_time(text) -> dt.datetime | None:
-    """RFC 3339 / ISO 8601 text, or seconds since the epoch; empty means no time."""
-    if text in (None, ""):
-        return None
-    if isinstance(text, (int, float)) or text.replace(".", "", 1).lstrip("-").isdigit():
-        return dt.datetime.fromtimestamp(float(text), tz=dt.timezone.utc)
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def read_metrics(lines: Iterator[str], path: str) -> list[tuple[str, float, dt.datetime | None]]:
-    """(name, value, time) of every row; JSON lines when the first non-blank character is '{', else CSV."""
-    lines = list(lines)
-    first = next((line.strip() for line in lines if line.strip()), "")
-    rows = []
-    if first.startswith("{"):
-        for n, line in enumerate(lines, 1):
-            if line.strip():
-                try:
-                    obj = json.loads(line)
-                    rows.append((str(obj["name"]), float(obj["value"]), _parse_time(obj.get("time"))))
-                except (ValueError, KeyError, TypeError) as exc:
-                    raise SystemExit(f"{path}:{n}: not a metric object ({exc})") from None
-    else:
-        reader = csv.DictReader(lines)
-        missing = {"name", "value"} - set(reader.fieldnames or ())
-        if missing:
-            raise SystemExit(f"{path}: the CSV header must name time,name,value; missing {sorted(missing)}")
-        for n, row in enumerate(reader, 2):
-            try:
-                rows.append((row["name"], float(row["value"]), _parse_time(row.get("time"))))
-            except (ValueError, TypeError) as exc:
-                raise SystemExit(f"{path}:{n}: bad row ({exc})") from None
-    return rows
-
-
-def _detect(args) -> int:
-    from streamer.client import Client, ClientError
-
-    if args.file == "-":
-        rows = read_metrics(sys.stdin, "<stdin>")
-    else:
-        with open(args.file, newline="") as f:
-            rows = read_metrics(f, args.file)
-    try:
-        with Client(args.addr, timeout=args.timeout) as client:
-            result = client.detect(rows, threshold=args.threshold)
-    except ClientError as exc:
-        print(f"streamer detect: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps({"indices": result.indices,
-                          "outliers": [o._asdict() for o in result.outliers]}))
-    else:
-        print(f"{len(result.indices)} outlier(s) in {len(rows)} metric(s)")
-        if result.outliers:
-            print(f"{'index':>7} {'name':<20} {'value':>14} {'mean':>14} {'stddev':>14} {'zscore':>9}")
-        for o in result.outliers:
-            print(f"{o.index:>7} {o.name:<20} {o.value:>14.6g} {o.mean:>14.6g} {o.stddev:>14.6g} "
-                  f"{o.zscore:>9.3f}")
-    return 0
+def _check_detect(parser: argparse.ArgumentParser, args) -> None:
+    """Flags that only DetectStream reads are refused without --stream, rather than silently ignored."""
+    if not args.stream:
+        for flag in ("batch_size", "warmup", "mode", "alpha", "exclude_outliers"):
+            if getattr(args, flag) is not None:
+                parser.error(f"argument --{flag.replace('_', '-')}: only with --stream (Detect judges a batch "
+                             f"by its own mean and stddev, with --threshold only)")
+    if args.batch_size is None:
+        args.batch_size = 10_000
+    if args.mode is not None:
+        args.mode = MODES[args.mode]
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "proto":
+        from importlib import resources
+        sys.stdout.write(resources.files("streamer.pb").joinpath("outliers.proto").read_text(encoding="utf-8"))
+        return 0
     if args.command == "detect":
-        sys.exit(_detect(args))
-    if not 0 < args.alpha <= 1:
-        raise SystemExit(f"--alpha must be in (0, 1], got {args.alpha}")
+        _check_detect(args.subparser, args)
+        from streamer import detect_file
+        try:
+            sys.exit(detect_file.run(args))
+        except KeyboardInterrupt:
+            sys.exit(130)
+        except BrokenPipeError:  # `streamer detect FILE | head`: the reader left; say nothing more
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     defaults = Defaults(threshold=args.threshold, warmup=args.warmup, mode=MODES[args.mode], alpha=args.alpha,

@@ -106,6 +106,12 @@ class Client:
         self.timeout = timeout
         self._channel = grpc.insecure_channel(addr, options=_channel_options(max_message_mb))
         self._stub = outliers_pb2_grpc.OutliersStub(self._channel)
+        # The same methods taking requests already encoded (request_serializer=None sends bytes as they are).
+        self._detect_bytes = self._channel.unary_unary(
+            "/pb.Outliers/Detect", request_serializer=None, response_deserializer=pb.OutliersResponse.FromString)
+        self._stream_bytes = self._channel.stream_stream(
+            "/pb.Outliers/DetectStream", request_serializer=None,
+            response_deserializer=pb.OutliersResponse.FromString)
 
     def __enter__(self) -> "Client":
         return self
@@ -146,6 +152,25 @@ class Client:
             raise ClientError(exc.code(), exc.details()) from None
         finally:
             call.cancel()  # a consumer that stops early ends the stream on the server too
+
+    def detect_bytes(self, request: bytes, *, timeout: float | None = None) -> Result:
+        """Detect with an encoded OutliersRequest (see streamer.request_bytes), e.g. one too big for objects."""
+        timeout = self.timeout if timeout is None else timeout
+        try:
+            return Result.from_response(self._detect_bytes(request, timeout=timeout))
+        except grpc.RpcError as exc:
+            raise ClientError(exc.code(), exc.details()) from None
+
+    def stream_bytes(self, requests: Iterable[bytes], *, timeout: float | None = None) -> Iterator[Result]:
+        """DetectStream with encoded OutliersRequests (the first one carrying any session and options)."""
+        call = self._stream_bytes(iter(requests), timeout=timeout)
+        try:
+            for resp in call:
+                yield Result.from_response(resp)
+        except grpc.RpcError as exc:
+            raise ClientError(exc.code(), exc.details()) from None
+        finally:
+            call.cancel()
 
 
 class AsyncClient:

@@ -4,16 +4,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import signal
+import socket
+import threading
 import time
 from typing import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+# grpcio-reflection (1.85) provides only grpc.reflection.v1alpha; grpcurl and grpc-go's reflection client ask
+# for v1 first and fall back to v1alpha when v1 is UNIMPLEMENTED. Serve v1 too once the library has it.
 from grpc_reflection.v1alpha import reflection
 
 from streamer import detector, kernels, series, wire
+# The Outliers methods are registered as raw-bytes handlers (service.py), so nothing else loads the generated
+# module; reflection answers from the default descriptor pool, which holds pb.Outliers only once this import
+# has run. Without it, `grpcurl describe pb.Outliers` from another process gets "Symbol not found".
+from streamer.pb import outliers_pb2
 from streamer.service import SERVICE_NAME, OutliersService
 from streamer.state import SessionRegistry
 from streamer.store import StoreError, open_store
@@ -38,11 +47,73 @@ class Config:
     store: str = "sqlite:///state/streamer.db"  # relative to the working directory (shared/DECISIONS.md)
     snapshot_seconds: float = 5.0
     lease_seconds: float = 10.0
+    # SO_REUSEPORT. Off: the port is this process's alone, so a second server on it fails at start instead of
+    # silently sharing the connections (and its sessions) with the first. On only for several workers of one
+    # server that bind the same port (a future --workers N).
+    reuse_port: bool = False
 
     @property
     def max_message_bytes(self) -> int:
         """The largest request grpc takes and the largest answer it sends."""
         return self.max_message_mb * 1024 * 1024
+
+
+def _check_bindable(host: str, port: int, reuse_port: bool) -> None:
+    """Raise OSError saying why, if grpc could not listen on host:port, or could only on some of its addresses.
+
+    grpc reports a failed bind only as "Failed to bind" (after a log line of its own on stderr), and binds a
+    name like localhost when any one of its addresses is free. A plain socket per resolved address, with the
+    options grpc uses (SO_REUSEADDR, and SO_REUSEPORT only when asked for), says what is wrong, and an address
+    in use anywhere is an error: a second server must not share this one's name.
+    """
+    if port == 0:
+        return
+    name = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    where = f"cannot listen on {host}:{port}"
+    try:
+        infos = socket.getaddrinfo(name or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise OSError(f"{where}: {exc.strerror}") from None
+    errors, tried = [], 0
+    for family, kind, proto, _, addr in infos:
+        try:
+            probe = socket.socket(family, kind, proto)
+        except OSError:  # e.g. no IPv6 on this host: grpc's [::] falls back to 0.0.0.0, so let grpc decide
+            continue
+        tried += 1
+        with probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6 and addr[0] == "::":
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # grpc's [::] takes IPv4 too
+            try:
+                probe.bind(addr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise OSError(f"{where}: the port is in use on {addr[0]} (is another server running "
+                                  f"on it?)") from None
+                errors.append(exc)
+    if tried and len(errors) == tried:
+        raise OSError(f"{where}: {errors[0].strerror.lower()}") from None
+
+
+def _jit_functions() -> list:
+    """Every numba function of the pipeline (for the compile's cache statistics)."""
+    from numba.core.dispatcher import Dispatcher
+
+    modules = (kernels, series, wire.decode, wire.encode, wire.primitives)
+    found = {id(v): v for m in modules for v in vars(m).values() if isinstance(v, Dispatcher)}
+    return list(found.values())
+
+
+def _compile_kernels() -> tuple[int, int]:
+    """Compile every kernel of the pipeline, or load it from numba's cache: (signatures loaded, compiled)."""
+    kernels.compile_all()
+    wire.compile_all()
+    series.compile_all()
+    stats = [f.stats for f in _jit_functions()]
+    return sum(sum(s.cache_hits.values()) for s in stats), sum(sum(s.cache_misses.values()) for s in stats)
 
 
 class StreamerServer:
@@ -61,11 +132,15 @@ class StreamerServer:
         self._tasks: list[asyncio.Task] = []
         self.service: OutliersService | None = None
 
-    async def start(self) -> int:
+    async def start(self, stop: asyncio.Event | None = None) -> int | None:
+        """Bind, open the store, compile the kernels, start serving; the port, or None if `stop` was set during
+        the compile."""
         limit = self.config.max_message_bytes
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", limit),  # larger requests: RESOURCE_EXHAUSTED
             ("grpc.max_send_message_length", limit),
+            # grpc sets SO_REUSEPORT unless told not to; see Config.reuse_port.
+            ("grpc.so_reuseport", int(self.config.reuse_port)),
             # Ping idle connections so a collector that vanished without closing frees its session within
             # ~15 s (it gets ALREADY_EXISTS until then, and retries).
             ("grpc.keepalive_time_ms", 10_000),
@@ -73,11 +148,14 @@ class StreamerServer:
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
         ])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        assert outliers_pb2.DESCRIPTOR.services_by_name["Outliers"].full_name == SERVICE_NAME
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server)
         addr = f"{self.config.host}:{self.config.port}"
-        try:  # bind first: a busy port fails at once, not after the compile
+        # Bind first: a busy port fails at once, not after the compile.
+        _check_bindable(self.config.host, self.config.port, self.config.reuse_port)
+        try:
             self.port = server.add_insecure_port(addr)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {addr}: {exc}") from None
@@ -98,9 +176,9 @@ class StreamerServer:
         server.add_generic_rpc_handlers((self.service.handler(),))
         # Compile before serving: the first request must not pay seconds of JIT, and health must not say
         # SERVING before the kernels can run. Nothing is accepted until server.start().
-        kernels.compile_all()
-        wire.compile_all()
-        series.compile_all()
+        if not await self._compile(stop):
+            await asyncio.to_thread(self.sessions.close)
+            return None
         await server.start()
         self._server = server
         for service in ("", SERVICE_NAME, STORE_HEALTH):
@@ -111,6 +189,50 @@ class StreamerServer:
             asyncio.create_task(self._every(self.config.lease_seconds / 3, self.sessions.renew_leases)),
         ]
         return self.port
+
+    async def _compile(self, stop: asyncio.Event | None) -> bool:
+        """Compile (or load from numba's cache) on a thread, so a signal meanwhile is acted on at once.
+
+        False if `stop` was set first. The thread cannot be interrupted: it is a daemon, left to the process's
+        exit. (asyncio.to_thread would not do: asyncio.run waits for its executor's threads at the end.)
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+
+        def finish(outcome) -> None:
+            if not done.done():
+                done.set_result(outcome)
+
+        def work() -> None:
+            try:
+                outcome = _compile_kernels()
+            except BaseException as exc:  # handed to the event loop, raised there
+                outcome = exc
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the server stopped meanwhile
+                loop.call_soon_threadsafe(finish, outcome)
+
+        cache = _jit_functions()[0].stats.cache_path
+        log.info("compiling the kernels, or loading them from numba's cache in %s: tens of seconds the first "
+                 "time, about a second on later starts", cache)
+        started = time.perf_counter()
+        threading.Thread(target=work, name="streamer-compile", daemon=True).start()
+        waiters = [done] if stop is None else [done, asyncio.ensure_future(stop.wait())]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters[1:]:
+            waiter.cancel()
+        if not done.done():
+            return False
+        outcome = done.result()
+        if isinstance(outcome, BaseException):
+            raise outcome
+        loaded, compiled = outcome
+        seconds = time.perf_counter() - started
+        if compiled:
+            log.info("compiled %d kernel signature(s) in %.1f s (%d loaded from the cache); numba cached them "
+                     "for the next start", compiled, seconds, loaded)
+        else:
+            log.info("loaded the kernels from numba's cache in %.1f s", seconds)
+        return True
 
     @staticmethod
     async def _every(seconds: float, work: Callable[[], object]) -> None:
@@ -157,7 +279,10 @@ async def serve(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):  # before start: a signal during the compile stops cleanly too
         loop.add_signal_handler(sig, stop.set)
     server = StreamerServer(config)
-    port = await server.start()
+    port = await server.start(stop)
+    if port is None:
+        log.info("stopped by a signal during the compile, before serving")
+        return
     log.info("streamer ready on %s:%d (threshold %g, warmup %d, mode %s)", config.host, port,
              config.defaults.threshold, config.defaults.warmup, detector.MODE_NAMES[config.defaults.mode])
     await stop.wait()

@@ -15,7 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 GENERATE = ROOT / "protos" / "generate.py"
 COMMITTED = {"python": ROOT / "streamer" / "pb", "go": ROOT / "go" / "pb"}
 # What generate.py writes per language; anything else in the directory (__init__.py, caches) is not generated.
-GENERATED = {"python": ["outliers_pb2.py", "outliers_pb2.pyi", "outliers_pb2_grpc.py"],
+GENERATED = {"python": ["outliers.proto", "outliers_pb2.py", "outliers_pb2.pyi", "outliers_pb2_grpc.py"],
              "go": ["outliers.pb.go", "outliers_grpc.pb.go"]}
 
 
@@ -67,3 +67,33 @@ def test_go_generator_pins_agree():
         f"{gen_go}; move both together")
     assert f"protoc-gen-go {gen_go}\n" in (COMMITTED["go"] / "outliers.pb.go").read_text()
     assert f"protoc-gen-go-grpc {gen_grpc}\n" in (COMMITTED["go"] / "outliers_grpc.pb.go").read_text()
+
+
+GO_MODULE = "github.com/streamer-dev/streamer/go"
+# A program of another module (a go.mod is written next to it by the test): the client against the server.
+OTHER_MODULE_MAIN = ROOT / "tests" / "data" / "other_module" / "main.go"
+
+
+def test_module_path_is_fetchable_and_used_everywhere():
+    """A path `go get` could fetch (a dot in the first element), in go.mod, go_package and every import."""
+    assert re.search(rf"^module {re.escape(GO_MODULE)}$", (ROOT / "go" / "go.mod").read_text(), flags=re.M)
+    assert f'option go_package = "{GO_MODULE}/pb";' in (ROOT / "protos" / "outliers.proto").read_text()
+    stale = [str(p.relative_to(ROOT)) for p in (ROOT / "go").rglob("*.go") if '"streamer/go/' in p.read_text()]
+    assert not stale, f"imports of the old module path: {stale}"
+
+
+def test_another_module_uses_it_through_replace(cli_server, tmp_path):
+    """go/README.md's go.mod for another module, with the replace pointing at this checkout, builds and runs."""
+    _need_go()
+    readme = (ROOT / "go" / "README.md").read_text()
+    match = re.search(r"```\n(module example\.com/\S+\n.*?replace \S+ => \.\./streamer/go\n)```", readme, flags=re.S)
+    assert match, "go/README.md no longer shows the go.mod of another module with a replace directive"
+    (tmp_path / "go.mod").write_text(match.group(1).replace("=> ../streamer/go", f"=> {ROOT / 'go'}"))
+    shutil.copyfile(OTHER_MODULE_MAIN, tmp_path / "main.go")
+    env = {**os.environ, "GOFLAGS": "-buildvcs=false", "GOWORK": "off"}
+    subprocess.run(["go", "mod", "tidy"], cwd=tmp_path, env=env, check=True, timeout=600)
+    server = cli_server()
+    out = subprocess.run(["go", "run", ".", server.addr], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "[20]\n"

@@ -1,7 +1,7 @@
 // Package client is the Go client of streamer: Detect for one batch, OpenStream for a resumable DetectStream.
 //
-// The wire types are those of streamer/go/pb, generated from protos/outliers.proto; this package adds deadlines,
-// reconnection with backoff and session resume, not a second data model.
+// The wire types are those of github.com/streamer-dev/streamer/go/pb, generated from protos/outliers.proto;
+// this package adds deadlines, reconnection with backoff and session resume, not a second data model.
 package client
 
 import (
@@ -13,7 +13,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"streamer/go/pb"
+	"github.com/streamer-dev/streamer/go/pb"
 )
 
 // DefaultTimeout is the deadline of one Detect call when New is not given WithTimeout.

@@ -16,9 +16,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"streamer/go/client"
-	"streamer/go/internal/testserver"
-	"streamer/go/pb"
+	"github.com/streamer-dev/streamer/go/client"
+	"github.com/streamer-dev/streamer/go/internal/testserver"
+	"github.com/streamer-dev/streamer/go/pb"
 )
 
 func TestMain(m *testing.M) { testserver.Main(m) }

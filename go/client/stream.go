@@ -15,7 +15,7 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 
-	"streamer/go/pb"
+	"github.com/streamer-dev/streamer/go/pb"
 )
 
 // ErrSendClosed is returned by Send after CloseSend.

@@ -460,7 +460,7 @@ const file_outliers_proto_rawDesc = "" +
 	"\x10MODE_EXPONENTIAL\x10\x022~\n" +
 	"\bOutliers\x123\n" +
 	"\x06Detect\x12\x13.pb.OutliersRequest\x1a\x14.pb.OutliersResponse\x12=\n" +
-	"\fDetectStream\x12\x13.pb.OutliersRequest\x1a\x14.pb.OutliersResponse(\x010\x01B\x10Z\x0estreamer/go/pbb\x06proto3"
+	"\fDetectStream\x12\x13.pb.OutliersRequest\x1a\x14.pb.OutliersResponse(\x010\x01B(Z&github.com/streamer-dev/streamer/go/pbb\x06proto3"
 
 var (
 	file_outliers_proto_rawDescOnce sync.Once

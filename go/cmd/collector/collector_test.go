@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"streamer/go/internal/testserver"
-	"streamer/go/pb"
+	"github.com/streamer-dev/streamer/go/internal/testserver"
+	"github.com/streamer-dev/streamer/go/pb"
 )
 
 func TestMain(m *testing.M) { testserver.Main(m) }

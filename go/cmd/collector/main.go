@@ -15,8 +15,8 @@ import (
 	"syscall"
 	"time"
 
-	"streamer/go/client"
-	"streamer/go/pb"
+	"github.com/streamer-dev/streamer/go/client"
+	"github.com/streamer-dev/streamer/go/pb"
 )
 
 var (

@@ -12,8 +12,8 @@ import (
 	"strings"
 	"time"
 
-	"streamer/go/client"
-	"streamer/go/pb"
+	"github.com/streamer-dev/streamer/go/client"
+	"github.com/streamer-dev/streamer/go/pb"
 )
 
 // Series names sent by the /proc source.

@@ -6,8 +6,8 @@ import (
 	"math/rand/v2"
 	"time"
 
-	"streamer/go/client"
-	"streamer/go/pb"
+	"github.com/streamer-dev/streamer/go/client"
+	"github.com/streamer-dev/streamer/go/pb"
 )
 
 type syntheticSeries struct {

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"streamer/go/internal/testserver"
+	"github.com/streamer-dev/streamer/go/internal/testserver"
 )
 
 func TestMain(m *testing.M) { testserver.Main(m) }

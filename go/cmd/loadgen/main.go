@@ -24,7 +24,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"streamer/go/pb"
+	"github.com/streamer-dev/streamer/go/pb"
 )
 
 var (

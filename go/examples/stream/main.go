@@ -10,8 +10,8 @@ import (
 	"os"
 	"time"
 
-	"streamer/go/client"
-	"streamer/go/pb"
+	"github.com/streamer-dev/streamer/go/client"
+	"github.com/streamer-dev/streamer/go/pb"
 )
 
 func main() {

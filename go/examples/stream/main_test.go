@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"streamer/go/internal/testserver"
+	"github.com/streamer-dev/streamer/go/internal/testserver"
 )
 
 func TestExampleRuns(t *testing.T) {
