@@ -204,10 +204,33 @@ func (w *logWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// Stop kills the server and waits for it.
+// Stop kills the server (SIGKILL: no shutdown at all) and waits for it.
 func (s *Server) Stop() {
 	_ = s.cmd.Process.Kill() // an error only says it has already exited
 	<-s.exited
+}
+
+// Terminate sends SIGTERM (the server's graceful shutdown) and waits up to timeout for it to exit; the
+// error says how it exited if that was not with status 0.
+func (s *Server) Terminate(timeout time.Duration) error {
+	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		return err
+	}
+	select {
+	case <-s.exited:
+		if code := s.cmd.ProcessState.ExitCode(); code != 0 {
+			return fmt.Errorf("streamer serve exited with status %d", code)
+		}
+		return nil
+	case <-time.After(timeout):
+		return fmt.Errorf("streamer serve did not exit within %v of SIGTERM", timeout)
+	}
+}
+
+// Port is the port the server listens on (for a restart on the same address).
+func (s *Server) Port() string {
+	_, port, _ := net.SplitHostPort(s.Addr)
+	return port
 }
 
 // Proxy forwards TCP connections from its own loopback port to a target, and can cut them: a network blip
