@@ -1,6 +1,7 @@
 # Small verbs; the README's commands are these. Every verb sets up what it needs from nothing:
 # a local virtual environment (.venv) with the package and its declared dependencies.
 PYTHON ?= python3
+SOAK_MINUTES ?= 30
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -14,7 +15,7 @@ GO_TOOLS := bin/.go-tools-$(PROTOC_GEN_GO_VERSION)-$(PROTOC_GEN_GO_GRPC_VERSION)
 # -count=1: the Go tests talk to the Python server, whose changes go's test cache cannot see.
 GO_TEST  := cd go && STREAMER_BIN=$(CURDIR)/$(BIN)/streamer go test -count=1 ./...
 
-.PHONY: serve test proto lint bench bench-quick clean
+.PHONY: serve test proto lint bench bench-quick soak clean
 .PHONY: go-tools go-test
 
 $(STAMP): setup.cfg pyproject.toml
@@ -42,6 +43,9 @@ bench: $(STAMP)  ## full benchmark run (about 10 minutes)
 
 bench-quick: $(STAMP)  ## short benchmark run (about 2 minutes)
 	$(BIN)/python -m benchmarks --quick
+
+soak: $(STAMP)  ## the server's RSS under SOAK_MINUTES (30) of mixed load and an idle tail: benchmarks/results/soak/
+	$(BIN)/python -m benchmarks.soak --minutes $(SOAK_MINUTES) --out benchmarks/results/soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
