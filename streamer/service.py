@@ -37,6 +37,10 @@ async def _run(fn: Callable[[bytes], bytes], request: bytes) -> bytes:
         # its session, so no other stream ever sees a batch being applied.
         await work
         raise
+    finally:
+        # A failed future keeps its exception, whose traceback keeps this frame and so the future: a cycle
+        # that would hold the request and its decoded arrays until a full garbage collection.
+        work = None
 
 
 class OutliersService:
