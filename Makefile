@@ -1,6 +1,7 @@
 # Small verbs; the README's commands are these. Every verb sets up what it needs from nothing: a local
 # virtual environment (.venv) with the package, its runtime dependencies and only the extras that verb needs.
 PYTHON ?= python3
+SOAK_MINUTES ?= 30
 VENV   := .venv
 BIN    := $(VENV)/bin
 # One stamp per set of dependencies: `make serve` installs the runtime ones only, `make test` adds the dev and
@@ -23,9 +24,14 @@ GRPCURL := bin/.grpcurl-$(GRPCURL_VERSION)
 # -count=1: the Go tests talk to the Python server, whose changes go's test cache cannot see.
 GO_TEST  := cd go && STREAMER_BIN=$(CURDIR)/$(BIN)/streamer go test -count=1 ./...
 
+<<<<<<< HEAD
 .DEFAULT_GOAL := help
 .PHONY: help serve test proto lint bench bench-quick fuzz clean
 .PHONY: go-tools grpcurl go-test
+=======
+.PHONY: serve test proto lint bench bench-quick soak clean
+.PHONY: go-tools go-test
+>>>>>>> soak
 
 help:  ## list the verbs
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -82,8 +88,16 @@ bench: $(BENCH_STAMP)  ## full benchmark run (about 7 minutes)
 bench-quick: $(BENCH_STAMP)  ## short benchmark run (about 75 s)
 	$(BIN)/python -m benchmarks --quick
 
+<<<<<<< HEAD
 clean:  ## remove .venv, build outputs and ./bin
 	rm -rf $(VENV) build dist *.egg-info
+=======
+soak: $(STAMP)  ## the server's RSS under SOAK_MINUTES (30) of mixed load and an idle tail: benchmarks/results/soak/
+	$(BIN)/python -m benchmarks.soak --minutes $(SOAK_MINUTES) --out benchmarks/results/soak $(SOAK_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info
+>>>>>>> soak
 	rm -rf bin
 
 go-tools: $(GO_TOOLS)  ## install the pinned protoc-gen-go and protoc-gen-go-grpc into ./bin

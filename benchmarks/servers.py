@@ -29,17 +29,23 @@ DESCRIPTIONS = {
 
 
 class ServerProcess:
-    """One server subprocess; its stderr goes to a log file that is searched for the ready line."""
+    """One server subprocess; its stderr goes to a log file that is searched for the ready line.
 
-    def __init__(self, name: str, timeout: float = 180.0, extra: list[str] = ()):
+    `args` are appended to the command and `env` added to the environment (the soak's experiments); a given
+    `log_path` is kept after stop(), the default temporary log is deleted.
+    """
+
+    def __init__(self, name: str, timeout: float = 180.0, args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None, log_path: Path | None = None):
         self.name = name
-        self.command = [sys.executable, *COMMANDS[name], *extra]  # a flag in `extra` overrides COMMANDS' own
-        self.log_path = Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
+        self.command = [sys.executable, *COMMANDS[name], *args]  # a flag in `args` overrides COMMANDS' own
+        self._keep_log = log_path is not None
+        self.log_path = Path(log_path or tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
         with open(self.log_path, "w") as log:
             # Its own session: a Ctrl-C at the terminal reaches the harness, which stops the servers itself.
             self.proc = subprocess.Popen(self.command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             match = READY.search(self.log_path.read_text())
@@ -66,8 +72,9 @@ class ServerProcess:
         except OSError:
             return ""
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM (graceful stop), then SIGKILL if it has not exited after `timeout` seconds."""
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM (graceful stop), then SIGKILL if it has not exited after `timeout` seconds; the exit status
+        (negative: the signal that ended it)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -75,4 +82,6 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.log_path.unlink(missing_ok=True)
+        if not self._keep_log:
+            self.log_path.unlink(missing_ok=True)
+        return self.proc.returncode

@@ -85,8 +85,8 @@ async def measure(addr: str, requests: list[bytes], duration: float, warmup: flo
 def throughput(rounds: int, duration: float, workdir: Path, snapshot_seconds: float) -> list[dict]:
     servers = {
         "memory": ServerProcess("streamer"),
-        "sqlite": ServerProcess("streamer", extra=["--store", f"sqlite:///{workdir}/e2e.db",
-                                                   "--snapshot-seconds", str(snapshot_seconds)]),
+        "sqlite": ServerProcess("streamer", args=["--store", f"sqlite:///{workdir}/e2e.db",
+                                                  "--snapshot-seconds", str(snapshot_seconds)]),
     }
     rows = []
     try:

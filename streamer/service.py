@@ -13,7 +13,7 @@ from typing import AsyncIterator, Callable
 import grpc
 
 from streamer import detector
-from streamer.errors import DetectError
+from streamer.errors import DetectError, Unavailable
 from streamer.state import SessionRegistry
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,21 @@ async def _run(fn: Callable[[bytes], bytes], request: bytes) -> bytes:
         # its session, so no other stream ever sees a batch being applied.
         await work
         raise
+    finally:
+        # A failed future keeps its exception, whose traceback keeps this frame and so the future: a cycle
+        # that would hold the request and its decoded arrays until a full garbage collection.
+        work = None
+
+
+def _fail(context: grpc.aio.ServicerContext, exc: DetectError) -> None:
+    """Set the call's status from `exc`; grpc sends it when the method returns.
+
+    Not context.abort(): the AbortError it raises is kept on the call's state and its traceback holds this
+    method's frame, whose `context` holds that state: a reference cycle that would keep the rejected request,
+    its decoded arrays and its series table in memory until Python's next full garbage collection.
+    """
+    context.set_code(grpc.StatusCode[exc.code])
+    context.set_details(str(exc))
 
 
 class _Stream:
@@ -68,7 +83,8 @@ class OutliersService:
         try:
             return await _run(lambda r: detector.detect(r, self.defaults), request)
         except DetectError as exc:
-            await context.abort(grpc.StatusCode[exc.code], str(exc))
+            _fail(context, exc)
+            return b""  # discarded: grpc sends the status set above
 
     async def DetectStream(self, requests: AsyncIterator[bytes],
                            context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
@@ -97,14 +113,13 @@ class OutliersService:
                     response = await _run(stream.process, request)
                 except DetectError as exc:
                     log.info("DetectStream from %s ended: %s: %s", context.peer(), exc.code, exc)
-                    stream.close()  # free the session before the status reaches the client (abort sends it)
-                    await context.abort(grpc.StatusCode[exc.code], str(exc))
+                    _fail(context, exc)
+                    return  # the finally below frees the session before grpc sends the status
                 yield response
             # Shutdown: every request read so far has had its answer; the client retries on UNAVAILABLE.
-            stream.close()
-            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+            _fail(context, Unavailable(SHUTTING_DOWN))
         finally:
-            # Runs on normal end, on abort, and when the client cancels or its deadline passes
+            # Runs on normal end, after a rejected batch, and when the client cancels or its deadline passes
             # (the generator is closed with CancelledError): the session is free for the next stream.
             self._streams.discard(me)
             stream.close()

@@ -1,9 +1,16 @@
 """Bad input gets its exact status code, and the server keeps answering good requests right after."""
 from __future__ import annotations
 
+import gc
+import os
+import time
+import types
+
 import grpc
 import pytest
 
+import streamer
+from streamer import service
 from streamer.detector import Defaults
 from streamer.pb import outliers_pb2 as pb
 from streamer.pb import outliers_pb2_grpc
@@ -75,3 +82,49 @@ def test_series_limit_in_detect(make_server):
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "metric 3" in err.value.details() and "3 series" in err.value.details()
         assert_still_serving(channel)
+
+
+def _streamer_frames_in_garbage(calls) -> list[str]:
+    """Names of streamer's frames that `calls()` left in reference cycles (found by a full collection)."""
+    package = os.path.dirname(streamer.__file__)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds unreachable goes to gc.garbage, not away
+    try:
+        calls()
+        time.sleep(0.5)  # the server's cleanup of the last call, after its status reached us
+        gc.collect()
+        return sorted({o.f_code.co_name for o in gc.garbage
+                       if isinstance(o, types.FrameType) and o.f_code.co_filename.startswith(package)})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
+BAD_NAME = pb.Metric(name="x" * 1025, value=1)
+BIG_BAD = pb.OutliersRequest(metrics=[pb.Metric(name=f"m{i}", value=1.0) for i in range(60_000)] + [BAD_NAME])
+
+
+@pytest.mark.parametrize("rpc", ["detect", "stream"])
+@pytest.mark.parametrize("request_size", ["small", "over 1 MiB"])
+def test_a_rejected_request_leaves_no_reference_cycle(channel, rpc, request_size):
+    """A rejected call is freed when it ends, not at Python's next full garbage collection: a cycle through its
+    frames would keep the request bytes, its decoded arrays and its series table (megabytes) until then."""
+    request = BIG_BAD if request_size != "small" else pb.OutliersRequest(metrics=[BAD_NAME])
+    payload = request.SerializeToString()
+    assert (len(payload) > service.OFFLOAD_BYTES) == (request_size != "small")  # the worker-thread path too
+    if rpc == "detect":
+        def call():
+            raw_detect(channel, payload)
+    else:
+        def call():
+            list(channel.stream_stream("/pb.Outliers/DetectStream")(iter([payload]), timeout=10))
+
+    def calls():
+        for _ in range(5):
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _streamer_frames_in_garbage(calls) == []
+    assert_still_serving(channel)
