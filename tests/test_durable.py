@@ -233,3 +233,62 @@ def test_make_serve_default_store_is_sqlite_under_state(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def store_health(addr: str):
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    with grpc.insecure_channel(addr) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return {name: stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=10).status
+                for name in ("", "pb.Outliers", "streamer.store")}
+
+
+def test_a_store_that_fails_while_serving_is_logged_retried_and_never_stops_a_stream(tmp_path):
+    from grpc_health.v1 import health_pb2
+    from test_store import make_read_only as freeze, writable as thaw
+    SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    directory = tmp_path / "state"
+    db = directory / "streamer.db"
+    a = serve(db)
+    batches = random_batches(59, n_batches=60, size=50)
+    frozen = []
+    try:
+        with Client(a.addr) as client:
+            def paced():
+                for i, batch in enumerate(batches):
+                    if i == 10:  # the store's files can no longer be written (as on a full or failing disk);
+                        # not the -shm index, which SQLite maps into memory: a write fault there is a SIGBUS
+                        for f in sorted(directory.iterdir()):
+                            if not f.name.endswith("-shm"):
+                                freeze(f)
+                                frozen.append(f)
+                    if i == 30:
+                        assert store_health(a.addr) == {"": SERVING, "pb.Outliers": SERVING,
+                                                        "streamer.store": NOT_SERVING}
+                        for f in frozen:
+                            thaw(f)
+                        frozen.clear()
+                    yield batch
+                    time.sleep(0.05)
+            results = list(client.stream(paced(), session="disk", timeout=60))
+        assert [r.indices for r in results] == [e[0] for e in reference(batches)]  # detection went on
+        deadline = time.monotonic() + 20
+        while store_health(a.addr)["streamer.store"] != SERVING:  # the next snapshot succeeded
+            assert time.monotonic() < deadline, "".join(a.log)
+            time.sleep(0.1)
+    finally:
+        for f in frozen:
+            thaw(f)
+        code = a.terminate()
+    assert code == 0
+    log = "".join(a.log)
+    assert re.search(r"store: session 'disk': snapshot of \d+ series failed; retrying", log), log
+    assert "store: writing again" in log and "Traceback" not in log
+    b = serve(db)  # and what was written after the store came back is there
+    try:
+        with Client(b.addr) as client:
+            [r] = client.stream([[("series-0", PROBE)]], session="disk", timeout=60, options=_tiny_threshold())
+        assert r.indices == [0]
+    finally:
+        assert b.terminate() == 0
