@@ -24,14 +24,9 @@ GRPCURL := bin/.grpcurl-$(GRPCURL_VERSION)
 # -count=1: the Go tests talk to the Python server, whose changes go's test cache cannot see.
 GO_TEST  := cd go && STREAMER_BIN=$(CURDIR)/$(BIN)/streamer go test -count=1 ./...
 
-<<<<<<< HEAD
 .DEFAULT_GOAL := help
-.PHONY: help serve test proto lint bench bench-quick fuzz clean
+.PHONY: help serve test proto lint bench bench-quick soak fuzz clean
 .PHONY: go-tools grpcurl go-test
-=======
-.PHONY: serve test proto lint bench bench-quick soak clean
-.PHONY: go-tools go-test
->>>>>>> soak
 
 help:  ## list the verbs
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -88,16 +83,11 @@ bench: $(BENCH_STAMP)  ## full benchmark run (about 7 minutes)
 bench-quick: $(BENCH_STAMP)  ## short benchmark run (about 75 s)
 	$(BIN)/python -m benchmarks --quick
 
-<<<<<<< HEAD
-clean:  ## remove .venv, build outputs and ./bin
-	rm -rf $(VENV) build dist *.egg-info
-=======
-soak: $(STAMP)  ## the server's RSS under SOAK_MINUTES (30) of mixed load and an idle tail: benchmarks/results/soak/
+soak: $(BENCH_STAMP)  ## the server's RSS under SOAK_MINUTES (30) of mixed load and an idle tail: benchmarks/results/soak/
 	$(BIN)/python -m benchmarks.soak --minutes $(SOAK_MINUTES) --out benchmarks/results/soak $(SOAK_ARGS)
 
-clean:
-	rm -rf $(VENV) build *.egg-info
->>>>>>> soak
+clean:  ## remove .venv, build outputs and ./bin
+	rm -rf $(VENV) build dist *.egg-info
 	rm -rf bin
 
 go-tools: $(GO_TOOLS)  ## install the pinned protoc-gen-go and protoc-gen-go-grpc into ./bin

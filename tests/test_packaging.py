@@ -14,8 +14,8 @@ import zipfile
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-VERBS = ["help", "serve", "test", "fuzz", "proto", "lint", "bench", "bench-quick", "clean", "go-tools", "grpcurl",
-         "go-test"]
+VERBS = ["help", "serve", "test", "fuzz", "proto", "lint", "bench", "bench-quick", "soak", "clean", "go-tools",
+         "grpcurl", "go-test"]
 
 
 def _need(tool: str) -> None:
