@@ -1,8 +1,8 @@
 """The Outliers servicer: bytes in, pipeline, bytes out, and each failure mapped to one status code.
 
 The methods are registered with raw-bytes (de)serializers (no request_deserializer), not through the generated
-`add_OutliersServicer_to_server`: the pipeline decodes the request bytes itself into columns (wire.py), which is
-where the time goes; the paths and messages on the wire are exactly those of protos/outliers.proto.
+`add_OutliersServicer_to_server`: the pipeline decodes the request bytes itself into columns (streamer/wire/),
+which is where the time goes; the paths and messages on the wire are exactly those of protos/outliers.proto.
 """
 from __future__ import annotations
 
