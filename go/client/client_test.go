@@ -403,17 +403,7 @@ func TestStreamReconnectsAfterBlip(t *testing.T) {
 	}
 
 	c := newClient(t, proxy.Addr)
-	var mu sync.Mutex
-	var retries []string
-	st := c.OpenStream(ctx, client.StreamConfig{
-		Session: session, MaxRetries: -1,
-		Backoff: client.Backoff{Base: 20 * time.Millisecond, Max: 500 * time.Millisecond, Factor: 2, Jitter: 0.2},
-		OnRetry: func(n int, delay time.Duration, err error) {
-			mu.Lock()
-			defer mu.Unlock()
-			retries = append(retries, status.Code(err).String())
-		},
-	})
+	st, retries := resumingStream(ctx, c, session)
 	sendAndWait(t, ctx, st, warm)
 	proxy.Cut(300 * time.Millisecond)
 
@@ -431,9 +421,28 @@ func TestStreamReconnectsAfterBlip(t *testing.T) {
 	if st.Reconnects() < 1 {
 		t.Errorf("no reconnection recorded after the cut")
 	}
-	mu.Lock()
-	t.Logf("retries after the cut (codes): %v", retries)
-	mu.Unlock()
+	t.Logf("retries after the cut (codes): %v", retries())
+}
+
+// resumingStream opens a Stream on session that retries without limit, with a short backoff, and returns it
+// with a function that lists the status code of each retry so far.
+func resumingStream(ctx context.Context, c *client.Client, session string) (*client.Stream, func() []string) {
+	var mu sync.Mutex
+	var retries []string
+	st := c.OpenStream(ctx, client.StreamConfig{
+		Session: session, MaxRetries: -1,
+		Backoff: client.Backoff{Base: 20 * time.Millisecond, Max: 500 * time.Millisecond, Factor: 2, Jitter: 0.2},
+		OnRetry: func(n int, delay time.Duration, err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			retries = append(retries, status.Code(err).String())
+		},
+	})
+	return st, func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(retries)
+	}
 }
 
 // TestLongNameIsInvalidArgument: a name of 1024 bytes is accepted, 1025 bytes is INVALID_ARGUMENT, in Detect

@@ -3,13 +3,9 @@ package client_test
 import (
 	"math/rand/v2"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc/status"
-
-	"github.com/streamer-dev/streamer/go/client"
 	"github.com/streamer-dev/streamer/go/internal/testserver"
 	"github.com/streamer-dev/streamer/go/pb"
 )
@@ -35,17 +31,7 @@ func TestStreamRidesThroughServerRestart(t *testing.T) {
 			}
 
 			c := newClient(t, first.Addr)
-			var mu sync.Mutex
-			var retries []string
-			st := c.OpenStream(ctx, client.StreamConfig{
-				Session: session, MaxRetries: -1,
-				Backoff: client.Backoff{Base: 50 * time.Millisecond, Max: 500 * time.Millisecond, Factor: 2, Jitter: 0.2},
-				OnRetry: func(n int, delay time.Duration, err error) {
-					mu.Lock()
-					defer mu.Unlock()
-					retries = append(retries, status.Code(err).String())
-				},
-			})
+			st, retries := resumingStream(ctx, c, session)
 			sendAndWait(t, ctx, st, warm)
 			if how == "SIGTERM" {
 				if err := first.Terminate(30 * time.Second); err != nil {
@@ -74,9 +60,7 @@ func TestStreamRidesThroughServerRestart(t *testing.T) {
 			if st.Reconnects() < 1 {
 				t.Errorf("no reconnection recorded across the restart")
 			}
-			mu.Lock()
-			t.Logf("retries across the restart (codes): %v", retries)
-			mu.Unlock()
+			t.Logf("retries across the restart (codes): %v", retries())
 		})
 	}
 }
