@@ -259,7 +259,8 @@ def compile_all() -> None:
     table = SeriesTable(limit=3, capacity=1)
     one = np.ones(3, dtype=np.int64)
     table.intern(b"abc", np.arange(3, dtype=np.int64), one)  # the table grows
-    try:
-        table.intern(b"d", one[:1] - 1, one[:1])  # over the limit: rolled back
+    table.truncate(2)
+    try:  # "c" is added again, then "d" is over the limit: the batch is rolled back (_forget)
+        table.intern(b"cd", np.arange(2, dtype=np.int64), one[:2])
     except SeriesLimitError:
         pass
