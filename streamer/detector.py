@@ -227,7 +227,8 @@ class StreamDetector:
             try:
                 self.session = self.sessions.attach(cols.session, params.mode, _describe(params))
             except SessionError as exc:
-                error = {"busy": AlreadyExists, "mode": FailedPrecondition, "full": ResourceExhausted}[exc.kind]
+                error = {"busy": AlreadyExists, "mode": FailedPrecondition, "full": ResourceExhausted,
+                         "store": Unavailable}[exc.kind]
                 raise error(f"{where}: {exc}") from None
             self.state = self.session.state
         else:

@@ -236,10 +236,14 @@ class StreamerServer:
 
     @staticmethod
     async def _every(seconds: float, work: Callable[[], object]) -> None:
-        """Run `work` (quick: it only queues store jobs) every `seconds` until cancelled."""
+        """Run `work` (quick: it only queues store jobs) every `seconds` until cancelled; a failure is logged
+        and the next round runs (a stopped renewal would let every lease expire)."""
         while True:
             await asyncio.sleep(seconds)
-            work()
+            try:
+                work()
+            except Exception:
+                log.exception("periodic %s failed; trying again in %g s", getattr(work, "__name__", work), seconds)
 
     def _sweep(self) -> None:
         dropped = self.sessions.sweep()
@@ -259,15 +263,15 @@ class StreamerServer:
         await self.health.enter_graceful_shutdown()
         if drain > 0:
             await asyncio.sleep(drain)
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         streams = self.service.end_streams()
         if streams:
             log.info("ending %d open stream(s) with UNAVAILABLE; clients reconnect", streams)
         await self._server.stop(grace)
         self._server = None
+        for task in self._tasks:  # only now: leases are renewed while calls may still run
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         # every stream has detached (queuing its snapshot and lease release): write them all, close the store
         await asyncio.to_thread(self.sessions.close)
 

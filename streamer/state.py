@@ -94,20 +94,26 @@ class Session:
     version: int = 0        # of the last snapshot saved or loaded
     changed: bool = False   # batches were applied since that snapshot
     lost: bool = False      # the store gave the lease to another process: this copy must not be used
+    leased: bool = False    # this process holds the session's lease in the store (set on the writer thread)
     options: str = ""
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
-    def snapshot(self, now: float) -> Snapshot:
-        """A copy of the state between two batches, with the next version number; marks it unchanged."""
-        with self.lock:
+    def snapshot(self, now: float, blocking: bool = True) -> Snapshot | None:
+        """A copy of the state between two batches, with the next version number; marks it unchanged.
+        None if not `blocking` and a batch holds the lock."""
+        if not self.lock.acquire(blocking):
+            return None
+        try:
             names, lengths, arrays = self.state.columns()
             self.version += 1
             self.changed = False
             return Snapshot(self.name, self.state.mode, self.options, self.version, names, lengths, arrays, now)
+        finally:
+            self.lock.release()
 
 
 class SessionError(Exception):
-    """Why a session cannot be attached; `kind` is "busy", "mode" or "full"."""
+    """Why a session cannot be attached; `kind` is "busy", "mode", "full" or "store"."""
 
     def __init__(self, kind: str, message: str):
         super().__init__(message)
@@ -117,9 +123,9 @@ class SessionError(Exception):
 class SessionRegistry:
     """Named sessions: kept in memory for `ttl` seconds after their last stream detached, and in the store.
 
-    One lock guards `_sessions` and each session's `open` flag, so that checking-then-setting `open` is atomic
-    and two streams never share a session's arrays. Under grpc.aio every caller runs on the event loop thread,
-    but the lock keeps the registry safe for a batch offloaded to a worker thread and for the store's writer.
+    One lock guards `_sessions` and each session's `open` and `leased` flags, so that checking-then-setting
+    `open` is atomic and two streams never share a session's arrays. Callers are the event loop's thread, the
+    worker threads of large batches, and the store's writer thread.
 
     With a store, attaching takes the session's lease there (so no other process on the store can attach it)
     and loads its snapshot when the store's is newer than this process's copy; snapshots, renewals and
@@ -139,6 +145,7 @@ class SessionRegistry:
         self.owner = uuid.uuid4().hex
         self._on_store_health = on_store_health
         self._store_ok = True
+        self._health_lock = threading.Lock()  # protects _store_ok and the order of health updates
         self._lock = threading.Lock()
         self._sessions: dict[str, Session] = {}
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="streamer-store")
@@ -148,7 +155,12 @@ class SessionRegistry:
             return len(self._sessions)
 
     def attach(self, name: str, mode: int, options: str = "") -> Session:
-        """Open `name` for one stream, making it if new; raise SessionError if it cannot be."""
+        """Open `name` for one stream, making it if new; raise SessionError if it cannot be.
+
+        The lease is taken (and a newer stored state loaded) on the store's writer thread, which this waits
+        for: every lease change of this process then happens in one order, so a release queued by an earlier
+        stream can never undo this stream's lease.
+        """
         with self._lock:
             session = self._sessions.get(name)
             if session is not None and not session.open and (
@@ -163,46 +175,22 @@ class SessionRegistry:
             if session is None:
                 session = Session(name, SeriesState(mode, self.max_series), last_used=self.clock())
                 self._sessions[name] = session
-            session.open = True  # reserved: the store calls below run without the registry's lock
+            session.open = True  # reserved: the store calls run without the registry's lock
         try:
-            self._take(session, mode)
+            self._writer.submit(self._take, session).result()
+            if session.state.mode != mode:
+                raise SessionError("mode", f"session {name!r} keeps {MODE_NAMES[session.state.mode]} "
+                                           f"state; it cannot continue in {MODE_NAMES[mode]}")
         except BaseException:
             with self._lock:
                 session.open = False
                 if len(session.state.table) == 0 and self._sessions.get(name) is session:
                     del self._sessions[name]
-            self._writer.submit(self._release, session)  # if the lease was taken (else a no-op)
+            if session.leased:
+                self._writer.submit(self._release, session)
             raise
         session.options = options
         return session
-
-    def _take(self, session: Session, mode: int) -> None:
-        """The lease, and the stored state if it is newer than ours; then the mode check."""
-        name = session.name
-        try:
-            holder = self.store.acquire(name, self.owner, self.lease_seconds, self.clock())
-            stored = self.store.version(name) if holder is None else None
-        except Exception as exc:  # the store is down: go on from memory (DECISIONS: store lost while serving)
-            self._store_failed(f"session {name!r}: cannot take its lease", exc)
-            holder, stored = None, None
-        if holder is not None:
-            raise SessionError("busy", f"session {name!r} has an open stream on another server process (its "
-                                       f"lease ends in {max(holder - self.clock(), 0):.1f} s unless renewed)")
-        if stored is not None and stored > session.version:
-            try:
-                snap = self.store.load(name)
-            except Exception as exc:
-                self._store_failed(f"session {name!r}: cannot load its snapshot; going on from memory", exc)
-                snap = None
-            if snap is not None:
-                session.state = SeriesState.from_snapshot(snap, self.max_series)
-                session.version = snap.version
-                session.changed = False
-                log.info("session %r: resumed from the store (version %d, %d series)", name, snap.version,
-                         len(snap))
-        if session.state.mode != mode:
-            raise SessionError("mode", f"session {name!r} keeps {MODE_NAMES[session.state.mode]} "
-                                       f"state; it cannot continue in {MODE_NAMES[mode]}")
 
     def detach(self, session: Session, forget: bool = False) -> None:
         """End the session's stream: snapshot it (if changed) and release its lease, off the event loop.
@@ -216,56 +204,92 @@ class SessionRegistry:
         self._writer.submit(self._save_and_release, session, snap)
 
     def snapshot_open(self) -> int:
-        """Snapshot every open session that changed since its last snapshot; returns how many."""
-        with self._lock:
-            due = [s for s in self._sessions.values() if s.open and s.changed and not s.lost]
+        """Snapshot every held session that changed since its last snapshot (open ones, and idle ones whose
+        last write failed); returns how many. A session whose batch is running on a worker thread is left to
+        the next round rather than waited for: this runs on the event loop."""
         if not self.store.durable:
             return 0
+        with self._lock:
+            due = [s for s in self._sessions.values() if s.leased and s.changed and not s.lost]
+        taken = 0
         for session in due:
-            self._writer.submit(self._save, session, session.snapshot(self.clock()))
-        return len(due)
+            snap = session.snapshot(self.clock(), blocking=False)
+            if snap is not None:
+                self._writer.submit(self._save_and_release if not session.open else self._save, session, snap)
+                taken += 1
+        return taken
 
     def renew_leases(self) -> None:
-        """Extend the lease of every open session (call every third of the lease)."""
+        """Extend every lease this process holds (call every third of the lease)."""
         with self._lock:
-            held = [s for s in self._sessions.values() if s.open and not s.lost]
+            held = [s for s in self._sessions.values() if s.leased and not s.lost]
         for session in held:
             self._writer.submit(self._renew, session)
 
     def sweep(self) -> int:
         """Drop sessions idle (no open stream) for longer than the TTL, here and in the store; return how many
-        were dropped here."""
+        were dropped here. A session whose last write failed is kept until it is written."""
         now = self.clock()
         with self._lock:
-            expired = [n for n, s in self._sessions.items() if not s.open and now - s.last_used > self.ttl]
+            expired = [n for n, s in self._sessions.items()
+                       if not s.open and not (s.leased and s.changed) and now - s.last_used > self.ttl]
             for name in expired:
                 del self._sessions[name]
         self._writer.submit(self._expire, now - self.ttl, now)
         return len(expired)
 
-    def flush(self, timeout: float | None = None) -> None:
-        """Wait until every snapshot, renewal and release asked for so far is done."""
-        self._writer.submit(lambda: None).result(timeout)
-
     def close(self) -> None:
-        """Shutdown: snapshot the sessions that changed and are still open, release every lease, close the
-        store. Streams have ended by now (their detach queued the rest)."""
+        """Shutdown: write every session that changed and release every lease, then close the store. Streams
+        have ended by now (their detach queued most of this)."""
         with self._lock:
             sessions = list(self._sessions.values())
         for session in sessions:
             if session.open:
                 self.detach(session)
+            elif session.leased:  # its last write failed: one more try
+                snap = session.snapshot(self.clock()) if session.changed and self.store.durable else None
+                self._writer.submit(self._save_and_release, session, snap)
         self._writer.shutdown(wait=True)
         self.store.close()
 
     # --- on the writer thread -------------------------------------------------------------------------
 
+    def _take(self, session: Session) -> None:
+        """The lease, and the stored state if it is newer than ours."""
+        name = session.name
+        try:
+            holder = self.store.acquire(name, self.owner, self.lease_seconds, self.clock())
+        except Exception as exc:
+            # Without the lease, attaching could let two processes change one session: refuse, and let the
+            # client retry (a store that is down does not stop streams already open, nor private ones).
+            self._store_failed(f"session {name!r}: cannot take its lease", exc)
+            raise SessionError("store", f"session {name!r}: the store cannot be reached to take its lease "
+                                        f"({exc}); retry") from None
+        if holder is not None:
+            raise SessionError("busy", f"session {name!r} has an open stream on another server process (its "
+                                       f"lease ends in {max(holder - self.clock(), 0):.1f} s unless renewed)")
+        session.leased = True
+        self._store_back()
+        try:
+            stored = self.store.version(name)
+            snap = self.store.load(name) if stored is not None and stored > session.version else None
+            state = SeriesState.from_snapshot(snap, self.max_series) if snap is not None else None
+        except Exception as exc:  # unreadable or damaged: go on from what this process has
+            self._store_failed(f"session {name!r}: cannot load its snapshot; going on from memory", exc)
+            return
+        if state is not None:
+            with session.lock:
+                session.state, session.version, session.changed = state, snap.version, False
+            log.info("session %r: resumed from the store (version %d, %d series)", name, snap.version, len(snap))
+
     def _save(self, session: Session, snap: Snapshot) -> bool:
         started = time.perf_counter()
         try:
             saved = self.store.save(snap, self.owner)
+            if not saved and self.store.acquire(session.name, self.owner, self.lease_seconds, self.clock()) is None:
+                saved = self.store.save(snap, self.owner)  # the lease had lapsed (store outage) and was free
         except Exception as exc:
-            session.changed = True  # retried at the next snapshot
+            session.changed = True  # retried at the next snapshot round, the lease kept meanwhile
             self._store_failed(f"session {session.name!r}: snapshot of {len(snap)} series failed; retrying", exc)
             return False
         self._store_back()
@@ -279,30 +303,36 @@ class SessionRegistry:
         return True
 
     def _save_and_release(self, session: Session, snap: Snapshot | None) -> None:
-        if snap is not None:
-            self._save(session, snap)
-        self._release(session)
+        if snap is None or self._save(session, snap) or session.lost:
+            self._release(session)
+        # else the write failed: the lease is kept (and renewed) until a later round writes it
 
     def _release(self, session: Session) -> None:
         with self._lock:
-            if session.open:
-                return  # attached again here meanwhile: the lease is the new stream's
+            if session.open or (self._sessions.get(session.name) not in (None, session)):
+                return  # attached again meanwhile (this session or a new one of the name): the lease is theirs
+            session.leased = False
         try:
-            self.store.release(session.name, self.owner)
+            self.store.release(session.name, self.owner, self.clock())
+            self._store_back()
         except Exception as exc:
             self._store_failed(f"session {session.name!r}: cannot release its lease (it expires by itself)", exc)
 
     def _renew(self, session: Session) -> None:
         try:
             kept = self.store.renew(session.name, self.owner, self.lease_seconds, self.clock())
+            if not kept:  # lapsed during a store outage and free again: take it back
+                kept = self.store.acquire(session.name, self.owner, self.lease_seconds, self.clock()) is None
         except Exception as exc:
             self._store_failed(f"session {session.name!r}: cannot renew its lease", exc)
             return
-        with self._lock:
-            if not kept and session.open:
+        self._store_back()
+        if not kept:
+            with self._lock:
                 session.lost = True
-                log.warning("session %r: its lease was lost to another server process; its stream ends",
-                            session.name)
+                session.leased = False
+            log.warning("session %r: its lease was taken by another server process; its stream ends",
+                        session.name)
 
     def _expire(self, idle_before: float, now: float) -> None:
         try:
@@ -310,17 +340,20 @@ class SessionRegistry:
         except Exception as exc:
             self._store_failed("cannot expire idle sessions", exc)
             return
+        self._store_back()
         if gone:
             log.info("store: dropped %d idle session(s) after %.0f s", len(gone), self.ttl)
 
     def _store_failed(self, what: str, exc: Exception) -> None:
         log.error("store: %s: %s", what, exc)
-        if self._store_ok:
-            self._store_ok = False
-            self._on_store_health(False)
+        with self._health_lock:
+            if self._store_ok:
+                self._store_ok = False
+                self._on_store_health(False)
 
     def _store_back(self) -> None:
-        if not self._store_ok:
-            self._store_ok = True
-            log.info("store: writing again")
-            self._on_store_health(True)
+        with self._health_lock:
+            if not self._store_ok:
+                self._store_ok = True
+                log.info("store: writing again")
+                self._on_store_health(True)

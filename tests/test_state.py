@@ -1,10 +1,13 @@
 """SessionRegistry alone, on a fake clock: attach/detach, busy/mode/full refusals, TTL expiry and sweeping."""
 from __future__ import annotations
 
+import sqlite3
+
 import numpy as np
 import pytest
 
 from streamer.state import MODE_CUMULATIVE, MODE_EXPONENTIAL, SeriesState, SessionError, SessionRegistry
+from streamer.store.sqlite import SQLiteStore
 
 TTL = 60.0
 
@@ -164,3 +167,78 @@ def test_reserve_grows_and_keeps_values():
     assert len(state.count) == len(state.mean) == len(state.spread) == 512
     assert (state.count[:64] == np.arange(64)).all() and not state.count[64:].any()
     assert (state.mean[:64] == np.arange(64) * 0.5).all()
+
+
+# --- with a durable store: leases and snapshots go through the registry's writer thread ------------------
+
+class FlakyStore(SQLiteStore):
+    """A real SQLite store whose next `fail_saves` saves, or every call while `down`, raise as a full disk."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.fail_saves = 0
+        self.down = False
+
+    def save(self, snapshot, owner):
+        if self.fail_saves:
+            self.fail_saves -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return super().save(snapshot, owner)
+
+    def acquire(self, name, owner, seconds, now):
+        if self.down:
+            raise sqlite3.OperationalError("disk I/O error")
+        return super().acquire(name, owner, seconds, now)
+
+
+@pytest.fixture
+def durable(tmp_path, fake_clock):
+    store = FlakyStore(str(tmp_path / "s.db"))
+    registry = SessionRegistry(TTL, max_sessions=3, max_series=100, clock=fake_clock, store=store, lease_seconds=10)
+    yield registry, store
+    registry.close()
+
+
+def drain(registry):
+    registry._writer.submit(lambda: None).result(10)  # the writer thread is FIFO
+
+
+def test_a_release_queued_by_the_last_stream_never_undoes_the_next_streams_lease(durable, fake_clock):
+    registry, store = durable
+    a = registry.attach("a", MODE_CUMULATIVE)
+    _fill(a)
+    a.changed = True
+    registry.detach(a)                      # queues the snapshot and the release
+    again = registry.attach("a", MODE_CUMULATIVE)  # at once, before or after the writer has run them
+    drain(registry)
+    assert again is a and again.leased and not again.lost
+    assert store.acquire("a", "another process", 10, fake_clock()) is not None  # still ours
+    assert store.version("a") == 1
+
+
+def test_a_snapshot_that_failed_at_detach_keeps_the_lease_and_is_written_later(durable, fake_clock):
+    registry, store = durable
+    a = registry.attach("a", MODE_CUMULATIVE)
+    _fill(a, 3.5)
+    a.changed = True
+    store.fail_saves = 1
+    registry.detach(a)
+    drain(registry)
+    assert store.load("a") is None and a.leased and a.changed  # not written, lease kept
+    assert store.acquire("a", "another process", 10, fake_clock()) is not None
+    fake_clock.advance(TTL + 1)
+    assert registry.sweep() == 0 and len(registry) == 1  # not dropped before it is written
+    assert registry.snapshot_open() == 1
+    drain(registry)
+    assert store.load("a").arrays["mean"][0] == 3.5 and not a.leased
+    assert store.acquire("a", "another process", 10, fake_clock()) is None  # released once written
+
+
+def test_attaching_while_the_store_is_down_is_refused_not_done_without_a_lease(durable):
+    registry, store = durable
+    store.down = True
+    with pytest.raises(SessionError) as err:
+        registry.attach("a", MODE_CUMULATIVE)
+    assert err.value.kind == "store" and len(registry) == 0
+    store.down = False
+    assert registry.attach("a", MODE_CUMULATIVE).leased

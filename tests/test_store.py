@@ -43,8 +43,8 @@ def test_a_lease_is_exclusive_until_released_or_expired(store):
     assert store.acquire("a", "p2", 10, now=2) == 11            # another waits for the expiry
     assert store.renew("a", "p1", 10, now=5)
     assert store.acquire("a", "p2", 10, now=12) == 15
-    assert not store.release("a", "p2") and not store.renew("a", "p2", 10, now=12)
-    assert store.release("a", "p1")
+    assert not store.release("a", "p2", now=0) and not store.renew("a", "p2", 10, now=12)
+    assert store.release("a", "p1", now=0)
     assert store.acquire("a", "p2", 10, now=13) is None
     assert store.acquire("b", "p1", 10, now=13) is None         # leases are per session
 
@@ -55,7 +55,7 @@ def test_an_expired_lease_goes_to_the_next_owner_and_the_stale_owner_cannot_writ
     assert store.acquire("a", "new", 2, now=3) is None           # old stalled past its lease
     assert store.save(snapshot(version=5, seed=1), "new")
     assert not store.save(snapshot(version=9, seed=2), "old")    # the stalled owner wakes up: refused
-    assert not store.renew("a", "old", 2, now=3) and not store.release("a", "old")
+    assert not store.renew("a", "old", 2, now=3) and not store.release("a", "old", now=0)
     assert store.version("a") == 5 and same(store.load("a"), snapshot(version=5, seed=1))
 
 
@@ -76,8 +76,8 @@ def test_expire_drops_idle_sessions_without_a_live_lease(store):
     for name, used in (("old", 10.0), ("busy", 10.0), ("recent", 90.0)):
         store.acquire(name, "p", 1000, now=0)
         store.save(snapshot(name, last_used=used), "p")
-    store.release("old", "p")
-    store.release("recent", "p")
+    store.release("old", "p", now=10.0)
+    store.release("recent", "p", now=90.0)
     assert store.expire(idle_before=50.0, now=95.0) == ["old"]
     assert store.load("old") is None and store.load("busy") is not None and store.load("recent") is not None
 
@@ -153,3 +153,11 @@ def test_a_read_only_directory_is_refused(tmp_path):
             SQLiteStore(str(ro / "s.db"))
     finally:
         writable(ro)
+
+
+def test_the_ttl_counts_from_the_release_not_from_the_last_save(store):
+    store.acquire("a", "p", 1000, now=0)
+    store.save(snapshot("a", last_used=10.0), "p")  # written at 10, its stream open (and quiet) until 500
+    store.release("a", "p", now=500.0)
+    assert store.expire(idle_before=400.0, now=520.0) == []
+    assert store.load("a").last_used == 500.0

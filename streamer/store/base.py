@@ -58,8 +58,9 @@ class Store(abc.ABC):
         """Extend `owner`'s lease; False if `owner` no longer holds it (it expired and another took it)."""
 
     @abc.abstractmethod
-    def release(self, name: str, owner: str) -> bool:
-        """Give up `owner`'s lease; False if `owner` did not hold it."""
+    def release(self, name: str, owner: str, now: float) -> bool:
+        """Give up `owner`'s lease, the session's last use being `now` (its TTL counts from there, not from
+        its last save); False if `owner` did not hold it."""
 
     @abc.abstractmethod
     def version(self, name: str) -> int | None:

@@ -1,6 +1,7 @@
 """`memory://`: leases and snapshots in this process's memory; nothing outlives it (benchmarks, tests)."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 from streamer.store.base import Snapshot, Store
@@ -32,12 +33,14 @@ class MemoryStore(Store):
             self._leases[name] = (owner, now + seconds)
             return True
 
-    def release(self, name: str, owner: str) -> bool:
+    def release(self, name: str, owner: str, now: float) -> bool:
         with self._lock:
             held = self._leases.get(name)
             if held is None or held[0] != owner:
                 return False
             del self._leases[name]
+            if name in self._snapshots:
+                self._snapshots[name] = dataclasses.replace(self._snapshots[name], last_used=now)
             return True
 
     def version(self, name: str) -> int | None:

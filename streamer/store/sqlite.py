@@ -119,9 +119,12 @@ class SQLiteStore(Store):
             return db.execute("UPDATE leases SET expires=? WHERE name=? AND owner=?",
                               (now + seconds, name, owner)).rowcount == 1
 
-    def release(self, name: str, owner: str) -> bool:
+    def release(self, name: str, owner: str, now: float) -> bool:
         with self._transaction() as db:
-            return db.execute("DELETE FROM leases WHERE name=? AND owner=?", (name, owner)).rowcount == 1
+            if db.execute("DELETE FROM leases WHERE name=? AND owner=?", (name, owner)).rowcount != 1:
+                return False
+            db.execute("UPDATE sessions SET last_used=? WHERE name=?", (now, name))
+            return True
 
     def version(self, name: str) -> int | None:
         with self._lock:
