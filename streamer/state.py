@@ -95,6 +95,7 @@ class Session:
     changed: bool = False   # batches were applied since that snapshot
     lost: bool = False      # the store gave the lease to another process: this copy must not be used
     leased: bool = False    # this process holds the session's lease in the store (set on the writer thread)
+    pending: set = dataclasses.field(default_factory=set)  # kinds of periodic job queued on the writer
     options: str = ""
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
@@ -213,9 +214,11 @@ class SessionRegistry:
             due = [s for s in self._sessions.values() if s.leased and s.changed and not s.lost]
         taken = 0
         for session in due:
+            if "save" in session.pending:
+                continue  # the writer is behind: one copy a session waits at a time, not a queue of them
             snap = session.snapshot(self.clock(), blocking=False)
             if snap is not None:
-                self._writer.submit(self._save_and_release if not session.open else self._save, session, snap)
+                self._queue("save", self._save_and_release if not session.open else self._save, session, snap)
                 taken += 1
         return taken
 
@@ -224,7 +227,8 @@ class SessionRegistry:
         with self._lock:
             held = [s for s in self._sessions.values() if s.leased and not s.lost]
         for session in held:
-            self._writer.submit(self._renew, session)
+            if "renew" not in session.pending:
+                self._queue("renew", self._renew, session)
 
     def sweep(self) -> int:
         """Drop sessions idle (no open stream) for longer than the TTL, here and in the store; return how many
@@ -251,6 +255,20 @@ class SessionRegistry:
                 self._writer.submit(self._save_and_release, session, snap)
         self._writer.shutdown(wait=True)
         self.store.close()
+
+    def _queue(self, kind: str, job, session: Session, *args) -> None:
+        """A periodic job for the writer, noted in `session.pending` until it has run (callers skip a kind
+        that is still pending, so a writer that falls behind is not given a growing queue)."""
+        with self._lock:
+            session.pending.add(kind)
+
+        def run():
+            try:
+                job(session, *args)
+            finally:
+                with self._lock:
+                    session.pending.discard(kind)
+        self._writer.submit(run)
 
     # --- on the writer thread -------------------------------------------------------------------------
 
