@@ -144,14 +144,7 @@ class Client:
             for n, batch in enumerate(batches):
                 yield _stream_request(batch, n == 0, session, options)
 
-        call = self._stub.DetectStream(requests(), timeout=timeout)
-        try:
-            for resp in call:
-                yield Result.from_response(resp)
-        except grpc.RpcError as exc:
-            raise ClientError(exc.code(), exc.details()) from None
-        finally:
-            call.cancel()  # a consumer that stops early ends the stream on the server too
+        yield from _results(self._stub.DetectStream(requests(), timeout=timeout))
 
     def detect_bytes(self, request: bytes, *, timeout: float | None = None) -> Result:
         """Detect with an encoded OutliersRequest (see streamer.request_bytes), e.g. one too big for objects."""
@@ -163,14 +156,18 @@ class Client:
 
     def stream_bytes(self, requests: Iterable[bytes], *, timeout: float | None = None) -> Iterator[Result]:
         """DetectStream with encoded OutliersRequests (the first one carrying any session and options)."""
-        call = self._stream_bytes(iter(requests), timeout=timeout)
-        try:
-            for resp in call:
-                yield Result.from_response(resp)
-        except grpc.RpcError as exc:
-            raise ClientError(exc.code(), exc.details()) from None
-        finally:
-            call.cancel()
+        yield from _results(self._stream_bytes(iter(requests), timeout=timeout))
+
+
+def _results(call) -> Iterator[Result]:
+    """The Results of a DetectStream call as they arrive; failures as ClientError."""
+    try:
+        for resp in call:
+            yield Result.from_response(resp)
+    except grpc.RpcError as exc:
+        raise ClientError(exc.code(), exc.details()) from None
+    finally:
+        call.cancel()  # a consumer that stops early ends the stream on the server too
 
 
 class AsyncClient:

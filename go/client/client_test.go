@@ -407,10 +407,21 @@ func TestStreamReconnectsAfterBlip(t *testing.T) {
 	sendAndWait(t, ctx, st, warm)
 	proxy.Cut(300 * time.Millisecond)
 
-	spike := []*pb.Metric{{Name: "x", Value: -80}}
+	spikeAfterReconnect(t, ctx, st, ref, []*pb.Metric{{Name: "x", Value: -80}}, "the blip")
+	t.Logf("retries after the cut (codes): %v", retries())
+}
+
+// spikeAfterReconnect sends spike on st, which must have reconnected since its last answer, checks that it is
+// judged as ref (the Go reference of the baselines) says, then closes st and checks it ended cleanly.
+func spikeAfterReconnect(t *testing.T, ctx context.Context, st *client.Stream, ref *reference, spike []*pb.Metric,
+	after string) {
+	t.Helper()
 	want := ref.batch(spike)
+	if len(want) != 1 {
+		t.Fatalf("reference does not flag the spike: %v", want)
+	}
 	got := sendAndWait(t, ctx, st, [][]*pb.Metric{spike})
-	compareOutliers(t, "first batch after the blip", got[0].GetOutliers(), want)
+	compareOutliers(t, "first batch after "+after, got[0].GetOutliers(), want)
 	st.CloseSend()
 	for r := range st.Results() {
 		t.Errorf("unexpected extra answer %v", r)
@@ -419,9 +430,8 @@ func TestStreamReconnectsAfterBlip(t *testing.T) {
 		t.Fatal(err)
 	}
 	if st.Reconnects() < 1 {
-		t.Errorf("no reconnection recorded after the cut")
+		t.Errorf("no reconnection recorded after %s", after)
 	}
-	t.Logf("retries after the cut (codes): %v", retries())
 }
 
 // resumingStream opens a Stream on session that retries without limit, with a short backoff, and returns it

@@ -43,23 +43,7 @@ func TestStreamRidesThroughServerRestart(t *testing.T) {
 			}
 			testserver.Start(t, append(flags, "--port", first.Port())...)
 
-			spike := []*pb.Metric{{Name: "x", Value: 90}}
-			want := ref.batch(spike)
-			if len(want) != 1 {
-				t.Fatalf("reference does not flag the spike: %v", want)
-			}
-			got := sendAndWait(t, ctx, st, [][]*pb.Metric{spike})
-			compareOutliers(t, "first batch after the restart", got[0].GetOutliers(), want)
-			st.CloseSend()
-			for r := range st.Results() {
-				t.Errorf("unexpected extra answer %v", r)
-			}
-			if err := st.Err(); err != nil {
-				t.Fatal(err)
-			}
-			if st.Reconnects() < 1 {
-				t.Errorf("no reconnection recorded across the restart")
-			}
+			spikeAfterReconnect(t, ctx, st, ref, []*pb.Metric{{Name: "x", Value: 90}}, "the restart")
 			t.Logf("retries across the restart (codes): %v", retries())
 		})
 	}
