@@ -17,7 +17,8 @@ from streamer.errors import (AlreadyExists, DetectError, FailedPrecondition, Inv
 from streamer.series import SeriesLimitError, SeriesTable
 from streamer.state import (MODE_CUMULATIVE, MODE_EXPONENTIAL, MODE_NAMES, SeriesState, Session,
                             SessionError, SessionRegistry)
-from streamer.wire import Columns, Options, WireError, decode_request, encode_flagged
+from streamer.wire import (TRAILER_BYTES, Columns, Options, WireError, decode_request, encode_flagged,
+                           encode_trailer)
 
 MAX_NAME_BYTES = 1024
 
@@ -26,7 +27,7 @@ MAX_NAME_BYTES = 1024
 # at most MAX_NAME_BYTES), four doubles (4 * 9), and its entry in the packed indices (5); per answer, the
 # packed field's tag and length (1 + 5) and the batch number (1 + 10).
 _ANSWER_BYTES_PER_METRIC = 53
-_ANSWER_BYTES_FIXED = 17
+_ANSWER_BYTES_FIXED = 17 + TRAILER_BYTES  # and the sequence fields after the batch number
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,26 +166,57 @@ class StreamDetector:
         self._session_name = ""
         self._made_session = False
         self._scratch = _Scratch()
+        self._seq = 0  # a private stream's applied seq (a session keeps its own)
+        self._ephemeral = not sessions.store.durable  # a session's answers: its state is in no durable store
 
     def process(self, buf: bytes) -> bytes:
-        """Answer one request of the stream; raise DetectError (state untouched) if it cannot be applied."""
+        """Answer one request of the stream; raise DetectError (state untouched) if it cannot be applied.
+
+        A numbered request (seq > 0) at or below the state's applied seq was applied before: it is answered
+        as `duplicate` (with its first answer when the session still keeps it) and changes nothing.
+        """
         where = f"batch {self.batch}"
         cols = _decode(buf, where)
         if self.state is None:
             self._start(cols, where)
         else:
             self._check_same(cols, where)
-        if self.session is None:
-            return self._apply(buf, cols, where)
-        if self.session.lost:
+        seq, session = cols.seq, self.session
+        if session is None:
+            if not seq:  # the stream as it always was: no sequence fields in the answer
+                out = self._apply(buf, cols, where, self.batch)
+            elif seq <= self._seq:
+                out = encode_trailer(self.batch, self._seq, 0, True, duplicate=True, forgotten=True)
+            else:
+                trailer = encode_trailer(self.batch, seq, 0, True)
+                out = self._apply(buf, cols, where, 0, trailer)
+                self._seq = seq
+            self.batch += 1
+            return out
+        if session.lost:
             raise Unavailable(f"{where}: session {self._session_name!r} was taken over by another server process "
                               f"(its lease expired); reconnect to continue from that process's state")
-        with self.session.lock:  # a snapshot never sees half a batch
-            out = self._apply(buf, cols, where)
-            self.session.changed = True
+        if seq and seq <= session.seq:
+            body = session.answers.get(seq)
+            out = (body or b"") + encode_trailer(self.batch, session.seq, session.durable_seq, self._ephemeral,
+                                                 duplicate=True, forgotten=body is None)
+            self.batch += 1
+            return out
+        trailer = encode_trailer(self.batch, seq or session.seq, session.durable_seq, self._ephemeral)
+        with session.lock:  # a snapshot never sees half a batch
+            out = self._apply(buf, cols, where, 0, trailer)
+            if len(cols) or seq:
+                session.changed = True
+            if seq:
+                session.seq = seq
+                session.answers.add(seq, out[:len(out) - len(trailer)])
+        self.sessions.after_batch(session)
+        self.batch += 1
         return out
 
-    def _apply(self, buf: bytes, cols: Columns, where: str) -> bytes:
+    def _apply(self, buf: bytes, cols: Columns, where: str, batch: int, trailer: bytes = b"") -> bytes:
+        """Apply the batch to the state; its answer: the outliers, `batch` as its number (0: none written),
+        then `trailer` (the sequence fields)."""
         state, params = self.state, self.params
         n = len(cols)
         # The kernels update the state in place, and only the encoded answer tells whether grpc can send it.
@@ -209,13 +241,14 @@ class StreamDetector:
             k = kernels.welford_update(ids, cols.values, state.count, state.mean, state.spread,
                                        params.threshold, params.warmup, params.exclude_outliers,
                                        s.idx, s.mean, s.std, s.z)
-        out = s.encode(self.batch, k, cols, ids, state.table)
+        out = s.encode(batch, k, cols, ids, state.table)
+        if trailer:
+            out += trailer
         if staged and len(out) > limit:
             # Repeated ids restore the same saved values; new series go back to the zeros reserve() gave them.
             state.count[ids], state.mean[ids], state.spread[ids] = saved
             state.table.truncate(known)
             raise ResourceExhausted(f"{_too_large(where, len(out), k, limit)}; the batch was not applied")
-        self.batch += 1
         return out
 
     def _start(self, cols: Columns, where: str) -> None:

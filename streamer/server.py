@@ -171,7 +171,8 @@ class StreamerServer:
 
         self.sessions = SessionRegistry(self.config.session_ttl, self.config.max_sessions,
                                         self.config.defaults.max_series, clock=self.clock, store=store,
-                                        lease_seconds=self.config.lease_seconds, on_store_health=store_health)
+                                        lease_seconds=self.config.lease_seconds, on_store_health=store_health,
+                                        snapshot_seconds=self.config.snapshot_seconds)
         self.service = OutliersService(self.defaults, self.sessions)
         server.add_generic_rpc_handlers((self.service.handler(),))
         # Compile before serving: the first request must not pay seconds of JIT, and health must not say

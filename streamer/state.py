@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 
+from streamer.answers import Answers
 from streamer.series import SeriesTable
 from streamer.store import MemoryStore, Snapshot, Store
 
@@ -97,6 +98,10 @@ class Session:
     leased: bool = False    # this process holds the session's lease in the store (set on the writer thread)
     pending: set = dataclasses.field(default_factory=set)  # kinds of periodic job queued on the writer
     options: str = ""
+    seq: int = 0            # the highest client sequence number applied to the state
+    durable_seq: int = 0    # the highest one whose effects are in the store (set on the writer thread)
+    answers: Answers = dataclasses.field(default_factory=Answers)  # of the last numbered batches
+    snapshot_at: float = 0.0  # clock() of the last snapshot
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     def snapshot(self, now: float, blocking: bool = True) -> Snapshot | None:
@@ -108,7 +113,9 @@ class Session:
             names, lengths, arrays = self.state.columns()
             self.version += 1
             self.changed = False
-            return Snapshot(self.name, self.state.mode, self.options, self.version, names, lengths, arrays, now)
+            self.snapshot_at = now
+            return Snapshot(self.name, self.state.mode, self.options, self.version, names, lengths, arrays, now,
+                            self.seq, self.answers.pack())
         finally:
             self.lock.release()
 
@@ -136,13 +143,15 @@ class SessionRegistry:
 
     def __init__(self, ttl: float, max_sessions: int, max_series: int,
                  clock: Callable[[], float] = time.time, store: Store | None = None,
-                 lease_seconds: float = 10.0, on_store_health: Callable[[bool], None] = lambda ok: None):
+                 lease_seconds: float = 10.0, on_store_health: Callable[[bool], None] = lambda ok: None,
+                 snapshot_seconds: float = 5.0):
         self.ttl = ttl
         self.max_sessions = max_sessions
         self.max_series = max_series
         self.clock = clock
         self.store = store if store is not None else MemoryStore()
         self.lease_seconds = lease_seconds
+        self.snapshot_seconds = snapshot_seconds
         self.owner = uuid.uuid4().hex
         self._on_store_health = on_store_health
         self._store_ok = True
@@ -210,8 +219,10 @@ class SessionRegistry:
         the next round rather than waited for: this runs on the event loop."""
         if not self.store.durable:
             return 0
-        with self._lock:
-            due = [s for s in self._sessions.values() if s.leased and s.changed and not s.lost]
+        now = self.clock()
+        with self._lock:  # busy sessions are snapshotted by after_batch; this round is for the others
+            due = [s for s in self._sessions.values() if s.leased and s.changed and not s.lost
+                   and now - s.snapshot_at >= self.snapshot_seconds / 2]
         taken = 0
         for session in due:
             if "save" in session.pending:
@@ -221,6 +232,17 @@ class SessionRegistry:
                 self._queue("save", self._save_and_release if not session.open else self._save, session, snap)
                 taken += 1
         return taken
+
+    def after_batch(self, session: Session) -> None:
+        """After a batch of an open session (its lock released): snapshot it when the last snapshot is
+        `snapshot_seconds` old, so that its durable sequence number advances at least that often while its
+        stream is busy, whatever the periodic round (which skips a session whose batch holds the lock)."""
+        now = self.clock()
+        if now - session.snapshot_at < self.snapshot_seconds or not self.store.durable or "save" in session.pending:
+            return
+        snap = session.snapshot(now, blocking=False)
+        if snap is not None:
+            self._queue("save", self._save, session, snap)
 
     def renew_leases(self) -> None:
         """Extend every lease this process holds (call every third of the lease)."""
@@ -296,9 +318,17 @@ class SessionRegistry:
             self._store_failed(f"session {name!r}: cannot load its snapshot; going on from memory", exc)
             return
         if state is not None:
+            try:
+                answers = Answers.unpack(snap.answers)
+            except ValueError as exc:  # the state is sound; only answers to batches sent again are lost
+                log.error("session %r: %s; batches sent again are answered without their outliers", name, exc)
+                answers = Answers()
             with session.lock:
                 session.state, session.version, session.changed = state, snap.version, False
-            log.info("session %r: resumed from the store (version %d, %d series)", name, snap.version, len(snap))
+                session.seq = session.durable_seq = snap.seq
+                session.answers = answers
+            log.info("session %r: resumed from the store (version %d, seq %d, %d series)", name, snap.version,
+                     snap.seq, len(snap))
 
     def _save(self, session: Session, snap: Snapshot) -> bool:
         started = time.perf_counter()
@@ -311,7 +341,9 @@ class SessionRegistry:
             self._store_failed(f"session {session.name!r}: snapshot of {len(snap)} series failed; retrying", exc)
             return False
         self._store_back()
-        if not saved:
+        if saved:
+            session.durable_seq = max(session.durable_seq, snap.seq)
+        else:
             session.lost = True
             log.warning("session %r: snapshot refused: another server process holds its lease now", session.name)
             return False

@@ -38,6 +38,7 @@ def reference(buf: bytes):
         "times": [wrap64(m.time.seconds * 10 ** 9 + m.time.nanos) for m in req.metrics],
         "options": options,
         "session": req.session,
+        "seq": req.seq,
     }
 
 
@@ -60,6 +61,7 @@ def ours(buf: bytes):
         "times": cols.times.tolist(),
         "options": options,
         "session": cols.session,
+        "seq": cols.seq,
     }
 
 

@@ -2,6 +2,7 @@
 owner's write is refused, snapshots round-trip exactly; and the SQLite file's own failure modes."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 import stat
@@ -27,12 +28,12 @@ def snapshot(name="a", version=1, n=3, last_used=100.0, seed=0) -> Snapshot:
     return Snapshot(name, 1, "threshold=2.0", version, b"".join(names),
                     np.array([len(x) for x in names], dtype=np.int64),
                     {"count": rng.integers(0, 100, n), "mean": rng.normal(size=n), "spread": rng.random(n)},
-                    last_used)
+                    last_used, seq=int(rng.integers(0, 2 ** 63)) * 2 + 1, answers=rng.bytes(int(rng.integers(0, 50))))
 
 
 def same(a: Snapshot, b: Snapshot) -> bool:
-    return (a.name, a.mode, a.options, a.version, a.names, a.last_used) == \
-        (b.name, b.mode, b.options, b.version, b.names, b.last_used) and \
+    return (a.name, a.mode, a.options, a.version, a.names, a.last_used, a.seq, a.answers) == \
+        (b.name, b.mode, b.options, b.version, b.names, b.last_used, b.seq, b.answers) and \
         np.array_equal(a.name_lengths, b.name_lengths) and a.arrays.keys() == b.arrays.keys() and \
         all(np.array_equal(a.arrays[k], b.arrays[k]) and a.arrays[k].dtype == b.arrays[k].dtype for k in a.arrays)
 
@@ -114,6 +115,29 @@ def test_a_newer_schema_is_refused_with_a_message(tmp_path):
         db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
     with pytest.raises(StoreError, match=f"newer streamer .*schema {SCHEMA_VERSION + 1}"):
         SQLiteStore(path)
+
+
+def test_a_schema_1_store_is_migrated_forward_and_keeps_its_sessions(tmp_path):
+    """tests/data/store-v1.db.gz was written by the schema-1 code (before sequence numbers): one session,
+    three series. Opening it migrates it in place; its session loads as it was, with no sequence number."""
+    import gzip
+    fixture = os.path.join(os.path.dirname(__file__), "data", "store-v1.db.gz")
+    path = tmp_path / "v1.db"
+    path.write_bytes(gzip.decompress(open(fixture, "rb").read()))
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta").fetchone() == ("1",)
+    s = SQLiteStore(str(path))
+    snap = s.load("v1-session")
+    assert (snap.version, snap.mode, snap.options, snap.names, snap.seq, snap.answers) == \
+        (3, 1, "threshold=2.0", b"cpumemdisk.io", 0, b"")
+    assert snap.arrays["count"].tolist() == [10, 20, 30] and snap.arrays["mean"].tolist() == [1.5, 2.5, 3.5]
+    assert s.acquire("v1-session", "me", 10, now=2000) is None       # its lease was released in 1000
+    newer = dataclasses.replace(snap, version=4, seq=7, answers=b"kept")
+    assert s.save(newer, "me") and same(s.load("v1-session"), newer)
+    s.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta").fetchone() == (str(SCHEMA_VERSION),)
+    SQLiteStore(str(path)).close()  # and opens again as a current store
 
 
 def test_a_corrupt_file_and_a_foreign_database_are_refused(tmp_path):

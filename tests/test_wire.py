@@ -85,6 +85,7 @@ def pb_requests(draw) -> pb.OutliersRequest:
         o.alpha = draw(floats)
         o.exclude_outliers = draw(st.booleans())
     req.session = draw(st.text(max_size=8))
+    req.seq = draw(st.integers(0, 2 ** 64 - 1))
     return req
 
 
@@ -169,7 +170,9 @@ def hand_requests(draw) -> bytes:
         records += draw(hand_options())
     for _ in range(draw(st.integers(0, 2))):
         records.append(record(3, 2, draw(st.text(max_size=6)).encode()))
-    return draw(shuffled(records, {1: 2, 2: 2, 3: 2}))
+    for _ in range(draw(st.integers(0, 2))):  # seq, repeated: the last one wins
+        records.append(record(4, 0, draw(st.integers(0, 2 ** 64 - 1))))
+    return draw(shuffled(records, {1: 2, 2: 2, 3: 2, 4: 0}))
 
 
 valid_requests = pb_requests().map(lambda r: r.SerializeToString()) | hand_requests()

@@ -218,10 +218,14 @@ func (x *DetectOptions) GetExcludeOutliers() bool {
 
 // A batch of metrics. In Detect, one batch judged on its own; in DetectStream, one batch of the stream.
 type OutliersRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Metrics       []*Metric              `protobuf:"bytes,1,rep,name=metrics,proto3" json:"metrics,omitempty"` // the batch; indices in the response refer to positions in this list
-	Options       *DetectOptions         `protobuf:"bytes,2,opt,name=options,proto3" json:"options,omitempty"` // DetectStream: taken from the stream's first message; Detect: per call
-	Session       string                 `protobuf:"bytes,3,opt,name=session,proto3" json:"session,omitempty"` // DetectStream, first message: a session to continue (empty = private state)
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Metrics []*Metric              `protobuf:"bytes,1,rep,name=metrics,proto3" json:"metrics,omitempty"` // the batch; indices in the response refer to positions in this list
+	Options *DetectOptions         `protobuf:"bytes,2,opt,name=options,proto3" json:"options,omitempty"` // DetectStream: taken from the stream's first message; Detect: per call
+	Session string                 `protobuf:"bytes,3,opt,name=session,proto3" json:"session,omitempty"` // DetectStream, first message: a session to continue (empty = private state)
+	// DetectStream: the client's number for this batch, strictly increasing within a session (0 = not given:
+	// the batch is applied, as it always was). A batch numbered at or below the session's applied_seq was
+	// applied already (before a reconnection or a crash) and is not applied again: see duplicate.
+	Seq           uint64 `protobuf:"varint,4,opt,name=seq,proto3" json:"seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -275,6 +279,13 @@ func (x *OutliersRequest) GetSession() string {
 		return x.Session
 	}
 	return ""
+}
+
+func (x *OutliersRequest) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
 }
 
 // One flagged value and the statistics it was judged against.
@@ -364,10 +375,19 @@ func (x *Outlier) GetZscore() float64 {
 
 // The outliers of one batch.
 type OutliersResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Indices       []int32                `protobuf:"varint,1,rep,packed,name=indices,proto3" json:"indices,omitempty"` // positions of the flagged metrics, ascending
-	Outliers      []*Outlier             `protobuf:"bytes,2,rep,name=outliers,proto3" json:"outliers,omitempty"`       // details of each flagged metric, in the order of indices
-	Batch         uint64                 `protobuf:"varint,3,opt,name=batch,proto3" json:"batch,omitempty"`            // DetectStream: 0-based number of the request this answers in its stream
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Indices  []int32                `protobuf:"varint,1,rep,packed,name=indices,proto3" json:"indices,omitempty"` // positions of the flagged metrics, ascending
+	Outliers []*Outlier             `protobuf:"bytes,2,rep,name=outliers,proto3" json:"outliers,omitempty"`       // details of each flagged metric, in the order of indices
+	Batch    uint64                 `protobuf:"varint,3,opt,name=batch,proto3" json:"batch,omitempty"`            // DetectStream: 0-based number of the request this answers in its stream
+	// DetectStream, for numbered requests (seq > 0) and on sessions; a request with no metrics asks only these.
+	Duplicate bool `protobuf:"varint,4,opt,name=duplicate,proto3" json:"duplicate,omitempty"` // the request's seq was applied before: not applied again; indices and outliers
+	// are those of its first answer (kept for the session's last 1024 numbered batches)
+	AppliedSeq uint64 `protobuf:"varint,5,opt,name=applied_seq,json=appliedSeq,proto3" json:"applied_seq,omitempty"` // the highest seq whose batch is in the stream's state, after this request
+	DurableSeq uint64 `protobuf:"varint,6,opt,name=durable_seq,json=durableSeq,proto3" json:"durable_seq,omitempty"` // the highest seq whose effects are in the store: a client may forget a batch
+	// numbered at or below it (a restart of the server cannot lose it)
+	Ephemeral bool `protobuf:"varint,7,opt,name=ephemeral,proto3" json:"ephemeral,omitempty"` // the state is in no durable store (a private stream, or a server on memory://):
+	// durable_seq stays 0, and a batch can be forgotten once it is answered
+	Forgotten     bool `protobuf:"varint,8,opt,name=forgotten,proto3" json:"forgotten,omitempty"` // duplicate, but its first answer is no longer kept: indices and outliers are empty
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -423,6 +443,41 @@ func (x *OutliersResponse) GetBatch() uint64 {
 	return 0
 }
 
+func (x *OutliersResponse) GetDuplicate() bool {
+	if x != nil {
+		return x.Duplicate
+	}
+	return false
+}
+
+func (x *OutliersResponse) GetAppliedSeq() uint64 {
+	if x != nil {
+		return x.AppliedSeq
+	}
+	return 0
+}
+
+func (x *OutliersResponse) GetDurableSeq() uint64 {
+	if x != nil {
+		return x.DurableSeq
+	}
+	return 0
+}
+
+func (x *OutliersResponse) GetEphemeral() bool {
+	if x != nil {
+		return x.Ephemeral
+	}
+	return false
+}
+
+func (x *OutliersResponse) GetForgotten() bool {
+	if x != nil {
+		return x.Forgotten
+	}
+	return false
+}
+
 var File_outliers_proto protoreflect.FileDescriptor
 
 const file_outliers_proto_rawDesc = "" +
@@ -437,23 +492,31 @@ const file_outliers_proto_rawDesc = "" +
 	"\x06warmup\x18\x02 \x01(\rR\x06warmup\x12\x1c\n" +
 	"\x04mode\x18\x03 \x01(\x0e2\b.pb.ModeR\x04mode\x12\x14\n" +
 	"\x05alpha\x18\x04 \x01(\x01R\x05alpha\x12)\n" +
-	"\x10exclude_outliers\x18\x05 \x01(\bR\x0fexcludeOutliers\"~\n" +
+	"\x10exclude_outliers\x18\x05 \x01(\bR\x0fexcludeOutliers\"\x90\x01\n" +
 	"\x0fOutliersRequest\x12$\n" +
 	"\ametrics\x18\x01 \x03(\v2\n" +
 	".pb.MetricR\ametrics\x12+\n" +
 	"\aoptions\x18\x02 \x01(\v2\x11.pb.DetectOptionsR\aoptions\x12\x18\n" +
-	"\asession\x18\x03 \x01(\tR\asession\"\x8d\x01\n" +
+	"\asession\x18\x03 \x01(\tR\asession\x12\x10\n" +
+	"\x03seq\x18\x04 \x01(\x04R\x03seq\"\x8d\x01\n" +
 	"\aOutlier\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x05R\x05index\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
 	"\x05value\x18\x03 \x01(\x01R\x05value\x12\x12\n" +
 	"\x04mean\x18\x04 \x01(\x01R\x04mean\x12\x16\n" +
 	"\x06stddev\x18\x05 \x01(\x01R\x06stddev\x12\x16\n" +
-	"\x06zscore\x18\x06 \x01(\x01R\x06zscore\"k\n" +
+	"\x06zscore\x18\x06 \x01(\x01R\x06zscore\"\x87\x02\n" +
 	"\x10OutliersResponse\x12\x18\n" +
 	"\aindices\x18\x01 \x03(\x05R\aindices\x12'\n" +
 	"\boutliers\x18\x02 \x03(\v2\v.pb.OutlierR\boutliers\x12\x14\n" +
-	"\x05batch\x18\x03 \x01(\x04R\x05batch*G\n" +
+	"\x05batch\x18\x03 \x01(\x04R\x05batch\x12\x1c\n" +
+	"\tduplicate\x18\x04 \x01(\bR\tduplicate\x12\x1f\n" +
+	"\vapplied_seq\x18\x05 \x01(\x04R\n" +
+	"appliedSeq\x12\x1f\n" +
+	"\vdurable_seq\x18\x06 \x01(\x04R\n" +
+	"durableSeq\x12\x1c\n" +
+	"\tephemeral\x18\a \x01(\bR\tephemeral\x12\x1c\n" +
+	"\tforgotten\x18\b \x01(\bR\tforgotten*G\n" +
 	"\x04Mode\x12\x14\n" +
 	"\x10MODE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fMODE_CUMULATIVE\x10\x01\x12\x14\n" +

@@ -44,14 +44,16 @@ class DetectOptions(_message.Message):
     def __init__(self, threshold: _Optional[float] = ..., warmup: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., alpha: _Optional[float] = ..., exclude_outliers: _Optional[bool] = ...) -> None: ...
 
 class OutliersRequest(_message.Message):
-    __slots__ = ("metrics", "options", "session")
+    __slots__ = ("metrics", "options", "session", "seq")
     METRICS_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     metrics: _containers.RepeatedCompositeFieldContainer[Metric]
     options: DetectOptions
     session: str
-    def __init__(self, metrics: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., options: _Optional[_Union[DetectOptions, _Mapping]] = ..., session: _Optional[str] = ...) -> None: ...
+    seq: int
+    def __init__(self, metrics: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., options: _Optional[_Union[DetectOptions, _Mapping]] = ..., session: _Optional[str] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class Outlier(_message.Message):
     __slots__ = ("index", "name", "value", "mean", "stddev", "zscore")
@@ -70,11 +72,21 @@ class Outlier(_message.Message):
     def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., value: _Optional[float] = ..., mean: _Optional[float] = ..., stddev: _Optional[float] = ..., zscore: _Optional[float] = ...) -> None: ...
 
 class OutliersResponse(_message.Message):
-    __slots__ = ("indices", "outliers", "batch")
+    __slots__ = ("indices", "outliers", "batch", "duplicate", "applied_seq", "durable_seq", "ephemeral", "forgotten")
     INDICES_FIELD_NUMBER: _ClassVar[int]
     OUTLIERS_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_SEQ_FIELD_NUMBER: _ClassVar[int]
+    EPHEMERAL_FIELD_NUMBER: _ClassVar[int]
+    FORGOTTEN_FIELD_NUMBER: _ClassVar[int]
     indices: _containers.RepeatedScalarFieldContainer[int]
     outliers: _containers.RepeatedCompositeFieldContainer[Outlier]
     batch: int
-    def __init__(self, indices: _Optional[_Iterable[int]] = ..., outliers: _Optional[_Iterable[_Union[Outlier, _Mapping]]] = ..., batch: _Optional[int] = ...) -> None: ...
+    duplicate: bool
+    applied_seq: int
+    durable_seq: int
+    ephemeral: bool
+    forgotten: bool
+    def __init__(self, indices: _Optional[_Iterable[int]] = ..., outliers: _Optional[_Iterable[_Union[Outlier, _Mapping]]] = ..., batch: _Optional[int] = ..., duplicate: _Optional[bool] = ..., applied_seq: _Optional[int] = ..., durable_seq: _Optional[int] = ..., ephemeral: _Optional[bool] = ..., forgotten: _Optional[bool] = ...) -> None: ...

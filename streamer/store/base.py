@@ -11,7 +11,8 @@ import dataclasses
 
 import numpy as np
 
-SCHEMA_VERSION = 1  # of every durable backend's layout; a store written by a newer one is refused at start
+SCHEMA_VERSION = 2  # of every durable backend's layout; a store written by a newer one is refused at start
+# 1: the first. 2: a session's applied sequence number and the answers of its last numbered batches.
 
 
 class StoreError(Exception):
@@ -34,13 +35,16 @@ class Snapshot:
     name_lengths: np.ndarray        # int64[n]
     arrays: dict[str, np.ndarray]   # each [n]
     last_used: float = 0.0          # wall-clock time of the save
+    seq: int = 0                    # the highest client sequence number applied to this state
+    answers: bytes = b""            # the session's kept answers (state.py packs them; the store only keeps them)
 
     def __len__(self) -> int:
         return len(self.name_lengths)
 
     @property
     def nbytes(self) -> int:
-        return len(self.names) + self.name_lengths.nbytes + sum(a.nbytes for a in self.arrays.values())
+        return (len(self.names) + self.name_lengths.nbytes + sum(a.nbytes for a in self.arrays.values())
+                + len(self.answers))
 
 
 class Store(abc.ABC):

@@ -1,7 +1,8 @@
 """`sqlite:///PATH`: the embedded default. One file in WAL mode, shared safely by every process on the machine.
 
-Layout (schema 1): `meta` (the schema version), `sessions` (a row per session: mode, options, version, the
-series names as one blob and their lengths as another), `arrays` (a blob per session and statistic:
+Layout (schema 2): `meta` (the schema version), `sessions` (a row per session: mode, options, version, the
+series names as one blob and their lengths as another, the applied sequence number and the kept answers),
+`arrays` (a blob per session and statistic:
 count, mean, spread, ...) and `leases` (owner, expiry). A snapshot is a few blobs, never a row per series.
 Every change is one transaction: BEGIN IMMEDIATE takes the file's write lock first, so the compare-and-set
 on the lease owner and the write it guards cannot interleave with another process's.
@@ -27,7 +28,9 @@ CREATE TABLE IF NOT EXISTS sessions (
     series INTEGER NOT NULL,
     names BLOB NOT NULL,          -- the series names, concatenated in slot order
     name_lengths BLOB NOT NULL,   -- int64 little-endian, one per series
-    last_used REAL NOT NULL       -- wall-clock seconds of the last save
+    last_used REAL NOT NULL,      -- wall-clock seconds of the last save
+    seq INTEGER NOT NULL DEFAULT 0,       -- the highest client sequence number applied (schema 2)
+    answers BLOB NOT NULL DEFAULT x''     -- the answers of the last numbered batches (schema 2)
 );
 CREATE TABLE IF NOT EXISTS arrays (
     session TEXT NOT NULL,
@@ -38,6 +41,19 @@ CREATE TABLE IF NOT EXISTS arrays (
 );
 CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL);
 """
+
+# _MIGRATIONS[v]: the statements that take a file from schema v to v + 1.
+_MIGRATIONS = {
+    1: ["ALTER TABLE sessions ADD COLUMN seq INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE sessions ADD COLUMN answers BLOB NOT NULL DEFAULT x''"],
+}
+
+_U64 = (1 << 64) - 1
+
+
+def _signed(x: int) -> int:
+    """A uint64 as the int64 SQLite keeps (loads take it back with & _U64)."""
+    return x - (1 << 64) if x >= 1 << 63 else x
 
 
 class SQLiteStore(Store):
@@ -72,7 +88,11 @@ class SQLiteStore(Store):
                 elif found > SCHEMA_VERSION:
                     raise StoreError(f"sqlite:///{path}: written by a newer streamer (store schema {found}; this "
                                      f"one reads up to {SCHEMA_VERSION}); upgrade streamer or use another file")
-                # found < SCHEMA_VERSION: migrations go here, one step per version, each tested on a fixture
+                else:
+                    for step in range(found, SCHEMA_VERSION):  # one step per version, each tested on a fixture
+                        for statement in _MIGRATIONS[step]:
+                            db.execute(statement)
+                    db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
         except sqlite3.Error as exc:
             self._db.close()
             raise StoreError(f"sqlite:///{path}: cannot use it as a store: {exc}") from None
@@ -135,20 +155,21 @@ class SQLiteStore(Store):
         with self._lock:  # one read transaction: the session row and its arrays agree
             self._db.execute("BEGIN")
             try:
-                row = self._db.execute("SELECT mode, options, version, series, names, name_lengths, last_used "
-                                       "FROM sessions WHERE name=?", (name,)).fetchone()
+                row = self._db.execute("SELECT mode, options, version, series, names, name_lengths, last_used, "
+                                       "seq, answers FROM sessions WHERE name=?", (name,)).fetchone()
                 arrays = self._db.execute("SELECT key, dtype, data FROM arrays WHERE session=?", (name,)).fetchall()
             finally:
                 self._db.execute("COMMIT")
         if row is None:
             return None
-        mode, options, version, series, names, lengths, last_used = row
+        mode, options, version, series, names, lengths, last_used, seq, answers = row
         lengths = np.frombuffer(lengths, dtype="<i8").astype(np.int64)
         loaded = {key: np.frombuffer(data, dtype=dtype).copy() for key, dtype, data in arrays}
         if len(lengths) != series or int(lengths.sum()) != len(names) or any(len(a) != series for a in loaded.values()):
             raise StoreError(f"sqlite:///{self.path}: session {name!r} is damaged ({series} series, "
                              f"{len(lengths)} name lengths, arrays {[len(a) for a in loaded.values()]})")
-        return Snapshot(name, mode, options, version, bytes(names), lengths, loaded, last_used)
+        return Snapshot(name, mode, options, version, bytes(names), lengths, loaded, last_used,
+                        seq & _U64, bytes(answers))
 
     def save(self, snapshot: Snapshot, owner: str) -> bool:
         s = snapshot
@@ -156,9 +177,9 @@ class SQLiteStore(Store):
             held = self._holder(db, s.name)
             if held is None or held[0] != owner:
                 return False  # another process took the session: its state wins
-            db.execute("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            db.execute("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (s.name, s.mode, s.options, s.version, len(s), s.names,
-                        s.name_lengths.astype("<i8").tobytes(), s.last_used))
+                        s.name_lengths.astype("<i8").tobytes(), s.last_used, _signed(s.seq), s.answers))
             db.execute("DELETE FROM arrays WHERE session=?", (s.name,))
             db.executemany("INSERT INTO arrays VALUES (?, ?, ?, ?)",
                            [(s.name, key, a.dtype.str, a.tobytes()) for key, a in s.arrays.items()])

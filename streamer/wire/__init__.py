@@ -7,7 +7,7 @@ import numpy as np
 
 from streamer.wire.primitives import CHECKED, HASH_SEED, WireBug, name_hash, utf8_valid
 from streamer.wire.decode import Columns, Options, WireError, decode_request
-from streamer.wire.encode import _encoded, encode_flagged, encode_response
+from streamer.wire.encode import TRAILER_BYTES, _encoded, encode_flagged, encode_response, encode_trailer
 
 
 def compile_all() -> None:
@@ -31,5 +31,5 @@ def compile_all() -> None:
     _encoded(1, index, index, slots, zeros, zeros, zeros, zeros, arena, slots, slots + 1)
 
 
-__all__ = ["CHECKED", "HASH_SEED", "Columns", "Options", "WireBug", "WireError", "compile_all", "decode_request",
-           "encode_flagged", "encode_response", "name_hash", "utf8_valid"]
+__all__ = ["CHECKED", "HASH_SEED", "TRAILER_BYTES", "Columns", "Options", "WireBug", "WireError", "compile_all",
+           "decode_request", "encode_flagged", "encode_response", "encode_trailer", "name_hash", "utf8_valid"]

@@ -57,6 +57,7 @@ class Columns:
     options: Options | None  # None when the request carries no options field
     session: str
     name_hash: np.ndarray | None = None  # int64[n], name_hash() of each name with HASH_SEED, for SeriesTable
+    seq: int = 0                         # the request's sequence number (0: not given)
 
     def __len__(self) -> int:
         return len(self.values)
@@ -68,7 +69,7 @@ _NS = np.int64(1_000_000_000)
 # The decoder's state, one int64 array: the request's options and session as read so far, where to resume
 # when the columns are full, and the stack of open groups.
 _HAS_OPTIONS, _WARMUP, _MODE, _EXCLUDE, _THRESHOLD, _ALPHA = 0, 1, 2, 3, 4, 5  # doubles kept as their bits
-_SESSION_START, _SESSION_LEN, _POS, _COUNT, _BAD_METRIC, _SEED, _STACK = 6, 7, 8, 9, 10, 11, 12
+_SESSION_START, _SESSION_LEN, _POS, _COUNT, _BAD_METRIC, _SEED, _SEQ, _STACK = 6, 7, 8, 9, 10, 11, 12, 13
 _STATE_SIZE = _STACK + _MAX_DEPTH
 _FULL = 1  # _decode's return when the columns are full: grow them and call again
 
@@ -341,6 +342,8 @@ def _decode(b, cols, st):
                     p += size
                 else:
                     p = -E_SESSION_UTF8
+        elif t == 0x20:  # seq: uint64 (kept as its int64 bits)
+            st[_SEQ], p = varint(b, p, n)
         else:
             p = _skip(b, p, n, t, _MAX_DEPTH, st)
         p = advanced(start, p, "_decode")
@@ -382,4 +385,4 @@ def decode_request(buf: bytes) -> Columns:
         start = int(st[_SESSION_START])
         session = buf[start:start + int(st[_SESSION_LEN])].decode()
     return Columns(buf, cols[0, :n], cols[1, :n], cols[2, :n].view(np.float64), cols[3, :n], options, session,
-                   cols[4, :n])
+                   cols[4, :n], int(st[_SEQ]) & 0xFFFFFFFFFFFFFFFF)

@@ -128,15 +128,44 @@ def _encode(out, batch, index, rows, ids, values, mean, std, z, arena, name_off,
     return size
 
 
+def _put_uint(out: bytearray, tag: int, x: int) -> None:
+    """Append a varint field (uint64 x > 0) in Python: for the few scalars after a response's outliers."""
+    out.append(tag)
+    while x >= 0x80:
+        out.append(x & 0x7F | 0x80)
+        x >>= 7
+    out.append(x)
+
+
 def _batch_only(batch: int) -> bytes:
     """The response of a batch with no outliers: just its number (none at all for batch 0)."""
     if batch == 0:
         return b""
-    out = bytearray(b"\x18")
-    while batch >= 0x80:
-        out.append(batch & 0x7F | 0x80)
-        batch >>= 7
-    out.append(batch)
+    out = bytearray()
+    _put_uint(out, 0x18, batch)
+    return bytes(out)
+
+
+TRAILER_BYTES = 3 * 2 + 3 * 11  # encode_trailer's largest output: three bools, three uint64 fields
+
+
+def encode_trailer(batch: int, applied_seq: int, durable_seq: int, ephemeral: bool, duplicate: bool = False,
+                   forgotten: bool = False) -> bytes:
+    """OutliersResponse fields 3-8 (batch ... forgotten), in number order, zeros omitted: appended to a body
+    encoded with batch 0 (indices and outliers only), it makes the response the protobuf library would write."""
+    out = bytearray()
+    if batch:
+        _put_uint(out, 0x18, batch)
+    if duplicate:
+        out += b"\x20\x01"
+    if applied_seq:
+        _put_uint(out, 0x28, applied_seq)
+    if durable_seq:
+        _put_uint(out, 0x30, durable_seq)
+    if ephemeral:
+        out += b"\x38\x01"
+    if forgotten:
+        out += b"\x40\x01"
     return bytes(out)
 
 
