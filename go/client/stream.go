@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/streamer-dev/streamer/go/pb"
 )
@@ -25,11 +26,12 @@ var ErrSendClosed = errors.New("send on a stream after CloseSend")
 var errNoAnswer = errors.New("no answer within the answer timeout; connection taken as lost")
 
 // StreamConfig says how OpenStream keeps a DetectStream going. The zero value is usable: no session,
-// server-default options, DefaultBackoff, 10 retries, 10 s answer timeout, 64 batches in flight.
+// server-default options, DefaultBackoff, 10 retries, 10 s answer timeout, 64 batches in flight, 64 MiB kept.
 type StreamConfig struct {
 	// Session names the server-side state to continue. With a session, the per-series baselines survive a
-	// reconnection (and a restart of the collector, within the server's --session-ttl); without one, every
-	// reconnection starts a fresh private state that has to warm up again.
+	// reconnection and a restart of the server or of the collector (within the server's --session-ttl), and
+	// every batch is applied to them exactly once (see Stream); without one, every reconnection starts a
+	// fresh private state that has to warm up again.
 	Session string
 	// Options go with the first message of every gRPC stream this Stream opens (nil: server defaults).
 	Options *pb.DetectOptions
@@ -37,8 +39,14 @@ type StreamConfig struct {
 	// (and the answers before it were taken from Results), the connection is taken as dead and the stream is
 	// reopened. 0 means 10 s; negative means no deadline.
 	AnswerTimeout time.Duration
-	// MaxInFlight is how many batches may be sent and not yet answered before Send blocks. 0 means 64.
+	// MaxInFlight is how many batches may be sent and not yet answered before Send blocks. 0 means 64; the
+	// server keeps the answers of a session's last 1024 batches, so keep it below that.
 	MaxInFlight int
+	// MaxKeptBytes bounds the batches a session's Stream keeps after their answer, until the server reports
+	// them durable (in its store): Send blocks while this many bytes (their encoded size) are kept. A server
+	// makes a busy session durable every --snapshot-seconds (5 s by default), so a collector sending R bytes a
+	// second keeps about R x (snapshot interval + one store write) bytes. 0 means 64 MiB.
+	MaxKeptBytes int
 	// MaxRetries is how many reconnection attempts in a row (without an answer in between) are made before
 	// the Stream gives up. 0 means 10; negative means retry until ctx ends.
 	MaxRetries int
@@ -54,7 +62,9 @@ type Result struct {
 	// Seq is the batch's number among the batches Send accepted, from 0, across reconnections.
 	Seq uint64
 	// Response is the server's answer; Response.Batch counts within one gRPC stream and restarts at 0 after a
-	// reconnection, Seq does not.
+	// reconnection, Seq does not. Response.Duplicate says the batch had been applied before a reconnection
+	// (its answer was lost with the connection): its outliers are those of that first application, unless
+	// Response.Forgotten says the server no longer kept them.
 	Response *pb.OutliersResponse
 }
 
@@ -63,9 +73,19 @@ type Result struct {
 // unavailable, or the server still holds the session for the old stream (ALREADY_EXISTS: it has not yet
 // noticed that the old stream is gone).
 //
-// Delivery is at least once: batches sent but not answered when a connection is lost are sent again on
-// the next gRPC stream, in order. If the server had applied such a batch before the connection went, its
-// values count twice in the baselines; a lost batch would instead be a gap in which no spike is seen.
+// With a session, batches are numbered (OutliersRequest.seq) and kept until the server reports them durable
+// (OutliersResponse.durable_seq, bounded by MaxKeptBytes). Every gRPC stream opens with a request without
+// metrics that asks where the session stands; then the batches it has not applied are sent again, in order,
+// and those it had applied but not answered are sent to fetch their answer (the server does not apply them
+// again). So the session's state is exactly that of a run without failures, even after a crash of the server
+// (kill -9): nothing that was not reported durable is lost, nothing is counted twice. Each batch's answer is
+// delivered on Results once; a batch the server lost in a crash is judged again after it, and gives the
+// same answer, which is not delivered twice. A session written meanwhile by another client is outside this
+// promise: one session has one writer.
+//
+// Without a session (or on a server whose store is memory://, OutliersResponse.ephemeral) a batch is
+// forgotten once answered: delivery is at least once, as batches sent but not answered when a connection is
+// lost are sent again, and may count twice in a private state.
 //
 // Send may be called from several goroutines; Results must be read until it is closed (answers are not
 // dropped, so a reader that stops holds up the stream), then Err says why it ended.
@@ -79,19 +99,32 @@ type Stream struct {
 	results chan Result
 	done    chan struct{} // closed when the run goroutine has finished and Results is closed
 	err     error         // why the stream ended; written before done is closed
+	room    chan struct{} // signalled when kept batches are dropped (Send may go on)
+
+	mu        sync.Mutex // protects the fields below (the run goroutine and each gRPC stream's receiver)
+	kept      []*sentBatch
+	keptBytes int
+	nextSeq   uint64 // Seq of the next batch Send accepts
+	base      uint64 // the session's applied seq when this Stream first asked: batch Seq n is seq base+n+1
+	haveBase  bool
 
 	reconnects atomic.Int64
+	applied    atomic.Uint64
+	durable    atomic.Uint64
 }
 
 // OpenStream starts a Stream that lives until CloseSend has been called and every batch is answered, until
 // ctx ends, or until an error that is not worth a retry (a rejected batch, say). The first gRPC stream is
-// opened with the first batch, because the session travels in that batch's message.
+// opened with the first batch.
 func (c *Client) OpenStream(ctx context.Context, cfg StreamConfig) *Stream {
 	if cfg.AnswerTimeout == 0 {
 		cfg.AnswerTimeout = 10 * time.Second
 	}
 	if cfg.MaxInFlight <= 0 {
 		cfg.MaxInFlight = 64
+	}
+	if cfg.MaxKeptBytes <= 0 {
+		cfg.MaxKeptBytes = 64 << 20
 	}
 	if cfg.MaxRetries == 0 {
 		cfg.MaxRetries = 10
@@ -104,14 +137,15 @@ func (c *Client) OpenStream(ctx context.Context, cfg StreamConfig) *Stream {
 		closing: make(chan struct{}),
 		results: make(chan Result, cfg.MaxInFlight),
 		done:    make(chan struct{}),
+		room:    make(chan struct{}, 1),
 	}
 	go s.run()
 	return s
 }
 
-// Send queues one batch. It blocks while MaxInFlight batches are unanswered or a reconnection is under way,
-// and returns an error once the stream has ended, after CloseSend, or when ctx ends first. The batch's
-// slice and messages must not be changed afterwards (they may be sent again after a reconnection).
+// Send queues one batch. It blocks while MaxInFlight batches are unanswered, MaxKeptBytes are kept, or a
+// reconnection is under way, and returns an error once the stream has ended, after CloseSend, or when ctx
+// ends first. The batch's slice and messages must not be changed afterwards (they may be sent again).
 func (s *Stream) Send(ctx context.Context, metrics []*pb.Metric) error {
 	select {
 	case s.in <- metrics:
@@ -128,7 +162,8 @@ func (s *Stream) Send(ctx context.Context, metrics []*pb.Metric) error {
 	}
 }
 
-// CloseSend says no more batches will be sent; Results is closed once every batch has been answered.
+// CloseSend says no more batches will be sent; Results is closed once every batch has been answered. The
+// server writes the session to its store when the stream ends.
 func (s *Stream) CloseSend() { s.once.Do(func() { close(s.closing) }) }
 
 // Results delivers the answer of every batch, in Seq order, and is closed when the stream ends.
@@ -143,21 +178,37 @@ func (s *Stream) Err() error {
 // Reconnects is how many times a new gRPC stream was opened after one was lost.
 func (s *Stream) Reconnects() int { return int(s.reconnects.Load()) }
 
+// Durable is the session's durable_seq as the server last reported it: batches numbered up to it are in its
+// store. AppliedSeq is its applied_seq. Batch Seq n carries the number FirstSeq()+n.
+func (s *Stream) Durable() uint64 { return s.durable.Load() }
+
+// AppliedSeq is the session's applied_seq as the server last reported it.
+func (s *Stream) AppliedSeq() uint64 { return s.applied.Load() }
+
+// Kept is how many batches, and how many bytes of them, the Stream keeps (unanswered, or not yet durable).
+func (s *Stream) Kept() (batches, bytes int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.kept), s.keptBytes
+}
+
 type sentBatch struct {
-	seq     uint64
-	metrics []*pb.Metric
-	sentAt  time.Time
+	seq      uint64 // among the batches Send accepted
+	wire     uint64 // OutliersRequest.seq (session streams; 0 until the session's standing is known)
+	metrics  []*pb.Metric
+	size     int
+	answered bool      // its answer was delivered on Results
+	sentAt   time.Time // on the current gRPC stream
+	hello    bool      // the request without metrics that opens a session's gRPC stream
 }
 
 // run is the Stream's one long-lived goroutine: attempts, and the backoff between them.
 func (s *Stream) run() {
 	defer close(s.done)
 	defer close(s.results)
-	var carry []sentBatch // unanswered batches of a lost gRPC stream, to be sent first on the next one
-	var nextSeq uint64
 	failures := 0
 	for {
-		progressed, err := s.attempt(&carry, &nextSeq)
+		progressed, err := s.attempt()
 		if err == nil {
 			return
 		}
@@ -209,18 +260,116 @@ func (s *Stream) retryable(err error) bool {
 	return false
 }
 
-// attempt runs one gRPC stream: sends carry and then new batches, until input ends and everything is
-// answered (nil) or the stream fails (the error; carry then holds every batch that still needs an answer).
+// take accepts a batch from Send into the kept list.
+func (s *Stream) take(m []*pb.Metric) *sentBatch {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := &sentBatch{seq: s.nextSeq, metrics: m, size: proto.Size(&pb.OutliersRequest{Metrics: m})}
+	s.nextSeq++
+	s.kept = append(s.kept, b)
+	s.keptBytes += b.size
+	return b
+}
+
+// input is s.in while MaxKeptBytes allows another batch, else nil (a select on it then waits for s.room).
+func (s *Stream) input() <-chan []*pb.Metric {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.kept) > 0 && s.keptBytes >= s.cfg.MaxKeptBytes {
+		return nil
+	}
+	return s.in
+}
+
+// forget drops the kept batches that keep() no longer wants; the caller holds s.mu.
+func (s *Stream) forget(keep func(b *sentBatch) bool) {
+	before := len(s.kept)
+	kept := s.kept[:0]
+	for _, b := range s.kept {
+		if keep(b) {
+			kept = append(kept, b)
+		} else {
+			s.keptBytes -= b.size
+		}
+	}
+	clear(s.kept[len(kept):])
+	s.kept = kept
+	if len(kept) < before {
+		select {
+		case s.room <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// standing takes in where the session stands (the answer to a gRPC stream's opening request) and returns
+// the kept batches to send on this gRPC stream, in order: those the session has not applied, and those
+// it applied but whose answer never arrived (the server answers them from what it kept).
+func (s *Stream) standing(resp *pb.OutliersResponse) []*sentBatch {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	applied, durable := resp.GetAppliedSeq(), resp.GetDurableSeq()
+	if !s.haveBase {
+		s.base, s.haveBase = applied, true
+	}
+	s.applied.Store(applied)
+	s.durable.Store(durable)
+	s.forget(func(b *sentBatch) bool {
+		return !b.answered || (!resp.GetEphemeral() && (b.wire == 0 || b.wire > durable))
+	})
+	var send []*sentBatch
+	for _, b := range s.kept {
+		if !b.answered || b.wire == 0 || b.wire > applied {
+			send = append(send, b)
+		}
+	}
+	return send
+}
+
+// unanswered is the kept batches without an answer, in order (what a stream without a session sends again).
+func (s *Stream) unanswered() []*sentBatch {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var send []*sentBatch
+	for _, b := range s.kept {
+		if !b.answered {
+			send = append(send, b)
+		}
+	}
+	return send
+}
+
+// answered records b's answer and reports whether it is to be delivered (not if an earlier gRPC stream
+// delivered it already: the batch was sent again because the server had lost it).
+func (s *Stream) answered(b *sentBatch, resp *pb.OutliersResponse, numbered bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	deliver := !b.answered
+	b.answered = true
+	if !numbered || resp.GetEphemeral() {
+		s.forget(func(k *sentBatch) bool { return !k.answered })
+		return deliver
+	}
+	applied, durable := resp.GetAppliedSeq(), resp.GetDurableSeq()
+	s.applied.Store(applied)
+	if durable > s.durable.Load() {
+		s.durable.Store(durable)
+		s.forget(func(k *sentBatch) bool { return !k.answered || k.wire == 0 || k.wire > durable })
+	}
+	return deliver
+}
+
+// attempt runs one gRPC stream: sends the kept batches that need it and then new ones, until input ends and
+// everything is answered (nil) or the stream fails (the error; the kept batches stay for the next attempt).
 // progressed says whether any answer arrived, which resets the retry budget.
-func (s *Stream) attempt(carry *[]sentBatch, nextSeq *uint64) (progressed bool, err error) {
-	queue := *carry
-	*carry = nil
-	// Open the gRPC stream only once there is a batch to send: the session goes in its message.
-	if len(queue) == 0 {
+func (s *Stream) attempt() (progressed bool, err error) {
+	numbered := s.cfg.Session != ""
+	// Open the gRPC stream only once there is a batch to send, or kept batches: unanswered ones, or (with a
+	// session) answered ones that the server may have lost since (without one, answered batches are not kept).
+	if batches, _ := s.Kept(); batches == 0 {
 		select {
 		case m := <-s.in:
-			queue = append(queue, sentBatch{seq: *nextSeq, metrics: m})
-			*nextSeq++
+			s.take(m)
 		case <-s.closing:
 			return false, nil
 		case <-s.ctx.Done():
@@ -232,13 +381,12 @@ func (s *Stream) attempt(carry *[]sentBatch, nextSeq *uint64) (progressed bool, 
 	defer cancel()
 	stream, err := s.client.stub.DetectStream(sctx)
 	if err != nil {
-		*carry = queue
 		return false, fmt.Errorf("open DetectStream (session %q) on %s: %w", s.cfg.Session, s.client.addr, err)
 	}
 
 	var (
 		mu         sync.Mutex // protects inflight, answered, lastAnswer, delivering
-		inflight   []sentBatch
+		inflight   []*sentBatch
 		answered   uint64 // answers on this gRPC stream; the server numbers them from 0
 		lastAnswer time.Time
 		delivering bool // the receiver is waiting for the reader of Results; not the server's delay
@@ -248,6 +396,7 @@ func (s *Stream) attempt(carry *[]sentBatch, nextSeq *uint64) (progressed bool, 
 	)
 	slots := make(chan struct{}, s.cfg.MaxInFlight)
 	recvDone := make(chan struct{})
+	ready := make(chan []*sentBatch, 1) // the batches to send again, once the session's standing is known
 
 	// Receive goroutine: answers arrive while the sender keeps sending (flow control would otherwise let a
 	// full response window block the server and, through it, our Send).
@@ -270,15 +419,24 @@ func (s *Stream) attempt(carry *[]sentBatch, nextSeq *uint64) (progressed bool, 
 			b := inflight[0]
 			inflight = inflight[1:]
 			answered++
-			delivering = true
+			delivering = !b.hello
 			mu.Unlock()
 			<-slots
+			if b.hello {
+				ready <- s.standing(resp)
+				mu.Lock()
+				lastAnswer = time.Now()
+				mu.Unlock()
+				continue
+			}
 			gotAnswer.Store(true)
-			select {
-			case s.results <- Result{Seq: b.seq, Response: resp}:
-			case <-s.ctx.Done():
-				recvErr = s.ctx.Err()
-				return
+			if s.answered(b, resp, numbered) {
+				select {
+				case s.results <- Result{Seq: b.seq, Response: resp}:
+				case <-s.ctx.Done():
+					recvErr = s.ctx.Err()
+					return
+				}
 			}
 			mu.Lock()
 			delivering, lastAnswer = false, time.Now()
@@ -310,13 +468,10 @@ func (s *Stream) attempt(carry *[]sentBatch, nextSeq *uint64) (progressed bool, 
 		}()
 	}
 
-	// fail ends this gRPC stream and hands every unanswered batch (in order) to the next one.
-	fail := func(sendErr error, unsent []sentBatch) (bool, error) {
+	// fail ends this gRPC stream; the kept batches are the next one's to send.
+	fail := func(sendErr error) (bool, error) {
 		cancel()
 		<-recvDone
-		mu.Lock()
-		*carry = append(append([]sentBatch(nil), inflight...), unsent...)
-		mu.Unlock()
 		// Which error ended the stream: the watchdog's, else a local Send failure (the receiver then only saw
 		// our cancel), else the status the receiver got (Send reports a failed stream as a bare io.EOF).
 		err := recvErr
@@ -329,23 +484,62 @@ func (s *Stream) attempt(carry *[]sentBatch, nextSeq *uint64) (progressed bool, 
 			err = status.Error(codes.Internal, "the server ended the stream with batches unanswered")
 		}
 		what := "DetectStream"
-		if len(*carry) > 0 {
-			what = fmt.Sprintf("DetectStream, batch %d", (*carry)[0].seq)
+		if left := s.unanswered(); len(left) > 0 {
+			what = fmt.Sprintf("DetectStream, batch %d", left[0].seq)
 		}
 		return gotAnswer.Load(), fmt.Errorf("%s (session %q) on %s: %w", what, s.cfg.Session, s.client.addr, err)
 	}
 
-	first := true
+	// send sends one request on this gRPC stream, once a slot is free; false if the stream failed.
+	send := func(b *sentBatch, req *pb.OutliersRequest) (bool, error) {
+		select {
+		case slots <- struct{}{}:
+		case <-recvDone:
+			return false, nil
+		case <-sctx.Done():
+			return false, nil
+		}
+		b.sentAt = time.Now()
+		mu.Lock()
+		inflight = append(inflight, b) // before Send: the answer may come back before Send returns
+		mu.Unlock()
+		if err := stream.Send(req); err != nil {
+			return false, err // io.EOF: the stream is over and its status comes from Recv
+		}
+		return true, nil
+	}
+
+	// Session and options are read from the first message of each gRPC stream only. With a session, that
+	// message has no metrics: its answer says where the session stands, and so what to send again.
+	first := &pb.OutliersRequest{Session: s.cfg.Session, Options: s.cfg.Options}
+	var queue []*sentBatch
+	if numbered {
+		if ok, err := send(&sentBatch{hello: true}, first); !ok {
+			return fail(err)
+		}
+		first = nil
+		select {
+		case queue = <-ready:
+		case <-recvDone:
+			return fail(nil)
+		case <-sctx.Done():
+			return fail(nil)
+		}
+	} else {
+		queue = s.unanswered()
+	}
+
 	for {
 		if len(queue) == 0 {
 			select {
-			case m := <-s.in:
-				queue = append(queue, sentBatch{seq: *nextSeq, metrics: m})
-				*nextSeq++
+			case m := <-s.input():
+				queue = append(queue, s.take(m))
+			case <-s.room:
+				continue // durable batches were dropped: maybe room for another
 			case <-s.closing:
 				// Every batch is sent: half-close, then the receiver reads answers until the server's io.EOF.
 				if err := stream.CloseSend(); err != nil {
-					return fail(err, nil)
+					return fail(err)
 				}
 				<-recvDone
 				mu.Lock()
@@ -354,35 +548,29 @@ func (s *Stream) attempt(carry *[]sentBatch, nextSeq *uint64) (progressed bool, 
 				if recvErr == io.EOF && left == 0 && !stalled.Load() {
 					return gotAnswer.Load(), nil
 				}
-				return fail(nil, nil)
+				return fail(nil)
 			case <-recvDone:
-				return fail(nil, nil)
+				return fail(nil)
 			case <-sctx.Done():
-				return fail(nil, nil)
+				return fail(nil)
 			}
 		}
 		b := queue[0]
-		select {
-		case slots <- struct{}{}:
-		case <-recvDone:
-			return fail(nil, queue)
-		case <-sctx.Done():
-			return fail(nil, queue)
-		}
 		queue = queue[1:]
 		req := &pb.OutliersRequest{Metrics: b.metrics}
-		if first {
-			// Session and options are read from the first message of each gRPC stream only.
-			req.Session, req.Options = s.cfg.Session, s.cfg.Options
-			first = false
+		if numbered {
+			s.mu.Lock()
+			if b.wire == 0 {
+				b.wire = s.base + b.seq + 1
+			}
+			req.Seq = b.wire
+			s.mu.Unlock()
+		} else if first != nil {
+			req.Session, req.Options = first.Session, first.Options
+			first = nil
 		}
-		b.sentAt = time.Now()
-		mu.Lock()
-		inflight = append(inflight, b) // before Send: the answer may come back before Send returns
-		mu.Unlock()
-		if err := stream.Send(req); err != nil {
-			// io.EOF: the stream is over and its status comes from Recv.
-			return fail(err, queue)
+		if ok, err := send(b, req); !ok {
+			return fail(err)
 		}
 	}
 }
