@@ -163,6 +163,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="--stream: flagged values do not update their series' state")
     t.set_defaults(subparser=t)
 
+    q = sub.add_parser("session", help="print a session as the store holds it, as JSON",
+                       description="Print the stored snapshot of session NAME as one JSON object: its mode, "
+                                   "version, applied sequence number (seq), options, and per series the name, "
+                                   "count, mean and spread (M2, or the exponential variance). Reads the store "
+                                   "only; safe while servers use it.")
+    q.add_argument("name", metavar="NAME", help="the session's name")
+    q.add_argument("--store", default="sqlite:///state/streamer.db",
+                   help="the store to read, as `streamer serve --store` (default: %(default)s)")
+
     sub.add_parser("proto", help="print the service's contract, protos/outliers.proto (also in the wheel)",
                    description="Print protos/outliers.proto, the contract of the Outliers service, as shipped "
                                "in the package: hand it to grpcurl -proto, or generate a client from it.")
@@ -182,6 +191,34 @@ def _check_detect(parser: argparse.ArgumentParser, args) -> None:
         args.mode = MODES[args.mode]
 
 
+def _print_session(url: str, name: str) -> int:
+    import json
+
+    from streamer.store import StoreError, open_store
+    if url.startswith("sqlite:///") and not os.path.exists(url[len("sqlite:///"):]):
+        raise SystemExit(f"streamer session: {url}: no such file")  # rather than make an empty store
+    try:
+        store = open_store(url)
+        try:
+            snap = store.load(name)
+        finally:
+            store.close()
+    except StoreError as exc:
+        raise SystemExit(f"streamer session: {exc}") from None
+    if snap is None:
+        raise SystemExit(f"streamer session: {url} holds no session {name!r}")
+    names, offsets = [], 0
+    for n in snap.name_lengths.tolist():
+        names.append(snap.names[offsets:offsets + n].decode())
+        offsets += n
+    arrays = {k: a.tolist() for k, a in snap.arrays.items()}
+    series = [dict(name=n, **{k: arrays[k][i] for k in arrays}) for i, n in enumerate(names)]
+    json.dump(dict(session=snap.name, mode=snap.mode, version=snap.version, seq=snap.seq, options=snap.options,
+                   last_used=snap.last_used, series=series), sys.stdout)  # floats as repr: exact round trip
+    sys.stdout.write("\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -189,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         from importlib import resources
         sys.stdout.write(resources.files("streamer.pb").joinpath("outliers.proto").read_text(encoding="utf-8"))
         return 0
+    if args.command == "session":
+        return _print_session(args.store, args.name)
     if args.command == "detect":
         _check_detect(args.subparser, args)
         from streamer import detect_file
