@@ -1,4 +1,5 @@
-"""Python client: `Client(addr).detect(metrics)` for one batch, `Client(addr).stream(batches)` for a stream.
+"""Python client: `Client(addr).detect(metrics)` for one batch, `Client(addr).stream(batches)` for a stream,
+`Client(addr).session_stream(batches, session)` for a stream that survives reconnections with exact state.
 
 Metrics may be given as `pb.Metric` messages, as `(name, value)` or `(name, value, time)` tuples (time a
 datetime, or None), or as plain values with one `name=`.
@@ -145,6 +146,25 @@ class Client:
                 yield _stream_request(batch, n == 0, session, options)
 
         yield from _results(self._stub.DetectStream(requests(), timeout=timeout))
+
+    def session_stream(self, batches: Iterable[Sequence], session: str, *, options: pb.DetectOptions | None = None,
+                       retries: int = 10, max_in_flight: int = 64, max_kept_bytes: int = 64 << 20,
+                       backoff: tuple[float, float] = (0.05, 2.0), timeout: float | None = None) -> Iterator[Result]:
+        """DetectStream on `session` that reconnects by itself and applies every batch exactly once.
+
+        Batches are numbered and kept until the server reports them durable (at most `max_kept_bytes` of
+        them: the batches iterator is not read further meanwhile); after a lost connection or a restart of the
+        server, the stream reopens and sends again only what the session has not applied (see the README's
+        "Exact resume"). Each batch's Result is yielded once, in order, its `batch` the batch's position in
+        `batches`. UNAVAILABLE, ALREADY_EXISTS (the server still holds the session for the old stream) and
+        CANCELLED are retried `retries` times in a row (negative: without limit), `backoff` = (first, longest)
+        delay in seconds; anything else raises ClientError. `timeout` is the deadline of each gRPC stream.
+        """
+        from streamer.session_stream import SessionStream
+        stream = SessionStream(self._stream_bytes, batches, session, options, to_metrics, retries=retries,
+                               max_in_flight=max_in_flight, max_kept_bytes=max_kept_bytes, backoff=backoff,
+                               timeout=timeout)
+        return stream.results(lambda resp, n: Result.from_response(resp)._replace(batch=n))
 
     def detect_bytes(self, request: bytes, *, timeout: float | None = None) -> Result:
         """Detect with an encoded OutliersRequest (see streamer.request_bytes), e.g. one too big for objects."""

@@ -201,3 +201,38 @@ func TestExactResumeAcrossCrashes(t *testing.T) {
 func outliersEqual(a, b []*pb.Outlier) bool {
 	return slices.EqualFunc(a, b, func(x, y *pb.Outlier) bool { return proto.Equal(x, y) })
 }
+
+// TestStreamKeepsAtMostMaxKeptBytes: on a durable store a session's batches are kept until the server reports
+// them durable; with a small MaxKeptBytes, Send waits (and asks the server how far its store has come) rather
+// than keep more, and the stream still ends with every batch answered once.
+func TestStreamKeepsAtMostMaxKeptBytes(t *testing.T) {
+	store := "sqlite:///" + filepath.Join(t.TempDir(), "streamer.db")
+	srv := testserver.Start(t, "--store", store, "--snapshot-seconds", "0.2", "--lease-seconds", "2")
+	ctx := testContext(t)
+	batches := seededBatches(60)
+	size := proto.Size(&pb.OutliersRequest{Metrics: batches[0]})
+	limit := 5 * size
+	st := newClient(t, srv.Addr).OpenStream(ctx, client.StreamConfig{Session: sessionName(t), MaxKeptBytes: limit})
+	go func() {
+		defer st.CloseSend()
+		for _, b := range batches {
+			if st.Send(ctx, b) != nil {
+				return
+			}
+		}
+	}()
+	answers, most := 0, 0
+	for range st.Results() {
+		answers++
+		_, kept := st.Kept()
+		most = max(most, kept)
+	}
+	if err := st.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if answers != len(batches) || most > limit+2*size || st.Durable() == 0 {
+		t.Fatalf("%d answers, at most %d bytes kept (limit %d, a batch is %d), durable %d", answers, most, limit,
+			size, st.Durable())
+	}
+	t.Logf("at most %d bytes kept (limit %d); durable_seq %d", most, limit, st.Durable())
+}

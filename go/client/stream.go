@@ -200,7 +200,12 @@ type sentBatch struct {
 	answered bool      // its answer was delivered on Results
 	sentAt   time.Time // on the current gRPC stream
 	hello    bool      // the request without metrics that opens a session's gRPC stream
+	probe    bool      // a request without metrics, sent only to learn durable_seq (see probeInterval)
 }
+
+// probeInterval: while MaxKeptBytes holds up Send, a request without metrics is sent this often; its answer
+// says how far the store has come (durable_seq), so kept batches can be dropped.
+const probeInterval = 100 * time.Millisecond
 
 // run is the Stream's one long-lived goroutine: attempts, and the backoff between them.
 func (s *Stream) run() {
@@ -346,17 +351,22 @@ func (s *Stream) answered(b *sentBatch, resp *pb.OutliersResponse, numbered bool
 	defer s.mu.Unlock()
 	deliver := !b.answered
 	b.answered = true
+	s.progress(resp, numbered)
+	return deliver
+}
+
+// progress drops the answered batches that resp says are durable (all answered ones when nothing will ever
+// be: no session, or a server without a durable store); the caller holds s.mu.
+func (s *Stream) progress(resp *pb.OutliersResponse, numbered bool) {
 	if !numbered || resp.GetEphemeral() {
 		s.forget(func(k *sentBatch) bool { return !k.answered })
-		return deliver
+		return
 	}
-	applied, durable := resp.GetAppliedSeq(), resp.GetDurableSeq()
-	s.applied.Store(applied)
-	if durable > s.durable.Load() {
+	s.applied.Store(resp.GetAppliedSeq())
+	if durable := resp.GetDurableSeq(); durable > s.durable.Load() {
 		s.durable.Store(durable)
 		s.forget(func(k *sentBatch) bool { return !k.answered || k.wire == 0 || k.wire > durable })
 	}
-	return deliver
 }
 
 // attempt runs one gRPC stream: sends the kept batches that need it and then new ones, until input ends and
@@ -393,6 +403,7 @@ func (s *Stream) attempt() (progressed bool, err error) {
 		recvErr    error
 		gotAnswer  atomic.Bool
 		stalled    atomic.Bool
+		probing    atomic.Bool
 	)
 	slots := make(chan struct{}, s.cfg.MaxInFlight)
 	recvDone := make(chan struct{})
@@ -419,11 +430,18 @@ func (s *Stream) attempt() (progressed bool, err error) {
 			b := inflight[0]
 			inflight = inflight[1:]
 			answered++
-			delivering = !b.hello
+			delivering = !b.hello && !b.probe
 			mu.Unlock()
 			<-slots
-			if b.hello {
-				ready <- s.standing(resp)
+			if b.hello || b.probe {
+				if b.hello {
+					ready <- s.standing(resp)
+				} else {
+					s.mu.Lock()
+					s.progress(resp, numbered)
+					s.mu.Unlock()
+					probing.Store(false)
+				}
 				mu.Lock()
 				lastAnswer = time.Now()
 				mu.Unlock()
@@ -531,9 +549,21 @@ func (s *Stream) attempt() (progressed bool, err error) {
 
 	for {
 		if len(queue) == 0 {
+			in := s.input()
+			var probe <-chan time.Time
+			if in == nil && numbered {
+				probe = time.After(probeInterval)
+			}
 			select {
-			case m := <-s.input():
+			case m := <-in:
 				queue = append(queue, s.take(m))
+			case <-probe:
+				if probing.CompareAndSwap(false, true) { // one probe in flight at a time
+					if ok, err := send(&sentBatch{probe: true}, &pb.OutliersRequest{}); !ok {
+						return fail(err)
+					}
+				}
+				continue
 			case <-s.room:
 				continue // durable batches were dropped: maybe room for another
 			case <-s.closing:
