@@ -21,3 +21,16 @@ def test_python_example_runs_and_prints_its_comments(server):
     assert out.returncode == 0, out.stderr
     promised = [c.strip() for c in re.findall(r"print\(.*?\)\s*#(.*)", code)]
     assert promised and out.stdout.splitlines() == promised
+
+
+def test_session_stream_example_runs(server):
+    """The second Python example: session_stream prints each batch's number and indices once, in order."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    code = blocks[1].replace("localhost:9999", server.addr)
+    assert "session_stream" in code
+    out = subprocess.run([sys.executable, "-c", "from streamer.client import Client\n" + code], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [line.split(" ", 1)[0] for line in lines] == [str(i) for i in range(100)]
+    assert all(line.split(" ", 1)[1] == "[]" for line in lines)  # three values repeating: nothing stands out
