@@ -17,12 +17,16 @@ KEEP_BYTES = 4 * 1024 * 1024  # and at most this many bytes of them; the oldest 
 
 
 class Answers:
-    """seq -> answer body for the last KEEP_BATCHES numbered batches (fewer if their bodies pass KEEP_BYTES)."""
+    """seq -> answer body for the last KEEP_BATCHES numbered batches (fewer if their bodies pass KEEP_BYTES).
+
+    Only non-empty bodies are stored; the window of numbers covered is the deque's (its maxlen evicts in C),
+    so the common batch, without outliers, costs one append.
+    """
 
     __slots__ = ("_order", "_body", "_bytes")
 
     def __init__(self) -> None:
-        self._order: collections.deque[int] = collections.deque()
+        self._order: collections.deque[int] = collections.deque(maxlen=KEEP_BATCHES)
         self._body: dict[int, bytes] = {}
         self._bytes = 0
 
@@ -31,21 +35,33 @@ class Answers:
 
     def add(self, seq: int, body: bytes) -> None:
         """Keep the answer of batch `seq` (greater than every seq kept so far)."""
-        self._order.append(seq)
-        self._body[seq] = body
-        self._bytes += len(body)
-        while len(self._order) > KEEP_BATCHES or self._bytes > KEEP_BYTES:
-            self._bytes -= len(self._body.pop(self._order.popleft()))
+        order = self._order
+        if len(order) == KEEP_BATCHES and self._body:
+            self._drop(order[0])
+        order.append(seq)
+        if body:
+            self._body[seq] = body
+            self._bytes += len(body)
+            while self._bytes > KEEP_BYTES:
+                self._drop(order.popleft())
+
+    def _drop(self, seq: int) -> None:
+        body = self._body.pop(seq, None)
+        if body is not None:
+            self._bytes -= len(body)
 
     def get(self, seq: int) -> bytes | None:
-        """The answer kept for `seq`, or None when it is no longer kept (or was never given a number)."""
-        return self._body.get(seq)
+        """The answer kept for `seq`, or None when it is no longer kept."""
+        if not self._order or seq < self._order[0]:
+            return None
+        return self._body.get(seq, b"")
 
     def pack(self) -> bytes:
         """The kept answers as one blob for a snapshot: uint64 count, seqs, lengths, then the bodies."""
         seqs = list(self._order)
-        head = np.array([len(seqs)] + seqs + [len(self._body[s]) for s in seqs], dtype="<u8")
-        return head.tobytes() + b"".join(self._body[s] for s in seqs)
+        bodies = [self._body.get(s, b"") for s in seqs]
+        head = np.array([len(seqs)] + seqs + [len(b) for b in bodies], dtype="<u8")
+        return head.tobytes() + b"".join(bodies)
 
     @classmethod
     def unpack(cls, blob: bytes) -> Answers:

@@ -496,3 +496,21 @@ def test_encode_rejects_rows_outside_the_columns():
                                 ([0, 1], ids, stats[:1])):
         with pytest.raises(ValueError):
             wire.encode_flagged(1, np.array(index, dtype=np.int32), slots, values, short, stats, stats, table)
+
+
+uint64s = st.sampled_from([0, 1, 127, 128, 16383, 16384, 2 ** 63, 2 ** 64 - 1]) | st.integers(0, 2 ** 64 - 1)
+
+
+@given(uint64s, uint64s, uint64s, st.booleans(), st.booleans(), st.booleans(), st.integers(0, 3))
+def test_a_body_and_its_trailer_are_the_response_protobuf_writes(batch, applied, durable, ephemeral, duplicate,
+                                                                 forgotten, k):
+    index = np.arange(k, dtype=np.int32)
+    zeros = np.full(k, 1.5)
+    body = wire.encode_response(0, index, [b"n"] * k, zeros, zeros, zeros, zeros)
+    got = body + wire.encode_trailer(batch, applied, durable, ephemeral, duplicate, forgotten)
+    want = pb.OutliersResponse(indices=index.tolist(), batch=batch, applied_seq=applied, durable_seq=durable,
+                               ephemeral=ephemeral, duplicate=duplicate, forgotten=forgotten)
+    for i in range(k):
+        want.outliers.add(index=i, name="n", value=1.5, mean=1.5, stddev=1.5, zscore=1.5)
+    assert got == want.SerializeToString()
+    assert len(got) - len(body) <= wire.TRAILER_BYTES
