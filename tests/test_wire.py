@@ -501,6 +501,7 @@ def test_encode_rejects_rows_outside_the_columns():
 uint64s = st.sampled_from([0, 1, 127, 128, 16383, 16384, 2 ** 63, 2 ** 64 - 1]) | st.integers(0, 2 ** 64 - 1)
 
 
+@settings(deadline=None)  # the first example compiles the encoder
 @given(uint64s, uint64s, uint64s, st.booleans(), st.booleans(), st.booleans(), st.integers(0, 3))
 def test_a_body_and_its_trailer_are_the_response_protobuf_writes(batch, applied, durable, ephemeral, duplicate,
                                                                  forgotten, k):
