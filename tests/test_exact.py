@@ -168,8 +168,9 @@ def batches_for(n, seed=5):
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_session_stream_is_exact_across_restarts(tmp_path, sig):
-    """The Python client's session_stream while its server is killed (or stopped) five times and started again
-    on the same port and store: answers and stored state equal those of a server that never stopped."""
+    """The Python client's session_stream while its server is killed (or stopped) and started again
+    on the same port and store (three times; the Go twin test does it five times each way): answers and stored
+    state equal those of a server that never stopped."""
     data = batches_for(400)
     ref_db = tmp_path / "ref.db"
     ref = serve(ref_db)
@@ -186,7 +187,7 @@ def test_session_stream_is_exact_across_restarts(tmp_path, sig):
     servers = [serve(db)]
     port = servers[0].port
     rng = random.Random(int(sig))
-    kill_at = sorted(rng.sample(range(20, len(data) - 20), 5))
+    kill_at = sorted(rng.sample(range(20, len(data) - 20), 3))
     got = []
 
     def paced():
@@ -207,7 +208,7 @@ def test_session_stream_is_exact_across_restarts(tmp_path, sig):
     finally:
         for s in servers:
             s.close()
-    assert len(servers) == 6 and not kill_at
+    assert len(servers) == 4 and not kill_at
     assert [r.batch for r in got] == list(range(len(data)))
     assert key(got) == key(want)
     state = stored(db, "exact")
