@@ -160,7 +160,7 @@ class StreamerServer:
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {addr}: {exc}") from None
         try:  # then the store: a bad one fails at once too
-            store = open_store(self.config.store)
+            store = open_store(self.config.store, self.config.session_ttl)
         except StoreError as exc:
             raise OSError(f"store: {exc}") from None
         loop = asyncio.get_running_loop()

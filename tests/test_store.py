@@ -10,14 +10,30 @@ import subprocess
 
 import numpy as np
 import pytest
+from redis_server import RedisServer
 
 from streamer.store import SCHEMA_VERSION, MemoryStore, Snapshot, StoreError, open_store
+from streamer.store.redis import RedisStore
 from streamer.store.sqlite import SQLiteStore
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(scope="module")
+def redis_server():
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def store(request, tmp_path):
-    s = MemoryStore() if request.param == "memory" else SQLiteStore(str(tmp_path / "state" / "s.db"))
+    if request.param == "memory":
+        s = MemoryStore()
+    elif request.param == "sqlite":
+        s = SQLiteStore(str(tmp_path / "state" / "s.db"))
+    else:
+        server = request.getfixturevalue("redis_server")
+        server.flush()
+        s = RedisStore(server.url)
     yield s
     s.close()
 
@@ -103,7 +119,7 @@ def test_open_store_urls(tmp_path, monkeypatch):
     s = open_store(f"sqlite:///{tmp_path}/abs.db")  # sqlite:////abs/path
     s.close()
     assert os.path.exists(tmp_path / "abs.db")
-    for bad in ("redis://x", "sqlite:///", "postgres://db"):
+    for bad in ("redis://127.0.0.1:1/0", "sqlite:///", "postgres://db"):  # port 1: refused
         with pytest.raises(StoreError):
             open_store(bad)
 
