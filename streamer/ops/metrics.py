@@ -100,12 +100,15 @@ class Metrics:
 
 
 def _code(context: grpc.aio.ServicerContext) -> str:
+    """The status a handler that returned leaves. A call whose deadline passed, or whose client cancelled, while
+    its handler waited for the next request sees an end of stream instead (grpc.aio cancels the handler's task
+    only later, if at all): a passed deadline is recognised here, but such a cancelled stream counts as the
+    handler ended it (usually OK)."""
     code = context.code()
-    if code is None:
-        return "OK"
-    if isinstance(code, int):  # some grpc versions keep the raw integer
-        code = grpc.StatusCode(code) if not isinstance(code, grpc.StatusCode) else code
-    return code.name
+    if code is not None:
+        return (grpc.StatusCode(code) if not isinstance(code, grpc.StatusCode) else code).name
+    remaining = context.time_remaining()
+    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "OK"
 
 
 def _ended(context: grpc.aio.ServicerContext) -> str:
