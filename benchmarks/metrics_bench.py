@@ -7,8 +7,9 @@ Both servers run for the whole run, each in its own process, driven in turn by b
 pipelined stream (one stream, 32 batches in flight, 4 series) at 100 and 1 000 metrics a batch: the metrics are
 counted per call and per batch, so small batches show their cost best. Rounds alternate which server goes first,
 so the machine's drift hits both alike; the "on" server is scraped once a round, as Prometheus would. Prints the
-median metrics/s of each server with min-max, the ratio of the medians, and the median of the per-round ratios;
-writes metrics.json and metrics.md to --out.
+median metrics/s of each server with min-max, the ratio of the medians and the median of the per-round ratios,
+and the server's CPU time per batch (from /proc: what the metrics add to each batch, less sensitive than
+throughput to the other load of a shared machine); writes metrics.json and metrics.md to --out.
 """
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ def run(rounds: int, duration: float, warmup: float) -> dict:
     try:
         for batch in BATCHES:
             figures: dict[str, list[float]] = {name: [] for name in servers}
+            cpu_us: dict[str, list[float]] = {name: [] for name in servers}  # server CPU µs per batch
             for r in range(rounds):
                 order = list(servers.items()) if r % 2 == 0 else list(reversed(servers.items()))
                 for name, server in order:
@@ -67,11 +69,14 @@ def run(rounds: int, duration: float, warmup: float) -> dict:
                     if "error" in result:
                         raise RuntimeError(f"{name}: {result['error']}")
                     figures[name].append(result["metrics_per_s"])
+                    cpu_us[name].append(1e6 * result["cpu"]["server_cores"] / result["batches_per_s"])
                     print(f"  b{batch} round {r + 1}/{rounds} metrics {name}: "
-                          f"{result['metrics_per_s'] / 1e6:.3f} M metrics/s", file=sys.stderr, flush=True)
+                          f"{result['metrics_per_s'] / 1e6:.3f} M metrics/s, {cpu_us[name][-1]:.1f} µs server CPU a "
+                          f"batch", file=sys.stderr, flush=True)
                 scrape(port)
             paired = [on / off for on, off in zip(figures["on"], figures["off"])]
             rows.append({"batch": batch, "series": 4, "on": figures["on"], "off": figures["off"],
+                         "cpu_us_per_batch": cpu_us,
                          "on_vs_off": statistics.median(figures["on"]) / statistics.median(figures["off"]),
                          "paired_ratios": paired, "paired_median": statistics.median(paired)})
         counted = judged(scrape(port))  # what the "on" server counted, for the record (and a sanity check)
@@ -91,12 +96,14 @@ def markdown(doc: dict) -> str:
            "Versions: " + ", ".join(f"{k} {v}" for k, v in doc["versions"].items() if v) + ".",
            "",
            "| DetectStream pipelined | metrics off: metrics/s (median, min-max) | metrics on | on / off (medians) "
-           "| on / off per round (median, min-max) |",
-           "|---|---:|---:|---:|---:|"]
+           "| on / off per round (median, min-max) | server CPU µs a batch, off / on (medians) |",
+           "|---|---:|---:|---:|---:|---:|"]
     for r in doc["rows"]:
         p = r["paired_ratios"]
         out.append(f"| {r['batch']:,}/batch, {r['series']} series | {fig(r['off'])} | {fig(r['on'])} | "
-                   f"{r['on_vs_off']:.3f} | {r['paired_median']:.3f} ({min(p):.3f}-{max(p):.3f}) |")
+                   f"{r['on_vs_off']:.3f} | {r['paired_median']:.3f} ({min(p):.3f}-{max(p):.3f}) | "
+                   f"{statistics.median(r['cpu_us_per_batch']['off']):.1f} / "
+                   f"{statistics.median(r['cpu_us_per_batch']['on']):.1f} |")
     return "\n".join(out) + "\n"
 
 
