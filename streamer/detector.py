@@ -124,11 +124,11 @@ class _Scratch:
         return encode_flagged(batch, self.idx[:k], ids, cols.values, self.mean, self.std, self.z, table)
 
 
-def _uncounted(metrics: int, outliers: int) -> None:
-    pass
+def uncounted(metrics: int, outliers: int) -> None:
+    """The default `on_batch`: nothing counts the batches (the server without --metrics-port)."""
 
 
-def detect(buf: bytes, defaults: Defaults, on_batch: Callable[[int, int], None] = _uncounted) -> bytes:
+def detect(buf: bytes, defaults: Defaults, on_batch: Callable[[int, int], None] = uncounted) -> bytes:
     """Unary Detect: judge one batch on its own, per metric name, against that name's batch mean and stddev.
     `on_batch(metrics, outliers)` is called once the answer can be sent (the server's metrics)."""
     where = "request"
@@ -162,7 +162,7 @@ class StreamDetector:
     """
 
     def __init__(self, defaults: Defaults, sessions: SessionRegistry,
-                 on_batch: Callable[[int, int], None] = _uncounted):
+                 on_batch: Callable[[int, int], None] = uncounted):
         self.defaults = defaults
         self.sessions = sessions
         self.on_batch = on_batch  # (metrics, outliers) of each applied batch: the server's metrics

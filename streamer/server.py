@@ -20,11 +20,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from streamer import detector, kernels, series, wire
+from streamer.ops import tls
+from streamer.ops.metrics import Metrics, MetricsInterceptor
 # The Outliers methods are registered as raw-bytes handlers (service.py), so nothing else loads the generated
 # module; reflection answers from the default descriptor pool, which holds pb.Outliers only once this import
 # has run. Without it, `grpcurl describe pb.Outliers` from another process gets "Symbol not found".
-from streamer.ops import tls
-from streamer.ops.metrics import Metrics, MetricsInterceptor
 from streamer.pb import outliers_pb2
 from streamer.service import SERVICE_NAME, OutliersService
 from streamer.state import SessionRegistry

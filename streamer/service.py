@@ -56,10 +56,6 @@ def _fail(context: grpc.aio.ServicerContext, exc: DetectError) -> None:
     context.set_details(str(exc))
 
 
-def _uncounted(metrics: int, outliers: int) -> None:
-    """The batch counter without --metrics-port."""
-
-
 class _Stream:
     """What shutdown needs to know of one open DetectStream: its task, and whether it waits for a request; and
     its detector, whose series the metrics count."""
@@ -84,8 +80,8 @@ class OutliersService:
         self.defaults = defaults
         self.sessions = sessions
         self.metrics = metrics
-        self._count_detect = metrics.batch_counter("Detect") if metrics else _uncounted
-        self._count_stream = metrics.batch_counter("DetectStream") if metrics else _uncounted
+        self._count_detect = metrics.batch_counter("Detect") if metrics else detector.uncounted
+        self._count_stream = metrics.batch_counter("DetectStream") if metrics else detector.uncounted
         # The open streams, and whether shutdown has begun; only touched on the event loop's thread (the metrics'
         # scrape thread only copies the set).
         self._streams: set[_Stream] = set()
