@@ -9,11 +9,15 @@ counted per call and per batch, so small batches show their cost best. Rounds al
 so the machine's drift hits both alike; the "on" server is scraped once a round, as Prometheus would. Prints the
 median metrics/s of each server with min-max, the ratio of the medians and the median of the per-round ratios,
 and the server's CPU time per batch (from /proc: what the metrics add to each batch, less sensitive than
-throughput to the other load of a shared machine); writes metrics.json and metrics.md to --out.
+throughput to the other load of a shared machine). On a busy shared machine the end-to-end figures move by more
+than the metrics cost, so the run also times, in process and in CPU time, the code the metrics add to each batch
+of a stream (the interceptor's wrapping of the request iterator and the answer generator, and the detector's
+count), against the same stream handler unwrapped; writes metrics.json and metrics.md to --out.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import socket
 import statistics
@@ -22,8 +26,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+import grpc
+
 from benchmarks import loadgen, report
 from benchmarks.servers import ROOT, ServerProcess
+from streamer.ops.metrics import Metrics, _Method
 
 BATCHES = (100, 1000)
 
@@ -49,6 +56,56 @@ def judged(text: str) -> float:
 
 def fig(xs: list[float]) -> str:
     return f"{statistics.median(xs) / 1e6:.3f} M ({min(xs) / 1e6:.3f}-{max(xs) / 1e6:.3f})"
+
+
+class _Context:
+    """What the interceptor asks of a call's context, for the in-process timing."""
+
+    def code(self):
+        return None
+
+    def time_remaining(self):
+        return 60.0
+
+
+def python_cost(messages: int = 200_000, repeats: int = 5) -> dict:
+    """CPU µs a stream message costs through the metrics' wrapping and counting, against the bare handler (best
+    of `repeats`): what --metrics-port adds to every DetectStream batch, besides per-call work."""
+    count = Metrics().batch_counter("DetectStream")
+
+    async def requests():
+        for _ in range(messages):
+            yield b"r"
+
+    def stream_handler(on_batch):  # DetectStream's shape: read a request, judge it (count), answer it
+        async def handler(reqs, context):
+            take = reqs.__aiter__().__anext__
+            while True:
+                try:
+                    await take()
+                except StopAsyncIteration:
+                    return
+                on_batch(100, 1)
+                yield b"a"
+        return handler
+
+    handler = stream_handler(lambda metrics, outliers: None)  # what the detector calls without --metrics-port
+    wrapped = _Method(Metrics(), "/pb.Outliers/DetectStream",
+                      grpc.stream_stream_rpc_method_handler(stream_handler(count))).handler.stream_stream
+
+    async def cpu_us(fn) -> float:
+        start = time.process_time()
+        async for _ in fn(requests(), _Context()):
+            pass
+        return 1e6 * (time.process_time() - start) / messages
+
+    async def measure() -> dict:
+        bare, metered = [], []
+        for _ in range(repeats):
+            bare.append(await cpu_us(handler))
+            metered.append(await cpu_us(wrapped))
+        return {"bare_us": min(bare), "metered_us": min(metered), "added_us_per_batch": min(metered) - min(bare)}
+    return asyncio.run(measure())
 
 
 def run(rounds: int, duration: float, warmup: float) -> dict:
@@ -104,6 +161,12 @@ def markdown(doc: dict) -> str:
                    f"{r['on_vs_off']:.3f} | {r['paired_median']:.3f} ({min(p):.3f}-{max(p):.3f}) | "
                    f"{statistics.median(r['cpu_us_per_batch']['off']):.1f} / "
                    f"{statistics.median(r['cpu_us_per_batch']['on']):.1f} |")
+    c = doc["python_cost"]
+    out += ["", f"In process (CPU time, best of 5, 200 000 messages): a stream message costs {c['bare_us']:.2f} µs "
+            f"through the bare handler and {c['metered_us']:.2f} µs with the metrics' wrapping and counting: "
+            f"{c['added_us_per_batch']:.2f} µs added a batch, against the server CPU time a batch takes above "
+            + ", ".join(f"{100 * c['added_us_per_batch'] / statistics.median(r['cpu_us_per_batch']['off']):.2f}% "
+                        f"at {r['batch']:,}/batch" for r in doc["rows"]) + "."]
     return "\n".join(out) + "\n"
 
 
@@ -118,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
            "versions": report.versions(),
            "settings": {"rounds": args.rounds, "duration": args.duration, "warmup": args.warmup}}
     print(f"versions: {doc['versions']}", file=sys.stderr)
+    doc["python_cost"] = python_cost()
     doc.update(run(args.rounds, args.duration, args.warmup))
     md = markdown(doc)
     print(md)
