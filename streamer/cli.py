@@ -237,9 +237,13 @@ def _environment(parser: argparse.ArgumentParser, environ) -> list[str]:
     return sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
 
 
-def _check_serve(parser: argparse.ArgumentParser, args) -> None:
+def _check_tls_pair(parser: argparse.ArgumentParser, args) -> None:
     if (args.tls_cert is None) != (args.tls_key is None):
         parser.error("argument --tls-cert: --tls-cert and --tls-key go together")
+
+
+def _check_serve(parser: argparse.ArgumentParser, args) -> None:
+    _check_tls_pair(parser, args)
     if args.tls_client_ca is not None and args.tls_cert is None:
         parser.error("argument --tls-client-ca: needs --tls-cert and --tls-key (client certificates are checked "
                      "only over TLS)")
@@ -252,8 +256,7 @@ def _check_detect(parser: argparse.ArgumentParser, args) -> None:
             if getattr(args, flag) is not None:
                 parser.error(f"argument --{flag.replace('_', '-')}: only with --stream (Detect judges a batch "
                              f"by its own mean and stddev, with --threshold only)")
-    if (args.tls_cert is None) != (args.tls_key is None):
-        parser.error("argument --tls-cert: --tls-cert and --tls-key go together")
+    _check_tls_pair(parser, args)
     if args.batch_size is None:
         args.batch_size = 10_000
     if args.mode is not None:

@@ -11,8 +11,8 @@ import sys
 from typing import Iterator
 
 from streamer.client import Client, ClientError, Outlier, make_options
-from streamer.ops.tls import TLSError, channel_credentials
 from streamer.metricfile import FileError, MetricFile
+from streamer.ops.tls import TLSError, channel_credentials
 from streamer.pb import outliers_pb2 as pb
 from streamer.progress import Progress
 from streamer.request_bytes import RequestBuilder, options_field
