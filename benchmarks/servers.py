@@ -19,7 +19,7 @@ COMMANDS = {
     "ceiling": ["-m", "benchmarks.ceiling_server", "--host", "127.0.0.1", "--port", "0"],
     "baseline": ["-m", "benchmarks.baseline_server", "--host", "127.0.0.1", "--port", "0"],
     "streamer": ["-m", "streamer", "serve", "--host", "127.0.0.1", "--port", "0", "--store", "memory://",
-                 "--log-level", "info"],
+                 "--metrics-port", "0", "--log-level", "info"],
 }
 DESCRIPTIONS = {
     "ceiling": "grpc.aio, raw bytes in, b\"\" out, no parsing: what the transport and client allow",

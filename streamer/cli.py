@@ -1,7 +1,8 @@
 """Command line: `streamer serve` runs the service, `streamer detect FILE` sends a file's metrics to Detect,
 `streamer proto` prints the contract.
 
-Every flag is checked here, with its range in --help; a bad one is one line on stderr and exit status 2.
+Every flag is checked here, with its range in --help; a bad one is one line on stderr and exit status 2. Every
+`serve` flag can also come from the environment as STREAMER_<FLAG> (a flag on the command line wins).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import sys
 
 from streamer import __version__
 from streamer.detector import Defaults
+from streamer.ops import logs
 from streamer.progress import MODES as PROGRESS_MODES
 from streamer.server import Config, serve
 from streamer.state import MODE_CUMULATIVE, MODE_EXPONENTIAL
@@ -65,6 +67,15 @@ ALPHA = _checked(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 MESSAGE_MB = _int_range(1, MAX_MESSAGE_MB)
 SECONDS = _finite_above(0)
 NOT_EMPTY = _checked(str, lambda v: v.strip() != "", "a non-empty string")
+PATH = NOT_EMPTY
+
+ENV_PREFIX = "STREAMER_"
+# Variables streamer or its test harnesses read that are no `serve` flag: never warned about.
+ENV_SWITCHES = ("STREAMER_WIRE_CHECKED", "STREAMER_BIN")
+ENV_HELP = ("Every flag can also be set in the environment as STREAMER_<FLAG>, the flag's name in capitals with "
+            "dashes as underscores (STREAMER_PORT=9999, STREAMER_STORE=memory://, STREAMER_TLS_CERT=server.pem); "
+            "a flag on the command line wins over the environment. An unknown STREAMER_ variable is warned about "
+            "at start.")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     d = Defaults()
     s = sub.add_parser("serve", help="run the gRPC service",
                        description="Run the Outliers gRPC service (Detect, DetectStream), with health and "
-                                   "reflection, until SIGTERM or SIGINT.",
+                                   "reflection, until SIGTERM or SIGINT.", epilog=ENV_HELP,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     s.add_argument("--host", type=NOT_EMPTY, default="[::]",
                    help="address or name to listen on ([::] = every interface, IPv4 and IPv6)")
@@ -121,8 +132,24 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--lease-seconds", type=SECONDS, default=Config.lease_seconds,
                    help="seconds (finite, > 0) of a session's lease in the store, renewed every third of it while "
                         "its stream is open; a server that died leaves its sessions to others after this long")
+    s.add_argument("--metrics-port", type=PORT, default=Config.metrics_port,
+                   help="port of the Prometheus /metrics endpoint (plaintext HTTP, on --host), 0-65535; 0: not "
+                        "served")
+    s.add_argument("--tls-cert", type=PATH, default=None,
+                   help="PEM file of the server's certificate (its chain, leaf first): the port then speaks TLS "
+                        "only; needs --tls-key")
+    s.add_argument("--tls-key", type=PATH, default=None,
+                   help="PEM file of the certificate's private key (unencrypted)")
+    s.add_argument("--tls-client-ca", type=PATH, default=None,
+                   help="PEM file of the CA(s) whose client certificates are accepted: every client must present "
+                        "one (mutual TLS); needs --tls-cert")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="log verbosity (logs go to stderr)")
+    s.add_argument("--log-format", default="text", choices=logs.FORMATS,
+                   help="text lines, or JSON lines (time, level, logger, message, and peer, session, batch, "
+                        "code, reason, duration_ms where they apply)")
+    s.set_defaults(subparser=s)
+    parser.serve = s  # main() sets its defaults from the environment
 
     t = sub.add_parser("detect", help="send a CSV or JSON-lines file of metrics to Detect, print the outliers",
                        description="Send the metrics of FILE (CSV with a header time,name,value, or JSON "
@@ -146,6 +173,15 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="print the answer as one JSON object")
     t.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
                    help="a progress line on stderr: auto = on a terminal, once the run has taken 1.5 s")
+    tg = t.add_argument_group("TLS (a server started with --tls-cert)")
+    tg.add_argument("--tls", action="store_true",
+                    help="connect over TLS, trusting the system's CAs (implied by the other --tls flags)")
+    tg.add_argument("--tls-ca", type=PATH, default=None,
+                    help="PEM file of the CA that signed the server's certificate")
+    tg.add_argument("--tls-cert", type=PATH, default=None,
+                    help="PEM file of this client's certificate, for a server with --tls-client-ca (mTLS); needs "
+                         "--tls-key")
+    tg.add_argument("--tls-key", type=PATH, default=None, help="PEM file of the client certificate's key")
     g = t.add_argument_group("DetectStream (--stream)")
     g.add_argument("--stream", action="store_true",
                    help="send the file through DetectStream in batches (no session): each value is judged "
@@ -178,6 +214,50 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _environment(parser: argparse.ArgumentParser, environ) -> list[str]:
+    """Take the `serve` flags' defaults from STREAMER_<FLAG> variables, checked as the flag would be (a bad one is
+    a usage error naming the variable); returns the STREAMER_ variables that are neither a flag nor a known
+    switch. Repeatable flags would take a comma-separated list."""
+    known = set(ENV_SWITCHES)
+    for action in parser._actions:
+        flags = [o for o in action.option_strings if o.startswith("--")]
+        if not flags or action.dest in ("help", "version"):
+            continue
+        name = ENV_PREFIX + flags[0][2:].upper().replace("-", "_")
+        known.add(name)
+        if name not in environ:
+            continue
+        text = environ[name]
+        try:
+            if isinstance(action, argparse._StoreTrueAction):
+                if text.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+                    raise argparse.ArgumentTypeError(f"must be true or false, got {text!r}")
+                value = text.lower() in ("1", "true", "yes", "on")
+            elif isinstance(action, argparse._AppendAction):
+                value = [action.type(v) if action.type else v for v in text.split(",") if v]
+            else:
+                value = action.type(text) if action.type else text
+                if action.choices is not None and value not in action.choices:
+                    raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from "
+                                                     f"{', '.join(map(str, action.choices))})")
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"environment variable {name} (for {flags[0]}): {exc}")
+        parser.set_defaults(**{action.dest: value})
+    return sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
+
+
+def _check_tls_pair(parser: argparse.ArgumentParser, args) -> None:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("argument --tls-cert: --tls-cert and --tls-key go together")
+
+
+def _check_serve(parser: argparse.ArgumentParser, args) -> None:
+    _check_tls_pair(parser, args)
+    if args.tls_client_ca is not None and args.tls_cert is None:
+        parser.error("argument --tls-client-ca: needs --tls-cert and --tls-key (client certificates are checked "
+                     "only over TLS)")
+
+
 def _check_detect(parser: argparse.ArgumentParser, args) -> None:
     """Flags that only DetectStream reads are refused without --stream, rather than silently ignored."""
     if not args.stream:
@@ -185,6 +265,7 @@ def _check_detect(parser: argparse.ArgumentParser, args) -> None:
             if getattr(args, flag) is not None:
                 parser.error(f"argument --{flag.replace('_', '-')}: only with --stream (Detect judges a batch "
                              f"by its own mean and stddev, with --threshold only)")
+    _check_tls_pair(parser, args)
     if args.batch_size is None:
         args.batch_size = 10_000
     if args.mode is not None:
@@ -219,8 +300,12 @@ def _print_session(url: str, name: str) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, environ=None) -> int:
     parser = _parser()
+    environ = os.environ if environ is None else environ
+    argv = sys.argv[1:] if argv is None else argv
+    # only `serve` reads the environment: its parser's defaults are set before the command line is parsed
+    unknown = _environment(parser.serve, environ) if argv[:1] == ["serve"] else []
     args = parser.parse_args(argv)
     if args.command == "proto":
         from importlib import resources
@@ -238,15 +323,20 @@ def main(argv: list[str] | None = None) -> int:
         except BrokenPipeError:  # `streamer detect FILE | head`: the reader left; say nothing more
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(1)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _check_serve(args.subparser, args)
+    logs.configure(args.log_level, args.log_format)
+    if unknown:
+        logging.getLogger("streamer").warning(
+            "ignoring environment variable(s) %s: no `streamer serve` flag has that name (see streamer serve "
+            "--help)", ", ".join(unknown))
     defaults = Defaults(threshold=args.threshold, warmup=args.warmup, mode=MODES[args.mode], alpha=args.alpha,
                         max_series=args.max_series)
     config = Config(host=args.host, port=args.port, defaults=defaults, max_message_mb=args.max_message_mb,
                     grace_seconds=args.grace_seconds, drain_seconds=args.drain_seconds,
                     session_ttl=args.session_ttl, store=args.store, snapshot_seconds=args.snapshot_seconds,
-                    lease_seconds=args.lease_seconds,
-                    max_sessions=args.max_sessions)
+                    lease_seconds=args.lease_seconds, max_sessions=args.max_sessions,
+                    metrics_port=args.metrics_port, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                    tls_client_ca=args.tls_client_ca)
     try:
         asyncio.run(serve(config))
     except OSError as exc:

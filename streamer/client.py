@@ -2,7 +2,8 @@
 `Client(addr).session_stream(batches, session)` for a stream that survives reconnections with exact state.
 
 Metrics may be given as `pb.Metric` messages, as `(name, value)` or `(name, value, time)` tuples (time a
-datetime, or None), or as plain values with one `name=`.
+datetime, or None), or as plain values with one `name=`. A server with --tls-cert takes
+`credentials=tls_credentials(ca="ca.pem")` (and a client certificate and key under mTLS).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import AsyncIterable, AsyncIterator, Iterable, Iterator, NamedTuple,
 
 import grpc
 
+from streamer.ops.tls import channel_credentials as tls_credentials  # noqa: F401 (part of this module's API)
 from streamer.pb import outliers_pb2 as pb
 from streamer.pb import outliers_pb2_grpc
 
@@ -101,11 +103,15 @@ def _stream_request(batch, first: bool, session: str, options) -> pb.OutliersReq
 
 
 class Client:
-    """A channel to a streamer server. Use as a context manager, or call close()."""
+    """A channel to a streamer server. Use as a context manager, or call close(). `credentials`
+    (tls_credentials(...)) makes it a TLS channel; None, plaintext."""
 
-    def __init__(self, addr: str = "localhost:9999", timeout: float | None = 30.0, max_message_mb: int = 64):
+    def __init__(self, addr: str = "localhost:9999", timeout: float | None = 30.0, max_message_mb: int = 64,
+                 credentials: grpc.ChannelCredentials | None = None):
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(addr, options=_channel_options(max_message_mb))
+        options = _channel_options(max_message_mb)
+        self._channel = grpc.secure_channel(addr, credentials, options=options) if credentials is not None \
+            else grpc.insecure_channel(addr, options=options)
         self._stub = outliers_pb2_grpc.OutliersStub(self._channel)
         # The same methods taking requests already encoded (request_serializer=None sends bytes as they are).
         self._detect_bytes = self._channel.unary_unary(
@@ -194,9 +200,12 @@ class AsyncClient:
     """The asyncio form of Client: `async with AsyncClient(addr) as c`, `await c.detect(...)`,
     `async for r in c.stream(batches)` where batches may be an iterable or an async iterable."""
 
-    def __init__(self, addr: str = "localhost:9999", timeout: float | None = 30.0, max_message_mb: int = 64):
+    def __init__(self, addr: str = "localhost:9999", timeout: float | None = 30.0, max_message_mb: int = 64,
+                 credentials: grpc.ChannelCredentials | None = None):
         self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(addr, options=_channel_options(max_message_mb))
+        options = _channel_options(max_message_mb)
+        self._channel = grpc.aio.secure_channel(addr, credentials, options=options) if credentials is not None \
+            else grpc.aio.insecure_channel(addr, options=options)
         self._stub = outliers_pb2_grpc.OutliersStub(self._channel)
 
     async def __aenter__(self) -> "AsyncClient":

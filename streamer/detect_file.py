@@ -12,6 +12,7 @@ from typing import Iterator
 
 from streamer.client import Client, ClientError, Outlier, make_options
 from streamer.metricfile import FileError, MetricFile
+from streamer.ops.tls import TLSError, channel_credentials
 from streamer.pb import outliers_pb2 as pb
 from streamer.progress import Progress
 from streamer.request_bytes import RequestBuilder, options_field
@@ -129,15 +130,18 @@ def run(args) -> int:
     options = make_options(threshold=args.threshold, warmup=args.warmup, mode=args.mode, alpha=args.alpha,
                            exclude_outliers=bool(args.exclude_outliers))
     try:
+        credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key) if (
+            args.tls or args.tls_ca or args.tls_cert) else None
         with MetricFile(args.file) as file, Progress(file.size, args.progress) as progress, \
-                Client(args.addr, timeout=args.timeout, max_message_mb=args.max_message_mb) as client:
+                Client(args.addr, timeout=args.timeout, max_message_mb=args.max_message_mb,
+                       credentials=credentials) as client:
             if args.stream:
                 answer = detect_stream(file, client, options, args.batch_size, args.max_message_mb, args.timeout,
                                        progress)
             else:
                 answer = detect_once(file, client, options, args.max_message_mb,
                                      30.0 if args.timeout is None else args.timeout, progress)
-    except FileError as exc:
+    except (FileError, TLSError) as exc:
         print(f"streamer detect: {exc}", file=sys.stderr)
         return 1
     except ClientError as exc:

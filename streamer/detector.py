@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Callable
 
 import numpy as np
 
@@ -124,8 +125,13 @@ class _Scratch:
         return encode_flagged(batch, self.idx[:k], ids, cols.values, self.mean, self.std, self.z, table)
 
 
-def detect(buf: bytes, defaults: Defaults) -> bytes:
-    """Unary Detect: judge one batch on its own, per metric name, against that name's batch mean and stddev."""
+def uncounted(metrics: int, outliers: int) -> None:
+    """The default `on_batch`: nothing counts the batches (the server without --metrics-port)."""
+
+
+def detect(buf: bytes, defaults: Defaults, on_batch: Callable[[int, int], None] = uncounted) -> bytes:
+    """Unary Detect: judge one batch on its own, per metric name, against that name's batch mean and stddev.
+    `on_batch(metrics, outliers)` is called once the answer can be sent (the server's metrics)."""
     where = "request"
     cols = _decode(buf, where)
     # Only the threshold applies to a single batch; the stream options are ignored, as the README says.
@@ -140,6 +146,7 @@ def detect(buf: bytes, defaults: Defaults) -> bytes:
     out = scratch.encode(0, k, cols, ids, table)
     if len(out) > defaults.max_response_bytes:  # grpc would fail to send it, with a traceback in the log
         raise ResourceExhausted(_too_large(where, len(out), k, defaults.max_response_bytes))
+    on_batch(len(cols), k)
     return out
 
 
@@ -155,9 +162,11 @@ class StreamDetector:
     that names other options or another session is rejected, since a stream's state is judged by one rule.
     """
 
-    def __init__(self, defaults: Defaults, sessions: SessionRegistry):
+    def __init__(self, defaults: Defaults, sessions: SessionRegistry,
+                 on_batch: Callable[[int, int], None] = uncounted):
         self.defaults = defaults
         self.sessions = sessions
+        self.on_batch = on_batch  # (metrics, outliers) of each applied batch: the server's metrics
         self.batch = 0
         self.options: Options | None = None
         self.params: Params | None = None
@@ -249,6 +258,7 @@ class StreamDetector:
             state.count[ids], state.mean[ids], state.spread[ids] = saved
             state.table.truncate(known)
             raise ResourceExhausted(f"{_too_large(where, len(out), k, limit)}; the batch was not applied")
+        self.on_batch(n, k)
         return out
 
     def _start(self, cols: Columns, where: str) -> None:

@@ -1,4 +1,5 @@
-"""Server lifecycle: compile the kernels, register the services, start, report health, stop gracefully."""
+"""Server lifecycle: compile the kernels, register the services (and the metrics), listen (plaintext or TLS),
+start, report health, drain and stop gracefully."""
 from __future__ import annotations
 
 import asyncio
@@ -19,6 +20,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from streamer import detector, kernels, series, wire
+from streamer.ops import tls
+from streamer.ops.metrics import Metrics, MetricsInterceptor
 # The Outliers methods are registered as raw-bytes handlers (service.py), so nothing else loads the generated
 # module; reflection answers from the default descriptor pool, which holds pb.Outliers only once this import
 # has run. Without it, `grpcurl describe pb.Outliers` from another process gets "Symbol not found".
@@ -47,6 +50,10 @@ class Config:
     store: str = "sqlite:///state/streamer.db"  # relative to the working directory (shared/DECISIONS.md)
     snapshot_seconds: float = 5.0
     lease_seconds: float = 10.0
+    metrics_port: int = 9464  # Prometheus /metrics on --host; 0: not served (shared/DECISIONS.md)
+    tls_cert: str | None = None       # PEM files; with both, the port speaks TLS only
+    tls_key: str | None = None
+    tls_client_ca: str | None = None  # with it, clients must present a certificate this CA signed (mTLS)
     # SO_REUSEPORT. Off: the port is this process's alone, so a second server on it fails at start instead of
     # silently sharing the connections (and its sessions) with the first. On only for several workers of one
     # server that bind the same port (a future --workers N).
@@ -56,6 +63,12 @@ class Config:
     def max_message_bytes(self) -> int:
         """The largest request grpc takes and the largest answer it sends."""
         return self.max_message_mb * 1024 * 1024
+
+    def security(self) -> str:
+        """How the gRPC port is reached, for the ready line."""
+        if not self.tls_cert:
+            return "plaintext"
+        return "TLS, client certificates required" if self.tls_client_ca else "TLS"
 
 
 def _check_bindable(host: str, port: int, reuse_port: bool) -> None:
@@ -119,9 +132,13 @@ def _compile_kernels() -> tuple[int, int]:
 class StreamerServer:
     """A grpc.aio server with Outliers, health and reflection; `start()` returns once it answers."""
 
-    def __init__(self, config: Config = Config(), clock: Callable[[], float] = time.time):
+    def __init__(self, config: Config = Config(), clock: Callable[[], float] = time.time,
+                 metrics: Metrics | None = None):
         self.config = config
         self.clock = clock
+        # Counting happens only when the metrics are served (or a test hands its own Metrics in).
+        self.metrics = metrics if metrics is not None else Metrics() if config.metrics_port else None
+        self._metrics_http = None
         # One limit for both directions: grpc refuses to send a larger answer, so the pipeline checks it first
         # (and does not apply a stream batch it cannot answer).
         self.defaults = dataclasses.replace(config.defaults, max_response_bytes=config.max_message_bytes)
@@ -136,7 +153,15 @@ class StreamerServer:
         """Bind, open the store, compile the kernels, start serving; the port, or None if `stop` was set during
         the compile."""
         limit = self.config.max_message_bytes
-        server = grpc.aio.server(options=[
+        credentials = None
+        if self.config.tls_cert:  # read and checked first: a wrong file fails at once, in one line
+            try:
+                credentials = tls.server_credentials(self.config.tls_cert, self.config.tls_key,
+                                                     self.config.tls_client_ca)
+            except tls.TLSError as exc:
+                raise OSError(f"tls: {exc}") from None
+        interceptors = [MetricsInterceptor(self.metrics)] if self.metrics is not None else []
+        server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", limit),  # larger requests: RESOURCE_EXHAUSTED
             ("grpc.max_send_message_length", limit),
             # grpc sets SO_REUSEPORT unless told not to; see Config.reuse_port.
@@ -156,9 +181,14 @@ class StreamerServer:
         # Bind first: a busy port fails at once, not after the compile.
         _check_bindable(self.config.host, self.config.port, self.config.reuse_port)
         try:
-            self.port = server.add_insecure_port(addr)
+            self.port = server.add_secure_port(addr, credentials) if credentials else server.add_insecure_port(addr)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {addr}: {exc}") from None
+        if self.config.metrics_port:
+            try:
+                _check_bindable(self.config.host, self.config.metrics_port, reuse_port=False)
+            except OSError as exc:
+                raise OSError(f"metrics (--metrics-port): {exc}") from None
         try:  # then the store: a bad one fails at once too
             store = open_store(self.config.store, self.config.session_ttl)
         except StoreError as exc:
@@ -172,13 +202,24 @@ class StreamerServer:
         self.sessions = SessionRegistry(self.config.session_ttl, self.config.max_sessions,
                                         self.config.defaults.max_series, clock=self.clock, store=store,
                                         lease_seconds=self.config.lease_seconds, on_store_health=store_health,
-                                        snapshot_seconds=self.config.snapshot_seconds)
-        self.service = OutliersService(self.defaults, self.sessions)
+                                        snapshot_seconds=self.config.snapshot_seconds,
+                                        on_snapshot=self.metrics.snapshot if self.metrics else lambda s, ok: None)
+        self.service = OutliersService(self.defaults, self.sessions, self.metrics)
         server.add_generic_rpc_handlers((self.service.handler(),))
+        if self.metrics is not None:
+            self.metrics.watch(self.service.open_streams, self.sessions.__len__, self.service.series_held)
+        if self.config.metrics_port:
+            try:
+                self._metrics_http = self.metrics.serve(self.config.host, self.config.metrics_port)
+            except OSError as exc:
+                await asyncio.to_thread(self.sessions.close)
+                raise OSError(f"metrics (--metrics-port): cannot listen on {self.config.host}:"
+                              f"{self.config.metrics_port}: {exc.strerror or exc}") from None
         # Compile before serving: the first request must not pay seconds of JIT, and health must not say
         # SERVING before the kernels can run. Nothing is accepted until server.start().
         if not await self._compile(stop):
             await asyncio.to_thread(self.sessions.close)
+            self._stop_metrics()
             return None
         await server.start()
         self._server = server
@@ -275,6 +316,13 @@ class StreamerServer:
                 await task
         # every stream has detached (queuing its snapshot and lease release): write them all, close the store
         await asyncio.to_thread(self.sessions.close)
+        self._stop_metrics()  # last: the drain and the final snapshots can be watched
+
+    def _stop_metrics(self) -> None:
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+            self._metrics_http = None
 
 
 async def serve(config: Config) -> None:
@@ -288,8 +336,10 @@ async def serve(config: Config) -> None:
     if port is None:
         log.info("stopped by a signal during the compile, before serving")
         return
-    log.info("streamer ready on %s:%d (threshold %g, warmup %d, mode %s)", config.host, port,
-             config.defaults.threshold, config.defaults.warmup, detector.MODE_NAMES[config.defaults.mode])
+    log.info("streamer ready on %s:%d, %s (threshold %g, warmup %d, mode %s); metrics %s", config.host, port,
+             config.security(), config.defaults.threshold, config.defaults.warmup,
+             detector.MODE_NAMES[config.defaults.mode],
+             f"on {config.host}:{config.metrics_port}/metrics" if config.metrics_port else "off")
     await stop.wait()
     log.info("stopping: health NOT_SERVING; %sopen streams end with UNAVAILABLE, unary calls in flight have "
              "%.1f s to finish", f"after {config.drain_seconds:g} s of drain, " if config.drain_seconds else "",

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import AsyncIterator, Callable
 
 import grpc
 
 from streamer import detector
 from streamer.errors import DetectError, Unavailable
+from streamer.ops.metrics import Metrics
 from streamer.state import SessionRegistry
 
 log = logging.getLogger(__name__)
@@ -55,12 +57,14 @@ def _fail(context: grpc.aio.ServicerContext, exc: DetectError) -> None:
 
 
 class _Stream:
-    """What shutdown needs to know of one open DetectStream: its task, and whether it waits for a request."""
+    """What shutdown needs to know of one open DetectStream: its task, and whether it waits for a request; and
+    its detector, whose series the metrics count."""
 
-    __slots__ = ("task", "reading", "ended_by_server")
+    __slots__ = ("task", "detector", "reading", "ended_by_server")
 
-    def __init__(self, task: asyncio.Task):
+    def __init__(self, task: asyncio.Task, detector: detector.StreamDetector):
         self.task = task
+        self.detector = detector
         self.reading = False          # parked in the read of the next request (the only place it may be cancelled)
         self.ended_by_server = False  # end_streams() cancelled that read
 
@@ -72,24 +76,53 @@ SHUTTING_DOWN = ("the server is shutting down; every batch it read from this str
 class OutliersService:
     """Detect (unary) and DetectStream (bidirectional stream) over raw request bytes."""
 
-    def __init__(self, defaults: detector.Defaults, sessions: SessionRegistry):
+    def __init__(self, defaults: detector.Defaults, sessions: SessionRegistry, metrics: Metrics | None = None):
         self.defaults = defaults
         self.sessions = sessions
-        # The open streams, and whether shutdown has begun; only touched on the event loop's thread.
+        self.metrics = metrics
+        self._count_detect = metrics.batch_counter("Detect") if metrics else detector.uncounted
+        self._count_stream = metrics.batch_counter("DetectStream") if metrics else detector.uncounted
+        # The open streams, and whether shutdown has begun; only touched on the event loop's thread (the metrics'
+        # scrape thread only copies the set).
         self._streams: set[_Stream] = set()
         self._closing = False
 
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    def series_held(self) -> int:
+        """Series in the sessions held, and in the open streams that have no session."""
+        private = sum(len(d.state.table) for d in [s.detector for s in list(self._streams)]
+                      if d.session is None and d.state is not None)
+        return self.sessions.series_held() + private
+
+    def _rejected(self, rpc: str, exc: DetectError, context: grpc.aio.ServicerContext, started: float,
+                  stream: detector.StreamDetector | None = None) -> None:
+        """Every rejected call: its status set, one INFO line (with the fields a JSON log keeps), counted."""
+        _fail(context, exc)
+        fields = {"method": rpc, "peer": context.peer(), "code": exc.code, "reason": str(exc),
+                  "duration_ms": round(1e3 * (time.perf_counter() - started), 3)}
+        if stream is not None:
+            fields["batch"] = stream.batch
+            if stream.session is not None:
+                fields["session"] = stream.session.name
+        log.info("%s from %s rejected: %s: %s", rpc, fields["peer"], exc.code, exc, extra=fields)
+        if self.metrics is not None:
+            self.metrics.rejected.labels(rpc, exc.code).inc()
+
     async def Detect(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        started = time.perf_counter()
         try:
-            return await _run(lambda r: detector.detect(r, self.defaults), request)
+            return await _run(lambda r: detector.detect(r, self.defaults, self._count_detect), request)
         except DetectError as exc:
-            _fail(context, exc)
+            self._rejected("Detect", exc, context, started)
             return b""  # discarded: grpc sends the status set above
 
     async def DetectStream(self, requests: AsyncIterator[bytes],
                            context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        stream = detector.StreamDetector(self.defaults, self.sessions)
-        me = _Stream(asyncio.current_task())
+        started = time.perf_counter()
+        stream = detector.StreamDetector(self.defaults, self.sessions, self._count_stream)
+        me = _Stream(asyncio.current_task(), stream)
         self._streams.add(me)
         try:
             next_request = requests.__aiter__().__anext__
@@ -112,8 +145,7 @@ class OutliersService:
                 try:
                     response = await _run(stream.process, request)
                 except DetectError as exc:
-                    log.info("DetectStream from %s ended: %s: %s", context.peer(), exc.code, exc)
-                    _fail(context, exc)
+                    self._rejected("DetectStream", exc, context, started, stream)
                     return  # the finally below frees the session before grpc sends the status
                 yield response
             # Shutdown: every request read so far has had its answer; the client retries on UNAVAILABLE.

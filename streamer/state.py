@@ -144,7 +144,8 @@ class SessionRegistry:
     def __init__(self, ttl: float, max_sessions: int, max_series: int,
                  clock: Callable[[], float] = time.time, store: Store | None = None,
                  lease_seconds: float = 10.0, on_store_health: Callable[[bool], None] = lambda ok: None,
-                 snapshot_seconds: float = 5.0):
+                 snapshot_seconds: float = 5.0,
+                 on_snapshot: Callable[[float, bool], None] = lambda seconds, ok: None):
         self.ttl = ttl
         self.max_sessions = max_sessions
         self.max_series = max_series
@@ -154,6 +155,7 @@ class SessionRegistry:
         self.snapshot_seconds = snapshot_seconds
         self.owner = uuid.uuid4().hex
         self._on_store_health = on_store_health
+        self._on_snapshot = on_snapshot  # (seconds, written) after each snapshot write: the server's metrics
         self._store_ok = True
         self._health_lock = threading.Lock()  # protects _store_ok and the order of health updates
         self._lock = threading.Lock()
@@ -163,6 +165,11 @@ class SessionRegistry:
     def __len__(self) -> int:
         with self._lock:
             return len(self._sessions)
+
+    def series_held(self) -> int:
+        """Series in every session held in memory (the server's metrics)."""
+        with self._lock:
+            return sum(len(s.state.table) for s in self._sessions.values())
 
     def attach(self, name: str, mode: int, options: str = "") -> Session:
         """Open `name` for one stream, making it if new; raise SessionError if it cannot be.
@@ -337,9 +344,11 @@ class SessionRegistry:
             if not saved and self.store.acquire(session.name, self.owner, self.lease_seconds, self.clock()) is None:
                 saved = self.store.save(snap, self.owner)  # the lease had lapsed (store outage) and was free
         except Exception as exc:
+            self._on_snapshot(time.perf_counter() - started, False)
             session.changed = True  # retried at the next snapshot round, the lease kept meanwhile
             self._store_failed(f"session {session.name!r}: snapshot of {len(snap)} series failed; retrying", exc)
             return False
+        self._on_snapshot(time.perf_counter() - started, saved)  # refused (lease lost): a failure too
         self._store_back()
         if saved:
             session.durable_seq = max(session.durable_seq, snap.seq)

@@ -73,6 +73,7 @@ def make_server():
         fields.setdefault("host", "127.0.0.1")
         fields.setdefault("port", 0)
         fields.setdefault("store", "memory://")
+        fields.setdefault("metrics_port", 0)  # auxiliary ports off unless the test is about them
         server = InProcessServer(dataclasses.replace(Config(), **fields), clock=clock)
         servers.append(server)
         return server
@@ -100,14 +101,16 @@ def stub(channel):
 
 
 class CliServer:
-    """`python -m streamer serve` as a subprocess, on a free port; stderr is collected in `log`."""
+    """`python -m streamer serve` as a subprocess, on a free port; stderr is collected in `log`. `env` is added
+    to the environment."""
 
-    def __init__(self, *args: str):
+    def __init__(self, *args: str, env: dict[str, str] | None = None):
         self.proc = subprocess.Popen(
-            # an in-memory store unless the test names one (a later --store wins): no test shares state
+            # an in-memory store and no metrics port unless the test names them (a later flag wins): no test shares
+            # state or a port
             [sys.executable, "-m", "streamer", "serve", "--host", "127.0.0.1", "--port", "0", "--store", "memory://",
-             *args],
-            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+             "--metrics-port", "0", *args],
+            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         self.log: list[str] = []
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -142,8 +145,8 @@ class CliServer:
 def cli_server():
     servers = []
 
-    def start(*args: str) -> CliServer:
-        s = CliServer(*args)
+    def start(*args: str, env: dict[str, str] | None = None) -> CliServer:
+        s = CliServer(*args, env=env)
         servers.append(s)
         return s
 

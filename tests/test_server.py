@@ -87,8 +87,9 @@ def _slow_detect(addr: str, results: list):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_ends_open_streams_with_unavailable_at_once_then_exits_0(cli_server, sig):
-    # A long grace: the open stream must not wait for it (shared/DECISIONS.md, one shutdown sequence).
-    server = cli_server("--grace-seconds", "30", "--drain-seconds", "1")
+    # A long grace: the open stream must not wait for it (shared/DECISIONS.md, one shutdown sequence). The drain
+    # has its own test below.
+    server = cli_server("--grace-seconds", "30")
     results: list = []
     sent_second, may_send = threading.Event(), threading.Event()
     caller = threading.Thread(target=_slow_stream, args=(server.addr, results, sent_second, may_send))
@@ -100,13 +101,7 @@ def test_signal_ends_open_streams_with_unavailable_at_once_then_exits_0(cli_serv
         signalled = time.monotonic()
         server.proc.send_signal(sig)
         _wait_for(lambda: "stopping" in "".join(server.log), "the server to log 'stopping'")
-        # 1. health NOT_SERVING; 2. during the drain, new calls are still taken
-        assert _health(server.addr) == health_pb2.HealthCheckResponse.NOT_SERVING
-        with grpc.insecure_channel(server.addr) as channel:
-            answer = outliers_pb2_grpc.OutliersStub(channel).Detect(
-                pb.OutliersRequest(metrics=[pb.Metric(name="a", value=1.0)]), timeout=5)
-            assert list(answer.indices) == []
-        # 3. the open stream is ended with UNAVAILABLE, without waiting for the 30 s grace
+        # the open stream is ended with UNAVAILABLE, without waiting for the 30 s grace
         _wait_for(lambda: len(results) > 1, "the stream to be ended")
         assert results[1] == grpc.StatusCode.UNAVAILABLE, results
         assert "shutting down" in results[2]
@@ -119,6 +114,89 @@ def test_signal_ends_open_streams_with_unavailable_at_once_then_exits_0(cli_serv
     log = "".join(server.log)
     assert "stopping" in log and "stopped" in log and "ending 1 open stream" in log
     assert "Traceback" not in log and "ERROR" not in log
+
+
+class _LockstepStream:
+    """A stream on its own thread that sends a batch each time `send()` is called and records its answers' batch
+    numbers, then the status it ended with."""
+
+    def __init__(self, addr: str, session: str = ""):
+        self.outcome: list = []
+        self._next = threading.Semaphore(0)
+        self._answers = threading.Semaphore(0)
+        self._closed = False
+
+        def requests():
+            n = 0
+            while True:
+                self._next.acquire()
+                if self._closed:
+                    return
+                yield pb.OutliersRequest(metrics=[pb.Metric(name="a", value=float(n))],
+                                         session=session if n == 0 else "")
+                n += 1
+
+        def run():
+            with grpc.insecure_channel(addr) as channel:
+                try:
+                    for response in outliers_pb2_grpc.OutliersStub(channel).DetectStream(requests(), timeout=120):
+                        self.outcome.append(response.batch)
+                        self._answers.release()
+                    self.outcome.append("ok")
+                except grpc.RpcError as exc:
+                    self.outcome += [exc.code(), exc.details()]
+                self._answers.release()
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def send(self) -> None:
+        """Send one batch and wait for its answer (or for the stream's end)."""
+        self._next.release()
+        assert self._answers.acquire(timeout=60), "no answer"
+
+    def close(self) -> None:
+        self._closed = True
+        self._next.release()
+        self.thread.join(60)
+
+
+def test_during_the_drain_health_is_not_serving_and_new_calls_are_answered(cli_server):
+    """shared/DECISIONS.md, one shutdown sequence, steps 1-3: on SIGTERM health turns NOT_SERVING at once; for
+    --drain-seconds, new calls (unary, and new streams) and the open streams' new batches are answered; then the
+    streams end with UNAVAILABLE, and the process exits 0."""
+    drain = 10  # long enough for the checks below on a loaded machine; the test waits for events, not for time
+    server = cli_server("--drain-seconds", str(drain), "--grace-seconds", "5")
+    old, new = _LockstepStream(server.addr, session="before"), None
+    old.send()
+    assert old.outcome == [0]
+    signalled = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    _wait_for(lambda: _health(server.addr) == health_pb2.HealthCheckResponse.NOT_SERVING, "health NOT_SERVING")
+    try:
+        with grpc.insecure_channel(server.addr) as channel:
+            answer = outliers_pb2_grpc.OutliersStub(channel).Detect(
+                pb.OutliersRequest(metrics=[pb.Metric(name="a", value=v) for v in [1.0] * 9 + [9.0]]), timeout=10)
+        assert list(answer.indices) == [9]
+        new = _LockstepStream(server.addr, session="during")
+        new.send()
+        new.send()
+        old.send()
+        assert new.outcome == [0, 1] and old.outcome == [0, 1], (new.outcome, old.outcome)
+        assert server.proc.poll() is None and "ending" not in "".join(server.log)
+        still_draining = time.monotonic() - signalled < drain
+        # then both streams are ended with UNAVAILABLE (each has had every answer), and the process exits 0
+        for stream in (old, new):
+            _wait_for(lambda: len(stream.outcome) > 2, "the stream to be ended", tries=600)
+            assert stream.outcome[2] == grpc.StatusCode.UNAVAILABLE and "shutting down" in stream.outcome[3]
+        assert server.proc.wait(30) == 0
+        assert time.monotonic() - signalled >= drain - 0.5  # the streams were not ended before the drain was over
+    finally:
+        for stream in (old, new):
+            if stream is not None:
+                stream.close()
+    assert still_draining, "the checks took longer than the drain: raise `drain`"
+    log = "".join(server.log)
+    assert "after 10 s of drain" in log and "ending 2 open stream(s)" in log and "Traceback" not in log
 
 
 def test_unary_calls_in_flight_get_the_grace_period_and_the_exit_has_no_traceback(cli_server):

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -30,6 +31,7 @@ type Client struct {
 
 type settings struct {
 	timeout  time.Duration
+	creds    credentials.TransportCredentials // nil: plaintext
 	dialOpts []grpc.DialOption
 }
 
@@ -45,8 +47,8 @@ func WithMaxMessageBytes(n int) Option {
 	return WithDialOptions(grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(n), grpc.MaxCallRecvMsgSize(n)))
 }
 
-// WithDialOptions adds options to grpc.NewClient, after the default insecure transport credentials
-// (pass grpc.WithTransportCredentials to use TLS instead).
+// WithDialOptions adds options to grpc.NewClient, after the transport credentials (plaintext, or those of
+// WithTLS or WithTransportCredentials).
 func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(s *settings) { s.dialOpts = append(s.dialOpts, opts...) }
 }
@@ -58,8 +60,12 @@ func New(addr string, opts ...Option) (*Client, error) {
 	for _, o := range opts {
 		o(&s)
 	}
-	// streamer serves plaintext gRPC; say so explicitly rather than relying on a default.
-	dial := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, s.dialOpts...)
+	// Plaintext unless told otherwise (a server without --tls-cert); said explicitly rather than left to a default.
+	creds := s.creds
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
+	dial := append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, s.dialOpts...)
 	conn, err := grpc.NewClient(addr, dial...)
 	if err != nil {
 		return nil, fmt.Errorf("client for %s: %w", addr, err)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/streamer-dev/streamer/go/client"
 	"github.com/streamer-dev/streamer/go/internal/testserver"
 	"github.com/streamer-dev/streamer/go/pb"
 )
@@ -149,5 +150,27 @@ func TestSyntheticRunFlagsEveryInjectedSpike(t *testing.T) {
 		if !found {
 			t.Errorf("the spike injected in batch %d was not printed as an outlier", seq)
 		}
+	}
+}
+
+// TestSyntheticRunOverMutualTLS: the collector's -tls-ca/-tls-cert/-tls-key path against an mTLS server.
+func TestSyntheticRunOverMutualTLS(t *testing.T) {
+	pki := testserver.NewPKI(t)
+	srv := testserver.Start(t, pki.ServerArgs(true)...)
+	tlsConfig, err := client.TLSConfig(pki.CA, pki.ClientCert, pki.ClientKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := config{addr: srv.Addr, session: "collector-tls", interval: 2 * time.Millisecond, synthetic: true, seed: 7,
+		spikeEvery: 20, count: 30, options: &pb.DetectOptions{}, answer: 10 * time.Second, drain: time.Second,
+		tls: tlsConfig}
+	var out, logs bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := run(ctx, cfg, &out, &logs); err != nil {
+		t.Fatalf("run: %v\nlog:\n%s", err, logs.String())
+	}
+	if !strings.Contains(out.String(), " batch 20  ") {
+		t.Errorf("the spike injected in batch 20 was not printed over mTLS:\n%s", out.String())
 	}
 }

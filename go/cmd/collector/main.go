@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/streamer-dev/streamer/go/client"
+	"github.com/streamer-dev/streamer/go/internal/tlsflag"
 	"github.com/streamer-dev/streamer/go/pb"
 )
 
@@ -35,6 +37,7 @@ var (
 	exclude       = flag.Bool("exclude-outliers", false, "flagged values do not update their series' baseline")
 	answerTimeout = flag.Duration("answer-timeout", 10*time.Second, "a batch not answered within this is taken as a lost connection")
 	drain         = flag.Duration("drain", 5*time.Second, "on SIGINT/SIGTERM, how long to wait for the answers still due")
+	tlsFlags      = tlsflag.Register(flag.CommandLine)
 )
 
 // config is what run needs, taken from the flags (tests build it directly).
@@ -50,6 +53,7 @@ type config struct {
 	options    *pb.DetectOptions
 	answer     time.Duration
 	drain      time.Duration
+	tls        *tls.Config // nil: plaintext
 }
 
 func main() {
@@ -98,6 +102,11 @@ func configFromFlags() (config, error) {
 		return cfg, fmt.Errorf("-mode must be cumulative or exponential, got %q", *mode)
 	}
 	cfg.options = opts
+	tlsConfig, err := tlsFlags.Config()
+	if err != nil {
+		return cfg, err
+	}
+	cfg.tls = tlsConfig
 	return cfg, nil
 }
 
@@ -115,7 +124,11 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) error {
 		src = newSyntheticSource(cfg.seed, cfg.spikeEvery)
 		what = fmt.Sprintf("synthetic series (seed %d, a spike every %d batches)", cfg.seed, cfg.spikeEvery)
 	}
-	c, err := client.New(cfg.addr)
+	var opts []client.Option
+	if cfg.tls != nil {
+		opts = append(opts, client.WithTLS(cfg.tls))
+	}
+	c, err := client.New(cfg.addr, opts...)
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/streamer-dev/streamer/go/client"
 	"github.com/streamer-dev/streamer/go/internal/testserver"
 )
 
@@ -115,5 +116,23 @@ func TestJSONFieldsDocumented(t *testing.T) {
 	slices.Sort(documented)
 	if !slices.Equal(documented, emitted) {
 		t.Fatalf("go/README.md documents %v,\nloadgen -json emits %v", documented, emitted)
+	}
+}
+
+func TestRunOverMutualTLS(t *testing.T) {
+	pki := testserver.NewPKI(t)
+	srv := testserver.Start(t, pki.ServerArgs(true)...)
+	tlsConfig, err := client.TLSConfig(pki.CA, pki.ClientCert, pki.ClientKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := config{Addr: srv.Addr, Mode: "stream", Pipelined: true, Window: 8, Batch: 100, Series: 4, Streams: 1,
+		Duration: 200 * time.Millisecond, Seed: 1, Timeout: 10 * time.Second, TLS: tlsConfig}
+	if rep := run(context.Background(), cfg); rep.Errors != 0 || rep.Batches < 1 {
+		t.Fatalf("over mTLS: %d batches, %d errors, first: %s", rep.Batches, rep.Errors, rep.Error)
+	}
+	cfg.TLS = nil
+	if rep := run(context.Background(), cfg); rep.Errors == 0 {
+		t.Fatal("a plaintext load generator was answered by an mTLS server")
 	}
 }

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -19,11 +20,13 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/streamer-dev/streamer/go/internal/tlsflag"
 	"github.com/streamer-dev/streamer/go/pb"
 )
 
@@ -41,6 +44,7 @@ var (
 	seed       = flag.Uint64("seed", 1, "random seed of the values")
 	timeout    = flag.Duration("timeout", 30*time.Second, "deadline of each Detect call")
 	jsonOut    = flag.Bool("json", false, "print one JSON object instead of text")
+	tlsFlags   = tlsflag.Register(flag.CommandLine)
 )
 
 // config is what run needs, taken from the flags (tests build it directly).
@@ -57,6 +61,7 @@ type config struct {
 	Timestamps bool
 	Seed       uint64
 	Timeout    time.Duration
+	TLS        *tls.Config // nil: plaintext
 }
 
 // report is the result; its JSON form is the interface of the benchmark harness, documented in go/README.md.
@@ -90,6 +95,11 @@ func main() {
 	flag.Parse()
 	cfg := config{Addr: *addr, Mode: *mode, Batch: *batch, Series: *series, Streams: *streams, Duration: *duration,
 		Warmup: *warmup, Pipelined: *pipelined, Window: *window, Timestamps: *timestamps, Seed: *seed, Timeout: *timeout}
+	var err error
+	if cfg.TLS, err = tlsFlags.Config(); err != nil {
+		fmt.Fprintln(os.Stderr, "loadgen:", err)
+		os.Exit(2)
+	}
 	if err := cfg.validate(); err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
 		os.Exit(2)
@@ -280,7 +290,11 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 
 // drive runs one caller until ctx ends; an error stops it (ctx ending is not an error).
 func drive(ctx context.Context, cfg config, frames [][]byte, id int, w *worker) error {
-	conn, err := grpc.NewClient(cfg.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	creds := insecure.NewCredentials()
+	if cfg.TLS != nil {
+		creds = credentials.NewTLS(cfg.TLS)
+	}
+	conn, err := grpc.NewClient(cfg.Addr, grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(rawCodec{}),
 			grpc.MaxCallRecvMsgSize(1<<30), grpc.MaxCallSendMsgSize(1<<30)))
 	if err != nil {

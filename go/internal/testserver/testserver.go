@@ -146,9 +146,10 @@ func requireBinary(t testing.TB) string {
 func start(bin string, args ...string) (*Server, error) {
 	s := &Server{}
 	addr := make(chan string, 1)
-	// An in-memory store unless the test names one (a later --store wins): no test shares or leaves state.
-	s.cmd = exec.Command(bin, append([]string{"serve", "--host", "127.0.0.1", "--port", "0", "--store", "memory://"},
-		args...)...)
+	// An in-memory store and no metrics port unless the test names them (a later flag wins): no test shares or
+	// leaves state, or needs a fixed port.
+	s.cmd = exec.Command(bin, append([]string{"serve", "--host", "127.0.0.1", "--port", "0", "--store", "memory://",
+		"--metrics-port", "0"}, args...)...)
 	s.cmd.Env = append(os.Environ(), "PYTHONUNBUFFERED=1")
 	// exec copies stderr into the writer until the process ends, so the server never blocks on a full pipe.
 	s.cmd.Stderr = &logWriter{s: s, ready: addr}
