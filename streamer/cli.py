@@ -125,7 +125,8 @@ def _parser() -> argparse.ArgumentParser:
                         "UNAVAILABLE")
     s.add_argument("--store", default=Config.store,
                    help="where sessions outlive the process: sqlite:///PATH (relative to the working directory; "
-                        "sqlite:////PATH is absolute) or memory:// (nothing written)")
+                        "sqlite:////PATH is absolute), redis://HOST:PORT/DB (shared by a fleet of servers; rediss:// "
+                        "for TLS) or memory:// (nothing written)")
     s.add_argument("--snapshot-seconds", type=SECONDS, default=Config.snapshot_seconds,
                    help="seconds (finite, > 0): while a stream is open, how often its session is written to the "
                         "store if it changed (also when the stream ends, and on SIGTERM/SIGINT)")
