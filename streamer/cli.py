@@ -123,6 +123,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="on SIGTERM/SIGINT, seconds (finite, >= 0) during which health says NOT_SERVING but new "
                         "calls are still taken, so load balancers can follow; then open streams end with "
                         "UNAVAILABLE")
+    s.add_argument("--workers", type=_int_range(0, 1024), default=1,
+                   help="server processes on the port, 0-1024 (0: one per core): grpc's Python server uses one "
+                        "core a process; sessions move between workers through the store, so memory:// is "
+                        "refused with more than one")
     s.add_argument("--store", default=Config.store,
                    help="where sessions outlive the process: sqlite:///PATH (relative to the working directory; "
                         "sqlite:////PATH is absolute), redis://HOST:PORT/DB (shared by a fleet of servers; rediss:// "
@@ -339,7 +343,10 @@ def main(argv: list[str] | None = None, environ=None) -> int:
                     metrics_port=args.metrics_port, tls_cert=args.tls_cert, tls_key=args.tls_key,
                     tls_client_ca=args.tls_client_ca)
     try:
-        asyncio.run(serve(config))
+        if args.workers == 1:
+            asyncio.run(serve(config))
+            return 0
+        from streamer import workers
+        return workers.run(config, args.workers)
     except OSError as exc:
         raise SystemExit(f"streamer serve: {exc}") from None
-    return 0

@@ -325,8 +325,9 @@ class StreamerServer:
             self._metrics_http = None
 
 
-async def serve(config: Config) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+async def serve(config: Config, on_ready: Callable[[], object] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully. A worker of `--workers N` (streamer/workers.py)
+    passes `on_ready`, called once it answers, and logs "serving on" (the parent says "ready" for all)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before start: a signal during the compile stops cleanly too
@@ -336,10 +337,13 @@ async def serve(config: Config) -> None:
     if port is None:
         log.info("stopped by a signal during the compile, before serving")
         return
-    log.info("streamer ready on %s:%d, %s (threshold %g, warmup %d, mode %s); metrics %s", config.host, port,
+    log.info("streamer %s on %s:%d, %s (threshold %g, warmup %d, mode %s); metrics %s",
+             "ready" if on_ready is None else "serving", config.host, port,
              config.security(), config.defaults.threshold, config.defaults.warmup,
              detector.MODE_NAMES[config.defaults.mode],
              f"on {config.host}:{config.metrics_port}/metrics" if config.metrics_port else "off")
+    if on_ready is not None:
+        on_ready()
     await stop.wait()
     log.info("stopping: health NOT_SERVING; %sopen streams end with UNAVAILABLE, unary calls in flight have "
              "%.1f s to finish", f"after {config.drain_seconds:g} s of drain, " if config.drain_seconds else "",

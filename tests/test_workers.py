@@ -1,0 +1,112 @@
+"""`streamer serve --workers N` through the real CLI: N processes on one port, sessions moving between them
+through the store, a killed worker replaced, SIGTERM to the parent stopping every worker."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+
+import pytest
+
+from conftest import CliServer
+from test_durable import key
+from test_exact import batches_for
+
+from streamer.client import Client
+
+FLAGS = ("--lease-seconds", "2", "--snapshot-seconds", "0.2")
+
+
+def workers(db, n=2, *args) -> CliServer:
+    return CliServer("--workers", str(n), "--store", f"sqlite:///{db}", *FLAGS, *args)
+
+
+def pids(server) -> dict[int, int]:
+    """worker index -> pid of its latest process, from the parent's log."""
+    return {int(i): int(p) for i, p in re.findall(r"worker (\d+) started \(pid (\d+)\)", "".join(server.log))}
+
+
+def test_sessions_move_between_workers_and_every_answer_is_exact(tmp_path):
+    server = workers(tmp_path / "s.db")
+    reference = CliServer()
+    try:
+        sessions = {f"host-{i}": batches_for(12, seed=100 + i) for i in range(20)}
+        got = {name: [] for name in sessions}
+        for part in range(3):  # each part of each session on a new connection: the kernel picks a worker
+            for name, data in sessions.items():
+                with Client(server.addr) as c:
+                    got[name] += c.session_stream(data[4 * part:4 * part + 4], name, retries=-1,
+                                                  backoff=(0.02, 0.2))
+        with Client(reference.addr) as c:
+            for name, data in sessions.items():
+                assert key(got[name]) == key(list(c.session_stream(data, name))), name
+        log = "".join(server.log)
+        moved = {w: len(re.findall(rf"worker {w}: session 'host-\d+': resumed from the store", log))
+                 for w in (0, 1)}
+        assert moved[0] and moved[1], f"sessions resumed per worker: {moved}"  # both workers served sessions
+    finally:
+        server.close()
+        reference.close()
+
+
+def test_a_killed_worker_is_replaced_while_the_other_serves(tmp_path):
+    server = workers(tmp_path / "s.db")
+    try:
+        data = batches_for(200, seed=7)
+        got, errors = [], []
+
+        def run():
+            try:
+                with Client(server.addr) as c:
+                    def paced():
+                        for b in data:
+                            yield b
+                            time.sleep(0.005)
+                    got.extend(c.session_stream(paced(), "under-load", retries=-1, backoff=(0.02, 0.5)))
+            except Exception as exc:  # reported below
+                errors.append(exc)
+
+        stream = threading.Thread(target=run)
+        stream.start()
+        while len(got) < 50:
+            time.sleep(0.01)
+        victim = pids(server)[0]
+        os.kill(victim, signal.SIGKILL)
+        with Client(server.addr) as c:  # the other worker answers at once: the dead one's socket is gone
+            assert c.detect(values=[1.0, 1.0, 1.0, 50.0], threshold=1.0).indices == [3]
+        stream.join(120)
+        assert not errors and len(got) == len(data)
+        deadline = time.monotonic() + 60
+        while pids(server)[0] == victim:
+            assert time.monotonic() < deadline, "the killed worker was not replaced"
+            time.sleep(0.1)
+        assert re.search(rf"worker 0 \(pid {victim}\) exited with signal SIGKILL; starting another",
+                         "".join(server.log))
+        reference = CliServer()
+        try:
+            with Client(reference.addr) as c:
+                assert key(got) == key(list(c.session_stream(data, "under-load")))
+        finally:
+            reference.close()
+        assert server.terminate() == 0
+    finally:
+        server.close()
+
+
+def test_sigterm_to_the_parent_stops_every_worker_gracefully(tmp_path):
+    server = workers(tmp_path / "s.db", 0)  # one per core
+    assert f"with {os.cpu_count()} workers" in "".join(server.log)
+    with Client(server.addr) as c:
+        list(c.session_stream(batches_for(5), "closing"))
+    assert server.terminate() == 0
+    log = "".join(server.log)
+    for i in range(os.cpu_count()):
+        assert f"worker {i}: stopped" in log
+    assert "Traceback" not in log
+
+
+def test_workers_need_a_shared_store():
+    with pytest.raises(RuntimeError, match=r"--workers 2 needs a store the workers share"):
+        CliServer("--workers", "2")  # conftest's memory://
