@@ -8,9 +8,9 @@ methods, the status codes), never from a request: no metric name or session name
 of series a scrape returns is bounded whatever clients send. Counting is per call and per batch, never per
 metric.
 
-One process, one registry. With several worker processes (a future --workers N) each worker would keep its own
-counts: prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR) or one metrics port per worker would
-be needed then.
+One process, one registry. With --workers N each worker keeps its own counts and serves them on
+--metrics-port + i (streamer/workers.py), rather than prometheus_client's multiprocess mode: nothing is shared
+on disk, and a replaced worker starts from zero as a restarted process would.
 """
 from __future__ import annotations
 
