@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -235,4 +236,40 @@ func TestStreamKeepsAtMostMaxKeptBytes(t *testing.T) {
 			size, st.Durable())
 	}
 	t.Logf("at most %d bytes kept (limit %d); durable_seq %d", most, limit, st.Durable())
+}
+
+// TestFailoverToAnotherServerOnOneRedis: two servers on one Redis behind a proxy (a load balancer); a stream
+// goes to A; A is killed (kill -9) and the proxy moves to B. The Stream reconnects to B, which takes the
+// session once A's lease expires, from the last snapshot in Redis; the batches after it are sent again, so
+// every answer and the stored state equal, bit for bit, those of a run on a server that never died.
+func TestFailoverToAnotherServerOnOneRedis(t *testing.T) {
+	redis := testserver.StartRedis(t)
+	flags := []string{"--store", redis, "--lease-seconds", "2", "--snapshot-seconds", "0.2"}
+	a, b := testserver.Start(t, flags...), testserver.Start(t, flags...)
+	ctx := testContext(t)
+	batches := seededBatches(300)
+	want, _ := streamAll(t, ctx, b.Addr, "reference", batches, nil, nil)
+
+	proxy := testserver.NewProxy(t, a.Addr)
+	got, st := streamAll(t, ctx, proxy.Addr, "failover", batches, []int{120}, func(int) {
+		a.Stop() // SIGKILL
+		proxy.Retarget(b.Addr)
+		proxy.Cut(0)
+	})
+	if st.Reconnects() < 1 || !strings.Contains(b.Log(), "session 'failover': resumed from the store") {
+		t.Fatalf("%d reconnects; server B's log:\n%s", st.Reconnects(), b.Log())
+	}
+	for i := range want {
+		if !slices.Equal(got[i].GetIndices(), want[i].GetIndices()) ||
+			!outliersEqual(got[i].GetOutliers(), want[i].GetOutliers()) {
+			t.Errorf("batch %d: answer %v, want %v", i, got[i], want[i])
+		}
+	}
+	if err := b.Terminate(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	gotState, wantState := readSession(t, redis, "failover"), readSession(t, redis, "reference")
+	if gotState.Seq != wantState.Seq || !slices.Equal(gotState.Series, wantState.Series) {
+		t.Fatalf("stored state after the failover differs from the reference:\n%+v\n%+v", gotState, wantState)
+	}
 }

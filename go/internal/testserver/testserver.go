@@ -239,7 +239,7 @@ func (s *Server) Port() string {
 // that has not yet noticed the loss.
 type Proxy struct {
 	Addr   string
-	target string
+	target string // guarded by mu
 	ln     net.Listener
 	mu     sync.Mutex
 	pairs  map[*pair]struct{} // open forwarded connections, removed by Cut
@@ -271,7 +271,10 @@ func (p *Proxy) accept() {
 		if err != nil {
 			return
 		}
-		u, err := net.Dial("tcp", p.target)
+		p.mu.Lock()
+		target := p.target
+		p.mu.Unlock()
+		u, err := net.Dial("tcp", target)
 		if err != nil {
 			c.Close()
 			continue
@@ -321,6 +324,13 @@ func (p *Proxy) Cut(serverDelay time.Duration) {
 		server := pr.server
 		time.AfterFunc(serverDelay, func() { server.Close() })
 	}
+}
+
+// Retarget sends the connections accepted from now on to target (a load balancer moving to another server).
+func (p *Proxy) Retarget(target string) {
+	p.mu.Lock()
+	p.target = target
+	p.mu.Unlock()
 }
 
 // Close stops accepting and closes every connection at once.
