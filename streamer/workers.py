@@ -10,12 +10,14 @@ The parent resolves the port once (port 0 included) and keeps it reserved with a
 of its own; starts worker 0 first, which compiles the kernels into numba's cache, then the others, which load
 them from it; logs `streamer ready on HOST:PORT with N workers` once every worker answers; replaces a worker
 that dies; and on SIGTERM or SIGINT passes the signal to every worker (each runs the usual shutdown sequence)
-and exits 0 when the last one has. Worker i logs with a `worker i:` prefix and serves its metrics, if on, on
+and exits 0 when the last one has. A worker whose parent dies (kill -9) gets SIGTERM from the kernel
+(PR_SET_PDEATHSIG) and stops too. Worker i logs with a `worker i:` prefix and serves its metrics, if on, on
 --metrics-port + i.
 """
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import dataclasses
 import logging
 import os
@@ -27,6 +29,7 @@ import time
 
 log = logging.getLogger("streamer")
 
+PR_SET_PDEATHSIG = 1   # prctl(2): the signal a process gets when its parent dies
 CRASH_LOOP = 5         # workers dying within CRASH_SECONDS of their start, in a row, before the parent gives up
 CRASH_SECONDS = 10.0
 
@@ -79,10 +82,16 @@ class Supervisor:
     def _spawn(self, i: int) -> int:
         from streamer.server import serve
         r, w = os.pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
             try:
+                # If the parent dies without passing a signal on (kill -9), its workers stop too, gracefully,
+                # rather than hold the port as orphans.
+                ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+                if os.getppid() != parent:  # it died before prctl
+                    os._exit(0)
                 os.close(r)
                 self.holder.close()
                 for fd in self.ready:

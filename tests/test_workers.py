@@ -110,3 +110,15 @@ def test_sigterm_to_the_parent_stops_every_worker_gracefully(tmp_path):
 def test_workers_need_a_shared_store():
     with pytest.raises(RuntimeError, match=r"--workers 2 needs a store the workers share"):
         CliServer("--workers", "2")  # conftest's memory://
+
+
+def test_workers_stop_when_their_parent_is_killed(tmp_path):
+    server = workers(tmp_path / "s.db")
+    children = list(pids(server).values())
+    server.proc.kill()  # SIGKILL: the parent cannot pass anything on
+    server.proc.wait()
+    deadline = time.monotonic() + 30
+    for pid in children:
+        while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
+            assert time.monotonic() < deadline, f"worker {pid} outlived its parent"
+            time.sleep(0.05)
