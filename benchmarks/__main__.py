@@ -3,8 +3,7 @@
 Runs the kernel micro-benchmarks (and benchmarks/wire_bench.py when it exists) in-process, then starts the
 ceiling, baseline, peer (river, grpc-go) and streamer servers and drives every scenario against each with
 the Python load generator (and the Go one when go/cmd/loadgen exists). Progress goes to stderr; the table
-to stdout; latest.json,
-latest.md and latest.png (plus a timestamped JSON) to the output directory.
+to stdout; latest.json, latest.md and latest.png (plus a timestamped JSON) to the output directory.
 """
 from __future__ import annotations
 
