@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from streamer import kernels
+from streamer import fused, kernels
 from streamer.errors import (AlreadyExists, DetectError, FailedPrecondition, InvalidArgument,
                              ResourceExhausted, Unavailable)
 from streamer.series import SeriesLimitError, SeriesTable
@@ -19,14 +19,7 @@ from streamer.state import (MODE_CUMULATIVE, MODE_EXPONENTIAL, MODE_NAMES, Serie
                             SessionError, SessionRegistry)
 from streamer.wire import Columns, Options, WireError, decode_request, encode_flagged
 
-MAX_NAME_BYTES = 1024
-
-# Bytes an answer can take per metric if every metric is flagged, besides the name's own bytes: the Outlier's
-# tag and length (1 + 2: an Outlier is under 16 KiB), index (1 + 5), name tag and length (1 + 2: names are
-# at most MAX_NAME_BYTES), four doubles (4 * 9), and its entry in the packed indices (5); per answer, the
-# packed field's tag and length (1 + 5) and the batch number (1 + 10).
-_ANSWER_BYTES_PER_METRIC = 53
-_ANSWER_BYTES_FIXED = 17
+MAX_NAME_BYTES = fused.MAX_NAME_BYTES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,9 +69,17 @@ def _decode(buf: bytes, where: str) -> Columns:
     too_long = np.flatnonzero(cols.name_len > MAX_NAME_BYTES)
     if len(too_long):
         i = int(too_long[0])
-        raise InvalidArgument(f"{where}, metric {i}: name is {int(cols.name_len[i])} bytes, "
-                              f"over the limit of {MAX_NAME_BYTES} bytes")
+        raise _name_too_long(where, i, int(cols.name_len[i]))
     return cols
+
+
+def _name_too_long(where: str, i: int, length: int) -> InvalidArgument:
+    return InvalidArgument(f"{where}, metric {i}: name is {length} bytes, over the limit of {MAX_NAME_BYTES} bytes")
+
+
+def _series_limit(where: str, exc: SeriesLimitError) -> ResourceExhausted:
+    return ResourceExhausted(f"{where}, metric {exc.index}: the series limit of {exc.limit} series "
+                             f"(--max-series) is reached; the batch was not applied")
 
 
 def _answer_bound(request_bytes: int, metrics: int) -> int:
@@ -87,7 +88,7 @@ def _answer_bound(request_bytes: int, metrics: int) -> int:
     The names are disjoint spans of the request, so their bytes sum to less than the request's: no pass over
     the batch is needed.
     """
-    return request_bytes + _ANSWER_BYTES_PER_METRIC * metrics + _ANSWER_BYTES_FIXED
+    return request_bytes + fused.ANSWER_BYTES_PER_METRIC * metrics + fused.ANSWER_BYTES_FIXED
 
 
 def _too_large(where: str, size: int, outliers: int, limit: int) -> str:
@@ -99,8 +100,7 @@ def _intern(table: SeriesTable, cols: Columns, where: str) -> np.ndarray:
     try:
         return table.intern(cols.buf, cols.name_start, cols.name_len, cols.name_hash)
     except SeriesLimitError as exc:
-        raise ResourceExhausted(f"{where}, metric {exc.index}: the series limit of {exc.limit} series "
-                                f"(--max-series) is reached; the batch was not applied") from None
+        raise _series_limit(where, exc) from None
 
 
 class _Scratch:
@@ -165,15 +165,15 @@ class StreamDetector:
         self._session_name = ""
         self._made_session = False
         self._scratch = _Scratch()
+        self._pass = fused.StreamPass()
 
     def process(self, buf: bytes) -> bytes:
         """Answer one request of the stream; raise DetectError (state untouched) if it cannot be applied."""
         where = f"batch {self.batch}"
-        cols = _decode(buf, where)
+        cols = None  # a later request is decoded in _apply, by the fused pass
         if self.state is None:
+            cols = _decode(buf, where)
             self._start(cols, where)
-        else:
-            self._check_same(cols, where)
         if self.session is None:
             return self._apply(buf, cols, where)
         if self.session.lost:
@@ -184,8 +184,26 @@ class StreamDetector:
             self.session.changed = True
         return out
 
-    def _apply(self, buf: bytes, cols: Columns, where: str) -> bytes:
+    def _apply(self, buf: bytes, cols: Columns | None, where: str) -> bytes:
         state, params = self.state, self.params
+        # --- the fused pass (issue 14): a later request in one compiled call; None when it needs the stages below
+        if cols is None:
+            try:
+                out = self._pass.run(buf, state, params.mode == MODE_EXPONENTIAL, params.alpha, params.threshold,
+                                     params.warmup, params.exclude_outliers, self.batch,
+                                     self.defaults.max_response_bytes)
+            except WireError as exc:
+                raise InvalidArgument(f"{where}: {exc}") from None
+            except fused.NameTooLong as exc:
+                raise _name_too_long(where, exc.index, exc.length) from None
+            except SeriesLimitError as exc:
+                raise _series_limit(where, exc) from None
+            if out is not None:
+                self.batch += 1
+                return out
+            cols = _decode(buf, where)  # options or a session again, or an answer that might be too large
+            self._check_same(cols, where)
+        # --- end of the fused pass
         n = len(cols)
         # The kernels update the state in place, and only the encoded answer tells whether grpc can send it.
         # When even an answer flagging every metric fits (nearly every batch), nothing is staged: this costs a

@@ -351,6 +351,19 @@ def _decode(b, cols, st):
     return 0, i, st[_HAS_OPTIONS], st[_SESSION_LEN]
 
 
+def wire_error(st: np.ndarray, code: int) -> WireError:
+    """The WireError for _decode's return `code` < 0, naming the metric and byte st says it stopped at."""
+    pos, bad = int(st[_POS]), int(st[_BAD_METRIC])
+    where = f"metric {bad - 1} (at byte {pos})" if bad else f"at byte {pos}"
+    return WireError(f"request is not a valid OutliersRequest: {where}: {ERRORS[-code]}")
+
+
+def options_of(st: np.ndarray) -> Options:
+    """The DetectOptions _decode read into st."""
+    threshold, alpha = st[_THRESHOLD:_ALPHA + 1].view(np.float64).tolist()
+    return Options(threshold, int(st[_WARMUP]), int(st[_MODE]), alpha, bool(st[_EXCLUDE]))
+
+
 def decode_request(buf: bytes) -> Columns:
     """Decode an OutliersRequest; raise WireError on bytes the protobuf library would reject."""
     if type(buf) is not bytes:
@@ -370,13 +383,8 @@ def decode_request(buf: bytes) -> Columns:
         cols = grown
         code, n, has_options, has_session = _decode(buf, cols, st)
     if code < 0:
-        pos, bad = int(st[_POS]), int(st[_BAD_METRIC])
-        where = f"metric {bad - 1} (at byte {pos})" if bad else f"at byte {pos}"
-        raise WireError(f"request is not a valid OutliersRequest: {where}: {ERRORS[-code]}")
-    options = None
-    if has_options:
-        threshold, alpha = st[_THRESHOLD:_ALPHA + 1].view(np.float64).tolist()
-        options = Options(threshold, int(st[_WARMUP]), int(st[_MODE]), alpha, bool(st[_EXCLUDE]))
+        raise wire_error(st, code)
+    options = options_of(st) if has_options else None
     session = ""
     if has_session:
         start = int(st[_SESSION_START])
