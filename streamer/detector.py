@@ -170,10 +170,11 @@ class StreamDetector:
     def process(self, buf: bytes) -> bytes:
         """Answer one request of the stream; raise DetectError (state untouched) if it cannot be applied."""
         where = f"batch {self.batch}"
-        cols = None  # a later request is decoded in _apply, by the fused pass
+        cols = self._decode(buf, where)
         if self.state is None:
-            cols = _decode(buf, where)
             self._start(cols, where)
+        else:
+            self._check_same(cols, where)
         if self.session is None:
             return self._apply(buf, cols, where)
         if self.session.lost:
@@ -184,41 +185,36 @@ class StreamDetector:
             self.session.changed = True
         return out
 
-    def _apply(self, buf: bytes, cols: Columns | None, where: str) -> bytes:
+    def _decode(self, buf: bytes, where: str) -> fused.Head:
+        try:
+            return self._pass.decode(buf)
+        except WireError as exc:
+            raise InvalidArgument(f"{where}: {exc}") from None
+        except fused.NameTooLong as exc:
+            raise _name_too_long(where, exc.index, exc.length) from None
+
+    def _apply(self, buf: bytes, cols: fused.Head, where: str) -> bytes:
         state, params = self.state, self.params
-        # --- the fused pass (issue 14): a later request in one compiled call; None when it needs the stages below
-        if cols is None:
+        # The kernels update the state in place, and only the encoded answer tells whether grpc can send it.
+        # When even an answer flagging every metric fits (nearly every batch), nothing is staged: the fused
+        # pass interns, judges and encodes in one compiled call. Otherwise the stages run one by one, with the
+        # table's length and the batch's slots saved, to be restored if the answer turns out too large.
+        limit = self.defaults.max_response_bytes
+        if _answer_bound(len(buf), len(cols)) <= limit:
             try:
-                out = self._pass.run(buf, state, params.mode == MODE_EXPONENTIAL, params.alpha, params.threshold,
-                                     params.warmup, params.exclude_outliers, self.batch,
-                                     self.defaults.max_response_bytes)
-            except WireError as exc:
-                raise InvalidArgument(f"{where}: {exc}") from None
-            except fused.NameTooLong as exc:
-                raise _name_too_long(where, exc.index, exc.length) from None
+                out = self._pass.apply(state, params.mode == MODE_EXPONENTIAL, params.alpha, params.threshold,
+                                       params.warmup, params.exclude_outliers, self.batch)
             except SeriesLimitError as exc:
                 raise _series_limit(where, exc) from None
-            if out is not None:
-                self.batch += 1
-                return out
-            cols = _decode(buf, where)  # options or a session again, or an answer that might be too large
-            self._check_same(cols, where)
-        # --- end of the fused pass
-        n = len(cols)
-        # The kernels update the state in place, and only the encoded answer tells whether grpc can send it.
-        # When even an answer flagging every metric fits (nearly every batch), nothing is staged: this costs a
-        # few integer operations. Otherwise the table's length and the batch's slots are saved, to be restored
-        # if the answer turns out too large.
-        limit = self.defaults.max_response_bytes
-        staged = _answer_bound(len(buf), n) > limit
-        if staged:
-            known = len(state.table)
+            self.batch += 1
+            return out
+        cols = self._pass.columns()
+        known = len(state.table)
         ids = _intern(state.table, cols, where)
         state.reserve(len(state.table))
-        self._scratch.ensure(n)
+        self._scratch.ensure(len(cols))
         s = self._scratch
-        if staged:
-            saved = state.count[ids], state.mean[ids], state.spread[ids]  # copies (fancy indexing)
+        saved = state.count[ids], state.mean[ids], state.spread[ids]  # copies (fancy indexing)
         if params.mode == MODE_EXPONENTIAL:
             k = kernels.ewm_update(ids, cols.values, state.count, state.mean, state.spread, params.alpha,
                                    params.threshold, params.warmup, params.exclude_outliers,
@@ -228,7 +224,7 @@ class StreamDetector:
                                        params.threshold, params.warmup, params.exclude_outliers,
                                        s.idx, s.mean, s.std, s.z)
         out = s.encode(self.batch, k, cols, ids, state.table)
-        if staged and len(out) > limit:
+        if len(out) > limit:
             # Repeated ids restore the same saved values; new series go back to the zeros reserve() gave them.
             state.count[ids], state.mean[ids], state.spread[ids] = saved
             state.table.truncate(known)
@@ -236,7 +232,7 @@ class StreamDetector:
         self.batch += 1
         return out
 
-    def _start(self, cols: Columns, where: str) -> None:
+    def _start(self, cols: fused.Head, where: str) -> None:
         params = resolve(cols.options, self.defaults, where)
         if len(cols.session.encode()) > MAX_NAME_BYTES:
             raise InvalidArgument(f"{where}: session name is {len(cols.session.encode())} bytes, over the "
@@ -254,7 +250,7 @@ class StreamDetector:
         self.options, self.params, self._session_name = cols.options, params, cols.session
         self._made_session = self.session is not None and len(self.state.table) == 0
 
-    def _check_same(self, cols: Columns, where: str) -> None:
+    def _check_same(self, cols: fused.Head, where: str) -> None:
         if cols.options is not None and resolve(cols.options, self.defaults, where) != self.params:
             raise InvalidArgument(f"{where}: options differ from the stream's first request ({self.options}); "
                                   f"a stream keeps one set of options, open a new stream to change them")
