@@ -31,11 +31,11 @@ from benchmarks.servers import ROOT, ServerProcess
 TICK = os.sysconf("SC_CLK_TCK")
 PY_SPY = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
 
-# py-spy frames (innermost first match wins, searched from the leaf up) -> what the sample is doing.
+# py-spy frames -> what the sample is doing: the first entry found anywhere in a stack names it.
 CATEGORIES = (
+    ("StreamPass.decode", "pipeline: fused pass, decode (one numba call)"),
+    ("StreamPass.apply", "pipeline: fused pass, intern + judge + encode (one numba call)"),
     ("decode_request", "pipeline: decode"),
-    ("detect_stream_pass", "pipeline: fused pass"),
-    ("detect_pass", "pipeline: fused pass"),
     ("SeriesTable.intern", "pipeline: intern"),
     ("welford_update", "pipeline: kernel"),
     ("detect_batch", "pipeline: kernel"),
