@@ -21,6 +21,13 @@ from streamer.wire import Columns, Options, WireError, decode_request, encode_fl
 
 MAX_NAME_BYTES = fused.MAX_NAME_BYTES
 
+# Bytes an answer can take per metric if every metric is flagged, besides the name's own bytes: the Outlier's
+# tag and length (1 + 2: an Outlier is under 16 KiB), index (1 + 5), name tag and length (1 + 2: names are
+# at most MAX_NAME_BYTES), four doubles (4 * 9), and its entry in the packed indices (5); per answer, the
+# packed field's tag and length (1 + 5) and the batch number (1 + 10).
+_ANSWER_BYTES_PER_METRIC = 53
+_ANSWER_BYTES_FIXED = 17
+
 
 @dataclasses.dataclass(frozen=True)
 class Defaults:
@@ -88,7 +95,7 @@ def _answer_bound(request_bytes: int, metrics: int) -> int:
     The names are disjoint spans of the request, so their bytes sum to less than the request's: no pass over
     the batch is needed.
     """
-    return request_bytes + fused.ANSWER_BYTES_PER_METRIC * metrics + fused.ANSWER_BYTES_FIXED
+    return request_bytes + _ANSWER_BYTES_PER_METRIC * metrics + _ANSWER_BYTES_FIXED
 
 
 def _too_large(where: str, size: int, outliers: int, limit: int) -> str:

@@ -27,13 +27,6 @@ from streamer.wire.primitives import HASH_SEED
 
 MAX_NAME_BYTES = 1024  # detector.MAX_NAME_BYTES is this one
 
-# Bytes an answer can take per metric if every metric is flagged, besides the name's own bytes: the Outlier's
-# tag and length (1 + 2: an Outlier is under 16 KiB), index (1 + 5), name tag and length (1 + 2: names are
-# at most MAX_NAME_BYTES), four doubles (4 * 9), and its entry in the packed indices (5); per answer, the
-# packed field's tag and length (1 + 5) and the batch number (1 + 10).
-ANSWER_BYTES_PER_METRIC = 53
-ANSWER_BYTES_FIXED = 17
-
 # Slots of the pass's state array after the decoder's own (decode._STATE_SIZE of them).
 _PHASE, _N, _I, _COUNT, _USED, _K, _SIZE, _WHY = range(decode._STATE_SIZE, decode._STATE_SIZE + 8)
 _STATE_SIZE = decode._STATE_SIZE + 8
@@ -59,8 +52,7 @@ def _decode_pass(b, cols, st, resume, seed):
         if cols[1, i] > MAX_NAME_BYTES:
             st[_I] = i
             return NAME_TOO_LONG
-    st[_N] = n
-    st[_PHASE] = _INTERN
+    st[_N] = n  # and st[_PHASE] is _INTERN (0)
     return DONE
 
 
