@@ -131,14 +131,60 @@ func (w *welford) add(x float64) {
 	w.m2 += d * (x - w.mean)
 }
 
+// stream is one DetectStream call's rule and the Welford state of each series it has seen.
+type stream struct {
+	series  map[string]*welford
+	k       float64
+	need    int64
+	exclude bool
+}
+
+func newStream(o *pb.DetectOptions) (*stream, error) {
+	k, err := threshold(o)
+	if err != nil {
+		return nil, err
+	}
+	need := max(int64(o.GetWarmup()), 2)
+	if o.GetWarmup() == 0 {
+		need = defaultWarmup
+	}
+	return &stream{series: map[string]*welford{}, k: k, need: need, exclude: o.GetExcludeOutliers()}, nil
+}
+
+// judge answers one request: each finite value scored against its series' state before it is added.
+func (s *stream) judge(req *pb.OutliersRequest, batch uint64) *pb.OutliersResponse {
+	resp := &pb.OutliersResponse{Batch: batch}
+	for i, m := range req.Metrics {
+		x := m.Value
+		if !finite(x) {
+			continue
+		}
+		w := s.series[m.Name]
+		if w == nil {
+			w = &welford{}
+			s.series[m.Name] = w
+		}
+		flagged := false
+		if w.n >= s.need {
+			std := math.Sqrt(w.m2 / float64(w.n))
+			if math.Abs(x-w.mean) > s.k*std {
+				flagged = true
+				resp.Indices = append(resp.Indices, int32(i))
+				resp.Outliers = append(resp.Outliers, outlier(i, m, w.mean, std))
+			}
+		}
+		if !flagged || !s.exclude {
+			w.add(x)
+		}
+	}
+	return resp
+}
+
 // DetectStream judges every batch against each name's history in this stream, in order.
-func (server) DetectStream(stream pb.Outliers_DetectStreamServer) error {
-	series := map[string]*welford{}
-	var k float64
-	var need int64
-	var exclude bool
+func (server) DetectStream(st pb.Outliers_DetectStreamServer) error {
+	var s *stream
 	for batch := uint64(0); ; batch++ {
-		req, err := stream.Recv()
+		req, err := st.Recv()
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
@@ -146,44 +192,14 @@ func (server) DetectStream(stream pb.Outliers_DetectStreamServer) error {
 			return err
 		}
 		if batch == 0 {
-			o := req.Options
-			if req.Session != "" || o.GetMode() == pb.Mode_MODE_EXPONENTIAL {
+			if req.Session != "" || req.Options.GetMode() == pb.Mode_MODE_EXPONENTIAL {
 				return status.Error(codes.Unimplemented, "the grpc-go peer keeps no sessions and only MODE_CUMULATIVE")
 			}
-			if k, err = threshold(o); err != nil {
+			if s, err = newStream(req.Options); err != nil {
 				return err
 			}
-			need = max(int64(o.GetWarmup()), 2)
-			if o.GetWarmup() == 0 {
-				need = defaultWarmup
-			}
-			exclude = o.GetExcludeOutliers()
 		}
-		resp := &pb.OutliersResponse{Batch: batch}
-		for i, m := range req.Metrics {
-			x := m.Value
-			if !finite(x) {
-				continue
-			}
-			w := series[m.Name]
-			if w == nil {
-				w = &welford{}
-				series[m.Name] = w
-			}
-			flagged := false
-			if w.n >= need {
-				std := math.Sqrt(w.m2 / float64(w.n))
-				if math.Abs(x-w.mean) > k*std {
-					flagged = true
-					resp.Indices = append(resp.Indices, int32(i))
-					resp.Outliers = append(resp.Outliers, outlier(i, m, w.mean, std))
-				}
-			}
-			if !flagged || !exclude {
-				w.add(x)
-			}
-		}
-		if err := stream.Send(resp); err != nil {
+		if err := st.Send(s.judge(req, batch)); err != nil {
 			return err
 		}
 	}

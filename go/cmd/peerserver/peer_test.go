@@ -15,6 +15,8 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/streamer-dev/streamer/go/internal/testserver"
 	"github.com/streamer-dev/streamer/go/pb"
@@ -70,7 +72,7 @@ func batches(seed uint64, n, size, names int) []*pb.OutliersRequest {
 	return out
 }
 
-func stream(t *testing.T, c pb.OutliersClient, reqs []*pb.OutliersRequest) []*pb.OutliersResponse {
+func streamAll(t *testing.T, c pb.OutliersClient, reqs []*pb.OutliersRequest) []*pb.OutliersResponse {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -126,7 +128,7 @@ func TestThePeerAnswersAsStreamer(t *testing.T) {
 		t.Run(fmt.Sprintf("stream %v", opts), func(t *testing.T) {
 			reqs := batches(1, 20, 500, 7)
 			reqs[0].Options = opts
-			want, got := stream(t, streamer, reqs), stream(t, peer, reqs)
+			want, got := streamAll(t, streamer, reqs), streamAll(t, peer, reqs)
 			flagged := 0
 			for b := range want {
 				flagged += same(t, fmt.Sprintf("batch %d", b), want[b], got[b])
@@ -158,4 +160,32 @@ func TestThePeerAnswersAsStreamer(t *testing.T) {
 			t.Fatal("nothing flagged")
 		}
 	})
+}
+
+// BenchmarkStreamBatch is the peer's own work per batch of 1 000 metrics with timestamps (what the Go load
+// generator sends), without the transport: unmarshal the request, judge it, marshal the answer.
+func BenchmarkStreamBatch(b *testing.B) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	req := &pb.OutliersRequest{}
+	for i := range 1000 {
+		req.Metrics = append(req.Metrics, &pb.Metric{Name: fmt.Sprintf("series-%05d", i%4), Value: 50 + 10*rng.NormFloat64(),
+			Time: timestamppb.New(time.Unix(1_700_000_000, int64(i)*1_000_000))})
+	}
+	frame, err := proto.Marshal(req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, _ := newStream(nil)
+	b.SetBytes(int64(len(frame)))
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		var r pb.OutliersRequest
+		if err := proto.Unmarshal(frame, &r); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := proto.Marshal(s.judge(&r, uint64(i))); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/1000, "ns/metric")
 }
