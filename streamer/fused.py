@@ -154,15 +154,12 @@ class StreamPass:
             raise NameTooLong(i, int(self._cols[1, i]))
         if why < 0:
             raise decode.wire_error(st, why)
-        has_options, session_len = st[decode._HAS_OPTIONS], st[decode._SESSION_LEN]
-        session = ""
-        if session_len:
-            start = int(st[decode._SESSION_START])
-            session = b[start:start + int(session_len)].decode()
-        return Head(int(st[_N]), decode.options_of(st) if has_options else None, session)
+        return Head(int(st[_N]), decode.options_of(st) if st[decode._HAS_OPTIONS] else None,
+                    decode.session_of(b, st))
 
     def columns(self) -> Columns:
-        """The decoded request as decode_request gives it (views of this pass's buffers, until the next decode)."""
+        """The decoded metrics as decode_request gives them (views of this pass's buffers, valid until the next
+        decode(); options and session are the Head's)."""
         n, cols = int(self._st[_N]), self._cols
         return Columns(self._buf, cols[0, :n], cols[1, :n], cols[2, :n].view(np.float64), cols[3, :n], None, "",
                        cols[4, :n])
@@ -172,6 +169,7 @@ class StreamPass:
         """Apply the decoded request to `state` (a SeriesState, whose table is keyed with HASH_SEED) and return
         its answer; raise SeriesLimitError with state and table untouched."""
         table, st, b = state.table, self._st, self._buf
+        st[_PHASE], st[_I] = _INTERN, 0  # from the first metric, even if an earlier apply() was rejected
         known = st[_COUNT] = table._count
         st[_USED] = table._used
         while True:

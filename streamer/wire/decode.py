@@ -364,6 +364,12 @@ def options_of(st: np.ndarray) -> Options:
     return Options(threshold, int(st[_WARMUP]), int(st[_MODE]), alpha, bool(st[_EXCLUDE]))
 
 
+def session_of(buf: bytes, st: np.ndarray) -> str:
+    """The session _decode read from `buf` into st ("" when none was sent)."""
+    start, size = int(st[_SESSION_START]), int(st[_SESSION_LEN])
+    return buf[start:start + size].decode() if size else ""
+
+
 def decode_request(buf: bytes) -> Columns:
     """Decode an OutliersRequest; raise WireError on bytes the protobuf library would reject."""
     if type(buf) is not bytes:
@@ -385,9 +391,5 @@ def decode_request(buf: bytes) -> Columns:
     if code < 0:
         raise wire_error(st, code)
     options = options_of(st) if has_options else None
-    session = ""
-    if has_session:
-        start = int(st[_SESSION_START])
-        session = buf[start:start + int(st[_SESSION_LEN])].decode()
-    return Columns(buf, cols[0, :n], cols[1, :n], cols[2, :n].view(np.float64), cols[3, :n], options, session,
-                   cols[4, :n])
+    return Columns(buf, cols[0, :n], cols[1, :n], cols[2, :n].view(np.float64), cols[3, :n], options,
+                   session_of(buf, st), cols[4, :n])
