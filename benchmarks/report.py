@@ -8,8 +8,11 @@ from importlib import metadata
 
 from benchmarks.servers import ROOT
 
-SERVERS = ("ceiling", "baseline", "streamer")
-COLORS = {"ceiling": "tab:gray", "baseline": "tab:red", "streamer": "tab:blue"}
+SERVERS = ("ceiling", "baseline", "river", "grpc-go", "streamer")
+COLORS = {"ceiling": "tab:gray", "baseline": "tab:red", "river": "tab:green", "grpc-go": "tab:cyan",
+          "streamer": "tab:blue"}
+# the ratios each result gets: to the transport's ceiling, to the original approach, to the Go engineer's peer
+REFERENCES = ("ceiling", "baseline", "grpc-go")
 
 
 def machine() -> dict:
@@ -56,13 +59,13 @@ def versions() -> dict:
 
 
 def add_ratios(results: list[dict]) -> None:
-    """ratio_to_ceiling and ratio_to_baseline of metrics/s, per scenario and load generator (same client)."""
+    """ratio_to_<reference> of metrics/s for each of REFERENCES that ran, per scenario and load generator."""
     rate = {(r["scenario"]["name"], r["loadgen"], r["server"]): r["metrics_per_s"]
             for r in results if "metrics_per_s" in r}
     for r in results:
         if "metrics_per_s" not in r:
             continue
-        for other in ("ceiling", "baseline"):
+        for other in REFERENCES:
             base = rate.get((r["scenario"]["name"], r["loadgen"], other))
             if base:
                 r[f"ratio_to_{other}"] = r["metrics_per_s"] / base
@@ -92,8 +95,8 @@ def _cores(cpu: dict) -> str:
 def table(results: list[dict]) -> str:
     """Markdown table, one row per scenario, server and load generator, in run order."""
     lines = ["| scenario | server | client | metrics/s | batches/s | p50 ms | p99 ms | vs ceiling | vs baseline "
-             "| CPU server/client |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| vs grpc-go | CPU server/client |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     order = {name: i for i, name in enumerate(SERVERS)}
     seen = []
     for r in results:
@@ -106,12 +109,13 @@ def table(results: list[dict]) -> str:
         for n, r in enumerate(rows):
             label = r["scenario"]["label"] if n == 0 else ""
             if "error" in r:
-                lines.append(f"| {label} | {r['server']} | {loadgen} | error: {r['error'][:80]} | | | | | | |")
+                lines.append(f"| {label} | {r['server']} | {loadgen} | error: {r['error'][:80]} | | | | | | | |")
                 continue
             lat = r.get("latency_ms", {})
             lines.append(f"| {label} | {r['server']} | {loadgen} | {_si(r['metrics_per_s'])} | "
                          f"{_si(r['batches_per_s'])} | {_ms(lat.get('p50'))} | {_ms(lat.get('p99'))} | "
                          f"{_ratio(r.get('ratio_to_ceiling'))} | {_ratio(r.get('ratio_to_baseline'))} | "
+                         f"{_ratio(r.get('ratio_to_grpc-go'))} | "
                          f"{_cores(r.get('cpu', {}))} |")
     return "\n".join(lines)
 

@@ -1,8 +1,9 @@
-"""The servers under test, each in its own process on a free loopback port: streamer, baseline, ceiling."""
+"""The servers under test, each in its own process on a free loopback port: streamer, its peers, baseline, ceiling."""
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,19 +14,41 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"ready on (\S+):(\d+)")
 
-# name -> command (after the interpreter); every one listens on 127.0.0.1 with a port the OS picks and
-# logs "... ready on HOST:PORT" to stderr once it answers.
+# name -> command (after the Python interpreter, or GO_PEER's binary for "grpc-go"); every one
+# listens on 127.0.0.1 with a port the OS picks and logs "... ready on HOST:PORT" to stderr once it answers.
 COMMANDS = {
     "ceiling": ["-m", "benchmarks.ceiling_server", "--host", "127.0.0.1", "--port", "0"],
     "baseline": ["-m", "benchmarks.baseline_server", "--host", "127.0.0.1", "--port", "0"],
+    "river": ["-m", "benchmarks.river_server", "--host", "127.0.0.1", "--port", "0"],
+    "grpc-go": ["-host", "127.0.0.1", "-port", "0"],
     "streamer": ["-m", "streamer", "serve", "--host", "127.0.0.1", "--port", "0", "--store", "memory://",
                  "--metrics-port", "0", "--log-level", "info"],
 }
 DESCRIPTIONS = {
     "ceiling": "grpc.aio, raw bytes in, b\"\" out, no parsing: what the transport and client allow",
     "baseline": "sync grpc thread pool, generated servicer, values read per metric attribute, 2-sigma rule",
+    "river": "grpc.aio, generated servicer, one river.stats.Var per series: streamer's rules in plain Python",
+    "grpc-go": "grpc-go, generated messages, a Go map of Welford accumulators: streamer's rules in plain Go",
     "streamer": "streamer serve (grpc.aio, numba wire decoder and kernels)",
 }
+
+
+GO_PEER = ROOT / "go" / "cmd" / "peerserver"
+_go_peer_binary: list[str] = []  # built once per process
+
+
+def go_peer_binary() -> str:
+    """go/cmd/peerserver built into a temporary directory (once); RuntimeError if it cannot be."""
+    if not _go_peer_binary:
+        if shutil.which("go") is None:
+            raise RuntimeError("`go` is not on PATH: no grpc-go peer")
+        binary = Path(tempfile.mkdtemp(prefix="streamer-peer-")) / "peerserver"
+        build = subprocess.run(["go", "build", "-o", str(binary), "./cmd/peerserver"], cwd=GO_PEER.parent.parent,
+                               capture_output=True, text=True, timeout=600)
+        if build.returncode != 0:
+            raise RuntimeError(f"go build ./cmd/peerserver failed:\n{build.stderr.strip()[-2000:]}")
+        _go_peer_binary.append(str(binary))
+    return _go_peer_binary[0]
 
 
 class ServerProcess:
@@ -38,7 +61,8 @@ class ServerProcess:
     def __init__(self, name: str, timeout: float = 180.0, args: tuple[str, ...] = (),
                  env: dict[str, str] | None = None, log_path: Path | None = None):
         self.name = name
-        self.command = [sys.executable, *COMMANDS[name], *args]  # a flag in `args` overrides COMMANDS' own
+        program = [go_peer_binary()] if name == "grpc-go" else [sys.executable]
+        self.command = [*program, *COMMANDS[name], *args]  # a flag in `args` overrides COMMANDS' own
         self._keep_log = log_path is not None
         self.log_path = Path(log_path or tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
         with open(self.log_path, "w") as log:

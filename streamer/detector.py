@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from streamer import kernels
+from streamer import fused, kernels
 from streamer.errors import (AlreadyExists, DetectError, FailedPrecondition, InvalidArgument,
                              ResourceExhausted, Unavailable)
 from streamer.series import SeriesLimitError, SeriesTable
@@ -21,7 +21,7 @@ from streamer.state import (MODE_CUMULATIVE, MODE_EXPONENTIAL, MODE_NAMES, Serie
 from streamer.wire import (TRAILER_BYTES, Columns, Options, WireError, decode_request, encode_flagged,
                            encode_trailer)
 
-MAX_NAME_BYTES = 1024
+MAX_NAME_BYTES = fused.MAX_NAME_BYTES
 
 # Bytes an answer can take per metric if every metric is flagged, besides the name's own bytes: the Outlier's
 # tag and length (1 + 2: an Outlier is under 16 KiB), index (1 + 5), name tag and length (1 + 2: names are
@@ -78,9 +78,17 @@ def _decode(buf: bytes, where: str) -> Columns:
     too_long = np.flatnonzero(cols.name_len > MAX_NAME_BYTES)
     if len(too_long):
         i = int(too_long[0])
-        raise InvalidArgument(f"{where}, metric {i}: name is {int(cols.name_len[i])} bytes, "
-                              f"over the limit of {MAX_NAME_BYTES} bytes")
+        raise _name_too_long(where, i, int(cols.name_len[i]))
     return cols
+
+
+def _name_too_long(where: str, i: int, length: int) -> InvalidArgument:
+    return InvalidArgument(f"{where}, metric {i}: name is {length} bytes, over the limit of {MAX_NAME_BYTES} bytes")
+
+
+def _series_limit(where: str, exc: SeriesLimitError) -> ResourceExhausted:
+    return ResourceExhausted(f"{where}, metric {exc.index}: the series limit of {exc.limit} series "
+                             f"(--max-series) is reached; the batch was not applied")
 
 
 def _answer_bound(request_bytes: int, metrics: int) -> int:
@@ -101,8 +109,7 @@ def _intern(table: SeriesTable, cols: Columns, where: str) -> np.ndarray:
     try:
         return table.intern(cols.buf, cols.name_start, cols.name_len, cols.name_hash)
     except SeriesLimitError as exc:
-        raise ResourceExhausted(f"{where}, metric {exc.index}: the series limit of {exc.limit} series "
-                                f"(--max-series) is reached; the batch was not applied") from None
+        raise _series_limit(where, exc) from None
 
 
 class _Scratch:
@@ -177,6 +184,7 @@ class StreamDetector:
         self._scratch = _Scratch()
         self._seq = 0  # a private stream's applied seq (a session keeps its own)
         self._ephemeral = not sessions.store.durable  # a session's answers: its state is in no durable store
+        self._pass = fused.StreamPass()
 
     def process(self, buf: bytes) -> bytes:
         """Answer one request of the stream; raise DetectError (state untouched) if it cannot be applied.
@@ -185,7 +193,7 @@ class StreamDetector:
         as `duplicate` (with its first answer when the session still keeps it) and changes nothing.
         """
         where = f"batch {self.batch}"
-        cols = _decode(buf, where)
+        cols = self._decode(buf, where)
         if self.state is None:
             self._start(cols, where)
         else:
@@ -223,25 +231,38 @@ class StreamDetector:
         self.batch += 1
         return out
 
-    def _apply(self, buf: bytes, cols: Columns, where: str, batch: int, trailer: bytes = b"") -> bytes:
+    def _decode(self, buf: bytes, where: str) -> fused.Head:
+        try:
+            return self._pass.decode(buf)
+        except WireError as exc:
+            raise InvalidArgument(f"{where}: {exc}") from None
+        except fused.NameTooLong as exc:
+            raise _name_too_long(where, exc.index, exc.length) from None
+
+    def _apply(self, buf: bytes, cols: fused.Head, where: str, batch: int, trailer: bytes = b"") -> bytes:
         """Apply the batch to the state; its answer: the outliers, `batch` as its number (0: none written),
         then `trailer` (the sequence fields)."""
         state, params = self.state, self.params
-        n = len(cols)
         # The kernels update the state in place, and only the encoded answer tells whether grpc can send it.
-        # When even an answer flagging every metric fits (nearly every batch), nothing is staged: this costs a
-        # few integer operations. Otherwise the table's length and the batch's slots are saved, to be restored
-        # if the answer turns out too large.
+        # When even an answer flagging every metric fits (nearly every batch), nothing is staged: the fused
+        # pass interns, judges and encodes in one compiled call. Otherwise the stages run one by one, with the
+        # table's length and the batch's slots saved, to be restored if the answer turns out too large.
         limit = self.defaults.max_response_bytes
-        staged = _answer_bound(len(buf), n) > limit
-        if staged:
-            known = len(state.table)
+        if _answer_bound(len(buf), len(cols)) <= limit:
+            try:
+                out = self._pass.apply(state, params.mode == MODE_EXPONENTIAL, params.alpha, params.threshold,
+                                       params.warmup, params.exclude_outliers, batch)
+            except SeriesLimitError as exc:
+                raise _series_limit(where, exc) from None
+            self.on_batch(len(cols), self._pass.flagged())
+            return out + trailer if trailer else out
+        cols = self._pass.columns()
+        known = len(state.table)
         ids = _intern(state.table, cols, where)
         state.reserve(len(state.table))
-        self._scratch.ensure(n)
+        self._scratch.ensure(len(cols))
         s = self._scratch
-        if staged:
-            saved = state.count[ids], state.mean[ids], state.spread[ids]  # copies (fancy indexing)
+        saved = state.count[ids], state.mean[ids], state.spread[ids]  # copies (fancy indexing)
         if params.mode == MODE_EXPONENTIAL:
             k = kernels.ewm_update(ids, cols.values, state.count, state.mean, state.spread, params.alpha,
                                    params.threshold, params.warmup, params.exclude_outliers,
@@ -253,15 +274,15 @@ class StreamDetector:
         out = s.encode(batch, k, cols, ids, state.table)
         if trailer:
             out += trailer
-        if staged and len(out) > limit:
+        if len(out) > limit:
             # Repeated ids restore the same saved values; new series go back to the zeros reserve() gave them.
             state.count[ids], state.mean[ids], state.spread[ids] = saved
             state.table.truncate(known)
             raise ResourceExhausted(f"{_too_large(where, len(out), k, limit)}; the batch was not applied")
-        self.on_batch(n, k)
+        self.on_batch(len(cols), k)
         return out
 
-    def _start(self, cols: Columns, where: str) -> None:
+    def _start(self, cols: fused.Head, where: str) -> None:
         params = resolve(cols.options, self.defaults, where)
         if len(cols.session.encode()) > MAX_NAME_BYTES:
             raise InvalidArgument(f"{where}: session name is {len(cols.session.encode())} bytes, over the "
@@ -279,7 +300,7 @@ class StreamDetector:
         self.options, self.params, self._session_name = cols.options, params, cols.session
         self._made_session = self.session is not None and len(self.state.table) == 0
 
-    def _check_same(self, cols: Columns, where: str) -> None:
+    def _check_same(self, cols: fused.Head, where: str) -> None:
         if cols.options is not None and resolve(cols.options, self.defaults, where) != self.params:
             raise InvalidArgument(f"{where}: options differ from the stream's first request ({self.options}); "
                                   f"a stream keeps one set of options, open a new stream to change them")

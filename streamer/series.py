@@ -201,23 +201,30 @@ class SeriesTable:
                 self._offsets, self._lengths, self._arena, self._count, self._used, self.limit, self._hash_mask)
             if status == _DONE:
                 return ids
-            if status == _GROW_SLOTS:
-                n = 2 * len(self._offsets)
-                self._hashes, self._offsets, self._lengths = (_grown(a, n) for a in
-                                                              (self._hashes, self._offsets, self._lengths))
-            elif status == _GROW_ARENA:
-                need = self._used + int(name_len[i]) + _PAD
-                self._arena = _grown(self._arena, max(2 * len(self._arena), need))
-            elif status == _GROW_TABLE:
-                self._shift -= 1  # twice the entries, each a (hash, slot) pair of int64s
-                self._table = np.zeros(2 * len(self._table), dtype=np.int64)
-                self._table[1::2] = _EMPTY
-                _rehash(self._table, self._shift, self._hashes, self._count)
-            else:
+            if not self._grow(status, int(name_len[i])):
                 self.truncate(first)
                 if status == _BAD_SPAN:
                     raise ValueError(f"name {i}: span [{name_start[i]}, +{name_len[i]}) is outside the buffer")
                 raise SeriesLimitError(i, self.limit)
+
+    def _grow(self, status: int, name_len: int) -> bool:
+        """Make the room _intern stopped for (`name_len`: the length of the name it was adding); False when it
+        stopped for something growing cannot fix (the limit, a bad span). The fused pass calls this too."""
+        if status == _GROW_SLOTS:
+            n = 2 * len(self._offsets)
+            self._hashes, self._offsets, self._lengths = (_grown(a, n) for a in
+                                                          (self._hashes, self._offsets, self._lengths))
+        elif status == _GROW_ARENA:
+            need = self._used + name_len + _PAD
+            self._arena = _grown(self._arena, max(2 * len(self._arena), need))
+        elif status == _GROW_TABLE:
+            self._shift -= 1  # twice the entries, each a (hash, slot) pair of int64s
+            self._table = np.zeros(2 * len(self._table), dtype=np.int64)
+            self._table[1::2] = _EMPTY
+            _rehash(self._table, self._shift, self._hashes, self._count)
+        else:
+            return False
+        return True
 
     def truncate(self, count: int) -> None:
         """Forget every series after the first `count`, as if their names had never been interned.

@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 # for v1 first and fall back to v1alpha when v1 is UNIMPLEMENTED. Serve v1 too once the library has it.
 from grpc_reflection.v1alpha import reflection
 
-from streamer import detector, kernels, series, wire
+from streamer import detector, fused, kernels, series, wire
 from streamer.ops import tls
 from streamer.ops.metrics import Metrics, MetricsInterceptor
 # The Outliers methods are registered as raw-bytes handlers (service.py), so nothing else loads the generated
@@ -115,7 +115,7 @@ def _jit_functions() -> list:
     """Every numba function of the pipeline (for the compile's cache statistics)."""
     from numba.core.dispatcher import Dispatcher
 
-    modules = (kernels, series, wire.decode, wire.encode, wire.primitives)
+    modules = (kernels, series, wire.decode, wire.encode, wire.primitives, fused)
     found = {id(v): v for m in modules for v in vars(m).values() if isinstance(v, Dispatcher)}
     return list(found.values())
 
@@ -125,6 +125,7 @@ def _compile_kernels() -> tuple[int, int]:
     kernels.compile_all()
     wire.compile_all()
     series.compile_all()
+    fused.compile_all()
     stats = [f.stats for f in _jit_functions()]
     return sum(sum(s.cache_hits.values()) for s in stats), sum(sum(s.cache_misses.values()) for s in stats)
 

@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 
+import grpc
 import numpy as np
 import pytest
 
@@ -18,7 +19,7 @@ from benchmarks.baseline_server import outlier_indices  # noqa: E402
 from benchmarks.loadgen import encode_requests  # noqa: E402
 from streamer.pb import outliers_pb2 as pb  # noqa: E402
 
-SERVERS = {"ceiling", "baseline", "streamer"}
+SERVERS = {"ceiling", "baseline", "river", "grpc-go", "streamer"}
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +133,41 @@ def test_go_output_without_a_rate_is_an_error():
 def test_go_latency_is_dropped_for_pipelined_loads():
     got = golang.normalize('{"metrics_per_s": 5e5, "batches_per_s": 500, "p50_ms": 1, "p99_ms": 2}', latency=False)
     assert "latency_ms" not in got
+
+
+def test_the_river_peer_answers_as_streamer(channel):
+    """The Python peer of the table is honest: streamer's answers on a seeded stream and batch (statistics to
+    rounding: river keeps its mean and variance its own way)."""
+    from benchmarks.servers import ServerProcess
+    from streamer.pb import outliers_pb2_grpc
+
+    rng = np.random.default_rng(11)
+    batches = []
+    for b in range(6):
+        names = rng.integers(0, 5, 400)
+        values = names * 10.0 + rng.normal(0.0, 1.0, 400)
+        values[rng.random(400) < 0.02] += 25.0
+        values[rng.random(400) < 0.01] = np.nan
+        req = pb.OutliersRequest(metrics=[pb.Metric(name=f"s{n}", value=v) for n, v in zip(names, values)])
+        if b == 0:
+            req.options.warmup = 3
+        batches.append(req)
+    river = ServerProcess("river")
+    try:
+        with grpc.insecure_channel(river.addr) as peer_channel:
+            answers = []
+            for ch in (channel, peer_channel):
+                stub = outliers_pb2_grpc.OutliersStub(ch)
+                answers.append((list(stub.DetectStream(iter(batches), timeout=30)),
+                                [stub.Detect(req, timeout=30) for req in batches[:2]]))
+    finally:
+        river.stop()
+    (want_stream, want_detect), (got_stream, got_detect) = answers
+    flagged = 0
+    for want, got in zip(want_stream + want_detect, got_stream + got_detect):
+        assert list(want.indices) == list(got.indices) and want.batch == got.batch
+        for w, g in zip(want.outliers, got.outliers):
+            assert (w.index, w.name, w.value) == (g.index, g.name, g.value)
+            assert (g.mean, g.stddev, g.zscore) == pytest.approx((w.mean, w.stddev, w.zscore), rel=1e-9)
+        flagged += len(want.indices)
+    assert flagged > 10

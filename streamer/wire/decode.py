@@ -354,6 +354,30 @@ def _decode(b, cols, st):
     return 0, i, st[_HAS_OPTIONS], st[_SESSION_LEN]
 
 
+def wire_error(st: np.ndarray, code: int) -> WireError:
+    """The WireError for _decode's return `code` < 0, naming the metric and byte st says it stopped at."""
+    pos, bad = int(st[_POS]), int(st[_BAD_METRIC])
+    where = f"metric {bad - 1} (at byte {pos})" if bad else f"at byte {pos}"
+    return WireError(f"request is not a valid OutliersRequest: {where}: {ERRORS[-code]}")
+
+
+def options_of(st: np.ndarray) -> Options:
+    """The DetectOptions _decode read into st."""
+    threshold, alpha = st[_THRESHOLD:_ALPHA + 1].view(np.float64).tolist()
+    return Options(threshold, int(st[_WARMUP]), int(st[_MODE]), alpha, bool(st[_EXCLUDE]))
+
+
+def session_of(buf: bytes, st: np.ndarray) -> str:
+    """The session _decode read from `buf` into st ("" when none was sent)."""
+    start, size = int(st[_SESSION_START]), int(st[_SESSION_LEN])
+    return buf[start:start + size].decode() if size else ""
+
+
+def seq_of(st: np.ndarray) -> int:
+    """The request's seq (uint64; 0 when none was sent) that _decode read into st."""
+    return int(st[_SEQ]) & 0xFFFFFFFFFFFFFFFF
+
+
 def decode_request(buf: bytes) -> Columns:
     """Decode an OutliersRequest; raise WireError on bytes the protobuf library would reject."""
     if type(buf) is not bytes:
@@ -361,28 +385,16 @@ def decode_request(buf: bytes) -> Columns:
     # Room for every metric of at least 24 bytes (a name of 10 and a value), doubled if smaller ones come:
     # 40 bytes of columns a metric, so 1.7x the request's size for such metrics, and up to about 27x for a
     # request of empty 2-byte metrics (the columns double, and the last doubling copies). --max-message-mb
-    # bounds it (the protobuf library parsing such a request takes about as much). Per-call Python work is
-    # kept small on purpose: at 1000 metrics a batch, each microsecond is 1 ns a metric.
+    # bounds it (the protobuf library parsing such a request takes about as much).
     cols = np.empty((5, len(buf) // 24 + 4), dtype=np.int64)
     st = np.zeros(_STATE_SIZE, dtype=np.int64)
     st[_SEED] = HASH_SEED
     code, n, has_options, has_session = _decode(buf, cols, st)
-    while code == _FULL:
-        grown = np.empty((5, 2 * cols.shape[1]), dtype=np.int64)
-        grown[:, :cols.shape[1]] = cols
-        cols = grown
+    while code == _FULL:  # twice the columns, the decoded ones kept
+        cols = np.concatenate((cols, np.empty_like(cols)), axis=1)
         code, n, has_options, has_session = _decode(buf, cols, st)
     if code < 0:
-        pos, bad = int(st[_POS]), int(st[_BAD_METRIC])
-        where = f"metric {bad - 1} (at byte {pos})" if bad else f"at byte {pos}"
-        raise WireError(f"request is not a valid OutliersRequest: {where}: {ERRORS[-code]}")
-    options = None
-    if has_options:
-        threshold, alpha = st[_THRESHOLD:_ALPHA + 1].view(np.float64).tolist()
-        options = Options(threshold, int(st[_WARMUP]), int(st[_MODE]), alpha, bool(st[_EXCLUDE]))
-    session = ""
-    if has_session:
-        start = int(st[_SESSION_START])
-        session = buf[start:start + int(st[_SESSION_LEN])].decode()
-    return Columns(buf, cols[0, :n], cols[1, :n], cols[2, :n].view(np.float64), cols[3, :n], options, session,
-                   cols[4, :n], int(st[_SEQ]) & 0xFFFFFFFFFFFFFFFF)
+        raise wire_error(st, code)
+    options = options_of(st) if has_options else None
+    return Columns(buf, cols[0, :n], cols[1, :n], cols[2, :n].view(np.float64), cols[3, :n], options,
+                   session_of(buf, st), cols[4, :n], seq_of(st))

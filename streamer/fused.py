@@ -1,0 +1,210 @@
+"""The fused pass: one batch of a stream from request bytes to response bytes in two compiled calls.
+
+decode() runs the decoder (wire/decode.py) into the stream's reused columns and checks names; apply()
+interns (series.py), judges (kernels.py) and encodes (wire/encode.py) in one numba function. Between the two
+the stream's bookkeeping (detector.py) reads the request's options and session, which must be checked before
+any state is written. benchmarks/results/profile-before.md shows why it is fused: at 1 000 metrics a batch
+the stages' Python wrappers, numba dispatch and numpy allocations cost about as much as the compiled code.
+This module stands above the wire package and the series table, which know nothing of it.
+
+Atomic as the separate stages are: the wire format and name lengths are checked by decode(), options and
+session by the caller, and the series limit by apply() before it writes state (new names are taken back
+from the table). When a function needs room (more columns, a bigger table or state, a longer answer) it
+returns, Python grows the arrays, and the call resumes where it stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from numba import njit
+
+from streamer import kernels
+from streamer.series import SeriesLimitError, _intern
+from streamer.wire import Columns, Options, decode
+from streamer.wire.encode import _encode
+from streamer.wire.primitives import HASH_SEED
+
+MAX_NAME_BYTES = 1024  # detector.MAX_NAME_BYTES is this one
+
+# Slots of the pass's state array after the decoder's own (decode._STATE_SIZE of them).
+_PHASE, _N, _I, _COUNT, _USED, _K, _SIZE, _WHY = range(decode._STATE_SIZE, decode._STATE_SIZE + 8)
+_STATE_SIZE = decode._STATE_SIZE + 8
+
+# What the compiled functions return: done; or where they stopped (Python grows an array and calls again,
+# or maps an error); negative: the decoder's error code.
+DONE, FULL, NAME_TOO_LONG, TABLE, STATE, OUT = range(6)
+_INTERN, _JUDGE, _ENCODE = range(3)
+
+
+@njit(nogil=True, cache=True)
+def _decode_pass(b, cols, st, resume, seed):
+    """The request in b into cols (int64[5, capacity], as decode._decode) and st (int64[_STATE_SIZE]); set up
+    st when not `resume` (seed: HASH_SEED). Returns DONE with st[_N] metrics, FULL, NAME_TOO_LONG (metric
+    st[_I]) or the decoder's -code."""
+    if not resume:
+        st[:] = 0
+        st[decode._SEED] = seed  # an argument: numba's cache would keep a global's value from another process
+    code, n, _, _ = decode._decode(b, cols, st)
+    if code != 0:
+        return FULL if code == decode._FULL else code
+    for i in range(n):
+        if cols[1, i] > MAX_NAME_BYTES:
+            st[_I] = i
+            return NAME_TOO_LONG
+    st[_N] = n  # and st[_PHASE] is _INTERN (0)
+    return DONE
+
+
+@njit(nogil=True, cache=True)
+def _apply_pass(b, cols, st, ids, table, shift, hashes, offsets, lengths, arena, limit,
+                hash_mask, count, mean, spread, exponential, alpha, threshold, warmup, exclude,
+                idx, mean_out, std_out, z_out, batch, out):
+    """Intern, judge and encode the batch _decode_pass left in cols and st, from phase st[_PHASE] on.
+
+    ids, idx, mean_out, std_out, z_out: at least st[_N] long. The table's arrays, with its count and bytes used
+    in st[_COUNT] and st[_USED], are a SeriesTable's keyed with HASH_SEED; count, mean and spread the series
+    state, updated in place; out receives the answer (st[_SIZE] bytes). Returns DONE, TABLE (st[_WHY]: why
+    _intern stopped, at metric st[_I]), STATE (the state arrays need st[_COUNT] series) or OUT.
+    """
+    n = st[_N]
+    if st[_PHASE] == _INTERN:
+        why, i, c, used = _intern(b, cols[0, :n], cols[1, :n], cols[4, :n], st[_I], ids, table, shift, hashes,
+                                  offsets, lengths, arena, st[_COUNT], st[_USED], limit, hash_mask)
+        st[_I] = i
+        st[_COUNT] = c
+        st[_USED] = used
+        if why != 0:
+            st[_WHY] = why
+            return TABLE
+        st[_PHASE] = _JUDGE
+    values = cols[2, :n].view(np.float64)
+    if st[_PHASE] == _JUDGE:
+        if st[_COUNT] > min(len(count), len(mean), len(spread)):
+            return STATE
+        if exponential:
+            k = kernels.ewm_update(ids[:n], values, count, mean, spread, alpha, threshold, warmup, exclude,
+                                   idx, mean_out, std_out, z_out)
+        else:
+            k = kernels.welford_update(ids[:n], values, count, mean, spread, threshold, warmup, exclude,
+                                       idx, mean_out, std_out, z_out)
+        st[_K] = k
+        st[_PHASE] = _ENCODE
+    k = st[_K]
+    size = _encode(out, batch, idx[:k], idx[:k], ids, values, mean_out, std_out, z_out, arena, offsets, lengths)
+    st[_SIZE] = size
+    if size < 0:
+        raise AssertionError("the fused pass flagged a row outside its batch")  # a bug: encode checked it
+    return OUT if size > len(out) else DONE
+
+
+class NameTooLong(ValueError):
+    """A metric's name is over MAX_NAME_BYTES."""
+
+    def __init__(self, index: int, length: int):
+        super().__init__(f"metric {index}: name is {length} bytes, over the limit of {MAX_NAME_BYTES} bytes")
+        self.index = index
+        self.length = length
+
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+    """What the stream's bookkeeping reads of a decoded request before it is applied."""
+
+    metrics: int
+    options: Options | None  # None when the request carries no options field
+    session: str
+    seq: int = 0             # the request's sequence number (0: not given)
+
+    def __len__(self) -> int:
+        return self.metrics
+
+
+class StreamPass:
+    """One stream's buffers for the fused pass (columns, slots, flagged rows, the answer), grown as batches
+    grow and reused across its batches: decode() a request, then apply() it or take columns() for the stages.
+    Not thread-safe: one stream's batches run one at a time."""
+
+    def __init__(self) -> None:
+        self._st = np.zeros(_STATE_SIZE, dtype=np.int64)
+        self._out = np.empty(4096, dtype=np.uint8)
+        self._size(0)
+        self._buf = b""
+
+    def _size(self, n: int) -> None:
+        self._cols = np.empty((5, n), dtype=np.int64)
+        self._ids = np.empty(n, dtype=np.int64)
+        self._idx = np.empty(n, dtype=np.int32)
+        self._mean, self._std, self._z = (np.empty(n, dtype=np.float64) for _ in range(3))
+
+    def decode(self, buf: bytes) -> Head:
+        """Decode and check the request (the wire format, name lengths); raise WireError or NameTooLong."""
+        b = buf if type(buf) is bytes else bytes(buf)  # one jitted signature (grpc hands over bytes)
+        if self._cols.shape[1] < len(b) // 24 + 4:  # room for metrics of 24 bytes or more, as decode_request
+            self._size(max(len(b) // 24 + 4, 2 * self._cols.shape[1]))
+        st = self._st
+        self._buf = b
+        why = _decode_pass(b, self._cols, st, False, HASH_SEED)
+        while why == FULL:  # smaller metrics than room was made for: twice the columns, the decoded ones kept
+            cols = self._cols
+            self._size(2 * cols.shape[1])
+            self._cols[:, :cols.shape[1]] = cols
+            why = _decode_pass(b, self._cols, st, True, HASH_SEED)
+        if why == NAME_TOO_LONG:
+            i = int(st[_I])
+            raise NameTooLong(i, int(self._cols[1, i]))
+        if why < 0:
+            raise decode.wire_error(st, why)
+        return Head(int(st[_N]), decode.options_of(st) if st[decode._HAS_OPTIONS] else None,
+                    decode.session_of(b, st), decode.seq_of(st))
+
+    def columns(self) -> Columns:
+        """The decoded metrics as decode_request gives them (views of this pass's buffers, valid until the next
+        decode(); options and session are the Head's)."""
+        n, cols = int(self._st[_N]), self._cols
+        return Columns(self._buf, cols[0, :n], cols[1, :n], cols[2, :n].view(np.float64), cols[3, :n], None, "",
+                       cols[4, :n])
+
+    def flagged(self) -> int:
+        """How many metrics the last apply() flagged."""
+        return int(self._st[_K])
+
+    def apply(self, state, exponential: bool, alpha: float, threshold: float, warmup: int, exclude: bool,
+              batch: int) -> bytes:
+        """Apply the decoded request to `state` (a SeriesState, whose table is keyed with HASH_SEED) and return
+        its answer; raise SeriesLimitError with state and table untouched."""
+        table, st, b = state.table, self._st, self._buf
+        st[_PHASE], st[_I] = _INTERN, 0  # from the first metric, even if an earlier apply() was rejected
+        known = st[_COUNT] = table._count
+        st[_USED] = table._used
+        while True:
+            why = _apply_pass(b, self._cols, st, self._ids, table._table, table._shift,
+                              table._hashes, table._offsets, table._lengths, table._arena, table.limit,
+                              table._hash_mask, state.count, state.mean, state.spread, exponential, alpha,
+                              threshold, warmup, exclude, self._idx, self._mean, self._std, self._z, batch,
+                              self._out)
+            if why == DONE:
+                table._count, table._used = int(st[_COUNT]), int(st[_USED])
+                return self._out[:int(st[_SIZE])].tobytes()
+            if why == TABLE:
+                table._count, table._used = int(st[_COUNT]), int(st[_USED])
+                if not table._grow(int(st[_WHY]), int(self._cols[1, st[_I]])):
+                    table.truncate(known)
+                    raise SeriesLimitError(int(st[_I]), table.limit)  # _intern checks spans: only the limit
+            elif why == STATE:
+                state.reserve(int(st[_COUNT]))
+            else:  # OUT
+                self._out = np.empty(2 * int(st[_SIZE]), dtype=np.uint8)
+
+
+def compile_all() -> None:
+    """Compile (or load from numba's cache) the fused pass in the argument types the detector gives it."""
+    from streamer.state import SeriesState  # what apply() is given; only needed here, so it stays duck-typed
+
+    metric = b"\x0a\x04\x08\x01\x10\x02\x12\x01a\x19" + bytes(8)
+    request = (b"\x0a" + bytes([len(metric)]) + metric) * 3
+    for exponential in (False, True):
+        state = SeriesState(2 if exponential else 1, 10, capacity=1)  # the state grows: every path compiles
+        fast = StreamPass()
+        fast.decode(request)
+        fast.apply(state, exponential, 0.05, 2.0, 2, False, 1)
