@@ -8,13 +8,14 @@ import signal
 import threading
 import time
 
+import grpc
 import pytest
 
 from conftest import CliServer
 from test_durable import key
 from test_exact import batches_for
 
-from streamer.client import Client
+from streamer.client import Client, ClientError
 
 FLAGS = ("--lease-seconds", "2", "--snapshot-seconds", "0.2")
 
@@ -74,8 +75,16 @@ def test_a_killed_worker_is_replaced_while_the_other_serves(tmp_path):
             time.sleep(0.01)
         victim = pids(server)[0]
         os.kill(victim, signal.SIGKILL)
-        with Client(server.addr) as c:  # the other worker answers at once: the dead one's socket is gone
-            assert c.detect(values=[1.0, 1.0, 1.0, 50.0], threshold=1.0).indices == [3]
+        # The other worker answers: a connection the kernel had queued on the dead worker's socket is reset
+        # (UNAVAILABLE, which clients retry), new ones go to the live worker.
+        with Client(server.addr) as c:
+            for attempt in range(50):
+                try:
+                    assert c.detect(values=[1.0, 1.0, 1.0, 50.0], threshold=1.0).indices == [3]
+                    break
+                except ClientError as exc:
+                    assert exc.code == grpc.StatusCode.UNAVAILABLE and attempt < 49, exc
+                    time.sleep(0.1)
         stream.join(120)
         assert not errors and len(got) == len(data)
         deadline = time.monotonic() + 60
