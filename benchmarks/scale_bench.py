@@ -15,7 +15,6 @@ tables and writes scale.json to --out.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import shutil
 import socket
@@ -26,10 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import golang, loadgen
+from benchmarks import golang
 from benchmarks.scenarios import Scenario
 from benchmarks.servers import ROOT, ServerProcess
-from benchmarks.store_bench import measure, with_session
+from benchmarks.store_bench import interleaved
 
 SCENARIOS = (Scenario("stream", "pipelined", 1000, 100, 4, 32), Scenario("detect", "lockstep", 1000, 100, 4))
 
@@ -90,13 +89,7 @@ def stores(rounds: int, duration: float, workdir: Path) -> list[dict]:
     rows = []
     try:
         for series in (100, 10_000):
-            base = loadgen.encode_requests(1000, series, seed=1)
-            figures = {k: [] for k in servers}
-            for r in range(rounds):
-                for name, server in (servers.items() if r % 2 == 0 else reversed(servers.items())):
-                    requests = with_session(base, f"scale-{series}-{r}")
-                    figures[name].append(asyncio.run(measure(server.addr, requests, duration, 1.0)))
-            rows.append({"series": series, "metrics_per_s": figures})
+            rows.append({"series": series, "metrics_per_s": interleaved(servers, series, rounds, duration, "scale")})
     finally:
         for s in servers.values():
             s.stop()

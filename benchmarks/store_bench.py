@@ -82,6 +82,18 @@ async def measure(addr: str, requests: list[bytes], duration: float, warmup: flo
     return 0.0 if answers == 0 else answers * 1000 / (time.perf_counter() - start)
 
 
+def interleaved(servers: dict, series: int, rounds: int, duration: float, prefix: str) -> dict[str, list[float]]:
+    """Metrics/s of a pipelined session stream (1 000 metrics a batch over `series` series) on each server, in
+    rounds that alternate the servers' order; a fresh session each round and server."""
+    base = loadgen.encode_requests(1000, series, seed=1)
+    figures = {name: [] for name in servers}
+    for r in range(rounds):
+        for name, server in (servers.items() if r % 2 == 0 else reversed(servers.items())):
+            requests = with_session(base, f"{prefix}-{series}-{r}")
+            figures[name].append(asyncio.run(measure(server.addr, requests, duration, 1.0)))
+    return figures
+
+
 def throughput(rounds: int, duration: float, workdir: Path, snapshot_seconds: float) -> list[dict]:
     servers = {
         "memory": ServerProcess("streamer"),
@@ -91,12 +103,7 @@ def throughput(rounds: int, duration: float, workdir: Path, snapshot_seconds: fl
     rows = []
     try:
         for series in (100, 10_000):
-            base = loadgen.encode_requests(1000, series, seed=1)
-            figures = {name: [] for name in servers}
-            for r in range(rounds):
-                for name, server in (servers.items() if r % 2 == 0 else reversed(servers.items())):
-                    requests = with_session(base, f"bench-{series}-{r}")
-                    figures[name].append(asyncio.run(measure(server.addr, requests, duration, 1.0)))
+            figures = interleaved(servers, series, rounds, duration, "bench")
             mem, sql = (statistics.median(figures[k]) for k in ("memory", "sqlite"))
             rows.append({"series": series, "batch": 1000, "snapshot_seconds": snapshot_seconds,
                          "memory": figures["memory"], "sqlite": figures["sqlite"],

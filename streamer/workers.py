@@ -80,6 +80,7 @@ class Supervisor:
         self.crashes = 0
 
     def _spawn(self, i: int) -> int:
+        """Fork worker i; the read end of its ready pipe."""
         from streamer.server import serve
         r, w = os.pipe()
         parent = os.getpid()
@@ -116,7 +117,7 @@ class Supervisor:
         self.ready[r] = pid
         self.started[pid] = time.monotonic()
         log.info("worker %d started (pid %d)", i, pid)
-        return pid
+        return r
 
     def _wait_ready(self, fds: list[int], timeout: float | None) -> None:
         """Wait until each worker behind fds has said it is ready (or has exited: its pipe closes)."""
@@ -177,10 +178,9 @@ class Supervisor:
         self.failed, self.up = False, False
         signal.signal(signal.SIGTERM, self._signal)
         signal.signal(signal.SIGINT, self._signal)
-        first = self._spawn(0)  # compiles into numba's cache; the others load from it
-        self._wait_ready([fd for fd, p in self.ready.items() if p == first], None)
+        self._wait_ready([self._spawn(0)], None)  # it compiles into numba's cache; the others load from it
         if not self.stopping and self.pids:
-            self._wait_ready([self._spawn_fd(i) for i in range(1, self.n)], None)
+            self._wait_ready([self._spawn(i) for i in range(1, self.n)], None)
         if not self.stopping and len(self.pids) == self.n:
             self.up = True
             log.info("streamer ready on %s:%d with %d workers", self.config.host, self.config.port, self.n)
@@ -201,10 +201,6 @@ class Supervisor:
         self.holder.close()
         log.info("stopped (%d workers)", self.n)
         return 1 if self.failed else 0
-
-    def _spawn_fd(self, i: int) -> int:
-        pid = self._spawn(i)
-        return next(fd for fd, p in self.ready.items() if p == pid)
 
 
 def run(config, workers: int) -> int:
