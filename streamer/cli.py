@@ -43,6 +43,7 @@ def _checked(kind, ok, rule: str):
         if not ok(value):
             raise argparse.ArgumentTypeError(f"must be {rule}, got {text if kind is not str else repr(text)}")
         return value
+    parse.kind, parse.rule = kind, rule  # what a config file's value must be (config_file.py)
     return parse
 
 
@@ -73,9 +74,12 @@ ENV_PREFIX = "STREAMER_"
 # Variables streamer or its test harnesses read that are no `serve` flag: never warned about.
 ENV_SWITCHES = ("STREAMER_WIRE_CHECKED", "STREAMER_BIN")
 ENV_HELP = ("Every flag can also be set in the environment as STREAMER_<FLAG>, the flag's name in capitals with "
-            "dashes as underscores (STREAMER_PORT=9999, STREAMER_STORE=memory://, STREAMER_TLS_CERT=server.pem); "
-            "a flag on the command line wins over the environment. An unknown STREAMER_ variable is warned about "
-            "at start.")
+            "dashes as underscores (STREAMER_PORT=9999, STREAMER_STORE=memory://, STREAMER_TLS_CERT=server.pem), "
+            "and in the TOML file of --config as a key, the flag's name with dashes as underscores (port = 9999, "
+            "tls_cert = \"server.pem\"). A flag on the command line wins over the environment, which wins over "
+            "the file, which wins over the default. An unknown STREAMER_ variable is warned about at start; an "
+            "unknown key, a wrong type or a value out of range in the file stops serve (streamer config check "
+            "FILE checks a file).")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -153,6 +157,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--log-format", default="text", choices=logs.FORMATS,
                    help="text lines, or JSON lines (time, level, logger, message, and peer, session, batch, "
                         "code, reason, duration_ms where they apply)")
+    s.add_argument("--config", type=PATH, default=None, metavar="FILE",
+                   help="TOML file of serve settings, one key per flag (see below); a flag or STREAMER_<FLAG> "
+                        "wins over it")
     s.set_defaults(subparser=s)
     parser.serve = s  # main() sets its defaults from the environment
 
@@ -213,16 +220,28 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--store", default="sqlite:///state/streamer.db",
                    help="the store to read, as `streamer serve --store` (default: %(default)s)")
 
+    c = sub.add_parser("config", help="check a config file (serve --config) and print the configuration",
+                       description="Work with the TOML file of `streamer serve --config`.")
+    csub = c.add_subparsers(dest="config_command", required=True)
+    check = csub.add_parser("check", help="check FILE and print the configuration serve would run with",
+                            description="Check FILE as `streamer serve --config FILE` would (unknown keys, "
+                                        "types, ranges; exit status 2 and one line naming the line and key if "
+                                        "it is refused) and print the effective configuration as TOML: every "
+                                        "key, with the file's value, a STREAMER_<FLAG> variable's (which wins "
+                                        "over the file) or the default, and which it is.")
+    check.add_argument("file", metavar="FILE", help="the TOML file")
+    parser.config_check = check
+
     sub.add_parser("proto", help="print the service's contract, protos/outliers.proto (also in the wheel)",
                    description="Print protos/outliers.proto, the contract of the Outliers service, as shipped "
                                "in the package: hand it to grpcurl -proto, or generate a client from it.")
     return parser
 
 
-def _environment(parser: argparse.ArgumentParser, environ) -> list[str]:
+def _environment(parser: argparse.ArgumentParser, environ, sources: dict[str, str] | None = None) -> list[str]:
     """Take the `serve` flags' defaults from STREAMER_<FLAG> variables, checked as the flag would be (a bad one is
     a usage error naming the variable); returns the STREAMER_ variables that are neither a flag nor a known
-    switch. Repeatable flags would take a comma-separated list."""
+    switch. Repeatable flags would take a comma-separated list. `sources` gets "environment NAME" by dest."""
     known = set(ENV_SWITCHES)
     for action in parser._actions:
         flags = [o for o in action.option_strings if o.startswith("--")]
@@ -248,6 +267,8 @@ def _environment(parser: argparse.ArgumentParser, environ) -> list[str]:
         except argparse.ArgumentTypeError as exc:
             parser.error(f"environment variable {name} (for {flags[0]}): {exc}")
         parser.set_defaults(**{action.dest: value})
+        if sources is not None:
+            sources[action.dest] = f"environment {name}"
     return sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
 
 
@@ -305,13 +326,55 @@ def _print_session(url: str, name: str) -> int:
     return 0
 
 
+def _config_path(argv: list[str], environ) -> str | None:
+    """The --config of a `serve` command line (read before the rest: the file sets the flags' defaults), else
+    STREAMER_CONFIG."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    path = pre.parse_known_args(argv)[0].config
+    return path if path is not None else environ.get(ENV_PREFIX + "CONFIG") or None
+
+
+def _layers(serve: argparse.ArgumentParser, path: str | None, environ, sources: dict[str, str],
+            refuse: argparse.ArgumentParser | None = None) -> list[str]:
+    """Set the `serve` flags' defaults from the config file at `path` (if any), then from the environment, which
+    wins; record where each came from in `sources`. Returns the unknown STREAMER_ variables. A refused file is a
+    usage error of `refuse` (default: serve) naming its line and key."""
+    from streamer import config_file
+    if path is not None:
+        try:
+            values = config_file.load(path, serve)
+        except config_file.ConfigError as exc:
+            (refuse or serve).error(str(exc))
+        serve.set_defaults(**values)
+        sources.update((dest, f"file {path}") for dest in values)
+    return _environment(serve, environ, sources)
+
+
+def _check_config(parser: argparse.ArgumentParser, path: str, environ) -> int:
+    """`streamer config check FILE`: refuse the file as serve would, or print the configuration it gives."""
+    from streamer import config_file
+    sources: dict[str, str] = {}
+    _layers(parser.serve, path, environ, sources, refuse=parser.config_check)
+    args = parser.serve.parse_args([])
+    _check_serve(parser.config_check, args)
+    sys.stdout.write(f"# streamer serve --config {path} runs with this (a flag on its command line wins over "
+                     f"each)\n" + config_file.effective(parser.serve, args, sources))
+    return 0
+
+
 def main(argv: list[str] | None = None, environ=None) -> int:
     parser = _parser()
     environ = os.environ if environ is None else environ
     argv = sys.argv[1:] if argv is None else argv
-    # only `serve` reads the environment: its parser's defaults are set before the command line is parsed
-    unknown = _environment(parser.serve, environ) if argv[:1] == ["serve"] else []
+    # only `serve` reads the config file and the environment: its parser's defaults are set from them before the
+    # command line is parsed, so a flag wins over the environment, which wins over the file
+    sources: dict[str, str] = {}
+    config = _config_path(argv[1:], environ) if argv[:1] == ["serve"] else None
+    unknown = _layers(parser.serve, config, environ, sources) if argv[:1] == ["serve"] else []
     args = parser.parse_args(argv)
+    if args.command == "config":
+        return _check_config(parser, args.file, environ)
     if args.command == "proto":
         from importlib import resources
         sys.stdout.write(resources.files("streamer.pb").joinpath("outliers.proto").read_text(encoding="utf-8"))

@@ -63,7 +63,8 @@ def test_help_says_so():
     out = subprocess.run([sys.executable, "-m", "streamer", "serve", "--help"], capture_output=True, text=True,
                          timeout=60)
     text = " ".join(out.stdout.split())
-    assert "STREAMER_<FLAG>" in text and "a flag on the command line wins over the environment" in text
+    assert "STREAMER_<FLAG>" in text and "--config" in text
+    assert "A flag on the command line wins over the environment, which wins over the file" in text
 
 
 def test_a_real_server_takes_its_settings_from_the_environment_and_warns_once(cli_server):

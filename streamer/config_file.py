@@ -1,0 +1,136 @@
+"""`streamer serve --config FILE`: the `serve` flags from a TOML file, checked as the flags are.
+
+Every `serve` flag has a key: its name without the dashes in front, dashes inside as underscores
+(`--metrics-port` is `metrics_port = 9464`). The file is the lowest layer above the built-in defaults:
+a flag on the command line wins over the environment (STREAMER_<FLAG>), which wins over the file.
+A key no flag has, a value of the wrong TOML type or out of the flag's range is refused with the file, the
+line, the key and the expected form; nothing of a refused file is used.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import math
+import re
+import sys
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used: the message names the file, the line and the key."""
+
+
+def key_of(action: argparse.Action) -> str:
+    """The file's key for a flag: `--metrics-port` -> metrics_port."""
+    return action.option_strings[0][2:].replace("-", "_")
+
+
+def flags(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """The flags of `parser` a file may set, by key (not --help, not --config itself)."""
+    return {key_of(a): a for a in parser._actions
+            if a.option_strings and a.option_strings[0].startswith("--") and a.dest not in ("help", "config")}
+
+
+def _line(text: str, key: str) -> int:
+    """The line of a top-level `key = ...` in the file (1-based; 0 when not found, e.g. a quoted key)."""
+    match = re.search(rf"^[ \t]*{re.escape(key)}[ \t]*=", text, re.MULTILINE)
+    return text.count("\n", 0, match.start()) + 1 if match else 0
+
+
+def _toml(value) -> str:
+    """A value as TOML writes it (the effective configuration is printed as a file that reads back)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(str(value))  # a TOML basic string: JSON's escapes are TOML's
+
+
+def _expected(action: argparse.Action) -> tuple[tuple[type, ...], str]:
+    """The TOML types a flag's key takes and how to say it."""
+    if isinstance(action, argparse._StoreTrueAction):
+        return (bool,), "true or false"
+    kind = getattr(action.type, "kind", str)
+    if action.choices is not None:
+        return (str,), "one of " + ", ".join(json.dumps(str(c)) for c in action.choices)
+    if kind is int:
+        return (int,), getattr(action.type, "rule", "an integer")
+    if kind is float:
+        return (int, float), getattr(action.type, "rule", "a number")
+    return (str,), getattr(action.type, "rule", "a string")
+
+
+def _value(action: argparse.Action, raw):
+    """The flag's value for a TOML value, or ArgumentTypeError saying what was expected."""
+    if isinstance(action, argparse._AppendAction):
+        if not isinstance(raw, list):
+            raise argparse.ArgumentTypeError(f"must be an array, got {_toml(raw)}")
+        return [_value(_Single(action), v) for v in raw]
+    types, rule = _expected(action)
+    if isinstance(raw, bool) and bool not in types or not isinstance(raw, types):
+        raise argparse.ArgumentTypeError(f"must be {rule}, got {_toml(raw)}")
+    if isinstance(action, argparse._StoreTrueAction):
+        return raw
+    if isinstance(raw, float) and not math.isfinite(raw):
+        raise argparse.ArgumentTypeError(f"must be {rule}, got {_toml(raw)}")
+    value = action.type(repr(raw) if isinstance(raw, float) else str(raw)) if action.type else raw
+    if action.choices is not None and value not in action.choices:
+        raise argparse.ArgumentTypeError(f"must be {rule}, got {_toml(raw)}")
+    return value
+
+
+class _Single:
+    """One element of a repeatable flag: its type and choices, read as a single value."""
+
+    def __init__(self, action: argparse.Action):
+        self.type, self.choices = action.type, action.choices
+
+
+def load(path: str, parser: argparse.ArgumentParser) -> dict[str, object]:
+    """The file's values by flag dest, checked; raise ConfigError naming the file, line and key."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+        table = tomllib.loads(text)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path}: not UTF-8 text (byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: not TOML: {exc}") from None
+    known = flags(parser)
+    values = {}
+    for key, raw in table.items():
+        where = f"config file {path}, line {_line(text, key)}, key {key}"
+        action = known.get(key)
+        if action is None:
+            near = difflib.get_close_matches(key.replace("-", "_"), known, n=1)
+            hint = f"; did you mean {near[0]}?" if near else " (keys are the serve flags, dashes as underscores)"
+            raise ConfigError(f"{where}: no `streamer serve` flag has this key{hint}")
+        try:
+            values[action.dest] = _value(action, raw)
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return values
+
+
+def effective(parser: argparse.ArgumentParser, args: argparse.Namespace, sources: dict[str, str]) -> str:
+    """The configuration `serve` would run with, as a TOML file, each key with where its value came from."""
+    lines = []
+    for key, action in flags(parser).items():
+        value = getattr(args, action.dest)
+        source = sources.get(action.dest, "default")
+        if value is None:
+            lines.append(f"# {key} is not set ({source})")
+        else:
+            lines.append(f"{key} = {_toml(value)}  # {source}")
+    return "\n".join(lines) + "\n"
