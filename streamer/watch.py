@@ -56,10 +56,11 @@ def flagged(names, ids, values, times, idx, mean, std, z, origin: int, session: 
 
 
 class _Dropped:
-    __slots__ = ("count",)
+    __slots__ = ("count", "total")
 
-    def __init__(self, count: int):
+    def __init__(self, count: int, total: int):
         self.count = count
+        self.total = total
 
 
 class Subscriber:
@@ -91,7 +92,7 @@ class Subscriber:
                 self.total_missed += 1
                 continue
             if self.missed:  # the notice goes where the gap is
-                self.queue.append(_Dropped(self.missed))
+                self.queue.append(_Dropped(self.missed, self.total_missed))
                 self.missed = 0
             self.queue.append(e)
             added = True
@@ -104,20 +105,21 @@ class Subscriber:
             while self.queue:
                 item = self.queue.popleft()
                 if isinstance(item, _Dropped):
-                    yield self._notice(item.count)
+                    yield self._notice(item.count, item.total)
                 else:
                     yield item.message().SerializeToString()
             if self.missed:
                 count, self.missed = self.missed, 0
-                yield self._notice(count)
+                yield self._notice(count, self.total_missed)
                 continue
             if self.closed:
                 return
             self.wake.clear()
             await self.wake.wait()
 
-    def _notice(self, count: int) -> bytes:
-        return pb.WatchEvent(dropped=pb.Dropped(count=count, total=self.total_missed)).SerializeToString()
+    @staticmethod
+    def _notice(count: int, total: int) -> bytes:
+        return pb.WatchEvent(dropped=pb.Dropped(count=count, total=total)).SerializeToString()
 
     def close(self) -> None:
         self.closed = True

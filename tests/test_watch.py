@@ -1,0 +1,116 @@
+"""Watch: outliers of DetectStreams reach subscribers as they are found, filtered by session and prefix; a
+slow subscriber's queue is bounded and what it missed is told to it; shutdown ends the stream."""
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+
+import grpc
+import pytest
+
+from streamer.client import Client, ClientError
+from streamer.pb import outliers_pb2 as pb
+from streamer.watch import Event, Hub
+
+NORMAL = [10.0, 11.0] * 6
+
+
+def spike(addr, name, value=100.0, session=""):
+    with Client(addr) as c:
+        return list(c.stream([[(name, x) for x in NORMAL + [value]]], session=session))
+
+
+def collect(watch, out, done, last):
+    for e in watch:
+        out.append(e.outlier.series)
+        if e.outlier.series == last:
+            break
+    done.set()
+
+
+def test_watch_sees_stream_and_session_outliers_filtered_by_session_and_prefix(server):
+    with Client(server.addr) as c:
+        watches = {"all": (c.watch(), "end"), "s1": (c.watch(session="s1"), "end"),
+                   "cpu": (c.watch(prefix="cpu."), "cpu.end")}
+        got = {k: [] for k in watches}
+        done = {k: threading.Event() for k in watches}
+        first = []
+        for key, (w, last) in watches.items():
+            threading.Thread(target=collect, args=(w, got[key], done[key], last), daemon=True).start()
+        with Client(server.addr) as probe:  # one more subscriber, keeping whole events
+            whole = probe.watch(session="s1")
+            assert spike(server.addr, "cpu.user", session="s1")[0].indices == [12]
+            first = next(iter(whole)).outlier
+            whole.cancel()
+        spike(server.addr, "mem.used", value=-50.0)
+        spike(server.addr, "cpu.idle", value=70.0, session="s2")
+        spike(server.addr, "cpu.end")
+        spike(server.addr, "end", session="s1")
+        for key in watches:
+            assert done[key].wait(30), got
+        for w, _ in watches.values():
+            w.cancel()
+    assert got == {"all": ["cpu.user", "mem.used", "cpu.idle", "cpu.end", "end"], "s1": ["cpu.user", "end"],
+                   "cpu": ["cpu.user", "cpu.idle", "cpu.end"]}
+    assert (first.series, first.value, first.mean, first.stddev, first.zscore) == ("cpu.user", 100.0, 10.5, 0.5,
+                                                                                   179.0)
+    assert first.origin == pb.ORIGIN_STREAM and first.session == "s1" and first.time.seconds > 1_700_000_000
+
+
+def test_a_slow_subscriber_is_told_what_it_missed_and_detection_goes_on():
+    async def run():
+        hub = Hub()
+        hub.start(asyncio.get_running_loop())
+        assert not hub.active
+        sub = hub.subscribe(limit=3)
+        assert hub.active
+        events = [Event(f"s{i}", float(i), 1, 0.0, 1.0, float(i), pb.ORIGIN_STREAM, "") for i in range(10)]
+        hub.publish(events)   # 3 queued, 7 missed
+        stream = sub.messages()
+        out = [pb.WatchEvent.FromString(await stream.__anext__()) for _ in range(2)]
+        hub.publish(events[:2])  # room for 2 again: the notice of 7 first, where the gap is, then s0; s1 missed
+        out += [pb.WatchEvent.FromString(await stream.__anext__()) for _ in range(4)]
+        hub.publish(events[:1])
+        out.append(pb.WatchEvent.FromString(await stream.__anext__()))
+        hub.unsubscribe(sub)
+        assert not hub.active
+        return out
+
+    out = asyncio.run(run())
+    assert [e.WhichOneof("event") for e in out] == ["outlier"] * 3 + ["dropped", "outlier", "dropped", "outlier"]
+    assert [e.outlier.series for e in out if e.HasField("outlier")] == ["s0", "s1", "s2", "s0", "s0"]
+    assert [(e.dropped.count, e.dropped.total) for e in out if e.HasField("dropped")] == [(7, 7), (1, 8)]
+
+
+def test_watch_rejects_bad_requests_and_ends_with_unavailable_on_shutdown(make_server):
+    server = make_server()
+    with grpc.insecure_channel(server.addr) as ch:
+        raw = ch.unary_stream("/pb.Outliers/Watch")
+        with pytest.raises(grpc.RpcError) as err:
+            list(raw(b"\x0a\x05ab", timeout=10))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with Client(server.addr) as c:
+        watch = c.watch()
+        spike(server.addr, "before.stop")
+        server.stop(grace=1)
+        with pytest.raises(ClientError) as stopped:
+            list(watch)
+        assert stopped.value.code == grpc.StatusCode.UNAVAILABLE and "shutting down" in stopped.value.details
+
+
+def test_streamer_watch_cli_prints_the_outliers(server):
+    proc = subprocess.Popen([sys.executable, "-m", "streamer", "watch", "--addr", server.addr, "--count", "1",
+                             "--prefix", "cli.", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stderr.readline().startswith("watching ")  # subscribed
+        spike(server.addr, "other.series")
+        spike(server.addr, "cli.spiky", value=99.0, session="cli")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    line = __import__("json").loads(out)
+    assert (line["series"], line["value"], line["origin"], line["session"]) == ("cli.spiky", 99.0, "stream", "cli")
