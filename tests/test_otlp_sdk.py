@@ -17,6 +17,8 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 
+from conftest import CliServer
+from redis_server import RedisServer
 from streamer.client import Client
 from test_otlp import EXPORT, counter, gauge, request
 
@@ -63,9 +65,9 @@ class Instrumented:
         self.provider.shutdown()
 
 
-def watch_until_marker(addr: str, run) -> list:
-    """Subscribe, run(), then send a marker outlier through a private stream: everything found before the
-    marker has reached the subscriber when the marker does."""
+def watch_until_marker(addr: str, run, marker_addr: str | None = None) -> list:
+    """Subscribe at addr, run(), then send a marker outlier through a private stream (to marker_addr, default
+    addr): everything found before the marker there has reached the subscriber when the marker does."""
     with Client(addr) as c:
         events = []
         watch = c.watch()
@@ -79,7 +81,8 @@ def watch_until_marker(addr: str, run) -> list:
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
         run()
-        list(c.stream([[("zz.marker", x) for x in [1.0, 2.0] * 6 + [100.0]]]))
+        with Client(marker_addr or addr) as m:
+            list(m.stream([[("zz.marker", x) for x in [1.0, 2.0] * 6 + [100.0]]]))
         reader.join(30)
         assert not reader.is_alive(), events
         return events
@@ -122,3 +125,32 @@ def test_exports_spread_over_two_workers_share_one_state_and_one_watch(cli_serve
     assert got == [(f'otlp:{{host.name="h1",service.name="svc{r}"}}', "jobs", pytest.approx(100_100 / 0.1))
                    for r in range(4)]
     assert server.terminate() == 0
+
+
+def test_replicas_on_one_redis_see_each_others_outliers_and_share_the_otlp_state():
+    redis = RedisServer()
+    try:
+        args = ("--store", redis.url, "--lease-seconds", "2", "--otlp-warmup", "5", "--otlp-threshold", "4")
+        a, b = CliServer(*args), CliServer(*args)
+        try:
+            def run():
+                total = 0
+                for i in range(16):  # alternately to each replica: one state for the resource, in Redis
+                    total += 100 + (i % 2) * 10 + (100_000 if i == 13 else 0)
+                    with grpc.insecure_channel((a, b)[i % 2].addr) as ch:
+                        call = ch.unary_unary(EXPORT,
+                                              request_serializer=svc.ExportMetricsServiceRequest.SerializeToString,
+                                              response_deserializer=svc.ExportMetricsServiceResponse.FromString)
+                        call(request(counter("jobs", total, i), service="fleet"), timeout=30)
+                with Client(b.addr) as c:  # and a session's outlier on B
+                    list(c.stream([[("b.cpu", x) for x in [1.0, 2.0] * 6 + [90.0]]], session="on-b"))
+
+            events = watch_until_marker(a.addr, run, marker_addr=b.addr)  # watching A only
+        finally:
+            a.close()
+            b.close()
+    finally:
+        redis.stop()
+    got = [(e.outlier.series, e.outlier.session, e.outlier.value) for e in events]
+    assert got == [('jobs{host.name="h1",service.name="fleet"}', 'otlp:{host.name="h1",service.name="fleet"}',
+                    pytest.approx(100_110 / 0.1)), ("b.cpu", "on-b", 90.0)]  # the spike was exported to B
