@@ -29,6 +29,7 @@ SERVICE_NAME = "opentelemetry.proto.collector.metrics.v1.MetricsService"
 # Resource attributes that name a series' source; the others (process.pid, telemetry.sdk.version, ...) change
 # with every restart or upgrade and would reset every baseline (shared/DECISIONS.md).
 DEFAULT_RESOURCE_ATTRIBUTES = ("service.namespace", "service.name", "host.name", "k8s.pod.name", "container.name")
+KEY_CACHE = 200_000  # series keys remembered (about 300 bytes each); past it the cache starts again
 LEASE_WAIT = 5.0  # seconds an export waits for its resource's session, held by another export, before UNAVAILABLE
 _DELTA, _CUMULATIVE = metrics_pb2.AGGREGATION_TEMPORALITY_DELTA, metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
 _NO_RECORDED_VALUE = metrics_pb2.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
@@ -135,6 +136,7 @@ class OtlpIngest:
         self.resource_attributes = tuple(resource_attributes)
         self.hub = hub
         self.on_batch = on_batch
+        self._keys: dict = {}  # (session, metric, attribute bytes) -> series key; see _key_cache
         self.options = ", ".join(f"{f.name}={getattr(params, f.name)}" for f in dataclasses.fields(params))
 
     def export(self, request: bytes) -> bytes:
@@ -161,11 +163,26 @@ class OtlpIngest:
             res = by_session.setdefault(name, _Resource(name))
             for sm in rm.scope_metrics:
                 for m in sm.metrics:
-                    self._points(m, identity, res, rejected)
+                    self._points(m, identity, res, rejected, self._key_cache(name, identity))
         return [r for r in by_session.values() if r.keys]
 
+    def _key_cache(self, session: str, identity: dict[str, str]) -> Callable:
+        """key(metric, attributes) for one resource: series_key, remembered by the attributes' bytes (an
+        exporter sends the same label sets every interval, and building the text is most of an export's cost)."""
+        cache = self._keys
+        if len(cache) > KEY_CACHE:
+            cache.clear()
+
+        def key(metric: str, attributes) -> str:
+            raw = (session, metric, b"".join([kv.SerializeToString() for kv in attributes]))
+            text = cache.get(raw)
+            if text is None:
+                text = cache[raw] = series_key(metric, identity, attributes)
+            return text
+        return key
+
     @staticmethod
-    def _points(m, identity: dict[str, str], res: _Resource, rejected: _Rejected) -> None:
+    def _points(m, identity: dict[str, str], res: _Resource, rejected: _Rejected, key: Callable) -> None:
         data = m.WhichOneof("data")
         if data in ("gauge", "sum"):
             points = getattr(m, data).data_points
@@ -190,7 +207,7 @@ class OtlpIngest:
                     rejected.add("of a delta Sum had no interval (start time at or after the time) and were "
                                  "skipped", m.name)
                     continue
-                res.keys.append(series_key(m.name, identity, p.attributes))
+                res.keys.append(key(m.name, p.attributes))
                 res.kind.append(kind)
                 res.value.append(x)
                 res.count.append(0.0)
@@ -209,7 +226,7 @@ class OtlpIngest:
                     continue
                 if kind == rates.HIST_DELTA and p.count == 0:
                     continue  # nothing was observed in the interval: no value, nothing wrong
-                res.keys.append(series_key(m.name, identity, p.attributes))
+                res.keys.append(key(m.name, p.attributes))
                 res.kind.append(kind)
                 res.value.append(p.sum)
                 res.count.append(float(p.count))
