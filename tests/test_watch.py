@@ -3,6 +3,8 @@ slow subscriber's queue is bounded and what it missed is told to it; shutdown en
 from __future__ import annotations
 
 import asyncio
+import pathlib
+import re
 import subprocess
 import sys
 import threading
@@ -114,3 +116,23 @@ def test_streamer_watch_cli_prints_the_outliers(server):
     assert proc.returncode == 0, err
     line = __import__("json").loads(out)
     assert (line["series"], line["value"], line["origin"], line["session"]) == ("cli.spiky", 99.0, "stream", "cli")
+
+
+def test_the_readme_watch_example_runs_and_prints_its_comment(server):
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    code = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "client.watch(" in b)
+    proc = subprocess.Popen([sys.executable, "-c", code.replace("localhost:9999", server.addr)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        hub = server.server.service.hub
+        for _ in range(600):  # until it has subscribed (it has no other way to say so)
+            if len(hub) or proc.poll() is not None:
+                break
+            threading.Event().wait(0.1)
+        spike(server.addr, "other")
+        spike(server.addr, "orders.eu", value=99.0)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert out.splitlines() == [re.search(r"print\(o.series.*#\s*(.*)", code).group(1).strip()]
