@@ -114,6 +114,51 @@ def in_process(points: int, repeats: int) -> dict:
     return out
 
 
+def watch_cost(rounds: int = 7, batches: int = 300) -> dict:
+    """What Watch adds to a DetectStream batch (1 000 metrics, 100 series, 5 flagged): microseconds a batch of
+    StreamDetector.process without a hub (as before Watch), with a hub nobody watches, and with one subscriber
+    (events built and queued); interleaved rounds, medians with min-max."""
+    import asyncio
+
+    import numpy as np
+
+    from streamer import watch
+    from streamer.pb import outliers_pb2 as pb
+    rng = np.random.default_rng(0)
+    requests = []
+    for b in range(batches + 50):
+        values = rng.normal(100, 1, 1000)
+        if b >= 50:
+            values[rng.integers(0, 1000, 5)] = 1000.0  # flagged
+        requests.append(pb.OutliersRequest(metrics=[pb.Metric(name=f"s{i % 100}", value=v)
+                                                    for i, v in enumerate(values)]).SerializeToString())
+    loop = asyncio.new_event_loop()
+    idle, watched = watch.Hub(), watch.Hub()
+    idle.start(loop)
+    watched.start(loop)  # started on this thread: publish delivers at once
+    sub = watched.subscribe(limit=10**9)
+    variants = {"no hub": None, "hub, nobody watching": idle, "hub, one subscriber": watched}
+    detectors = {}
+    for name, hub in variants.items():
+        d = detector.StreamDetector(detector.Defaults(), SessionRegistry(600, 10, 10**6))
+        d.watch = hub
+        for r in requests[:50]:
+            d.process(r)
+        detectors[name] = d
+    times: dict[str, list[float]] = {n: [] for n in variants}
+    for r in range(rounds):
+        names = list(variants) if r % 2 == 0 else list(reversed(variants))
+        for name in names:
+            d = detectors[name]
+            started = time.perf_counter()
+            for req in requests[50:]:
+                d.process(req)
+            times[name].append(1e6 * (time.perf_counter() - started) / batches)
+            sub.queue.clear()
+    loop.close()
+    return {n: {"median": statistics.median(v), "min": min(v), "max": max(v)} for n, v in times.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
@@ -125,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     local = in_process(args.points, 50)
     print(f"in process, us per data point: {json.dumps({k: round(v, 3) for k, v in local.items()})}", flush=True)
+    watching = watch_cost()
+    print(f"DetectStream batch, us: {json.dumps(watching)}", flush=True)
     servers = {"streamer": ServerProcess("streamer"), "ceiling": ServerProcess("ceiling")}
     try:
         requests = [[export_request(f"bench-{k}", args.points, i) for i in range(1, 401)]
@@ -149,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         "points_per_s": {n: {"median": statistics.median(v), "min": min(v), "max": max(v)} for n, v in runs.items()},
         "streamer_over_ceiling": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)},
         "in_process_us_per_point": local,
+        "detectstream_batch_us_by_watch": watching,
         "machine": report.machine(), "versions": report.versions(),
         "seconds": round(time.time() - started, 1),
     }
@@ -165,6 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     r = result["streamer_over_ceiling"]
     md += ["", f"streamer / ceiling, per round: {r['median']:.3f} ({r['min']:.3f}-{r['max']:.3f})", "",
            "In process, microseconds per data point: " + ", ".join(f"{k} {v:.3f}" for k, v in local.items()), "",
+           "A DetectStream batch of 1 000 metrics (5 flagged), microseconds: "
+           + "; ".join(f"{k} {fig(v, 1, '')}" for k, v in watching.items()), "",
            f"Machine: {json.dumps(result['machine'])}", "", f"Versions: {json.dumps(result['versions'])}", ""]
     (args.out / "otlp.md").write_text("\n".join(md))
     print("\n".join(md))
