@@ -82,14 +82,14 @@ ENV_HELP = ("Every flag can also be set in the environment as STREAMER_<FLAG>, t
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="streamer",
                      description="Outliers in metric streams: run the gRPC service (serve), send a file of metrics "
-                                 "to it (detect), print its contract (proto).")
+                                 "to it (detect), print the outliers it finds (watch), print its contract (proto).")
     parser.add_argument("--version", action="version", version=f"streamer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     d = Defaults()
     s = sub.add_parser("serve", help="run the gRPC service",
-                       description="Run the Outliers gRPC service (Detect, DetectStream), with health and "
-                                   "reflection, until SIGTERM or SIGINT.", epilog=ENV_HELP,
+                       description="Run the Outliers gRPC service (Detect, DetectStream, Watch) and OTLP metrics "
+                                   "ingest, with health and reflection, until SIGTERM or SIGINT.", epilog=ENV_HELP,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     s.add_argument("--host", type=NOT_EMPTY, default="[::]",
                    help="address or name to listen on ([::] = every interface, IPv4 and IPv6)")

@@ -136,3 +136,29 @@ def test_the_readme_watch_example_runs_and_prints_its_comment(server):
         proc.kill()
     assert proc.returncode == 0, err
     assert out.splitlines() == [re.search(r"print\(o.series.*#\s*(.*)", code).group(1).strip()]
+
+
+def test_watch_and_export_are_counted_by_the_metrics_interceptor(make_server):
+    import urllib.request
+
+    from test_otlp import EXPORT, gauge, request
+    from test_otlp_sdk import free_port
+    port = free_port()
+    server = make_server(metrics_port=port)
+    with Client(server.addr) as c:
+        watch = c.watch(prefix="counted")
+        with grpc.insecure_channel(server.addr) as ch:
+            export = ch.unary_unary(EXPORT, request_serializer=lambda r: r.SerializeToString())
+            for i in range(12):
+                export(request(gauge("counted", 1.0 + i % 2 + (50 if i == 11 else 0), i), service="m"), timeout=30)
+        first = next(iter(watch))
+        watch.cancel()
+    assert first.outlier.value == 52.0
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    export_line = ('grpc_server_handled_total{grpc_code="OK",grpc_method="Export",'
+                   'grpc_service="opentelemetry.proto.collector.metrics.v1.MetricsService",grpc_type="UNARY"} 12.0')
+    assert export_line in text
+    assert 'grpc_server_started_total{grpc_method="Watch",grpc_service="pb.Outliers",grpc_type="SERVER_STREAMING"} 1.0' \
+        in text
+    assert 'streamer_metrics_judged_total{rpc="Export"} 12.0' in text
