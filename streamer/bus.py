@@ -87,6 +87,7 @@ class WorkerBus(_Bus):
     def start(self, hub) -> None:
         import asyncio
         self._hub = hub
+        self._stop = threading.Event()
         struct.pack_into("<q", self.counts, 8 * self.index, 0)
         path = self._path(self.index)
         if os.path.exists(path):
@@ -108,7 +109,11 @@ class WorkerBus(_Bus):
                 return
             except OSError:
                 return
-            _, lost, events = _unpack(data)
+            try:
+                _, lost, events = _unpack(data)
+            except (ValueError, KeyError, TypeError) as exc:  # not from a worker of this server
+                log.warning("watch bus: a datagram that is not a batch of events was dropped: %s", exc)
+                continue
             self._hub.receive(events, lost)
 
     def local_watchers(self, n: int) -> None:

@@ -159,6 +159,45 @@ def test_watch_and_export_are_counted_by_the_metrics_interceptor(make_server):
     export_line = ('grpc_server_handled_total{grpc_code="OK",grpc_method="Export",'
                    'grpc_service="opentelemetry.proto.collector.metrics.v1.MetricsService",grpc_type="UNARY"} 12.0')
     assert export_line in text
-    assert 'grpc_server_started_total{grpc_method="Watch",grpc_service="pb.Outliers",grpc_type="SERVER_STREAMING"} 1.0' \
-        in text
+    watch_line = ('grpc_server_started_total{grpc_method="Watch",grpc_service="pb.Outliers",'
+                  'grpc_type="SERVER_STREAMING"}')
+    assert watch_line + " 1.0" in text
     assert 'streamer_metrics_judged_total{rpc="Export"} 12.0' in text
+
+
+def test_the_worker_bus_carries_outliers_between_workers_and_counts_what_it_lost(tmp_path):
+    """Two workers' buses in one process (as two forked workers have them): events reach the other worker's
+    subscriber only while it has one, and what a missing socket lost is told there as Dropped."""
+    from streamer.bus import WorkerBus
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        page = WorkerBus.page(2)
+        buses = [WorkerBus(i, 2, str(tmp_path), page) for i in range(2)]
+        hubs = [Hub(b) for b in buses]
+        for h in hubs:
+            h.start(loop)
+        ev = [Event(f"w0.s{i}", float(i), 1, 0.0, 1.0, 1.0, pb.ORIGIN_STREAM, "") for i in range(3)]
+        assert buses[0]._count_remote() == 0
+        hubs[0].publish(ev)  # nobody watches in worker 1: nothing is sent
+        sub = hubs[1].subscribe()
+        assert buses[0]._count_remote() == 1
+        stream = sub.messages()
+        hubs[0].publish(ev[:1])
+        first = pb.WatchEvent.FromString(await asyncio.wait_for(stream.__anext__(), 10))
+        buses[1].close()  # worker 1 died, its socket with it; the next one has not started yet
+        (tmp_path / "w1.sock").unlink()
+        buses[1].local_watchers(1)  # (its slot still said it had a subscriber)
+        hubs[0].publish(ev)         # lost: 3
+        buses[1].start(hubs[1])     # the new worker: its socket, its slot reset; a subscriber again
+        buses[1].local_watchers(1)
+        hubs[0].publish(ev[2:])
+        rest = [pb.WatchEvent.FromString(await asyncio.wait_for(stream.__anext__(), 10)) for _ in range(2)]
+        for h in hubs:
+            h.close()
+        return first, rest
+
+    first, rest = asyncio.run(run())
+    assert first.outlier.series == "w0.s0"
+    assert (rest[0].dropped.count, rest[0].dropped.total) == (3, 3)
+    assert rest[1].outlier.series == "w0.s2"
