@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from streamer import fused, kernels
+from streamer import fused, kernels, watch
 from streamer.errors import (AlreadyExists, DetectError, FailedPrecondition, InvalidArgument,
                              ResourceExhausted, Unavailable)
 from streamer.series import SeriesLimitError, SeriesTable
@@ -185,6 +185,7 @@ class StreamDetector:
         self._seq = 0  # a private stream's applied seq (a session keeps its own)
         self._ephemeral = not sessions.store.durable  # a session's answers: its state is in no durable store
         self._pass = fused.StreamPass()
+        self.watch: watch.Hub | None = None  # where its outliers go when someone watches (service.py sets it)
 
     def process(self, buf: bytes) -> bytes:
         """Answer one request of the stream; raise DetectError (state untouched) if it cannot be applied.
@@ -254,7 +255,10 @@ class StreamDetector:
                                        params.warmup, params.exclude_outliers, batch)
             except SeriesLimitError as exc:
                 raise _series_limit(where, exc) from None
-            self.on_batch(len(cols), self._pass.flagged())
+            k = self._pass.flagged()
+            self.on_batch(len(cols), k)
+            if k and self.watch is not None and self.watch.active:
+                self._publish(*self._pass.flagged_rows())
             return out + trailer if trailer else out
         cols = self._pass.columns()
         known = len(state.table)
@@ -280,7 +284,15 @@ class StreamDetector:
             state.table.truncate(known)
             raise ResourceExhausted(f"{_too_large(where, len(out), k, limit)}; the batch was not applied")
         self.on_batch(len(cols), k)
+        if k and self.watch is not None and self.watch.active:
+            self._publish(ids, cols.values, cols.times, s.idx[:k], s.mean, s.std, s.z)
         return out
+
+    def _publish(self, ids, values, times, idx, mean, std, z) -> None:
+        """Hand the batch's outliers to Watch (only called when someone watches)."""
+        session = self.session.name if self.session is not None else ""
+        self.watch.publish(watch.flagged(self.state.table.name, ids, values, times, idx, mean, std, z,
+                                         watch.ORIGIN_STREAM, session))
 
     def _start(self, cols: fused.Head, where: str) -> None:
         params = resolve(cols.options, self.defaults, where)

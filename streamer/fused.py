@@ -169,6 +169,13 @@ class StreamPass:
         """How many metrics the last apply() flagged."""
         return int(self._st[_K])
 
+    def flagged_rows(self) -> tuple:
+        """(ids, values, times, idx, mean, std, z) of the last apply(): the batch's slots, values and times
+        (ns, 0: none) and, for the flagged rows idx, what they were judged against (Watch's events)."""
+        n, k, cols = int(self._st[_N]), int(self._st[_K]), self._cols
+        return (self._ids[:n], cols[2, :n].view(np.float64), cols[3, :n], self._idx[:k], self._mean[:k],
+                self._std[:k], self._z[:k])
+
     def apply(self, state, exponential: bool, alpha: float, threshold: float, warmup: int, exclude: bool,
               batch: int) -> bytes:
         """Apply the decoded request to `state` (a SeriesState, whose table is keyed with HASH_SEED) and return

@@ -16,9 +16,14 @@ from streamer.client import Client, ClientError
 from streamer.ops import logs
 
 
+# Flags whose default is None (the matching flag's value) and that take no path: a valid value for each.
+UNSET_DEFAULTS = {"--otlp-threshold": "3", "--otlp-warmup": "5", "--otlp-mode": "exponential", "--otlp-alpha": "0.1"}
+
+
 def serve_flags() -> dict[str, str]:
     """Every `serve` flag, with a valid value for it (its default)."""
-    return {a.option_strings[0]: "x" if a.default is None else str(a.default) for a in cli._parser().serve._actions
+    return {a.option_strings[0]: UNSET_DEFAULTS.get(a.option_strings[0], "x") if a.default is None else str(a.default)
+            for a in cli._parser().serve._actions
             if a.option_strings and a.option_strings[0].startswith("--") and a.dest != "help"}
 
 
