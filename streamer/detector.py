@@ -186,6 +186,7 @@ class StreamDetector:
         self._ephemeral = not sessions.store.durable  # a session's answers: its state is in no durable store
         self._pass = fused.StreamPass()
         self.watch: watch.Hub | None = None  # where its outliers go when someone watches (service.py sets it)
+        self.taps = None  # the page's viewed series (streamer/web/tap.py Taps; service.py sets it)
 
     def process(self, buf: bytes) -> bytes:
         """Answer one request of the stream; raise DetectError (state untouched) if it cannot be applied.
@@ -259,6 +260,8 @@ class StreamDetector:
             self.on_batch(len(cols), k)
             if k and self.watch is not None and self.watch.active:
                 self._publish(*self._pass.flagged_rows())
+            if self.taps is not None and self.taps.active:
+                self._tap(*self._pass.flagged_rows()[:3])
             return out + trailer if trailer else out
         cols = self._pass.columns()
         known = len(state.table)
@@ -286,7 +289,14 @@ class StreamDetector:
         self.on_batch(len(cols), k)
         if k and self.watch is not None and self.watch.active:
             self._publish(ids, cols.values, cols.times, s.idx[:k], s.mean, s.std, s.z)
+        if self.taps is not None and self.taps.active:
+            self._tap(ids, cols.values, cols.times)
         return out
+
+    def _tap(self, ids, values, times) -> None:
+        """Hand the batch to the page's taps (streamer/web/tap.py; only called while a page views a series)."""
+        self.taps.observe(self.session.name if self.session is not None else "", self.state, self.params,
+                          ids, values, times)
 
     def _publish(self, ids, values, times, idx, mean, std, z) -> None:
         """Hand the batch's outliers to Watch (only called when someone watches)."""
