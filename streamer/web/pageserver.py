@@ -162,9 +162,9 @@ class PageServer:
             return await self._send(writer, 200, {"fields": option_fields(), "max_upload_bytes": self.max_upload,
                                                   "defaults": dataclasses.asdict(self.defaults)})
         if path == "/api/events":
-            return await self._events(writer, q)
+            return await self._events(reader, writer, q)
         if path == "/api/tap":
-            return await self._tap(writer, q)
+            return await self._tap(reader, writer, q)
         if path.startswith("/api/backtest/"):
             return await self._backtest_get(writer, path, q)
         return await self._send(writer, 404, {"error": f"no such page: {path}"})
@@ -235,13 +235,25 @@ class PageServer:
                      b"Connection: close\r\n\r\n: streamer\n\n")
         await writer.drain()
 
-    async def _events(self, writer, q: dict) -> None:
+    @staticmethod
+    async def _wait(waiter, gone: asyncio.Future):
+        """Wait for `waiter` (a coroutine) up to 15 s: (False, None) once the page has gone (its connection read
+        EOF), else (True, the waiter's result or None after 15 s)."""
+        task = asyncio.ensure_future(waiter)
+        await asyncio.wait({task, gone}, timeout=15.0, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+            return not gone.done(), None
+        return True, task.result()
+
+    async def _events(self, reader, writer, q: dict) -> None:
         """Server-sent events: the Hub's outliers (and episodes) matching session, source and series prefix."""
         source = q.get("source", "")
         if source and source not in ORIGINS:
             return await self._send(writer, 400, {"error": f"source {source!r}: one of {', '.join(ORIGINS)}"})
         hub = self.service.hub
         sub = hub.subscribe(q.get("session", ""), q.get("prefix", ""))
+        gone = asyncio.ensure_future(reader.read(1))  # a page sends nothing more: EOF when it goes away
         try:
             await self._sse_head(writer)
             while not sub.closed:
@@ -258,34 +270,34 @@ class PageServer:
                     await writer.drain()
                     continue
                 sub.wake.clear()
-                try:
-                    await asyncio.wait_for(sub.wake.wait(), 15.0)
-                except asyncio.TimeoutError:
-                    writer.write(b": ping\n\n")  # finds a page that went away
+                if not (await self._wait(sub.wake.wait(), gone))[0]:
+                    return
+                if not sub.wake.is_set():
+                    writer.write(b": ping\n\n")  # keeps proxies from closing an idle stream
                     await writer.drain()
         finally:
+            gone.cancel()
             hub.unsubscribe(sub)
 
-    async def _tap(self, writer, q: dict) -> None:
+    async def _tap(self, reader, writer, q: dict) -> None:
         """Server-sent events: a series' recent judged values (the ring first), then each new batch's."""
         series = q.get("series", "")
         if not series:
             return await self._send(writer, 400, {"error": "give the series key (series=...)"})
         tap, queue = self.taps.view(q.get("session", ""), series)
+        gone = asyncio.ensure_future(reader.read(1))
         try:
             await self._sse_head(writer)
             writer.write(b"event: ring\ndata: " + _json(list(tap.ring)) + b"\n\n")
             await writer.drain()
             while True:
-                try:
-                    points = await asyncio.wait_for(queue.get(), 15.0)
-                except asyncio.TimeoutError:
-                    writer.write(b": ping\n\n")
-                    await writer.drain()
-                    continue
-                writer.write(b"data: " + _json(points) + b"\n\n")
+                alive, points = await self._wait(queue.get(), gone)
+                if not alive:
+                    return
+                writer.write(b": ping\n\n" if points is None else b"data: " + _json(points) + b"\n\n")
                 await writer.drain()
         finally:
+            gone.cancel()
             self.taps.unview(tap, queue)
 
     async def _backtest(self, reader, writer, headers: dict, q: dict) -> None:

@@ -139,7 +139,7 @@ function openSeries(session, series) {
     if (extra > 0) for (const k of ["x", "value", "mean", "upper", "lower", "flagged"]) live[k].splice(0, extra);
     drawLive();
   };
-  src.addEventListener("ring", (m) => add(JSON.parse(m.data)));
+  src.addEventListener("ring", (m) => { live.connected = true; add(JSON.parse(m.data)); });
   src.onmessage = (m) => add(JSON.parse(m.data));
   drawLive();
 }
@@ -159,6 +159,7 @@ function drawLive() {
   const c = $("chart");
   const nFlag = live.flagged.filter((v) => v !== null).length;
   c.dataset.points = live.x.length; c.dataset.flagged = nFlag; c.dataset.series = live.series;
+  c.dataset.connected = live.connected ? "1" : "0";
   $("chart-note").textContent = live.x.length ? `${live.x.length} values, ${nFlag} flagged (red); band: mean ± k·stddev as each value was judged`
     : "Waiting for values of this series (kept only while it is viewed)…";
   const data = [live.x, live.value, live.mean, live.upper, live.lower, live.flagged];
@@ -266,6 +267,8 @@ async function start() {
   $("search-session").addEventListener("change", search);
   $("bt-add").onclick = () => addSet();
   $("bt-run").onclick = runBacktest;
+  const url = new URLSearchParams(location.search);  // ?series=KEY&session=NAME opens that series (a link to it)
+  if (url.get("series")) openSeries(url.get("session") || "", url.get("series"));
   connectEvents();
   await loadSessions();
   await search();
