@@ -261,7 +261,7 @@ class StreamDetector:
             if k and self.watch is not None and self.watch.active:
                 self._publish(*self._pass.flagged_rows())
             if self.taps is not None and self.taps.active:
-                self._tap(*self._pass.flagged_rows()[:3])
+                self._tap(*self._pass.flagged_rows())
             return out + trailer if trailer else out
         cols = self._pass.columns()
         known = len(state.table)
@@ -290,13 +290,14 @@ class StreamDetector:
         if k and self.watch is not None and self.watch.active:
             self._publish(ids, cols.values, cols.times, s.idx[:k], s.mean, s.std, s.z)
         if self.taps is not None and self.taps.active:
-            self._tap(ids, cols.values, cols.times)
+            self._tap(ids, cols.values, cols.times, s.idx[:k], s.mean, s.std, s.z)
         return out
 
-    def _tap(self, ids, values, times) -> None:
-        """Hand the batch to the page's taps (streamer/web/tap.py; only called while a page views a series)."""
+    def _tap(self, ids, values, times, idx, mean, std, z) -> None:
+        """Hand the batch and its flagged rows to the page's taps (streamer/web/tap.py; only called while a page
+        views a series)."""
         self.taps.observe(self.session.name if self.session is not None else "", self.state, self.params,
-                          ids, values, times)
+                          ids, values, times, idx, mean, std, z)
 
     def _publish(self, ids, values, times, idx, mean, std, z) -> None:
         """Hand the batch's outliers to Watch (only called when someone watches)."""

@@ -153,6 +153,7 @@ def test_the_api_serves_sessions_search_live_events_and_a_tap(page):
     te = threading.Thread(target=_sse, args=(port, "/api/events?session=s1&source=stream&prefix=cp", 1, events,
                                              ready_e))
     tt = threading.Thread(target=_sse, args=(port, "/api/tap?session=s1&series=cpu", 39, points, ready_t))
+    srv.server.service.taps.sample_seconds = 0  # every batch recorded whole (test_a_sampled_tap_...: sampled)
     te.start(), tt.start()
     assert ready_e.wait(30) and ready_t.wait(30)
     rng = random.Random(SEED)
@@ -200,3 +201,52 @@ def test_an_option_set_can_name_any_field_the_pipeline_reads():
     assert [f["name"] for f in option_fields()] == [f.name for f in dataclasses.fields(Options)]
     assert parse_options({"mode": "exponential", "alpha": "0.1", "exclude_outliers": "on"}, "s") == \
         Options(mode=MODE_EXPONENTIAL, alpha=0.1, exclude_outliers=True)
+
+
+@pytest.mark.parametrize("exclude", [False, True])
+def test_a_sampled_tap_keeps_every_flagged_value_and_judges_sampled_batches_as_the_stream(exclude):
+    """With sampling (one batch recorded whole in a long while), every flagged value of the viewed series is still
+    in the ring with the stream's mean and stddev; each whole batch (three values of the series in it) has the
+    band the kernel judged it against."""
+    from streamer.pb import outliers_pb2 as pb
+    from streamer.state import SessionRegistry
+    from streamer.web.tap import Taps
+    clock = [0.0]
+    taps = Taps(sample_seconds=10.0, clock=lambda: clock[0])
+    tap = taps.view("", "x")
+    d = detector.StreamDetector(detector.Defaults(), SessionRegistry(600, 10, 1000))
+    d.taps = taps
+    rng = random.Random(SEED)
+    outliers = []
+    for b in range(60):
+        clock[0] = 11.0 * (b in (20, 40))  # arms after batches 20 and 40: batches 21 and 41 are recorded whole
+        values = [rng.gauss(0, 1) for _ in range(3)]
+        if b in (15, 21, 33):
+            values[1] = 50.0
+        req = pb.OutliersRequest(metrics=[pb.Metric(name="x", value=v) for v in values] + [pb.Metric(name="y")])
+        if b == 0:
+            req.options.CopyFrom(pb.DetectOptions(exclude_outliers=exclude))
+        answer = pb.OutliersResponse.FromString(d.process(req.SerializeToString()))
+        outliers += [(o.value, o.mean, o.stddev) for o in answer.outliers if o.name == "x"]
+    ring = list(tap.ring)
+    flagged = [(p[1], p[2], p[3]) for p in ring if p[4]]
+    assert outliers and sorted(flagged) == sorted(outliers)
+    whole = [p for p in ring if not p[4]]
+    assert len(whole) >= 5  # the first batch, 21 and 41 (less their flagged values)
+    # the band of the unflagged values of a whole batch: the naive stream's state before each value
+    state: dict = {}
+    rng = random.Random(SEED)
+    expect = {}
+    for b in range(60):
+        values = [rng.gauss(0, 1) for _ in range(3)]
+        if b in (15, 21, 33):
+            values[1] = 50.0
+        for v in values:
+            c = state.get("count", [0])[0] if state else 0
+            if c >= 10:
+                m2 = state["spread"][0]
+                expect[v] = (state["mean"][0], (m2 / c) ** 0.5)
+            naive.welford_stream([("x", v)], state, threshold=2.0, warmup=10, exclude=exclude)
+    for p in whole:
+        if p[2] is not None:
+            assert (p[2], p[3]) == pytest.approx(expect[p[1]], rel=1e-9)

@@ -20,7 +20,7 @@ from importlib import resources
 
 from streamer import detector
 from streamer.web.backtest import BacktestError, Backtests, option_fields
-from streamer.web.tap import Taps
+from streamer.web.tap import DELIVER_SECONDS, Taps, points_json
 
 log = logging.getLogger("streamer.web")
 
@@ -280,25 +280,35 @@ class PageServer:
             hub.unsubscribe(sub)
 
     async def _tap(self, reader, writer, q: dict) -> None:
-        """Server-sent events: a series' recent judged values (the ring first), then each new batch's."""
+        """Server-sent events: a series' recent judged values (the ring first), then what is new, every
+        DELIVER_SECONDS (the detector only appends to the ring: nothing is handed to the event loop per batch)."""
         series = q.get("series", "")
         if not series:
             return await self._send(writer, 400, {"error": "give the series key (series=...)"})
-        tap, queue = self.taps.view(q.get("session", ""), series)
+        tap = self.taps.view(q.get("session", ""), series)
         gone = asyncio.ensure_future(reader.read(1))
         try:
             await self._sse_head(writer)
-            writer.write(b"event: ring\ndata: " + _json(list(tap.ring)) + b"\n\n")
+            sent = tap.added
+            writer.write(b"event: ring\ndata: " + _json(points_json(list(tap.ring))) + b"\n\n")
             await writer.drain()
-            while True:
-                alive, points = await self._wait(queue.get(), gone)
-                if not alive:
-                    return
-                writer.write(b": ping\n\n" if points is None else b"data: " + _json(points) + b"\n\n")
+            quiet = 0.0
+            while not gone.done():
+                await asyncio.wait({gone}, timeout=DELIVER_SECONDS)
+                new, sent = tap.since(sent), tap.added
+                if new:
+                    writer.write(b"data: " + _json(points_json(new)) + b"\n\n")
+                    quiet = 0.0
+                else:
+                    quiet += DELIVER_SECONDS
+                    if quiet < 15.0:
+                        continue
+                    writer.write(b": ping\n\n")
+                    quiet = 0.0
                 await writer.drain()
         finally:
             gone.cancel()
-            self.taps.unview(tap, queue)
+            self.taps.unview(tap)
 
     async def _backtest(self, reader, writer, headers: dict, q: dict) -> None:
         length = headers.get("content-length")

@@ -2,12 +2,15 @@
 against, in a bounded ring per viewed series (nothing is kept for series nobody views).
 
 The detector calls `Taps.observe` after each applied batch only while `Taps.active` is true (a plain attribute:
-some page views a series). The band comes from the stream's own kernel (kernels.welford_update / ewm_update),
-run on a one-series copy of the state, so there is no second implementation of the rule: see `judge_series`.
+some page views a series). Every flagged value of a viewed series is kept, with what the stream judged it
+against; the other values are sampled: at most one batch in SAMPLE_SECONDS is recorded whole, each value with
+the band it was judged against. The band comes from the stream's own kernel (kernels.welford_update /
+ewm_update) run on a one-series copy of the state taken just before that batch, so there is no second
+implementation of the rule: see `_One`. A page reads the ring every DELIVER_SECONDS (pageserver.py), so a busy
+series costs the detector a few microseconds a sampled batch and one comparison of the flagged rows otherwise.
 """
 from __future__ import annotations
 
-import asyncio
 import collections
 import threading
 import time
@@ -18,6 +21,8 @@ from streamer import kernels
 from streamer.state import MODE_EXPONENTIAL
 
 RING = 2000  # values kept per viewed series
+DELIVER_SECONDS = 0.1  # how often a page is sent its viewed series' new values
+SAMPLE_SECONDS = 0.05  # a viewed series' batches are recorded whole at most this often (flagged values: always)
 
 
 class _One:
@@ -61,6 +66,31 @@ class _One:
         z = float(self.out[2][0]) if flagged else (0.0 if std is None or std == 0 else (value - mean) / std)
         return mean, std, flagged, z
 
+    def band(self, values: np.ndarray, params):
+        """(means, stddevs) each of `values` (one series, in order) is judged against from this state, which then
+        holds the state after them. Exact only when flagged values update the state (not exclude_outliers): the
+        whole run is one call of the kernel with threshold -1 (see judge)."""
+        n = len(values)
+        ids = np.zeros(n, dtype=np.int64)
+        idx = np.empty(n, dtype=np.int32)
+        out = [np.full(n, np.nan) for _ in range(3)]
+        need = max(int(params.warmup), 2)
+        seen = self.count[0]
+        if params.mode == MODE_EXPONENTIAL:
+            k = kernels.ewm_update(ids, values, self.count, self.mean, self.spread, float(params.alpha), -1.0,
+                                   int(params.warmup), False, idx, *out)
+        else:
+            k = kernels.welford_update(ids, values, self.count, self.mean, self.spread, -1.0, int(params.warmup),
+                                       False, idx, *out)
+        means, stds = np.full(n, np.nan), np.full(n, np.nan)
+        means[idx[:k]], stds[idx[:k]] = out[0][:k], out[1][:k]
+        # not flagged past the warmup: difference and stddev both 0, so the mean was the value
+        finite = np.isfinite(values)
+        judged = (seen + np.cumsum(finite) - finite) >= need
+        same = judged & finite & np.isnan(means)
+        means[same], stds[same] = values[same], 0.0
+        return means, stds
+
 
 def judge_series(values, params) -> tuple[list, list, list, list]:
     """Judge one series' values in order from an empty state with the stream's kernel: (means, stddevs, flags,
@@ -77,18 +107,21 @@ def judge_series(values, params) -> tuple[list, list, list, list]:
 
 
 class Tap:
-    """One viewed series of one session: its ring of judged values and the pages that view it."""
+    """One viewed series of one session: its ring of judged values (tuples t, value, mean, stddev, flagged,
+    zscore, k) and how many were ever added (`added`: a page sends the ones it has not sent)."""
 
     def __init__(self, session: str, series: str, limit: int = RING):
         self.session = session
         self.series = series
         self.key = series.encode("utf-8")
         self.ring: collections.deque = collections.deque(maxlen=limit)
-        self.viewers: set[asyncio.Queue] = set()
-        self.slots: dict[int, int] = {}   # id(state) -> the series' slot in that state's table
-        self.looked: dict[int, int] = {}  # id(state) -> len(table) when the slot was last looked for in vain
+        self.added = 0
+        self.viewers = 0
+        self.slots: dict[int, int] = {}   # id(table) -> the series' slot in that table
+        self.looked: dict[int, int] = {}  # id(table) -> len(table) when the slot was last looked for in vain
         self.one = _One()
-        self.synced: int | None = None    # id(state) whose post-batch state `one` holds
+        self.armed: int | None = None     # id(state) whose state before the next batch `one` holds
+        self.next_sample = 0.0
 
     def slot(self, table) -> int:
         """The series' slot in `table`, or -1 (looked for again only once the table has grown)."""
@@ -104,6 +137,18 @@ class Tap:
         if s >= 0:
             self.slots[key] = s
         return s
+
+    def add(self, points: list) -> None:
+        self.ring.extend(points)
+        self.added += len(points)
+
+    def since(self, added: int) -> list:
+        """The points added after the first `added` (those still in the ring)."""
+        new = self.added - added
+        if new <= 0:
+            return []
+        ring = list(self.ring)
+        return ring[-new:] if new < len(ring) else ring
 
 
 def find_slot(table, key: bytes) -> int:
@@ -125,79 +170,92 @@ def find_slot(table, key: bytes) -> int:
 
 
 class Taps:
-    """Every viewed series of this process. Subscribing happens on the event loop; observe() on whatever thread
-    runs the batch (the event loop, or a worker thread for a large batch, under the session's lock)."""
+    """Every viewed series of this process. Viewing happens on the event loop; observe() on whatever thread runs
+    the batch (the event loop, or a worker thread for a large batch, under the session's lock)."""
 
-    def __init__(self, limit: int = RING):
+    def __init__(self, limit: int = RING, sample_seconds: float = SAMPLE_SECONDS,
+                 clock=time.monotonic):
         self.limit = limit
+        self.sample_seconds = sample_seconds
+        self.clock = clock
         self.active = False  # some page views a series: the detector checks this first
         self._by_session: dict[str, list[Tap]] = {}
         self._taps: dict[tuple[str, str], Tap] = {}
-        self._lock = threading.Lock()  # protects the two dicts against observe() on worker threads
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()  # protects the two dicts' changes (observe() only reads them)
 
-    def view(self, session: str, series: str) -> tuple[Tap, asyncio.Queue]:
-        """Start viewing (on the event loop): the tap and a queue that receives lists of new points."""
-        self._loop = asyncio.get_running_loop()
+    def view(self, session: str, series: str) -> Tap:
         with self._lock:
             tap = self._taps.get((session, series))
             if tap is None:
                 tap = self._taps[(session, series)] = Tap(session, series, self.limit)
-                self._by_session.setdefault(session, []).append(tap)
-            q: asyncio.Queue = asyncio.Queue(maxsize=64)
-            tap.viewers.add(q)
+                self._by_session = {**self._by_session,
+                                    session: [*self._by_session.get(session, []), tap]}
+            tap.viewers += 1
             self.active = True
-        return tap, q
+        return tap
 
-    def unview(self, tap: Tap, q: asyncio.Queue) -> None:
+    def unview(self, tap: Tap) -> None:
         with self._lock:
-            tap.viewers.discard(q)
-            if not tap.viewers:
+            tap.viewers -= 1
+            if tap.viewers <= 0:
                 self._taps.pop((tap.session, tap.series), None)
-                taps = self._by_session.get(tap.session, [])
-                if tap in taps:
-                    taps.remove(tap)
-                if not taps:
-                    self._by_session.pop(tap.session, None)
+                rest = [t for t in self._by_session.get(tap.session, []) if t is not tap]
+                self._by_session = {k: v for k, v in self._by_session.items() if k != tap.session}
+                if rest:
+                    self._by_session[tap.session] = rest
             self.active = bool(self._taps)
 
-    def observe(self, session: str, state, params, ids, values, times) -> None:
-        """After a batch was applied to `state`: record the viewed series' values of it."""
+    def observe(self, session: str, state, params, ids, values, times, idx, mean, std, z) -> None:
+        """After a batch was applied to `state`: record the viewed series' values of it (see the module's
+        docstring); idx, mean, std, z: the batch's flagged rows and what they were judged against."""
         taps = self._by_session.get(session)
         if not taps:
             return
-        for tap in list(taps):
+        now = self.clock()
+        for tap in taps:
             s = tap.slot(state.table)
             if s < 0:
                 continue
-            rows = np.flatnonzero(ids == s)
-            if len(rows) == 0:
-                continue
-            self._record(tap, state, s, params, values[rows].tolist(), times[rows].tolist())
+            if tap.armed == id(state):
+                rows = np.flatnonzero(ids == s)
+                if not len(rows):
+                    continue  # its state is as it was: still armed for the next batch
+                tap.armed = None
+                tap.next_sample = now + self.sample_seconds
+                self._whole(tap, rows, params, values, times, idx, z)
+            elif len(idx):
+                hit = np.flatnonzero(ids[idx] == s)
+                if len(hit):
+                    wall = time.time_ns()
+                    tap.add([((int(times[r]) or wall) / 1e9, float(values[r]), float(mean[j]), float(std[j]),
+                              True, float(z[j]), params.threshold) for j, r in zip(hit.tolist(), idx[hit].tolist())])
+            if tap.armed is None and now >= tap.next_sample:  # the next batch is recorded whole
+                tap.one.set(state.count[s], state.mean[s], state.spread[s])
+                tap.armed = id(state)
 
-    def _record(self, tap: Tap, state, s: int, params, vs: list, ts: list) -> None:
-        one = tap.one
-        if tap.synced != id(state):  # the first batch seen: its values are judged from the state after it
-            tap.synced = id(state)
-            one.set(state.count[s], state.mean[s], state.spread[s])
-            return
-        now = time.time_ns()
+    @staticmethod
+    def _whole(tap: Tap, rows, params, values, times, idx, z) -> None:
+        vs = values[rows]
+        flagged_z = dict(zip(idx.tolist(), z[:len(idx)].tolist()))
+        if params.exclude_outliers:  # flagged values leave the state: judge one at a time
+            judged = [tap.one.judge(v, params) for v in vs.tolist()]
+            means = [j[0] for j in judged]
+            stds = [j[1] for j in judged]
+        else:
+            m, d = tap.one.band(vs, params)
+            means = [None if x != x else x for x in m.tolist()]
+            stds = [None if x != x else x for x in d.tolist()]
+        wall = time.time_ns()
+        k = params.threshold
         points = []
-        for v, t in zip(vs, ts):
-            mean, std, flagged, z = one.judge(v, params)
-            points.append({"t": (t or now) / 1e9, "value": v, "mean": mean, "stddev": std, "flagged": flagged,
-                           "zscore": z if np.isfinite(z) else None, "k": params.threshold})
-        # the copy follows the real state exactly (same kernel, same order); resynced in case a batch was missed
-        one.set(state.count[s], state.mean[s], state.spread[s])
-        tap.ring.extend(points)
-        if self._loop is not None:
-            for q in list(tap.viewers):
-                try:
-                    self._loop.call_soon_threadsafe(_offer, q, points)
-                except RuntimeError:  # the loop has closed
-                    pass
+        for r, v, t, mu, sd in zip(rows.tolist(), vs.tolist(), times[rows].tolist(), means, stds):
+            zz = flagged_z.get(r)
+            points.append(((t or wall) / 1e9, v, mu, sd, zz is not None,
+                           zz if zz is not None else (0.0 if not sd else (v - mu) / sd), k))
+        tap.add(points)
 
 
-def _offer(q: asyncio.Queue, points: list) -> None:
-    if not q.full():  # a slow page misses points (it reloads the ring when it reconnects)
-        q.put_nowait(points)
+def points_json(points: list) -> list[dict]:
+    """The ring's tuples as the page reads them."""
+    return [{"t": t, "value": v, "mean": m, "stddev": s, "flagged": f, "zscore": z, "k": k}
+            for t, v, m, s, f, z, k in points]
