@@ -267,8 +267,11 @@ class StreamerServer:
     async def _start_page(self, hub: Hub) -> None:
         """The page (streamer/web/) on --http-port: its HTTP server shares the event loop, and the detectors
         hand it the values of the series it views (the taps)."""
+        from streamer.web import tap
         from streamer.web.pageserver import PageServer
         from streamer.web.tap import Taps
+
+        await asyncio.to_thread(tap.compile_all)
 
         self.service.taps = Taps()
         self.page = PageServer(self.service, self.defaults, int(self.config.http_max_upload_mb * 2**20),

@@ -29,6 +29,7 @@ STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; 
           "uPlot.min.css": "text/css; charset=utf-8", "LICENSE.uPlot.txt": "text/plain; charset=utf-8"}
 HEADER_LIMIT = 64 * 1024
 SEARCH_LIMIT = 200
+EVENTS_QUEUE = 256  # events a page's live list is sent per DELIVER_SECONDS at most (the rest: counted as dropped)
 ORIGINS = {"stream": 1, "otlp": 2}
 ORIGIN_NAMES = {v: k for k, v in ORIGINS.items()}
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 411: "Length Required",
@@ -252,7 +253,7 @@ class PageServer:
         if source and source not in ORIGINS:
             return await self._send(writer, 400, {"error": f"source {source!r}: one of {', '.join(ORIGINS)}"})
         hub = self.service.hub
-        sub = hub.subscribe(q.get("session", ""), q.get("prefix", ""))
+        sub = hub.subscribe(q.get("session", ""), q.get("prefix", ""), EVENTS_QUEUE)
         gone = asyncio.ensure_future(reader.read(1))  # a page sends nothing more: EOF when it goes away
         try:
             await self._sse_head(writer)
@@ -268,6 +269,9 @@ class PageServer:
                 if batch:
                     writer.write(b"data: " + _json(batch) + b"\n\n")
                     await writer.drain()
+                    # one message a DELIVER_SECONDS at most: what arrives meanwhile waits in the queue, and what
+                    # overflows it is counted (and shown as dropped) at the cost of a comparison
+                    await asyncio.wait({gone}, timeout=DELIVER_SECONDS)
                     continue
                 sub.wake.clear()
                 if not (await self._wait(sub.wake.wait(), gone))[0]:

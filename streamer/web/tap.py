@@ -15,6 +15,7 @@ import collections
 import threading
 import time
 
+import numba
 import numpy as np
 
 from streamer import kernels
@@ -23,6 +24,42 @@ from streamer.state import MODE_EXPONENTIAL
 RING = 2000  # values kept per viewed series
 DELIVER_SECONDS = 0.1  # how often a page is sent its viewed series' new values
 SAMPLE_SECONDS = 0.05  # a viewed series' batches are recorded whole at most this often (flagged values: always)
+
+
+@numba.njit(nogil=True, cache=True)
+def _rows_of(ids, idx, k, slot, out):
+    """Rows of the batch whose series is `slot` into out, their count: among the k flagged rows idx[:k], or among
+    all rows when k < 0. One compiled call: numpy's mask-and-flatnonzero costs several microseconds a batch."""
+    n = 0
+    if k < 0:
+        for i in range(len(ids)):
+            if ids[i] == slot:
+                out[n] = i
+                n += 1
+    else:
+        for j in range(k):
+            if ids[idx[j]] == slot:
+                out[n] = j
+                n += 1
+    return n
+
+
+def compile_all() -> None:
+    """Compile (or load from numba's cache) what observe() calls, in the types the detector passes."""
+    ids = np.zeros(2, dtype=np.int64)
+    out = np.empty(2, dtype=np.int64)
+    _rows_of(ids, np.zeros(1, dtype=np.int32), 1, 0, out)
+    _rows_of(ids, np.zeros(1, dtype=np.int32), -1, 0, out)
+    one = _One()
+    for mode in (1, 2):
+        p = _CompileParams(mode)
+        one.judge(1.0, p)
+        one.band(np.array([1.0, 2.0]), p)
+
+
+class _CompileParams:
+    def __init__(self, mode):
+        self.mode, self.alpha, self.threshold, self.warmup, self.exclude_outliers = mode, 0.05, 2.0, 2, False
 
 
 class _One:
@@ -122,6 +159,7 @@ class Tap:
         self.one = _One()
         self.armed: int | None = None     # id(state) whose state before the next batch `one` holds
         self.next_sample = 0.0
+        self.rows = np.empty(64, dtype=np.int64)  # _rows_of's out, grown to the batch
 
     def slot(self, table) -> int:
         """The series' slot in `table`, or -1 (looked for again only once the table has grown)."""
@@ -216,16 +254,19 @@ class Taps:
             s = tap.slot(state.table)
             if s < 0:
                 continue
+            if len(tap.rows) < len(ids):
+                tap.rows = np.empty(2 * len(ids), dtype=np.int64)
             if tap.armed == id(state):
-                rows = np.flatnonzero(ids == s)
-                if not len(rows):
+                n = _rows_of(ids, idx, -1, s, tap.rows)
+                if not n:
                     continue  # its state is as it was: still armed for the next batch
                 tap.armed = None
                 tap.next_sample = now + self.sample_seconds
-                self._whole(tap, rows, params, values, times, idx, z)
+                self._whole(tap, tap.rows[:n].copy(), params, values, times, idx, z)
             elif len(idx):
-                hit = np.flatnonzero(ids[idx] == s)
-                if len(hit):
+                n = _rows_of(ids, idx, len(idx), s, tap.rows)
+                if n:
+                    hit = tap.rows[:n]
                     wall = time.time_ns()
                     tap.add([((int(times[r]) or wall) / 1e9, float(values[r]), float(mean[j]), float(std[j]),
                               True, float(z[j]), params.threshold) for j, r in zip(hit.tolist(), idx[hit].tolist())])
