@@ -7,8 +7,8 @@ One `streamer serve` (memory://, --http-port on a free port) for the whole run. 
 pre-encoded batches of 1 000 metrics (100 series, 5 flagged a batch) on their own channel and session, four
 batches in flight. "page open" rounds hold the two connections the page's browser holds while a series is viewed
 (the page's EventSources: /api/events, every outlier of every session; /api/tap on series s0 of the first
-client's session, ten values a batch), read by a thread each; "no page" rounds hold none. Rounds alternate which
-goes first; medians with min-max over the rounds. In process (CPU time): StreamDetector.process per batch with no
+client's session, ten values a batch), read by a thread each; "no page" rounds hold none, and "live list only" and
+"series view only" one of the two, to tell their costs apart. Rounds alternate the order of the variants; medians with min-max over the rounds. In process (CPU time): StreamDetector.process per batch with no
 taps, taps nobody views, and a viewed series. Writes page.json and page.md to --out (default benchmarks/results).
 """
 from __future__ import annotations
@@ -92,10 +92,14 @@ def _sse(port: int, path: str, stop: threading.Event, open_: threading.Event, co
     conn.close()
 
 
-def page_open(port: int, stop: threading.Event) -> tuple[list[threading.Thread], list]:
+PATHS = {"no page": (), "page open": ("/api/events", "/api/tap?session=bench-0&series=s0"),
+         "live list only": ("/api/events",), "series view only": ("/api/tap?session=bench-0&series=s0",)}
+
+
+def page_open(port: int, stop: threading.Event, paths) -> tuple[list[threading.Thread], list]:
     counts = [0]
     threads = []
-    for path in ("/api/events", "/api/tap?session=bench-0&series=s0"):
+    for path in paths:
         opened = threading.Event()
         t = threading.Thread(target=_sse, args=(port, path, stop, opened, counts), daemon=True)
         t.start()
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     http_port = free_port()
     server = ServerProcess("streamer", args=("--http-port", str(http_port)))
     clients = []
-    runs: dict[str, list[float]] = {"no page": [], "page open": []}
+    runs: dict[str, list[float]] = {name: [] for name in PATHS}
     received = []
     try:
         clients = [Client(server.addr, batches(f"bench-{k}", 220, k)) for k in range(args.clients)]
@@ -162,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
             order = list(runs) if r % 2 == 0 else list(reversed(runs))
             for name in order:
                 stop = threading.Event()
-                threads, counts = page_open(http_port, stop) if name == "page open" else ([], [0])
+                threads, counts = page_open(http_port, stop, PATHS[name])
                 before, t0 = sum(c.answered for c in clients), time.monotonic()
                 time.sleep(args.duration)
                 rate = (sum(c.answered for c in clients) - before) / (time.monotonic() - t0)
@@ -179,12 +183,15 @@ def main(argv: list[str] | None = None) -> None:
             c.stop.set()
         server.stop()
     ratios = [a / b for a, b in zip(runs["page open"], runs["no page"])]
+    parts = {n: [a / b for a, b in zip(runs[n], runs["no page"])] for n in PATHS if n != "no page"}
     fig = {n: {"median": statistics.median(v), "min": min(v), "max": max(v)} for n, v in runs.items()}
     result = {"what": "DetectStream metrics/s with the page open on a busy series (its /api/events and /api/tap "
                       "connections) and without; interleaved rounds in one run",
               "clients": args.clients, "rounds": args.rounds, "duration_s": args.duration,
               "metrics_per_s": fig,
               "page_over_no_page": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)},
+              "over_no_page": {n: {"median": statistics.median(v), "min": min(v), "max": max(v)}
+                               for n, v in parts.items()},
               "sse_messages_per_page_round": received,
               "in_process_us_per_batch": local, "machine": report.machine(), "versions": report.versions(),
               "seconds": round(time.time() - started, 1)}
@@ -200,6 +207,8 @@ def main(argv: list[str] | None = None) -> None:
     md += [f"| {n} | {f(v)} |" for n, v in fig.items()]
     md += ["", f"page open / no page, per round: {r['median']:.3f} ({r['min']:.3f}-{r['max']:.3f}); SSE messages "
            f"the page received per round: {received}", "",
+           "Each over no page, per round: " + "; ".join(
+               f"{n} {v['median']:.3f} ({v['min']:.3f}-{v['max']:.3f})" for n, v in result["over_no_page"].items()), "",
            "In process, microseconds a batch: " + "; ".join(f"{k} {f(v, 1, '')}" for k, v in local.items()), "",
            f"Machine: {json.dumps(result['machine'])}", "", f"Versions: {json.dumps(result['versions'])}", ""]
     (args.out / "page.md").write_text("\n".join(md))
