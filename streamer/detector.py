@@ -261,7 +261,7 @@ class StreamDetector:
             if k and self.watch is not None and self.watch.active:
                 self._publish(*self._pass.flagged_rows())
             if self.taps is not None and self.taps.active:
-                self._tap(*self._pass.flagged_rows())
+                self._tap(self._pass.flagged_rows)
             return out + trailer if trailer else out
         cols = self._pass.columns()
         known = len(state.table)
@@ -290,14 +290,13 @@ class StreamDetector:
         if k and self.watch is not None and self.watch.active:
             self._publish(ids, cols.values, cols.times, s.idx[:k], s.mean, s.std, s.z)
         if self.taps is not None and self.taps.active:
-            self._tap(ids, cols.values, cols.times, s.idx[:k], s.mean, s.std, s.z)
+            self._tap(lambda: (ids, cols.values, cols.times, s.idx[:k], s.mean, s.std, s.z))
         return out
 
-    def _tap(self, ids, values, times, idx, mean, std, z) -> None:
-        """Hand the batch and its flagged rows to the page's taps (streamer/web/tap.py; only called while a page
-        views a series)."""
-        self.taps.observe(self.session.name if self.session is not None else "", self.state, self.params,
-                          ids, values, times, idx, mean, std, z)
+    def _tap(self, rows) -> None:
+        """Tell the page's taps a batch was applied (streamer/web/tap.py; only called while a page views a series);
+        rows() gives its (ids, values, times, idx, mean, std, z) when a tap records it."""
+        self.taps.observe(self.session.name if self.session is not None else "", self.state, self.params, rows)
 
     def _publish(self, ids, values, times, idx, mean, std, z) -> None:
         """Hand the batch's outliers to Watch (only called when someone watches)."""

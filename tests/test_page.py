@@ -204,10 +204,9 @@ def test_an_option_set_can_name_any_field_the_pipeline_reads():
 
 
 @pytest.mark.parametrize("exclude", [False, True])
-def test_a_sampled_tap_keeps_every_flagged_value_and_judges_sampled_batches_as_the_stream(exclude):
-    """With sampling (one batch recorded whole in a long while), every flagged value of the viewed series is still
-    in the ring with the stream's mean and stddev; each whole batch (three values of the series in it) has the
-    band the kernel judged it against."""
+def test_a_sampled_tap_judges_sampled_batches_as_the_stream(exclude):
+    """With sampling (one batch recorded whole in a long while), each whole batch (three values of the series in
+    it) has the band the kernel judged it against, and its flagged values the stream's mean and stddev."""
     from streamer.pb import outliers_pb2 as pb
     from streamer.state import SessionRegistry
     from streamer.web.tap import Taps
@@ -230,7 +229,9 @@ def test_a_sampled_tap_keeps_every_flagged_value_and_judges_sampled_batches_as_t
         outliers += [(o.value, o.mean, o.stddev) for o in answer.outliers if o.name == "x"]
     ring = list(tap.ring)
     flagged = [(p[1], p[2], p[3]) for p in ring if p[4]]
-    assert outliers and sorted(flagged) == sorted(outliers)
+    # the sampled batches' flags are the stream's (batch 21's spike); the others reach a page from the Watch hub
+    assert outliers and flagged and set(flagged) <= set(outliers)
+    assert (50.0, ) in [(v,) for v, _, _ in flagged]
     whole = [p for p in ring if not p[4]]
     assert len(whole) >= 5  # the first batch, 21 and 41 (less their flagged values)
     # the band of the unflagged values of a whole batch: the naive stream's state before each value

@@ -8,6 +8,7 @@ flags are set. Live events come from the Watch Hub (streamer/watch.py), a viewed
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import json
 import logging
@@ -284,23 +285,40 @@ class PageServer:
             hub.unsubscribe(sub)
 
     async def _tap(self, reader, writer, q: dict) -> None:
-        """Server-sent events: a series' recent judged values (the ring first), then what is new, every
-        DELIVER_SECONDS (the detector only appends to the ring: nothing is handed to the event loop per batch)."""
+        """Server-sent events: a series' recent judged values (the ring first), then what is new every
+        DELIVER_SECONDS: the tap's sampled batches, and every flagged value of the series from the Watch hub (the
+        detector only appends to the ring, and publishes to the hub anyway while a page is open)."""
         series = q.get("series", "")
         if not series:
             return await self._send(writer, 400, {"error": "give the series key (series=...)"})
-        tap = self.taps.view(q.get("session", ""), series)
+        session = q.get("session", "")
+        tap = self.taps.view(session, series)
+        sub = self.service.hub.subscribe(session, series, EVENTS_QUEUE)
         gone = asyncio.ensure_future(reader.read(1))
+        # flagged values sent lately: the hub's copy of one the ring had is not sent again (by value: a value
+        # without a data time gets its time where it is recorded, a little apart in the hub and in the tap)
+        sent_flags: collections.deque = collections.deque(maxlen=4 * EVENTS_QUEUE)
         try:
             await self._sse_head(writer)
             sent = tap.added
-            writer.write(b"event: ring\ndata: " + _json(points_json(list(tap.ring))) + b"\n\n")
+            ring = list(tap.ring)
+            sent_flags.extend(p[1] for p in ring if p[4])
+            writer.write(b"event: ring\ndata: " + _json(points_json(ring)) + b"\n\n")
             await writer.drain()
             quiet = 0.0
             while not gone.done():
                 await asyncio.wait({gone}, timeout=DELIVER_SECONDS)
                 new, sent = tap.since(sent), tap.added
+                sent_flags.extend(p[1] for p in new if p[4])
+                while sub.queue:
+                    e = sub.queue.popleft()
+                    if isinstance(e, tuple) and e.series == series and e.session == session:
+                        if e.value not in sent_flags:
+                            sent_flags.append(e.value)
+                            new.append((e.time_ns / 1e9, e.value, e.mean, e.stddev, True, e.zscore, tap.k))
+                sub.missed = 0
                 if new:
+                    new.sort(key=lambda p: p[0])
                     writer.write(b"data: " + _json(points_json(new)) + b"\n\n")
                     quiet = 0.0
                 else:
@@ -312,6 +330,7 @@ class PageServer:
                 await writer.drain()
         finally:
             gone.cancel()
+            self.service.hub.unsubscribe(sub)
             self.taps.unview(tap)
 
     async def _backtest(self, reader, writer, headers: dict, q: dict) -> None:

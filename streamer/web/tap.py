@@ -2,12 +2,12 @@
 against, in a bounded ring per viewed series (nothing is kept for series nobody views).
 
 The detector calls `Taps.observe` after each applied batch only while `Taps.active` is true (a plain attribute:
-some page views a series). Every flagged value of a viewed series is kept, with what the stream judged it
-against; the other values are sampled: at most one batch in SAMPLE_SECONDS is recorded whole, each value with
-the band it was judged against. The band comes from the stream's own kernel (kernels.welford_update /
-ewm_update) run on a one-series copy of the state taken just before that batch, so there is no second
-implementation of the rule: see `_One`. A page reads the ring every DELIVER_SECONDS (pageserver.py), so a busy
-series costs the detector a few microseconds a sampled batch and one comparison of the flagged rows otherwise.
+some page views a series). Values are sampled: at most one batch in SAMPLE_SECONDS is recorded whole, each value
+with the band it was judged against; the page gets every flagged value from the Watch hub besides
+(pageserver.py), which detection publishes anyway while a page is open. The band comes from the stream's own
+kernel (kernels.welford_update / ewm_update) run on a one-series copy of the state taken just before that batch,
+so there is no second implementation of the rule: see `_One`. A page reads the ring every DELIVER_SECONDS
+(pageserver.py), so a busy series costs the detector a few microseconds a sampled batch and a clock read otherwise.
 """
 from __future__ import annotations
 
@@ -160,6 +160,7 @@ class Tap:
         self.armed: int | None = None     # id(state) whose state before the next batch `one` holds
         self.next_sample = 0.0
         self.rows = np.empty(64, dtype=np.int64)  # _rows_of's out, grown to the batch
+        self.k: float | None = None               # the threshold of the last recorded batch
 
     def slot(self, table) -> int:
         """The series' slot in `table`, or -1 (looked for again only once the table has grown)."""
@@ -243,36 +244,31 @@ class Taps:
                     self._by_session[tap.session] = rest
             self.active = bool(self._taps)
 
-    def observe(self, session: str, state, params, ids, values, times, idx, mean, std, z) -> None:
-        """After a batch was applied to `state`: record the viewed series' values of it (see the module's
-        docstring); idx, mean, std, z: the batch's flagged rows and what they were judged against."""
+    def observe(self, session: str, state, params, rows) -> None:
+        """After a batch was applied to `state`: record the viewed series' values of it when sampled (see the
+        module's docstring); rows() gives the batch's (ids, values, times, idx, mean, std, z), idx the flagged rows
+        and mean, std, z what they were judged against. Otherwise a clock read and a comparison per viewed series."""
         taps = self._by_session.get(session)
         if not taps:
             return
         now = self.clock()
         for tap in taps:
-            s = tap.slot(state.table)
-            if s < 0:
-                continue
-            if len(tap.rows) < len(ids):
-                tap.rows = np.empty(2 * len(ids), dtype=np.int64)
             if tap.armed == id(state):
+                s = tap.slot(state.table)
+                ids, values, times, idx, mean, std, z = rows()
+                if len(tap.rows) < len(ids):
+                    tap.rows = np.empty(2 * len(ids), dtype=np.int64)
                 n = _rows_of(ids, idx, -1, s, tap.rows)
                 if not n:
                     continue  # its state is as it was: still armed for the next batch
                 tap.armed = None
                 tap.next_sample = now + self.sample_seconds
                 self._whole(tap, tap.rows[:n].copy(), params, values, times, idx, z)
-            elif len(idx):
-                n = _rows_of(ids, idx, len(idx), s, tap.rows)
-                if n:
-                    hit = tap.rows[:n]
-                    wall = time.time_ns()
-                    tap.add([((int(times[r]) or wall) / 1e9, float(values[r]), float(mean[j]), float(std[j]),
-                              True, float(z[j]), params.threshold) for j, r in zip(hit.tolist(), idx[hit].tolist())])
             if tap.armed is None and now >= tap.next_sample:  # the next batch is recorded whole
-                tap.one.set(state.count[s], state.mean[s], state.spread[s])
-                tap.armed = id(state)
+                s = tap.slot(state.table)
+                if s >= 0:
+                    tap.one.set(state.count[s], state.mean[s], state.spread[s])
+                    tap.armed = id(state)
 
     @staticmethod
     def _whole(tap: Tap, rows, params, values, times, idx, z) -> None:
@@ -287,7 +283,7 @@ class Taps:
             means = [None if x != x else x for x in m.tolist()]
             stds = [None if x != x else x for x in d.tolist()]
         wall = time.time_ns()
-        k = params.threshold
+        k = tap.k = params.threshold
         points = []
         for r, v, t, mu, sd in zip(rows.tolist(), vs.tolist(), times[rows].tolist(), means, stds):
             zz = flagged_z.get(r)

@@ -123,20 +123,21 @@ function noteEpisode(e) {
 
 function openSeries(session, series) {
   if (live && live.source) live.source.close();
-  live = { session, series, x: [], value: [], mean: [], upper: [], lower: [], flagged: [], marked: [], episodes: [], plot: null };
+  live = { session, series, pts: [], x: [], value: [], mean: [], upper: [], lower: [], flagged: [], marked: [], episodes: [], plot: null };
   window.streamer.live = live;
   $("chart-title").textContent = `Series ${series}` + (session ? ` (session ${session})` : " (private streams)");
   const src = new EventSource(`/api/tap?session=${encodeURIComponent(session)}&series=${encodeURIComponent(series)}`);
   live.source = src;
   const add = (points) => {
-    for (const p of points) {
-      live.x.push(p.t); live.value.push(p.value); live.mean.push(p.mean);
-      live.upper.push(p.mean === null ? null : p.mean + p.k * p.stddev);
-      live.lower.push(p.mean === null ? null : p.mean - p.k * p.stddev);
-      live.flagged.push(p.flagged ? p.value : null);
-    }
-    const extra = live.x.length - MAX_POINTS;
-    if (extra > 0) for (const k of ["x", "value", "mean", "upper", "lower", "flagged"]) live[k].splice(0, extra);
+    // sampled batches and flagged values (from the hub) arrive apart: merged in time order, each value once
+    const seen = new Set(live.pts.map((p) => p.t + ":" + p.value));
+    for (const p of points) if (!seen.has(p.t + ":" + p.value)) { live.pts.push(p); seen.add(p.t + ":" + p.value); }
+    live.pts.sort((a, b) => a.t - b.t);
+    if (live.pts.length > MAX_POINTS) live.pts.splice(0, live.pts.length - MAX_POINTS);
+    const band = (p, sign) => (p.mean === null || p.k === null || p.stddev === null) ? null : p.mean + sign * p.k * p.stddev;
+    live.x = live.pts.map((p) => p.t); live.value = live.pts.map((p) => p.value); live.mean = live.pts.map((p) => p.mean);
+    live.upper = live.pts.map((p) => band(p, 1)); live.lower = live.pts.map((p) => band(p, -1));
+    live.flagged = live.pts.map((p) => p.flagged ? p.value : null);
     drawLive();
   };
   src.addEventListener("ring", (m) => { live.connected = true; add(JSON.parse(m.data)); });
