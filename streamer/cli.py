@@ -70,6 +70,17 @@ SECONDS = _finite_above(0)
 NOT_EMPTY = _checked(str, lambda v: v.strip() != "", "a non-empty string")
 PATH = NOT_EMPTY
 
+
+def _url(text: str) -> str:
+    from streamer.sinks import check_url
+    try:
+        return check_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+URL = _url
+
 ENV_PREFIX = "STREAMER_"
 # Variables streamer or its test harnesses read that are no `serve` flag: never warned about.
 ENV_SWITCHES = ("STREAMER_WIRE_CHECKED", "STREAMER_BIN")
@@ -157,6 +168,21 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--log-format", default="text", choices=logs.FORMATS,
                    help="text lines, or JSON lines (time, level, logger, message, and peer, session, batch, "
                         "code, reason, duration_ms where they apply)")
+    a = s.add_argument_group("alerts (episodes of outliers, see the README's Alerts)")
+    a.add_argument("--alertmanager", type=URL, action="append", default=[], metavar="URL",
+                   help="a Prometheus Alertmanager to post episodes to as alerts (POST URL/api/v2/alerts); "
+                        "repeat for each member of an HA pair, as Prometheus does")
+    a.add_argument("--alert-resend-seconds", type=SECONDS, default=Config.alerts.resend_seconds,
+                   help="seconds (finite, > 0) between re-sends of an open episode's alert, whose endsAt is four "
+                        "of these ahead (an alert whose server died expires by itself)")
+    a.add_argument("--webhook", type=URL, action="append", default=[], metavar="URL",
+                   help="a URL to POST episode events to as JSON (batched, in order, retried; repeatable)")
+    a.add_argument("--webhook-header", action="append", default=[], metavar="NAME=VALUE",
+                   help="an HTTP header of every webhook POST (repeatable); VALUE env:VAR takes the environment "
+                        "variable VAR, for secrets")
+    a.add_argument("--webhook-ca", type=PATH, default=None, metavar="FILE",
+                   help="PEM file of the CA(s) an https:// webhook's certificate is checked against (default: the "
+                        "system's)")
     s.add_argument("--config", type=PATH, default=None, metavar="FILE",
                    help="TOML file of serve settings, one key per flag (see below); a flag or STREAMER_<FLAG> "
                         "wins over it")
@@ -279,6 +305,17 @@ def _check_tls_pair(parser: argparse.ArgumentParser, args) -> None:
 
 def _check_serve(parser: argparse.ArgumentParser, args) -> None:
     _check_tls_pair(parser, args)
+    from streamer import sinks
+    try:
+        for header in args.webhook_header:  # read again in main(): a secret is never printed (config check)
+            sinks.parse_header(header)
+    except ValueError as exc:
+        parser.error(f"argument --webhook-header: {exc}")
+    if args.webhook_ca is not None:
+        try:
+            sinks.check_ca(args.webhook_ca)
+        except ValueError as exc:
+            parser.error(f"argument --webhook-ca: {exc}")
     if args.tls_client_ca is not None and args.tls_cert is None:
         parser.error("argument --tls-client-ca: needs --tls-cert and --tls-key (client certificates are checked "
                      "only over TLS)")
@@ -397,6 +434,7 @@ def main(argv: list[str] | None = None, environ=None) -> int:
         logging.getLogger("streamer").warning(
             "ignoring environment variable(s) %s: no `streamer serve` flag has that name (see streamer serve "
             "--help)", ", ".join(unknown))
+    from streamer import sinks
     defaults = Defaults(threshold=args.threshold, warmup=args.warmup, mode=MODES[args.mode], alpha=args.alpha,
                         max_series=args.max_series)
     config = Config(host=args.host, port=args.port, defaults=defaults, max_message_mb=args.max_message_mb,
@@ -404,7 +442,10 @@ def main(argv: list[str] | None = None, environ=None) -> int:
                     session_ttl=args.session_ttl, store=args.store, snapshot_seconds=args.snapshot_seconds,
                     lease_seconds=args.lease_seconds, max_sessions=args.max_sessions,
                     metrics_port=args.metrics_port, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                    tls_client_ca=args.tls_client_ca)
+                    tls_client_ca=args.tls_client_ca,
+                    alerts=sinks.SinkConfig(tuple(args.alertmanager), tuple(args.webhook),
+                                            tuple(sinks.parse_header(h) for h in args.webhook_header),
+                                            args.webhook_ca, args.alert_resend_seconds))
     try:
         if args.workers == 1:
             asyncio.run(serve(config))

@@ -27,6 +27,8 @@ from streamer.ops.metrics import Metrics, MetricsInterceptor
 # has run. Without it, `grpcurl describe pb.Outliers` from another process gets "Symbol not found".
 from streamer.pb import outliers_pb2
 from streamer.service import SERVICE_NAME, OutliersService
+from streamer.sinks import SinkConfig, Sinks
+from streamer.sinks.http import SinkMetrics
 from streamer.state import SessionRegistry
 from streamer.store import StoreError, open_store
 
@@ -54,6 +56,7 @@ class Config:
     tls_cert: str | None = None       # PEM files; with both, the port speaks TLS only
     tls_key: str | None = None
     tls_client_ca: str | None = None  # with it, clients must present a certificate this CA signed (mTLS)
+    alerts: SinkConfig = SinkConfig()  # where episodes are posted (Alertmanager, webhooks); none by default
     # SO_REUSEPORT. Off: the port is this process's alone, so a second server on it fails at start instead of
     # silently sharing the connections (and its sessions) with the first. On only for several workers of one
     # server that bind the same port (a future --workers N).
@@ -149,6 +152,8 @@ class StreamerServer:
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task] = []
         self.service: OutliersService | None = None
+        # the alert sinks: threads started with the server, which detection hands episodes to without waiting
+        self.sinks = Sinks(config.alerts, SinkMetrics(self.metrics.registry) if self.metrics is not None else None)
 
     async def start(self, stop: asyncio.Event | None = None) -> int | None:
         """Bind, open the store, compile the kernels, start serving; the port, or None if `stop` was set during
@@ -224,6 +229,7 @@ class StreamerServer:
             return None
         await server.start()
         self._server = server
+        self.sinks.start()
         for service in ("", SERVICE_NAME, STORE_HEALTH):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._tasks = [
@@ -317,6 +323,7 @@ class StreamerServer:
                 await task
         # every stream has detached (queuing its snapshot and lease release): write them all, close the store
         await asyncio.to_thread(self.sessions.close)
+        await asyncio.to_thread(self.sinks.close)  # one last try at the queued episode events
         self._stop_metrics()  # last: the drain and the final snapshots can be watched
 
     def _stop_metrics(self) -> None:

@@ -18,7 +18,8 @@ from streamer.ops import logs
 
 def serve_flags() -> dict[str, str]:
     """Every `serve` flag, with a valid value for it (its default)."""
-    return {a.option_strings[0]: "x" if a.default is None else str(a.default) for a in cli._parser().serve._actions
+    return {a.option_strings[0]: "x" if a.default is None else "" if a.default == [] else str(a.default)
+            for a in cli._parser().serve._actions
             if a.option_strings and a.option_strings[0].startswith("--") and a.dest != "help"}
 
 

@@ -2,6 +2,8 @@
 is down at first, and a webhook that fails its first posts."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import pytest
@@ -135,3 +137,19 @@ def test_a_full_queue_drops_and_counts_and_never_blocks():
     sink = WebhookSink(f"http://127.0.0.1:{free_port()}/", queue_limit=2, backoff=FAST)  # not started
     assert [sink.submit(event(seq=i)) for i in range(4)] == [True, True, False, False]
     assert sink.metrics.dropped.labels("webhook", sink.url)._value.get() == 2
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--alertmanager", "alertmanager:9093"], "argument --alertmanager: must be an http:// or https:// URL with a "
+                                              "host, got 'alertmanager:9093'"),
+    (["--webhook", "http://"], "argument --webhook: must be an http:// or https:// URL with a host, got 'http://'"),
+    (["--webhook-ca", "/nonexistent/ca.pem"], "argument --webhook-ca: cannot load CA certificates from "
+                                              "/nonexistent/ca.pem: No such file or directory"),
+    (["--webhook-header", "Authorization=env:STREAMER_TEST_UNSET_TOKEN"],
+     "argument --webhook-header: header Authorization names the environment variable STREAMER_TEST_UNSET_TOKEN, "
+     "which is not set"),
+])
+def test_bad_sink_flags_stop_serve_at_start_in_one_line(flags, words):
+    out = subprocess.run([sys.executable, "-m", "streamer", "serve", "--port", "0", "--store", "memory://", *flags],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr == f"streamer serve: error: {words} (see streamer serve --help)\n"

@@ -71,10 +71,15 @@ class Poster(threading.Thread):
         self.metrics.queued.labels(*self._labels).set(self.queue.qsize())
         return True
 
-    def close(self, timeout: float = 2.0) -> None:
-        """Stop after one last try to deliver what is queued (within `timeout`)."""
+    def stop_soon(self) -> None:
+        """Ask the thread to end after one last try to deliver what is queued."""
         self._stopping.set()
-        self.join(timeout)
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop after one last try to deliver what is queued (waiting at most `timeout`)."""
+        self.stop_soon()
+        if self.is_alive():
+            self.join(timeout)
 
     def take(self, limit: int, wait: float) -> list:
         """Up to `limit` queued events, waiting at most `wait` seconds for the first."""
