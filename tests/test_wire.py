@@ -84,6 +84,13 @@ def pb_requests(draw) -> pb.OutliersRequest:
         o.mode = draw(st.integers(0, 2) | int32s)
         o.alpha = draw(floats)
         o.exclude_outliers = draw(st.booleans())
+        for field in ("exclude_limit", "cooldown", "likelihood_short", "likelihood_window", "likelihood_learning"):
+            if draw(st.booleans()):
+                setattr(o, field, draw(st.integers(0, 2 ** 32 - 1)))
+        if draw(st.booleans()):
+            o.score = draw(st.integers(0, 2) | int32s)
+        if draw(st.booleans()):
+            o.likelihood_threshold = draw(floats)
     req.session = draw(st.text(max_size=8))
     req.seq = draw(st.integers(0, 2 ** 64 - 1))
     return req
@@ -158,7 +165,12 @@ def hand_options(draw) -> list[bytes]:
             fields.append(double(4, draw(floats)))
         if draw(st.booleans()):
             fields.append(record(5, 0, draw(st.integers(0, 2) | st.integers(0, 2 ** 64 - 1))))
-        parts.append(record(2, 2, draw(shuffled(fields, {1: 1, 2: 0, 3: 0, 4: 1, 5: 0}))))
+        for field in range(6, 13):  # the optional fields: uint32s, the enum Score and a double (11)
+            if draw(st.booleans()):
+                fields.append(double(11, draw(floats)) if field == 11 else
+                              record(field, 0, draw(st.integers(0, 3) | st.integers(0, 2 ** 64 - 1))))
+        parts.append(record(2, 2, draw(shuffled(fields, {1: 1, 2: 0, 3: 0, 4: 1, 5: 0, 6: 0, 7: 0, 8: 0, 9: 0,
+                                                         10: 0, 11: 1, 12: 0}))))
     return parts
 
 
