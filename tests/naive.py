@@ -1,7 +1,8 @@
 """Slow, obviously correct loop references for streamer/kernels.py, in plain Python floats and lists.
 
 Slot-based versions mirror the kernels' arguments (minus the out arrays) and return (indices, mean, std, z)
-lists; name-based versions (`detect`, `welford_stream`, `ewm_stream`) take a batch of (name, value) pairs.
+lists; name-based versions (`detect`, `stream`) take a batch of (name, value) pairs. `stream_update` and
+`stream` hold every DetectStream rule (issue 15); `welford_update` and `ewm_update` the kernels of that name.
 """
 from __future__ import annotations
 
@@ -213,31 +214,6 @@ def detect(batch, threshold=2.0):
     slots: dict[str, int] = {}
     ids = [slots.setdefault(name, len(slots)) for name, _ in batch]
     return detect_batch(ids, [x for _, x in batch], len(slots), threshold)
-
-
-def welford_stream(batch, state, *, threshold=2.0, warmup=10, exclude=False, alpha=None):
-    """DetectStream MODE_CUMULATIVE on a batch of (name, value) pairs; `state` (a dict) carries over batches.
-
-    `alpha` is accepted and ignored, so callers can pass the same keywords to both modes.
-    """
-    return _by_name(welford_update, batch, state, (threshold, warmup, exclude))
-
-
-def ewm_stream(batch, state, *, threshold=2.0, warmup=10, exclude=False, alpha=0.05):
-    """DetectStream MODE_EXPONENTIAL on (name, value) pairs; `state` (a dict) carries over batches."""
-    return _by_name(ewm_update, batch, state, (alpha, threshold, warmup, exclude))
-
-
-def _by_name(update, batch, state, params):
-    slots = state.setdefault("slots", {})
-    count, mean, spread = (state.setdefault(k, []) for k in ("count", "mean", "spread"))
-    ids = []
-    for name, _ in batch:
-        if name not in slots:
-            slots[name] = len(slots)
-            count.append(0), mean.append(0.0), spread.append(0.0)
-        ids.append(slots[name])
-    return update(ids, [x for _, x in batch], count, mean, spread, *params)
 
 
 def _append(out, i, mean, std, z):

@@ -42,10 +42,11 @@ def random_batches(seed: int, n_batches: int = 12, size: int = 200, names: int =
 def reference(batches, *, mode=CUM, threshold=2.0, warmup=10, alpha=0.05, exclude=False, state=None):
     """Per batch: (indices, mean, std, z) from tests/naive.py's loop reference."""
     state = state if state is not None else {}
-    step = naive.welford_stream if mode == CUM else naive.ewm_stream
     out = []
-    for batch in batches:
-        out.append(step(batch, state, threshold=threshold, warmup=warmup, alpha=alpha, exclude=exclude))
+    for batch in batches:  # with the server's defaults for the other options (exclude_limit: the warmup)
+        got = naive.stream(batch, state, mode="cumulative" if mode == CUM else "exponential", threshold=threshold,
+                           warmup=warmup, alpha=alpha, exclude=exclude)
+        out.append(got[:4])
     return out
 
 

@@ -449,6 +449,20 @@ def test_encode_response_is_what_protobuf_writes(case):
 
 
 @WIRE
+@given(responses(), st.lists(floats, min_size=6, max_size=6))
+def test_encode_response_with_tail_probabilities_is_what_protobuf_writes(case, tails):
+    batch, index, rows = case
+    columns = [np.array([r[j] for r in rows], dtype=np.float64) for j in range(1, 5)]
+    tail = np.array(tails[:len(index)], dtype=np.float64)
+    out = wire.encode_response(batch, np.array(index, dtype=np.int32), [r[0].encode() for r in rows], *columns,
+                               tail)
+    expected = expected_response(batch, index, rows)
+    for o, t in zip(expected.outliers, tail.tolist()):
+        o.tail_probability = t
+    assert out == expected.SerializeToString()
+
+
+@WIRE
 @given(responses(), st.randoms(use_true_random=False))
 def test_encode_flagged_reads_names_from_the_table(case, rnd):
     batch, index, rows = case
