@@ -105,18 +105,14 @@ def detect_batch(ids, values, n_series, threshold, idx_out, mean_out, std_out, z
 LIKELIHOOD_MEAN_FLOOR = 0.03
 LIKELIHOOD_VAR_FLOOR = 0.0003
 _SQRT2 = math.sqrt(2.0)
-_NONE = np.zeros(0, dtype=np.int64)  # placeholders for the state arrays of rules that are off
-_NO_F = np.zeros(0, dtype=np.float64)
-_NO_RING = np.zeros((0, 1), dtype=np.float64)
 
 
-@numba.njit(nogil=True, cache=True, inline="always")
+@numba.njit(nogil=True, cache=True)
 def _stream(ids, values, count, mean, spread, exponential, alpha, threshold, warmup, exclude, exclude_limit,
             cooldown, streak, hold, likelihood, window, tail_threshold, learning, lcount, lmean, lvar, ring,
             idx_out, mean_out, std_out, z_out, tail_out):
-    # Every DetectStream rule, one value at a time; stream_update's docstring says what each does. Inlined
-    # (numba's inline="always") into each public kernel, so a caller's constant arguments drop the rules it
-    # does not use at compile time, and the fused pass's run-time ones are loop-invariant branches.
+    # Every DetectStream rule, one value at a time; stream_update's docstring says what each does (and runs the
+    # plain loops below for today's options).
     n_series = min(len(count), len(mean), len(spread))
     _check_batch(ids, values, n_series, idx_out, mean_out, std_out, z_out)
     if exclude and exclude_limit > 0 and len(streak) < n_series:
@@ -254,6 +250,14 @@ def stream_update(ids, values, count, mean, spread, exponential, alpha, threshol
     State arrays are updated in place; those of rules that are off may be empty. Returns the number of
     reported outliers, written to idx_out, mean_out, std_out, z_out (and tail_out) as the module comment says.
     """
+    # The rules of today's options (the z-score, no cooldown, exclusion without a limit) run the plain Welford
+    # and Finch loops: their per-value cost stays what it was (benchmarks/kernels_bench.py --against main).
+    if not likelihood and cooldown <= 0 and (not exclude or exclude_limit <= 0):
+        if exponential:
+            return ewm_update(ids, values, count, mean, spread, alpha, threshold, warmup, exclude,
+                              idx_out, mean_out, std_out, z_out)
+        return welford_update(ids, values, count, mean, spread, threshold, warmup, exclude,
+                              idx_out, mean_out, std_out, z_out)
     return _stream(ids, values, count, mean, spread, exponential, alpha, threshold, warmup, exclude,
                    exclude_limit, cooldown, streak, hold, likelihood, window, tail_threshold, learning,
                    lcount, lmean, lvar, ring, idx_out, mean_out, std_out, z_out, tail_out)
@@ -262,22 +266,87 @@ def stream_update(ids, values, count, mean, spread, exponential, alpha, threshol
 @numba.njit(nogil=True, cache=True)
 def welford_update(ids, values, count, mean, m2, threshold, warmup, exclude_outliers,
                    idx_out, mean_out, std_out, z_out):
-    """MODE_CUMULATIVE with the z-score and no cooldown or exclusion limit: stream_update's rules with
-    count (int64), mean and m2 (Welford's M2) as the state. Returns the number flagged."""
-    return _stream(ids, values, count, mean, m2, False, 0.0, threshold, warmup, exclude_outliers, 0, 0,
-                   _NONE, _NONE, False, 1, 0.0, 0, _NONE, _NO_F, _NO_F, _NO_RING,
-                   idx_out, mean_out, std_out, z_out, _NO_F)
+    """MODE_CUMULATIVE with the z-score, no cooldown and no exclusion limit: stream_update's rules in a loop of
+    their own (the fused pass's call for today's options). count (int64), mean and m2 (Welford's M2) are the
+    state, updated in place. Returns the number flagged; see the module comment for the out arrays."""
+    _check_batch(ids, values, min(len(count), len(mean), len(m2)), idx_out, mean_out, std_out, z_out)
+    need = max(warmup, 2)
+    k = 0
+    for i in range(len(values)):
+        x = values[i]
+        if not math.isfinite(x):
+            continue
+        s = ids[i]
+        c = count[s]
+        mu = mean[s]
+        if c >= need:
+            std = math.sqrt(m2[s] / c)
+            d = x - mu
+            if abs(d) > threshold * std:
+                idx_out[k] = i
+                mean_out[k] = mu
+                std_out[k] = std
+                z_out[k] = _zscore(d, std)
+                k += 1
+                if exclude_outliers and std > 0.0:  # never while the stddev is 0: a flat start would freeze
+                    continue
+        # Welford's update: M2 grows by delta * (x - new mean), a sum of products of small deviations, so a
+        # series on a large offset loses no digits (unlike sum(x^2) - n * mean^2).
+        c += 1
+        delta = x - mu
+        mu += delta / c
+        count[s] = c
+        mean[s] = mu
+        m2[s] += delta * (x - mu)
+    return k
 
 
 @numba.njit(nogil=True, cache=True)
 def ewm_update(ids, values, count, mean, var, alpha, threshold, warmup, exclude_outliers,
                idx_out, mean_out, std_out, z_out):
-    """MODE_EXPONENTIAL with the z-score and no cooldown or exclusion limit: stream_update's rules with
-    count (int64: values taken in), mean and var as the state; the n-th value taken in has weight
-    max(alpha, 1/n) (0 < alpha <= 1). Returns the number flagged."""
-    return _stream(ids, values, count, mean, var, True, alpha, threshold, warmup, exclude_outliers, 0, 0,
-                   _NONE, _NONE, False, 1, 0.0, 0, _NONE, _NO_F, _NO_F, _NO_RING,
-                   idx_out, mean_out, std_out, z_out, _NO_F)
+    """MODE_EXPONENTIAL with the z-score, no cooldown and no exclusion limit, as welford_update: count (int64:
+    values taken in), mean and var are the state; the n-th value taken in has weight max(alpha, 1/n)
+    (0 < alpha <= 1). Returns the number flagged."""
+    _check_batch(ids, values, min(len(count), len(mean), len(var)), idx_out, mean_out, std_out, z_out)
+    need = max(warmup, 2)
+    # From the start_count-th value on 1/n < alpha by far more than rounding: the weight is alpha, and the
+    # hot loop keeps one integer compare (no division) for the bias correction.
+    start_count = int(math.ceil(1.0 / alpha)) + 1
+    keep = 1.0 - alpha
+    k = 0
+    for i in range(len(values)):
+        x = values[i]
+        if not math.isfinite(x):
+            continue
+        s = ids[i]
+        c = count[s]
+        mu = mean[s]
+        if c >= need:
+            std = math.sqrt(var[s])
+            d = x - mu
+            if abs(d) > threshold * std:
+                idx_out[k] = i
+                mean_out[k] = mu
+                std_out[k] = std
+                z_out[k] = _zscore(d, std)
+                k += 1
+                if exclude_outliers and std > 0.0:
+                    continue
+        count[s] = c + 1
+        if c == 0:
+            mean[s] = x
+            var[s] = 0.0
+        else:
+            # Finch 2009 section 9 with the bias-corrected weight, as stream_update
+            w, w_keep = alpha, keep
+            if c < start_count:
+                w = max(alpha, 1.0 / (c + 1))
+                w_keep = 1.0 - w
+            diff = x - mu
+            incr = w * diff
+            mean[s] = mu + incr
+            var[s] = w_keep * (var[s] + diff * incr)
+    return k
 
 
 @numba.njit(nogil=True, cache=True)
