@@ -48,7 +48,8 @@ OPTION_SETS = {
     "likelihood, exp 0.01, cooldown 1": Options(score=SCORE_LIKELIHOOD, mode=MODE_EXPONENTIAL, alpha=0.01,
                                                 cooldown=1),
 }
-PLOTTED = ("defaults (k 2, cumulative)", "k 3, exp 0.01, exclude, cooldown 1", "likelihood, cooldown 1")
+PLOTTED = ("defaults (k 2, cumulative)", "k 3, exp 0.01, cooldown 1", "k 5, exp 0.01, cooldown 1",
+           "likelihood, cooldown 1")
 
 
 def make_series(kind: str, n: int, rng: np.random.Generator):
@@ -164,8 +165,8 @@ def plot(doc: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     examples = doc["_examples"]
-    fig, axes = plt.subplots(len(KINDS), 1, figsize=(11, 2.1 * len(KINDS)), sharex=False)
-    markers = {PLOTTED[0]: ("x", "tab:red"), PLOTTED[1]: ("o", "tab:green"), PLOTTED[2]: ("^", "tab:purple")}
+    fig, axes = plt.subplots(len(KINDS), 1, figsize=(11, 2.3 * len(KINDS)), sharex=False)
+    markers = dict(zip(PLOTTED, [("x", "tab:red"), ("o", "tab:green"), ("s", "tab:blue"), ("^", "tab:purple")]))
     for ax, kind in zip(axes, KINDS):
         ex = examples[kind]
         values = ex["values"]
@@ -175,10 +176,10 @@ def plot(doc: dict, path: Path) -> None:
         span = np.ptp(values) or 1.0
         for row, (name, (marker, color)) in enumerate(markers.items()):
             flags = ex["flags"].get(name, np.zeros(0, np.int64))
-            y = np.full(len(flags), values.max() + span * (0.08 + 0.08 * row))
+            y = np.full(len(flags), values.max() + span * (0.08 + 0.07 * row))
             ax.scatter(flags, y, marker=marker, s=12, color=color, label=f"{name}: {len(flags)} flags")
         ax.set_title(kind, fontsize=9, loc="left")
-        ax.legend(fontsize=6, loc="lower left", ncol=3)
+        ax.legend(fontsize=6, loc="lower left", ncol=4)
         ax.tick_params(labelsize=7)
     fig.suptitle("One labelled series of each kind (anomaly windows shaded) and the values each option set flags",
                  fontsize=9)

@@ -111,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="with options.exclude_outliers: after this many excluded values in a row a series takes "
                         "its flagged values in again until one is judged normal (a new level is learned), "
                         f"0-{MAX_UINT32}, 0 = no limit; when a request leaves options.exclude_limit unset "
-                        "(default: the stream's warmup)")
+                        "(default: the stream's warmup, at least 2)")
     s.add_argument("--cooldown", type=WARMUP, default=d.cooldown,
                    help="DetectStream: after a flag, values of the series in a row judged normal before it can "
                         "be flagged again (0 = off, 1 = the first of each run of outliers), when a request "

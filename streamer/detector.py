@@ -42,7 +42,7 @@ class Defaults:
     warmup: int = 10
     mode: int = MODE_CUMULATIVE
     alpha: float = 0.05
-    exclude_limit: int | None = None  # None: the stream's warmup
+    exclude_limit: int | None = None  # None: the stream's warmup (at least 2, as the warmup acts)
     cooldown: int = 0
     score: int = SCORE_ZSCORE
     likelihood_short: int = 10
@@ -111,7 +111,7 @@ def resolve(options: Options | None, defaults: Defaults, where: str) -> Params:
                   mode=o.mode or defaults.mode,
                   alpha=o.alpha or defaults.alpha,
                   exclude_outliers=o.exclude_outliers,
-                  exclude_limit=given(o.exclude_limit, given(defaults.exclude_limit, warmup)),
+                  exclude_limit=given(o.exclude_limit, given(defaults.exclude_limit, max(warmup, 2))),
                   cooldown=given(o.cooldown, defaults.cooldown),
                   score=o.score or defaults.score,
                   likelihood_short=given(o.likelihood_short, defaults.likelihood_short),

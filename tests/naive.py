@@ -176,8 +176,8 @@ def stream(batch, state, *, threshold=2.0, warmup=10, exclude=False, alpha=0.05,
            exclude_limit=None, cooldown=0, score="zscore", short=10, window=8640, tail_threshold=1e-5,
            learning=300):
     """DetectStream on a batch of (name, value) pairs with every option, the server's defaults as defaults
-    (exclude_limit None: the warmup); `state` (a dict) carries over batches. Returns (indices, mean, std, z,
-    tail)."""
+    (exclude_limit None: the warmup, at least 2); `state` (a dict) carries over batches. Returns (indices, mean,
+    std, z, tail)."""
     slots = state.setdefault("slots", {})
     series = state.setdefault("series", [])
     ids = []
@@ -188,7 +188,7 @@ def stream(batch, state, *, threshold=2.0, warmup=10, exclude=False, alpha=0.05,
         ids.append(slots[name])
     return stream_update(ids, [x for _, x in batch], series, exponential=mode == "exponential", alpha=alpha,
                          threshold=threshold, warmup=warmup, exclude=exclude,
-                         exclude_limit=warmup if exclude_limit is None else exclude_limit, cooldown=cooldown,
+                         exclude_limit=max(warmup, 2) if exclude_limit is None else exclude_limit, cooldown=cooldown,
                          likelihood=score == "likelihood", short=short, window=window,
                          tail_threshold=tail_threshold, learning=learning)
 

@@ -206,7 +206,7 @@ type DetectOptions struct {
 	// stddev is 0 and after exclude_limit excluded values in a row (see below)
 	// DetectStream, with exclude_outliers: once a series has had this many excluded values in a row, its
 	// flagged values are taken in again until one of its values is judged normal, so a new level is learned
-	// (0: no limit). Server default: --exclude-limit, itself the warmup unless set.
+	// (0: no limit). Server default: --exclude-limit, itself the stream's warmup (at least 2) unless set.
 	ExcludeLimit *uint32 `protobuf:"varint,6,opt,name=exclude_limit,json=excludeLimit,proto3,oneof" json:"exclude_limit,omitempty"`
 	// DetectStream: after a series is flagged, it is not flagged again until this many of its values in a row
 	// were judged normal (0: off, the server's default; 1: only the first of each run of outliers). Values held
