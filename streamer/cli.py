@@ -314,6 +314,8 @@ def _check_detect(parser: argparse.ArgumentParser, args) -> None:
 def _print_session(url: str, name: str) -> int:
     import json
 
+    import numpy as np
+
     from streamer.store import StoreError, open_store
     if url.startswith("sqlite:///") and not os.path.exists(url[len("sqlite:///"):]):
         raise SystemExit(f"streamer session: {url}: no such file")  # rather than make an empty store
@@ -331,7 +333,9 @@ def _print_session(url: str, name: str) -> int:
     for n in snap.name_lengths.tolist():
         names.append(snap.names[offsets:offsets + n].decode())
         offsets += n
-    arrays = {k: a.tolist() for k, a in snap.arrays.items()}
+    # the likelihood ring is a row of raw scores per series, stored as one opaque item each (state.py)
+    arrays = {k: (a.view(np.float64).reshape(len(a), -1) if a.dtype.kind == "V" else a).tolist()
+              for k, a in snap.arrays.items()}
     series = [dict(name=n, **{k: arrays[k][i] for k in arrays}) for i, n in enumerate(names)]
     json.dump(dict(session=snap.name, mode=snap.mode, version=snap.version, seq=snap.seq, options=snap.options,
                    last_used=snap.last_used, series=series), sys.stdout)  # floats as repr: exact round trip

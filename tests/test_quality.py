@@ -3,7 +3,10 @@ reference (tail_probability included), server defaults from flags, proto3 presen
 options, and the rules' per-series state across a snapshot and a restart on SQLite."""
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 
 import grpc
 import numpy as np
@@ -170,6 +173,12 @@ def test_the_rules_state_survives_a_restart_on_sqlite(tmp_path):
         store.close()
     assert set(snap.arrays) == {"count", "mean", "spread", "streak", "hold", "lcount", "lmean", "lvar", "ring"}
     assert SeriesState.from_snapshot(snap, 100).ring.shape[1] == 4
+    shown = subprocess.run([sys.executable, "-m", "streamer", "session", "q", "--store", f"sqlite:///{db}"],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    series = json.loads(shown.stdout)["series"]
+    assert all(len(s["ring"]) == 4 and 0 <= min(s["ring"]) <= max(s["ring"]) <= 1 for s in series)
+    assert {"streak", "hold", "lcount", "lmean", "lvar"} <= set(series[0])
 
 
 @pytest.mark.parametrize("url", ["memory://", "sqlite"])
