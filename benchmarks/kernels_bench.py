@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.wire_bench import best_seconds
-from streamer import kernels
+from streamer import kernels, rules
 
 SERIES = (1, 100, 10_000, 100_000)
 THRESHOLD = 2.0
@@ -91,7 +91,7 @@ STREAM_VARIANTS = {"stream_cumulative": (False, 0, False), "stream_exponential":
                    "stream_likelihood_exp": (True, 0, True)}
 
 
-def _stream_step(ids, values, n_series, exponential, cooldown, likelihood, idx, outs, module=kernels):
+def _stream_step(ids, values, n_series, exponential, cooldown, likelihood, idx, outs, module=rules):
     """stream_update on fresh state with the arrays a SeriesState would keep for these rules."""
     exclude = cooldown > 0
     count, mean, spread = np.zeros(n_series, np.int64), np.zeros(n_series), np.zeros(n_series)

@@ -4,7 +4,7 @@ a few DetectStream option sets (issue 15's evidence), and a PNG of one series of
 `python -m benchmarks.quality_bench [--quick|--tiny] [--out DIR]` (run by `make bench-quick` and `make bench`):
 prints a markdown table, writes quality.json, quality.md and quality.png to DIR (default benchmarks/results).
 Seeded: the same run gives the same table. The series go through the server's own option resolution
-(detector.resolve, with the server's defaults) and kernels.stream_update, the code the fused pass runs; the
+(detector.resolve, with the server's defaults) and rules.stream_update, the code the fused pass runs; the
 tests show that equals answers through a real server.
 
 Scoring: each anomaly has a window (a spike: its value; a level shift: 100 values; a variance change: 200; a
@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from streamer import kernels  # noqa: E402
+from streamer import kernels, rules  # noqa: E402
 from streamer.detector import SCORE_LIKELIHOOD, Defaults, resolve  # noqa: E402
 from streamer.state import MODE_EXPONENTIAL, SeriesState  # noqa: E402
 from streamer.wire import Options  # noqa: E402
@@ -95,11 +95,11 @@ def judge(values: np.ndarray, options: Options) -> np.ndarray:
     rules = params.rules()
     n = len(values)
     idx, mean, std, z, tail = np.empty(n, np.int32), np.empty(n), np.empty(n), np.empty(n), np.empty(n)
-    k = kernels.stream_update(np.zeros(n, np.int64), values, state.count, state.mean, state.spread,
-                              params.mode == MODE_EXPONENTIAL, params.alpha, params.threshold, params.warmup,
-                              params.exclude_outliers, rules.exclude_limit, rules.cooldown, state.streak,
-                              state.hold, rules.likelihood, rules.window, rules.tail_threshold, rules.learning,
-                              state.lcount, state.lmean, state.lvar, state.ring, idx, mean, std, z, tail)
+    k = rules.stream_update(np.zeros(n, np.int64), values, state.count, state.mean, state.spread,
+                            params.mode == MODE_EXPONENTIAL, params.alpha, params.threshold, params.warmup,
+                            params.exclude_outliers, rules.exclude_limit, rules.cooldown, state.streak,
+                            state.hold, rules.likelihood, rules.window, rules.tail_threshold, rules.learning,
+                            state.lcount, state.lmean, state.lvar, state.ring, idx, mean, std, z, tail)
     return idx[:k].copy()
 
 
@@ -198,6 +198,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     mode = "tiny" if args.tiny else "quick" if args.quick else "full"
     kernels.compile_all()
+    rules.compile_all()
     doc = run(mode)
     table = format_table(doc)
     print(table)

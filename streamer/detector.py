@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from streamer import fused, kernels
+from streamer import fused, kernels, rules
 from streamer.errors import (AlreadyExists, DetectError, FailedPrecondition, InvalidArgument,
                              ResourceExhausted, Unavailable)
 from streamer.series import SeriesLimitError, SeriesTable
@@ -318,12 +318,12 @@ class StreamDetector:
         kept = ("count", "mean", "spread", *state.optional)
         saved = [getattr(state, key)[ids] for key in kept]  # copies (fancy indexing)
         r = params.rules()
-        k = kernels.stream_update(ids, cols.values, state.count, state.mean, state.spread,
-                                  params.mode == MODE_EXPONENTIAL, params.alpha, params.threshold, params.warmup,
-                                  params.exclude_outliers, r.exclude_limit, r.cooldown, state.streak, state.hold,
-                                  r.likelihood, r.window, r.tail_threshold, r.learning, state.lcount, state.lmean,
-                                  state.lvar, state.ring, s.idx, s.mean, s.std, s.z, s.tail if r.likelihood
-                                  else s.tail[:0])
+        k = rules.stream_update(ids, cols.values, state.count, state.mean, state.spread,
+                                params.mode == MODE_EXPONENTIAL, params.alpha, params.threshold, params.warmup,
+                                params.exclude_outliers, r.exclude_limit, r.cooldown, state.streak, state.hold,
+                                r.likelihood, r.window, r.tail_threshold, r.learning, state.lcount, state.lmean,
+                                state.lvar, state.ring, s.idx, s.mean, s.std, s.z, s.tail if r.likelihood
+                                else s.tail[:0])
         out = s.encode(batch, k, cols, ids, state.table, r.likelihood)
         if trailer:
             out += trailer

@@ -19,7 +19,7 @@ import dataclasses
 import numpy as np
 from numba import njit
 
-from streamer import kernels
+from streamer import rules
 from streamer.series import SeriesLimitError, _intern
 from streamer.wire import Columns, Options, decode
 from streamer.wire.encode import _encode
@@ -84,10 +84,10 @@ def _apply_pass(b, cols, st, ids, table, shift, hashes, offsets, lengths, arena,
     if st[_PHASE] == _JUDGE:
         if st[_COUNT] > min(len(count), len(mean), len(spread)):
             return STATE
-        k = kernels.stream_update(ids[:n], values, count, mean, spread, exponential, alpha, threshold, warmup,
-                                  exclude, exclude_limit, cooldown, streak, hold, likelihood, window,
-                                  tail_threshold, learning, lcount, lmean, lvar, ring,
-                                  idx, mean_out, std_out, z_out, tail_out)
+        k = rules.stream_update(ids[:n], values, count, mean, spread, exponential, alpha, threshold, warmup,
+                                exclude, exclude_limit, cooldown, streak, hold, likelihood, window,
+                                tail_threshold, learning, lcount, lmean, lvar, ring,
+                                idx, mean_out, std_out, z_out, tail_out)
         st[_K] = k
         st[_PHASE] = _ENCODE
     k = st[_K]

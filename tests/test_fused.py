@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamer import detector, fused, kernels
+from streamer import detector, fused, rules
 from streamer.errors import InvalidArgument, ResourceExhausted
 from streamer.pb import outliers_pb2 as pb
 from streamer.state import MODE_CUMULATIVE, MODE_EXPONENTIAL, SeriesState, SessionRegistry
@@ -30,11 +30,11 @@ class Staged:
         n = len(cols)
         idx, mean, std, z, tail = np.empty(n, np.int32), np.empty(n), np.empty(n), np.empty(n), np.empty(n)
         r = p.rules()
-        k = kernels.stream_update(ids, cols.values, state.count, state.mean, state.spread,
-                                  p.mode == MODE_EXPONENTIAL, p.alpha, p.threshold, p.warmup, p.exclude_outliers,
-                                  r.exclude_limit, r.cooldown, state.streak, state.hold, r.likelihood, r.window,
-                                  r.tail_threshold, r.learning, state.lcount, state.lmean, state.lvar, state.ring,
-                                  idx, mean, std, z, tail)
+        k = rules.stream_update(ids, cols.values, state.count, state.mean, state.spread,
+                                p.mode == MODE_EXPONENTIAL, p.alpha, p.threshold, p.warmup, p.exclude_outliers,
+                                r.exclude_limit, r.cooldown, state.streak, state.hold, r.likelihood, r.window,
+                                r.tail_threshold, r.learning, state.lcount, state.lmean, state.lvar, state.ring,
+                                idx, mean, std, z, tail)
         self.batch += 1
         return encode_flagged(self.batch - 1, idx[:k], ids, cols.values, mean, std, z, state.table,
                               tail if r.likelihood else tail[:0])

@@ -1,4 +1,4 @@
-"""kernels.stream_update's rules (issue 15) against tests/naive.py's loop twin on seeded random series: the
+"""rules.stream_update's rules (issue 15) against tests/naive.py's loop twin on seeded random series: the
 bias-corrected exponential start, exclusion that cannot freeze (stddev 0, exclude_limit), the repeat cooldown
 and the anomaly-likelihood score; spikes, level shifts, flat starts, NaN and +-Inf, both modes."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import naive
-from streamer import kernels
+from streamer import rules
 
 SEEDS = [5, 23, 99]
 N_SERIES = 6
@@ -53,11 +53,11 @@ class KernelState:
 def run_kernel(state, ids, values, o):
     n = len(values)
     idx, mean, std, z, tail = (np.full(n, -7, np.int32), *(np.full(n, np.nan) for _ in range(4)))
-    k = kernels.stream_update(ids, values, state.count, state.mean, state.spread, o["exponential"], o["alpha"],
-                              o["threshold"], o["warmup"], o["exclude"], o["exclude_limit"], o["cooldown"],
-                              state.streak, state.hold, o["likelihood"], o["window"], o["tail_threshold"],
-                              o["learning"], state.lcount, state.lmean, state.lvar, state.ring,
-                              idx, mean, std, z, tail)
+    k = rules.stream_update(ids, values, state.count, state.mean, state.spread, o["exponential"], o["alpha"],
+                            o["threshold"], o["warmup"], o["exclude"], o["exclude_limit"], o["cooldown"],
+                            state.streak, state.hold, o["likelihood"], o["window"], o["tail_threshold"],
+                            o["learning"], state.lcount, state.lmean, state.lvar, state.ring,
+                            idx, mean, std, z, tail)
     return idx[:k].tolist(), mean[:k], std[:k], z[:k], tail[:k]
 
 
@@ -207,8 +207,8 @@ def test_stream_update_rejects_missing_state_arrays():
         o = options(**bad)
         state = KernelState(1, exclude_limit=0, cooldown=0, likelihood=False, short=1)
         with pytest.raises(ValueError):
-            kernels.stream_update(ids, values, state.count, state.mean, state.spread, False, 0.05, 2.0, 2,
-                                  o["exclude"], o["exclude_limit"], o["cooldown"], state.streak, state.hold,
-                                  o["likelihood"], 8640, 1e-5, 300, state.lcount, state.lmean, state.lvar,
-                                  state.ring, *outs)
+            rules.stream_update(ids, values, state.count, state.mean, state.spread, False, 0.05, 2.0, 2,
+                                o["exclude"], o["exclude_limit"], o["cooldown"], state.streak, state.hold,
+                                o["likelihood"], 8640, 1e-5, 300, state.lcount, state.lmean, state.lvar,
+                                state.ring, *outs)
         assert state.count[0] == 0
