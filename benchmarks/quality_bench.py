@@ -92,13 +92,13 @@ def judge(values: np.ndarray, options: Options) -> np.ndarray:
     params = resolve(options, Defaults(), "quality")
     state = SeriesState(params.mode, 1, capacity=1)
     params.use(state)
-    rules = params.rules()
+    r = params.rules()
     n = len(values)
     idx, mean, std, z, tail = np.empty(n, np.int32), np.empty(n), np.empty(n), np.empty(n), np.empty(n)
     k = rules.stream_update(np.zeros(n, np.int64), values, state.count, state.mean, state.spread,
                             params.mode == MODE_EXPONENTIAL, params.alpha, params.threshold, params.warmup,
-                            params.exclude_outliers, rules.exclude_limit, rules.cooldown, state.streak,
-                            state.hold, rules.likelihood, rules.window, rules.tail_threshold, rules.learning,
+                            params.exclude_outliers, r.exclude_limit, r.cooldown, state.streak,
+                            state.hold, r.likelihood, r.window, r.tail_threshold, r.learning,
                             state.lcount, state.lmean, state.lvar, state.ring, idx, mean, std, z, tail)
     return idx[:k].copy()
 
