@@ -14,13 +14,14 @@ import os
 import sys
 
 from streamer import __version__
-from streamer.detector import Defaults
+from streamer.detector import MAX_LIKELIHOOD_SHORT, SCORE_LIKELIHOOD, SCORE_ZSCORE, Defaults
 from streamer.ops import logs
 from streamer.progress import MODES as PROGRESS_MODES
 from streamer.server import Config, serve
 from streamer.state import MODE_CUMULATIVE, MODE_EXPONENTIAL
 
 MODES = {"cumulative": MODE_CUMULATIVE, "exponential": MODE_EXPONENTIAL}
+SCORES = {"zscore": SCORE_ZSCORE, "likelihood": SCORE_LIKELIHOOD}
 MAX_MESSAGE_MB = 2047  # grpc's message limits are int32 byte counts: 2047 MiB is the most that fits
 MAX_UINT32 = 2**32 - 1
 MAX_INT32 = 2**31 - 1
@@ -65,6 +66,7 @@ PORT = _int_range(0, 65535)
 THRESHOLD = _finite_above(0)
 WARMUP = _int_range(0, MAX_UINT32)
 ALPHA = _checked(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+TAIL = _checked(float, lambda v: 0 < v < 1, "a number in (0, 1)")
 MESSAGE_MB = _int_range(1, MAX_MESSAGE_MB)
 SECONDS = _finite_above(0)
 NOT_EMPTY = _checked(str, lambda v: v.strip() != "", "a non-empty string")
@@ -120,6 +122,29 @@ def _parser() -> argparse.ArgumentParser:
                    help="DetectStream: running statistics when a request leaves options.mode unset")
     s.add_argument("--alpha", type=ALPHA, default=d.alpha,
                    help="exponential mode: weight of the newest value, 0 < alpha <= 1")
+    s.add_argument("--exclude-limit", type=WARMUP, default=None,
+                   help="with options.exclude_outliers: after this many excluded values in a row a series takes "
+                        "its flagged values in again until one is judged normal (a new level is learned), "
+                        f"0-{MAX_UINT32}, 0 = no limit; when a request leaves options.exclude_limit unset "
+                        "(default: the stream's warmup, at least 2)")
+    s.add_argument("--cooldown", type=WARMUP, default=d.cooldown,
+                   help="DetectStream: after a flag, values of the series in a row judged normal before it can "
+                        "be flagged again (0 = off, 1 = the first of each run of outliers), when a request "
+                        "leaves options.cooldown unset")
+    s.add_argument("--score", choices=sorted(SCORES), default="zscore",
+                   help="DetectStream: what flags a value when a request leaves options.score unset: the "
+                        "z-score, or the anomaly likelihood (Ahmad et al. 2017)")
+    s.add_argument("--likelihood-short", type=_int_range(1, MAX_LIKELIHOOD_SHORT), default=d.likelihood_short,
+                   help="likelihood score: raw scores averaged (options.likelihood_short)")
+    s.add_argument("--likelihood-window", type=_int_range(1, MAX_UINT32), default=d.likelihood_window,
+                   help="likelihood score: averages the long-term mean and variance weigh "
+                        "(options.likelihood_window)")
+    s.add_argument("--likelihood-threshold", type=TAIL, default=d.likelihood_threshold,
+                   help="likelihood score: flag when the tail probability is below this, in (0, 1) "
+                        "(options.likelihood_threshold)")
+    s.add_argument("--likelihood-learning", type=WARMUP, default=d.likelihood_learning,
+                   help="likelihood score: values a series takes in before it can be flagged "
+                        "(options.likelihood_learning)")
     s.add_argument("--max-series", type=_int_range(1, MAX_INT32), default=d.max_series,
                    help=f"series one stream, session or Detect request may hold, 1-{MAX_INT32}; more is "
                         f"RESOURCE_EXHAUSTED")
@@ -235,6 +260,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="--stream, exponential mode: options.alpha, 0 < alpha <= 1 (default: the server's)")
     g.add_argument("--exclude-outliers", action="store_true", default=None,
                    help="--stream: flagged values do not update their series' state")
+    g.add_argument("--exclude-limit", type=WARMUP, default=None,
+                   help="--stream: options.exclude_limit (default: the server's)")
+    g.add_argument("--cooldown", type=WARMUP, default=None,
+                   help="--stream: options.cooldown (default: the server's)")
+    g.add_argument("--score", choices=sorted(SCORES), default=None,
+                   help="--stream: options.score (default: the server's)")
     t.set_defaults(subparser=t)
 
     q = sub.add_parser("session", help="print a session as the store holds it, as JSON",
@@ -324,7 +355,8 @@ def _check_serve(parser: argparse.ArgumentParser, args) -> None:
 def _check_detect(parser: argparse.ArgumentParser, args) -> None:
     """Flags that only DetectStream reads are refused without --stream, rather than silently ignored."""
     if not args.stream:
-        for flag in ("batch_size", "warmup", "mode", "alpha", "exclude_outliers"):
+        for flag in ("batch_size", "warmup", "mode", "alpha", "exclude_outliers", "exclude_limit", "cooldown",
+                     "score"):
             if getattr(args, flag) is not None:
                 parser.error(f"argument --{flag.replace('_', '-')}: only with --stream (Detect judges a batch "
                              f"by its own mean and stddev, with --threshold only)")
@@ -333,10 +365,14 @@ def _check_detect(parser: argparse.ArgumentParser, args) -> None:
         args.batch_size = 10_000
     if args.mode is not None:
         args.mode = MODES[args.mode]
+    if args.score is not None:
+        args.score = SCORES[args.score]
 
 
 def _print_session(url: str, name: str) -> int:
     import json
+
+    import numpy as np
 
     from streamer.store import StoreError, open_store
     if url.startswith("sqlite:///") and not os.path.exists(url[len("sqlite:///"):]):
@@ -355,7 +391,9 @@ def _print_session(url: str, name: str) -> int:
     for n in snap.name_lengths.tolist():
         names.append(snap.names[offsets:offsets + n].decode())
         offsets += n
-    arrays = {k: a.tolist() for k, a in snap.arrays.items()}
+    # the likelihood ring is a row of raw scores per series, stored as one opaque item each (state.py)
+    arrays = {k: (a.view(np.float64).reshape(len(a), -1) if a.dtype.kind == "V" else a).tolist()
+              for k, a in snap.arrays.items()}
     series = [dict(name=n, **{k: arrays[k][i] for k in arrays}) for i, n in enumerate(names)]
     json.dump(dict(session=snap.name, mode=snap.mode, version=snap.version, seq=snap.seq, options=snap.options,
                    last_used=snap.last_used, series=series), sys.stdout)  # floats as repr: exact round trip
@@ -436,7 +474,10 @@ def main(argv: list[str] | None = None, environ=None) -> int:
             "--help)", ", ".join(unknown))
     from streamer import sinks
     defaults = Defaults(threshold=args.threshold, warmup=args.warmup, mode=MODES[args.mode], alpha=args.alpha,
-                        max_series=args.max_series)
+                        exclude_limit=args.exclude_limit, cooldown=args.cooldown, score=SCORES[args.score],
+                        likelihood_short=args.likelihood_short, likelihood_window=args.likelihood_window,
+                        likelihood_threshold=args.likelihood_threshold,
+                        likelihood_learning=args.likelihood_learning, max_series=args.max_series)
     config = Config(host=args.host, port=args.port, defaults=defaults, max_message_mb=args.max_message_mb,
                     grace_seconds=args.grace_seconds, drain_seconds=args.drain_seconds,
                     session_ttl=args.session_ttl, store=args.store, snapshot_seconds=args.snapshot_seconds,

@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 # for v1 first and fall back to v1alpha when v1 is UNIMPLEMENTED. Serve v1 too once the library has it.
 from grpc_reflection.v1alpha import reflection
 
-from streamer import detector, fused, kernels, series, wire
+from streamer import detector, fused, kernels, rules, series, wire
 from streamer.ops import tls
 from streamer.ops.metrics import Metrics, MetricsInterceptor
 # The Outliers methods are registered as raw-bytes handlers (service.py), so nothing else loads the generated
@@ -118,7 +118,7 @@ def _jit_functions() -> list:
     """Every numba function of the pipeline (for the compile's cache statistics)."""
     from numba.core.dispatcher import Dispatcher
 
-    modules = (kernels, series, wire.decode, wire.encode, wire.primitives, fused)
+    modules = (kernels, rules, series, wire.decode, wire.encode, wire.options, wire.primitives, fused)
     found = {id(v): v for m in modules for v in vars(m).values() if isinstance(v, Dispatcher)}
     return list(found.values())
 
@@ -126,6 +126,7 @@ def _jit_functions() -> list:
 def _compile_kernels() -> tuple[int, int]:
     """Compile every kernel of the pipeline, or load it from numba's cache: (signatures loaded, compiled)."""
     kernels.compile_all()
+    rules.compile_all()
     wire.compile_all()
     series.compile_all()
     fused.compile_all()

@@ -24,6 +24,12 @@ MODE_CUMULATIVE = 1
 MODE_EXPONENTIAL = 2
 MODE_NAMES = {MODE_CUMULATIVE: "MODE_CUMULATIVE", MODE_EXPONENTIAL: "MODE_EXPONENTIAL"}
 _ARRAYS = ("count", "mean", "spread")  # what a snapshot keeps of a SeriesState, besides the names
+# ...and of the optional rules' state, for the sessions that use them (issue 15): exclude_limit's run of
+# excluded values, the cooldown's countdown, the likelihood score's count, long-term mean and variance of the
+# short averages, and its ring of the last likelihood_short raw scores (a row per series).
+_OPTIONAL = {"streak": np.int64, "hold": np.int64, "lcount": np.int64, "lmean": np.float64, "lvar": np.float64,
+             "ring": np.float64}
+_LIKELIHOOD = ("lcount", "lmean", "lvar", "ring")
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +39,9 @@ class SeriesState:
 
     `count` is the number of values each series has taken in; `mean` its mean; `spread` is Welford's M2
     (sum of squared deviations) in MODE_CUMULATIVE and the exponentially weighted variance in MODE_EXPONENTIAL.
-    Bytes per series: 24 in these arrays, plus the table's 32 and the name's length.
+    Bytes per series: 24 in these arrays, plus the table's 32 and the name's length. The optional rules' arrays
+    exist (use()) only in states whose options need them, and are empty otherwise: exclude_limit 8 bytes,
+    cooldown 8, SCORE_LIKELIHOOD 24 + 8 * likelihood_short (104 at the default 10).
     """
 
     def __init__(self, mode: int, max_series: int, capacity: int = 64):
@@ -42,6 +50,24 @@ class SeriesState:
         self.count = np.zeros(capacity, dtype=np.int64)
         self.mean = np.zeros(capacity, dtype=np.float64)
         self.spread = np.zeros(capacity, dtype=np.float64)
+        self.optional: list[str] = []  # the optional arrays in use, as long as count; the others are empty
+        for name, dtype in _OPTIONAL.items():
+            setattr(self, name, np.zeros((0, 1) if name == "ring" else 0, dtype=dtype))
+
+    def use(self, exclude_limit: bool, cooldown: bool, likelihood_short: int) -> None:
+        """Make the optional rules' arrays a stream's options need (zeros for every series); keep those there.
+        A likelihood ring of another length starts the likelihood state again (its layout differs)."""
+        capacity = len(self.count)
+        wanted = (["streak"] if exclude_limit else []) + (["hold"] if cooldown else [])
+        if likelihood_short:
+            if "ring" in self.optional and self.ring.shape[1] != likelihood_short:
+                self.optional = [k for k in self.optional if k not in _LIKELIHOOD]
+            wanted += _LIKELIHOOD
+        for name in wanted:
+            if name not in self.optional:
+                shape = (capacity, likelihood_short) if name == "ring" else capacity
+                setattr(self, name, np.zeros(shape, dtype=_OPTIONAL[name]))
+                self.optional.append(name)
 
     def reserve(self, n_series: int) -> None:
         """Grow the arrays (doubling, so appends stay amortised O(1)) to hold `n_series` series."""
@@ -50,9 +76,9 @@ class SeriesState:
             return
         while capacity < n_series:
             capacity *= 2
-        for name in _ARRAYS:
+        for name in (*_ARRAYS, *self.optional):
             old = getattr(self, name)
-            new = np.zeros(capacity, dtype=old.dtype)
+            new = np.zeros((capacity, *old.shape[1:]), dtype=old.dtype)
             new[:len(old)] = old
             setattr(self, name, new)
 
@@ -64,7 +90,10 @@ class SeriesState:
         if n and not np.array_equal(offsets[1:n], np.cumsum(lengths)[:-1]):
             raise AssertionError("series names are not packed in slot order")  # SeriesTable appends them
         used = int(offsets[n - 1] + lengths[n - 1]) if n else 0
-        return arena[:used].tobytes(), lengths, {k: getattr(self, k)[:n].copy() for k in _ARRAYS}
+        arrays = {k: getattr(self, k)[:n].copy() for k in (*_ARRAYS, *self.optional)}
+        if "ring" in arrays:  # one row per series: each row one opaque item of 8 * likelihood_short bytes
+            arrays["ring"] = arrays["ring"].view(f"V{8 * self.ring.shape[1]}").reshape(n)
+        return arena[:used].tobytes(), lengths, arrays
 
     @classmethod
     def from_snapshot(cls, snap: Snapshot, max_series: int) -> SeriesState:
@@ -77,6 +106,15 @@ class SeriesState:
             raise ValueError(f"session {snap.name!r}: the snapshot's series names are not distinct")
         for key in _ARRAYS:
             getattr(state, key)[:n] = snap.arrays[key]
+        # The optional rules' arrays the snapshot has (older ones have none: those rules start from zeros).
+        if "ring" in snap.arrays and all(k in snap.arrays for k in _LIKELIHOOD):
+            ring = snap.arrays["ring"]
+            state.use(False, False, ring.dtype.itemsize // 8)
+            state.ring[:n] = np.frombuffer(ring.tobytes(), dtype=np.float64).reshape(n, -1)
+        for key in ("streak", "hold", "lcount", "lmean", "lvar"):
+            if key in snap.arrays and (key not in _LIKELIHOOD or "ring" in state.optional):
+                state.use(key == "streak", key == "hold", 0)
+                getattr(state, key)[:n] = snap.arrays[key]
         return state
 
 

@@ -28,6 +28,60 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// What flags a value in DetectStream.
+type Score int32
+
+const (
+	Score_SCORE_UNSPECIFIED Score = 0 // the server's default (--score, itself SCORE_ZSCORE unless set)
+	Score_SCORE_ZSCORE      Score = 1 // |value - mean| > threshold * stddev, value by value
+	// Anomaly likelihood (Ahmad, Lavin, Purdy & Agha, Neurocomputing 2017): the raw score erf(|z| / sqrt 2) of
+	// each value (0 in the warmup) is averaged over the last likelihood_short values; the tail probability of
+	// that average under a normal fitted to the earlier averages (weight max(1/likelihood_window, 1/n), mean
+	// floored at 0.03, variance at 0.0003) is Q((average - mean) / stddev), flagged below likelihood_threshold.
+	Score_SCORE_LIKELIHOOD Score = 2
+)
+
+// Enum value maps for Score.
+var (
+	Score_name = map[int32]string{
+		0: "SCORE_UNSPECIFIED",
+		1: "SCORE_ZSCORE",
+		2: "SCORE_LIKELIHOOD",
+	}
+	Score_value = map[string]int32{
+		"SCORE_UNSPECIFIED": 0,
+		"SCORE_ZSCORE":      1,
+		"SCORE_LIKELIHOOD":  2,
+	}
+)
+
+func (x Score) Enum() *Score {
+	p := new(Score)
+	*p = x
+	return p
+}
+
+func (x Score) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Score) Descriptor() protoreflect.EnumDescriptor {
+	return file_outliers_proto_enumTypes[0].Descriptor()
+}
+
+func (Score) Type() protoreflect.EnumType {
+	return &file_outliers_proto_enumTypes[0]
+}
+
+func (x Score) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Score.Descriptor instead.
+func (Score) EnumDescriptor() ([]byte, []int) {
+	return file_outliers_proto_rawDescGZIP(), []int{0}
+}
+
 // How DetectStream keeps each series' mean and variance.
 type Mode int32
 
@@ -62,11 +116,11 @@ func (x Mode) String() string {
 }
 
 func (Mode) Descriptor() protoreflect.EnumDescriptor {
-	return file_outliers_proto_enumTypes[0].Descriptor()
+	return file_outliers_proto_enumTypes[1].Descriptor()
 }
 
 func (Mode) Type() protoreflect.EnumType {
-	return &file_outliers_proto_enumTypes[0]
+	return &file_outliers_proto_enumTypes[1]
 }
 
 func (x Mode) Number() protoreflect.EnumNumber {
@@ -75,7 +129,7 @@ func (x Mode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Mode.Descriptor instead.
 func (Mode) EnumDescriptor() ([]byte, []int) {
-	return file_outliers_proto_rawDescGZIP(), []int{0}
+	return file_outliers_proto_rawDescGZIP(), []int{1}
 }
 
 // One observation of one series.
@@ -139,16 +193,34 @@ func (x *Metric) GetValue() float64 {
 	return 0
 }
 
-// How values are judged. A zero field means "use the server's default" (proto3 cannot tell 0 from unset).
+// How values are judged. Fields 1-5: a zero field means "use the server's default" (proto3 cannot tell 0
+// from unset). Fields 6 on are `optional` (explicit presence): unset means the server's default, and 0 is 0.
 type DetectOptions struct {
-	state           protoimpl.MessageState `protogen:"open.v1"`
-	Threshold       float64                `protobuf:"fixed64,1,opt,name=threshold,proto3" json:"threshold,omitempty"`                                   // k: flag |x - mean| > k * stddev; must be >= 0 and finite; server default 2.0
-	Warmup          uint32                 `protobuf:"varint,2,opt,name=warmup,proto3" json:"warmup,omitempty"`                                          // DetectStream: values a series must have seen before it can be flagged (at least 2)
-	Mode            Mode                   `protobuf:"varint,3,opt,name=mode,proto3,enum=pb.Mode" json:"mode,omitempty"`                                 // DetectStream: how the running mean and variance are kept
-	Alpha           float64                `protobuf:"fixed64,4,opt,name=alpha,proto3" json:"alpha,omitempty"`                                           // MODE_EXPONENTIAL: weight of the newest value, 0 < alpha <= 1
-	ExcludeOutliers bool                   `protobuf:"varint,5,opt,name=exclude_outliers,json=excludeOutliers,proto3" json:"exclude_outliers,omitempty"` // DetectStream: flagged values do not update the series' state
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Threshold float64                `protobuf:"fixed64,1,opt,name=threshold,proto3" json:"threshold,omitempty"`   // k: flag |x - mean| > k * stddev; must be >= 0 and finite; server default 2.0
+	Warmup    uint32                 `protobuf:"varint,2,opt,name=warmup,proto3" json:"warmup,omitempty"`          // DetectStream: values a series must have seen before it can be flagged (at least 2)
+	Mode      Mode                   `protobuf:"varint,3,opt,name=mode,proto3,enum=pb.Mode" json:"mode,omitempty"` // DetectStream: how the running mean and variance are kept
+	Alpha     float64                `protobuf:"fixed64,4,opt,name=alpha,proto3" json:"alpha,omitempty"`           // MODE_EXPONENTIAL: weight of the newest value, 0 < alpha <= 1 (the n-th value
+	// a series takes in has weight max(alpha, 1/n): an exact start, no bias to 0)
+	ExcludeOutliers bool `protobuf:"varint,5,opt,name=exclude_outliers,json=excludeOutliers,proto3" json:"exclude_outliers,omitempty"` // DetectStream: flagged values do not update the series' state, except while its
+	// stddev is 0 and after exclude_limit excluded values in a row (see below)
+	// DetectStream, with exclude_outliers: once a series has had this many excluded values in a row, its
+	// flagged values are taken in again until one of its values is judged normal, so a new level is learned
+	// (0: no limit). Server default: --exclude-limit, itself the stream's warmup (at least 2) unless set.
+	ExcludeLimit *uint32 `protobuf:"varint,6,opt,name=exclude_limit,json=excludeLimit,proto3,oneof" json:"exclude_limit,omitempty"`
+	// DetectStream: after a series is flagged, it is not flagged again until this many of its values in a row
+	// were judged normal (0: off, the server's default; 1: only the first of each run of outliers). Values held
+	// back are still judged and update the state as without it.
+	Cooldown         *uint32 `protobuf:"varint,7,opt,name=cooldown,proto3,oneof" json:"cooldown,omitempty"`
+	Score            *Score  `protobuf:"varint,8,opt,name=score,proto3,enum=pb.Score,oneof" json:"score,omitempty"`                                  // DetectStream: what flags a value (server default --score)
+	LikelihoodShort  *uint32 `protobuf:"varint,9,opt,name=likelihood_short,json=likelihoodShort,proto3,oneof" json:"likelihood_short,omitempty"`     // SCORE_LIKELIHOOD: raw scores averaged, 1-1024 (default 10)
+	LikelihoodWindow *uint32 `protobuf:"varint,10,opt,name=likelihood_window,json=likelihoodWindow,proto3,oneof" json:"likelihood_window,omitempty"` // SCORE_LIKELIHOOD: averages the long-term mean and variance
+	// weigh, >= 1 (default 8640, the paper's)
+	LikelihoodThreshold *float64 `protobuf:"fixed64,11,opt,name=likelihood_threshold,json=likelihoodThreshold,proto3,oneof" json:"likelihood_threshold,omitempty"` // SCORE_LIKELIHOOD: flag when tail_probability < this, in (0, 1)
+	// (default 1e-5, the paper's "red" level)
+	LikelihoodLearning *uint32 `protobuf:"varint,12,opt,name=likelihood_learning,json=likelihoodLearning,proto3,oneof" json:"likelihood_learning,omitempty"` // SCORE_LIKELIHOOD: values a series must have taken in before
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *DetectOptions) Reset() {
@@ -214,6 +286,55 @@ func (x *DetectOptions) GetExcludeOutliers() bool {
 		return x.ExcludeOutliers
 	}
 	return false
+}
+
+func (x *DetectOptions) GetExcludeLimit() uint32 {
+	if x != nil && x.ExcludeLimit != nil {
+		return *x.ExcludeLimit
+	}
+	return 0
+}
+
+func (x *DetectOptions) GetCooldown() uint32 {
+	if x != nil && x.Cooldown != nil {
+		return *x.Cooldown
+	}
+	return 0
+}
+
+func (x *DetectOptions) GetScore() Score {
+	if x != nil && x.Score != nil {
+		return *x.Score
+	}
+	return Score_SCORE_UNSPECIFIED
+}
+
+func (x *DetectOptions) GetLikelihoodShort() uint32 {
+	if x != nil && x.LikelihoodShort != nil {
+		return *x.LikelihoodShort
+	}
+	return 0
+}
+
+func (x *DetectOptions) GetLikelihoodWindow() uint32 {
+	if x != nil && x.LikelihoodWindow != nil {
+		return *x.LikelihoodWindow
+	}
+	return 0
+}
+
+func (x *DetectOptions) GetLikelihoodThreshold() float64 {
+	if x != nil && x.LikelihoodThreshold != nil {
+		return *x.LikelihoodThreshold
+	}
+	return 0
+}
+
+func (x *DetectOptions) GetLikelihoodLearning() uint32 {
+	if x != nil && x.LikelihoodLearning != nil {
+		return *x.LikelihoodLearning
+	}
+	return 0
 }
 
 // A batch of metrics. In Detect, one batch judged on its own; in DetectStream, one batch of the stream.
@@ -290,15 +411,18 @@ func (x *OutliersRequest) GetSeq() uint64 {
 
 // One flagged value and the statistics it was judged against.
 type Outlier struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Index         int32                  `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`    // position of the metric in the request's metrics
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`       // the metric's name (its series)
-	Value         float64                `protobuf:"fixed64,3,opt,name=value,proto3" json:"value,omitempty"`   // the metric's value
-	Mean          float64                `protobuf:"fixed64,4,opt,name=mean,proto3" json:"mean,omitempty"`     // the series' mean it was judged against (Detect: the batch's; stream: before the value)
-	Stddev        float64                `protobuf:"fixed64,5,opt,name=stddev,proto3" json:"stddev,omitempty"` // the population standard deviation it was judged against
-	Zscore        float64                `protobuf:"fixed64,6,opt,name=zscore,proto3" json:"zscore,omitempty"` // signed (value - mean) / stddev; +-Inf when stddev is 0
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Index  int32                  `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`    // position of the metric in the request's metrics
+	Name   string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`       // the metric's name (its series)
+	Value  float64                `protobuf:"fixed64,3,opt,name=value,proto3" json:"value,omitempty"`   // the metric's value
+	Mean   float64                `protobuf:"fixed64,4,opt,name=mean,proto3" json:"mean,omitempty"`     // the series' mean it was judged against (Detect: the batch's; stream: before the value)
+	Stddev float64                `protobuf:"fixed64,5,opt,name=stddev,proto3" json:"stddev,omitempty"` // the population standard deviation it was judged against
+	Zscore float64                `protobuf:"fixed64,6,opt,name=zscore,proto3" json:"zscore,omitempty"` // signed (value - mean) / stddev; +-Inf when stddev is 0
+	// SCORE_LIKELIHOOD: the tail probability that flagged the value (below likelihood_threshold); the paper's
+	// "anomaly likelihood" is 1 minus it. 0 (absent) with SCORE_ZSCORE.
+	TailProbability float64 `protobuf:"fixed64,7,opt,name=tail_probability,json=tailProbability,proto3" json:"tail_probability,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Outlier) Reset() {
@@ -369,6 +493,13 @@ func (x *Outlier) GetStddev() float64 {
 func (x *Outlier) GetZscore() float64 {
 	if x != nil {
 		return x.Zscore
+	}
+	return 0
+}
+
+func (x *Outlier) GetTailProbability() float64 {
+	if x != nil {
+		return x.TailProbability
 	}
 	return 0
 }
@@ -486,26 +617,42 @@ const file_outliers_proto_rawDesc = "" +
 	"\x06Metric\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
-	"\x05value\x18\x03 \x01(\x01R\x05value\"\xa4\x01\n" +
+	"\x05value\x18\x03 \x01(\x01R\x05value\"\xea\x04\n" +
 	"\rDetectOptions\x12\x1c\n" +
 	"\tthreshold\x18\x01 \x01(\x01R\tthreshold\x12\x16\n" +
 	"\x06warmup\x18\x02 \x01(\rR\x06warmup\x12\x1c\n" +
 	"\x04mode\x18\x03 \x01(\x0e2\b.pb.ModeR\x04mode\x12\x14\n" +
 	"\x05alpha\x18\x04 \x01(\x01R\x05alpha\x12)\n" +
-	"\x10exclude_outliers\x18\x05 \x01(\bR\x0fexcludeOutliers\"\x90\x01\n" +
+	"\x10exclude_outliers\x18\x05 \x01(\bR\x0fexcludeOutliers\x12(\n" +
+	"\rexclude_limit\x18\x06 \x01(\rH\x00R\fexcludeLimit\x88\x01\x01\x12\x1f\n" +
+	"\bcooldown\x18\a \x01(\rH\x01R\bcooldown\x88\x01\x01\x12$\n" +
+	"\x05score\x18\b \x01(\x0e2\t.pb.ScoreH\x02R\x05score\x88\x01\x01\x12.\n" +
+	"\x10likelihood_short\x18\t \x01(\rH\x03R\x0flikelihoodShort\x88\x01\x01\x120\n" +
+	"\x11likelihood_window\x18\n" +
+	" \x01(\rH\x04R\x10likelihoodWindow\x88\x01\x01\x126\n" +
+	"\x14likelihood_threshold\x18\v \x01(\x01H\x05R\x13likelihoodThreshold\x88\x01\x01\x124\n" +
+	"\x13likelihood_learning\x18\f \x01(\rH\x06R\x12likelihoodLearning\x88\x01\x01B\x10\n" +
+	"\x0e_exclude_limitB\v\n" +
+	"\t_cooldownB\b\n" +
+	"\x06_scoreB\x13\n" +
+	"\x11_likelihood_shortB\x14\n" +
+	"\x12_likelihood_windowB\x17\n" +
+	"\x15_likelihood_thresholdB\x16\n" +
+	"\x14_likelihood_learning\"\x90\x01\n" +
 	"\x0fOutliersRequest\x12$\n" +
 	"\ametrics\x18\x01 \x03(\v2\n" +
 	".pb.MetricR\ametrics\x12+\n" +
 	"\aoptions\x18\x02 \x01(\v2\x11.pb.DetectOptionsR\aoptions\x12\x18\n" +
 	"\asession\x18\x03 \x01(\tR\asession\x12\x10\n" +
-	"\x03seq\x18\x04 \x01(\x04R\x03seq\"\x8d\x01\n" +
+	"\x03seq\x18\x04 \x01(\x04R\x03seq\"\xb8\x01\n" +
 	"\aOutlier\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x05R\x05index\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
 	"\x05value\x18\x03 \x01(\x01R\x05value\x12\x12\n" +
 	"\x04mean\x18\x04 \x01(\x01R\x04mean\x12\x16\n" +
 	"\x06stddev\x18\x05 \x01(\x01R\x06stddev\x12\x16\n" +
-	"\x06zscore\x18\x06 \x01(\x01R\x06zscore\"\x87\x02\n" +
+	"\x06zscore\x18\x06 \x01(\x01R\x06zscore\x12)\n" +
+	"\x10tail_probability\x18\a \x01(\x01R\x0ftailProbability\"\x87\x02\n" +
 	"\x10OutliersResponse\x12\x18\n" +
 	"\aindices\x18\x01 \x03(\x05R\aindices\x12'\n" +
 	"\boutliers\x18\x02 \x03(\v2\v.pb.OutlierR\boutliers\x12\x14\n" +
@@ -516,7 +663,11 @@ const file_outliers_proto_rawDesc = "" +
 	"\vdurable_seq\x18\x06 \x01(\x04R\n" +
 	"durableSeq\x12\x1c\n" +
 	"\tephemeral\x18\a \x01(\bR\tephemeral\x12\x1c\n" +
-	"\tforgotten\x18\b \x01(\bR\tforgotten*G\n" +
+	"\tforgotten\x18\b \x01(\bR\tforgotten*F\n" +
+	"\x05Score\x12\x15\n" +
+	"\x11SCORE_UNSPECIFIED\x10\x00\x12\x10\n" +
+	"\fSCORE_ZSCORE\x10\x01\x12\x14\n" +
+	"\x10SCORE_LIKELIHOOD\x10\x02*G\n" +
 	"\x04Mode\x12\x14\n" +
 	"\x10MODE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fMODE_CUMULATIVE\x10\x01\x12\x14\n" +
@@ -537,32 +688,34 @@ func file_outliers_proto_rawDescGZIP() []byte {
 	return file_outliers_proto_rawDescData
 }
 
-var file_outliers_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_outliers_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
 var file_outliers_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_outliers_proto_goTypes = []any{
-	(Mode)(0),                     // 0: pb.Mode
-	(*Metric)(nil),                // 1: pb.Metric
-	(*DetectOptions)(nil),         // 2: pb.DetectOptions
-	(*OutliersRequest)(nil),       // 3: pb.OutliersRequest
-	(*Outlier)(nil),               // 4: pb.Outlier
-	(*OutliersResponse)(nil),      // 5: pb.OutliersResponse
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
+	(Score)(0),                    // 0: pb.Score
+	(Mode)(0),                     // 1: pb.Mode
+	(*Metric)(nil),                // 2: pb.Metric
+	(*DetectOptions)(nil),         // 3: pb.DetectOptions
+	(*OutliersRequest)(nil),       // 4: pb.OutliersRequest
+	(*Outlier)(nil),               // 5: pb.Outlier
+	(*OutliersResponse)(nil),      // 6: pb.OutliersResponse
+	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
 }
 var file_outliers_proto_depIdxs = []int32{
-	6, // 0: pb.Metric.time:type_name -> google.protobuf.Timestamp
-	0, // 1: pb.DetectOptions.mode:type_name -> pb.Mode
-	1, // 2: pb.OutliersRequest.metrics:type_name -> pb.Metric
-	2, // 3: pb.OutliersRequest.options:type_name -> pb.DetectOptions
-	4, // 4: pb.OutliersResponse.outliers:type_name -> pb.Outlier
-	3, // 5: pb.Outliers.Detect:input_type -> pb.OutliersRequest
-	3, // 6: pb.Outliers.DetectStream:input_type -> pb.OutliersRequest
-	5, // 7: pb.Outliers.Detect:output_type -> pb.OutliersResponse
-	5, // 8: pb.Outliers.DetectStream:output_type -> pb.OutliersResponse
-	7, // [7:9] is the sub-list for method output_type
-	5, // [5:7] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	7, // 0: pb.Metric.time:type_name -> google.protobuf.Timestamp
+	1, // 1: pb.DetectOptions.mode:type_name -> pb.Mode
+	0, // 2: pb.DetectOptions.score:type_name -> pb.Score
+	2, // 3: pb.OutliersRequest.metrics:type_name -> pb.Metric
+	3, // 4: pb.OutliersRequest.options:type_name -> pb.DetectOptions
+	5, // 5: pb.OutliersResponse.outliers:type_name -> pb.Outlier
+	4, // 6: pb.Outliers.Detect:input_type -> pb.OutliersRequest
+	4, // 7: pb.Outliers.DetectStream:input_type -> pb.OutliersRequest
+	6, // 8: pb.Outliers.Detect:output_type -> pb.OutliersResponse
+	6, // 9: pb.Outliers.DetectStream:output_type -> pb.OutliersResponse
+	8, // [8:10] is the sub-list for method output_type
+	6, // [6:8] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_outliers_proto_init() }
@@ -570,12 +723,13 @@ func file_outliers_proto_init() {
 	if File_outliers_proto != nil {
 		return
 	}
+	file_outliers_proto_msgTypes[1].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_outliers_proto_rawDesc), len(file_outliers_proto_rawDesc)),
-			NumEnums:      1,
+			NumEnums:      2,
 			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   1,

@@ -10,11 +10,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Score(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SCORE_UNSPECIFIED: _ClassVar[Score]
+    SCORE_ZSCORE: _ClassVar[Score]
+    SCORE_LIKELIHOOD: _ClassVar[Score]
+
 class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     MODE_UNSPECIFIED: _ClassVar[Mode]
     MODE_CUMULATIVE: _ClassVar[Mode]
     MODE_EXPONENTIAL: _ClassVar[Mode]
+SCORE_UNSPECIFIED: Score
+SCORE_ZSCORE: Score
+SCORE_LIKELIHOOD: Score
 MODE_UNSPECIFIED: Mode
 MODE_CUMULATIVE: Mode
 MODE_EXPONENTIAL: Mode
@@ -30,18 +39,32 @@ class Metric(_message.Message):
     def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., name: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
 
 class DetectOptions(_message.Message):
-    __slots__ = ("threshold", "warmup", "mode", "alpha", "exclude_outliers")
+    __slots__ = ("threshold", "warmup", "mode", "alpha", "exclude_outliers", "exclude_limit", "cooldown", "score", "likelihood_short", "likelihood_window", "likelihood_threshold", "likelihood_learning")
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     WARMUP_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_OUTLIERS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    COOLDOWN_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    LIKELIHOOD_SHORT_FIELD_NUMBER: _ClassVar[int]
+    LIKELIHOOD_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    LIKELIHOOD_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    LIKELIHOOD_LEARNING_FIELD_NUMBER: _ClassVar[int]
     threshold: float
     warmup: int
     mode: Mode
     alpha: float
     exclude_outliers: bool
-    def __init__(self, threshold: _Optional[float] = ..., warmup: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., alpha: _Optional[float] = ..., exclude_outliers: _Optional[bool] = ...) -> None: ...
+    exclude_limit: int
+    cooldown: int
+    score: Score
+    likelihood_short: int
+    likelihood_window: int
+    likelihood_threshold: float
+    likelihood_learning: int
+    def __init__(self, threshold: _Optional[float] = ..., warmup: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., alpha: _Optional[float] = ..., exclude_outliers: _Optional[bool] = ..., exclude_limit: _Optional[int] = ..., cooldown: _Optional[int] = ..., score: _Optional[_Union[Score, str]] = ..., likelihood_short: _Optional[int] = ..., likelihood_window: _Optional[int] = ..., likelihood_threshold: _Optional[float] = ..., likelihood_learning: _Optional[int] = ...) -> None: ...
 
 class OutliersRequest(_message.Message):
     __slots__ = ("metrics", "options", "session", "seq")
@@ -56,20 +79,22 @@ class OutliersRequest(_message.Message):
     def __init__(self, metrics: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., options: _Optional[_Union[DetectOptions, _Mapping]] = ..., session: _Optional[str] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class Outlier(_message.Message):
-    __slots__ = ("index", "name", "value", "mean", "stddev", "zscore")
+    __slots__ = ("index", "name", "value", "mean", "stddev", "zscore", "tail_probability")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     MEAN_FIELD_NUMBER: _ClassVar[int]
     STDDEV_FIELD_NUMBER: _ClassVar[int]
     ZSCORE_FIELD_NUMBER: _ClassVar[int]
+    TAIL_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
     index: int
     name: str
     value: float
     mean: float
     stddev: float
     zscore: float
-    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., value: _Optional[float] = ..., mean: _Optional[float] = ..., stddev: _Optional[float] = ..., zscore: _Optional[float] = ...) -> None: ...
+    tail_probability: float
+    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., value: _Optional[float] = ..., mean: _Optional[float] = ..., stddev: _Optional[float] = ..., zscore: _Optional[float] = ..., tail_probability: _Optional[float] = ...) -> None: ...
 
 class OutliersResponse(_message.Message):
     __slots__ = ("indices", "outliers", "batch", "duplicate", "applied_seq", "durable_seq", "ephemeral", "forgotten")
