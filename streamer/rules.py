@@ -16,12 +16,19 @@ from streamer.kernels import _check_batch, _zscore, ewm_update, welford_update
 LIKELIHOOD_MEAN_FLOOR = 0.03
 LIKELIHOOD_VAR_FLOOR = 0.0003
 _SQRT2 = math.sqrt(2.0)
+EPISODE_OPENED, EPISODE_UPDATED, EPISODE_RESOLVED = 0, 1, 2  # the kinds of episode change in ev[:, 1]
+NO_SUPPRESS = np.zeros(3, dtype=np.float64)  # min_deviation, min_relative_deviation, direction: all off
+_I0, _F0 = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+# stream_update's episode arguments from `times` on, when episodes are off (resolve_after 0)
+NO_EPISODES = (_I0, 0, _I0, _I0, _I0, _F0, _F0, np.zeros((0, 4), dtype=np.int64), np.zeros((0, 5)),
+               np.zeros(1, dtype=np.int64))
 
 
 @numba.njit(nogil=True, cache=True)
 def _stream(ids, values, count, mean, spread, exponential, alpha, threshold, warmup, exclude, exclude_limit,
             cooldown, streak, hold, likelihood, window, tail_threshold, learning, lcount, lmean, lvar, ring,
-            idx_out, mean_out, std_out, z_out, tail_out):
+            idx_out, mean_out, std_out, z_out, tail_out, suppress, resolve_after, times, now_ns,
+            ep_run, ep_start, ep_count, ep_peak_z, ep_peak_value, ev, ev_stats, ev_n):
     # Every DetectStream rule, one value at a time; stream_update's docstring says what each does (and runs the
     # plain loops below for today's options).
     n_series = min(len(count), len(mean), len(spread))
@@ -37,6 +44,18 @@ def _stream(ids, values, count, mean, spread, exponential, alpha, threshold, war
             raise ValueError("likelihood_short and likelihood_window must be at least 1")
         if len(tail_out) < len(values):
             raise ValueError("tail_out must be at least as long as values")
+    if len(suppress) != 3:
+        raise ValueError("suppress is (min_deviation, min_relative_deviation, direction)")
+    min_deviation, min_relative, direction = suppress[0], suppress[1], suppress[2]
+    if resolve_after > 0:
+        if (len(ep_run) < n_series or len(ep_start) < n_series or len(ep_count) < n_series
+                or len(ep_peak_z) < n_series or len(ep_peak_value) < n_series):
+            raise ValueError("episodes need ep_run, ep_start, ep_count, ep_peak_z and ep_peak_value as long as the "
+                             "state")
+        if (len(times) < len(values) or ev.shape[0] < len(values) or ev.shape[1] < 4
+                or ev_stats.shape[0] < len(values) or ev_stats.shape[1] < 5 or len(ev_n) < 1):
+            raise ValueError("episodes need times, ev (n x 4), ev_stats (n x 5) and ev_n")
+    e = 0
     short = ring.shape[1]
     need = max(warmup, 2)
     judged_from = max(need, learning)
@@ -84,6 +103,52 @@ def _stream(ids, values, count, mean, spread, exponential, alpha, threshold, war
                 lmean[s] += incr
                 lvar[s] = (1.0 - w) * (lvar[s] + diff * incr)
             outlier = c >= judged_from and tail < tail_threshold
+        if outlier and (min_deviation > 0.0 or min_relative > 0.0 or direction != 0.0):
+            # what does not matter is normal (and is taken in as normal): too small a deviation, absolute or
+            # relative to the mean, or on the other side than `direction` (1: up, 2: down)
+            dev = x - mu
+            if (abs(dev) < min_deviation or abs(dev) < min_relative * abs(mu)
+                    or direction == 1.0 and not dev > 0.0 or direction == 2.0 and not dev < 0.0):
+                outlier = False
+        if resolve_after > 0:
+            # Episodes: one opens at an outlier of a series with none open, grows with each further outlier and
+            # resolves at the resolve_after-th normal value in a row. ep_run[s] is 0 with none open, else 1 +
+            # the normal values since its last outlier. Each change is a row of ev: (metric, kind, start, count)
+            # and of ev_stats: (peak |z|, the value at it, and the metric's mean, stddev and z).
+            run = ep_run[s]
+            kind = -1
+            if outlier:
+                az = abs(_zscore(d, std))
+                if run == 0:
+                    kind = EPISODE_OPENED
+                    ep_start[s] = times[i] if times[i] != 0 else now_ns
+                    ep_count[s] = 1
+                    ep_peak_z[s] = az
+                    ep_peak_value[s] = x
+                else:
+                    kind = EPISODE_UPDATED
+                    ep_count[s] += 1
+                    if az > ep_peak_z[s]:
+                        ep_peak_z[s] = az
+                        ep_peak_value[s] = x
+                ep_run[s] = 1
+            elif run > 0:
+                if run >= resolve_after:  # this is the resolve_after-th normal value since the last outlier
+                    kind = EPISODE_RESOLVED
+                    ep_run[s] = 0
+                else:
+                    ep_run[s] = run + 1
+            if kind >= 0:
+                ev[e, 0] = i
+                ev[e, 1] = kind
+                ev[e, 2] = ep_start[s]
+                ev[e, 3] = ep_count[s]
+                ev_stats[e, 0] = ep_peak_z[s]
+                ev_stats[e, 1] = ep_peak_value[s]
+                ev_stats[e, 2] = mu
+                ev_stats[e, 3] = std
+                ev_stats[e, 4] = _zscore(d, std) if c >= need else 0.0
+                e += 1
         report = outlier
         if cooldown > 0:  # values held back are judged and update the state as without the cooldown
             if outlier:
@@ -135,13 +200,15 @@ def _stream(ids, values, count, mean, spread, exponential, alpha, threshold, war
             count[s] = c
             mean[s] = mu
             spread[s] += delta * (x - mu)
+    ev_n[0] = e
     return k
 
 
 @numba.njit(nogil=True, cache=True)
 def stream_update(ids, values, count, mean, spread, exponential, alpha, threshold, warmup, exclude, exclude_limit,
                   cooldown, streak, hold, likelihood, window, tail_threshold, learning, lcount, lmean, lvar, ring,
-                  idx_out, mean_out, std_out, z_out, tail_out):
+                  idx_out, mean_out, std_out, z_out, tail_out, suppress, resolve_after, times, now_ns,
+                  ep_run, ep_start, ep_count, ep_peak_z, ep_peak_value, ev, ev_stats, ev_n):
     """DetectStream: judge each value against its series' running state, then take it in; every rule.
 
     In order, per metric (non-finite values are skipped: neither judged nor taken in):
@@ -152,6 +219,15 @@ def stream_update(ids, values, count, mean, spread, exponential, alpha, threshol
       the mean and variance of the earlier averages (Finch 2009 with weight max(1/window, 1/n), floored at
       0.03 and 0.0003): tail = Q((average - mean) / stddev). Then x is an outlier instead when the series has
       taken in >= max(warmup, 2, learning) values and tail < tail_threshold. tail_out[j] is the tail.
+    - suppress = (min_deviation, min_relative_deviation, direction): an outlier is judged normal instead when
+      |x - mean| < min_deviation, or < min_relative_deviation * |mean|, or direction is 1 (up) and x <= mean or
+      2 (down) and x >= mean (0: both sides). Everything below sees that judgement.
+    - episodes (resolve_after > 0): per series, an episode opens at an outlier when none is open, counts each
+      further outlier (and its peak |z|), and resolves at the resolve_after-th normal value in a row; state in
+      ep_run (0: none open, else 1 + normal values since the last outlier), ep_start (the opening value's time,
+      times[i], or now_ns when that is 0), ep_count, ep_peak_z, ep_peak_value. Each change is a row of ev
+      (metric, kind EPISODE_*, start, count) and ev_stats (peak |z|, its value, and the metric's mean, stddev
+      and z); ev_n[0] says how many rows.
     - cooldown (> 0): an outlier is reported only when the series' previous outlier is followed by at least
       `cooldown` values judged normal (hold[s] counts them down); held-back outliers still update the state.
     - exclude: an outlier is not taken in, unless its stddev is 0, or (exclude_limit > 0) the series has had
@@ -163,7 +239,9 @@ def stream_update(ids, values, count, mean, spread, exponential, alpha, threshol
     """
     # The rules of today's options (the z-score, no cooldown, exclusion without a limit) run the plain Welford
     # and Finch loops: their per-value cost stays what it was (benchmarks/kernels_bench.py --against main).
-    if not likelihood and cooldown <= 0 and (not exclude or exclude_limit <= 0):
+    if (not likelihood and cooldown <= 0 and (not exclude or exclude_limit <= 0) and resolve_after <= 0
+            and suppress[0] <= 0.0 and suppress[1] <= 0.0 and suppress[2] == 0.0):
+        ev_n[0] = 0
         if exponential:
             return ewm_update(ids, values, count, mean, spread, alpha, threshold, warmup, exclude,
                               idx_out, mean_out, std_out, z_out)
@@ -171,7 +249,8 @@ def stream_update(ids, values, count, mean, spread, exponential, alpha, threshol
                               idx_out, mean_out, std_out, z_out)
     return _stream(ids, values, count, mean, spread, exponential, alpha, threshold, warmup, exclude,
                    exclude_limit, cooldown, streak, hold, likelihood, window, tail_threshold, learning,
-                   lcount, lmean, lvar, ring, idx_out, mean_out, std_out, z_out, tail_out)
+                   lcount, lmean, lvar, ring, idx_out, mean_out, std_out, z_out, tail_out, suppress, resolve_after,
+                   times, now_ns, ep_run, ep_start, ep_count, ep_peak_z, ep_peak_value, ev, ev_stats, ev_n)
 
 
 def compile_all() -> None:
@@ -180,13 +259,17 @@ def compile_all() -> None:
     values = np.array([1.0, 2.0])
     idx = np.empty(2, dtype=np.int32)
     out = [np.empty(2, dtype=np.float64) for _ in range(3)]
+    episodes = (ids, 1, *(np.zeros(1, dtype=np.int64) for _ in range(3)), np.zeros(1), np.zeros(1),
+                np.zeros((2, 4), dtype=np.int64), np.zeros((2, 5)), np.zeros(1, dtype=np.int64))
     for exponential in (False, True):
         for likelihood in (False, True):
-            count, ints = np.zeros(1, dtype=np.int64), [np.zeros(1, dtype=np.int64) for _ in range(3)]
-            floats = [np.zeros(1, dtype=np.float64) for _ in range(4)]
-            stream_update(ids, values, count, floats[0], floats[1], exponential, 0.05, 2.0, 2, True, 10, 1, ints[0],
-                          ints[1], likelihood, 8640, 1e-5, 300, ints[2], floats[2], floats[3], np.zeros((1, 10)), idx,
-                          *out, np.empty(2))
+            for resolve_after, eps in ((0, NO_EPISODES), (10, episodes)):
+                count, ints = np.zeros(1, dtype=np.int64), [np.zeros(1, dtype=np.int64) for _ in range(3)]
+                floats = [np.zeros(1, dtype=np.float64) for _ in range(4)]
+                stream_update(ids, values, count, floats[0], floats[1], exponential, 0.05, 2.0, 2, True, 10, 1,
+                              ints[0], ints[1], likelihood, 8640, 1e-5, 300, ints[2], floats[2], floats[3],
+                              np.zeros((1, 10)), idx, *out, np.empty(2), NO_SUPPRESS, resolve_after, *eps)
 
 
-__all__ = ["stream_update", "compile_all", "LIKELIHOOD_MEAN_FLOOR", "LIKELIHOOD_VAR_FLOOR"]
+__all__ = ["stream_update", "compile_all", "LIKELIHOOD_MEAN_FLOOR", "LIKELIHOOD_VAR_FLOOR", "NO_SUPPRESS",
+           "NO_EPISODES", "EPISODE_OPENED", "EPISODE_UPDATED", "EPISODE_RESOLVED"]

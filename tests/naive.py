@@ -103,13 +103,21 @@ class Series:
         self.averages = 0      # likelihood: short averages taken into the long-term mean and variance
         self.long_mean = 0.0
         self.long_var = 0.0
+        self.episode = None    # alerts: the open episode, a dict (start, count, peak_z, peak_value, normal), or None
 
 
 def stream_update(ids, values, series, *, exponential=False, alpha=0.05, threshold=2.0, warmup=10,
                   exclude=False, exclude_limit=0, cooldown=0, likelihood=False, short=10, window=8640,
-                  tail_threshold=1e-5, learning=300):
+                  tail_threshold=1e-5, learning=300, min_deviation=0.0, min_relative=0.0, direction="both",
+                  resolve_after=0, times=None, episodes=None):
     """Every DetectStream rule of kernels.stream_update, one value at a time; `series` is a list of Series
-    (indexed by ids, updated in place). Returns (indices, mean, std, z, tail)."""
+    (indexed by ids, updated in place). Returns (indices, mean, std, z, tail).
+
+    Alerts (issue 20): a value is an outlier only if also |x - mean| >= min_deviation, >= min_relative * |mean|,
+    and on the `direction` ("both", "up": x > mean, "down"); a suppressed value is normal. With resolve_after
+    > 0, `episodes` (a list) receives (i, kind, start, count, peak_z, peak_value) as episodes open ("opened" at
+    an outlier when none is open), grow ("updated" at each further outlier) and resolve ("resolved" at the
+    resolve_after-th normal value in a row); `times` holds each value's time (start is the opening value's)."""
     out = ([], [], [], [], [])
     for i, (s, x) in enumerate(zip(ids, values)):
         x = float(x)
@@ -141,6 +149,26 @@ def stream_update(ids, values, series, *, exponential=False, alpha=0.05, thresho
                 st.long_mean += weight * diff
                 st.long_var = (1 - weight) * (st.long_var + diff * weight * diff)
             outlier = st.n >= max(warmup, 2, learning) and tail < tail_threshold
+        d = x - st.mean
+        if outlier and (abs(d) < min_deviation or abs(d) < min_relative * abs(st.mean)
+                        or direction == "up" and not d > 0 or direction == "down" and not d < 0):
+            outlier = False
+        if resolve_after > 0:
+            ep = st.episode
+            if outlier and ep is None:
+                ep = st.episode = dict(start=times[i], count=1, peak_z=abs(z), peak_value=x, normal=0)
+                episodes.append((i, "opened", ep["start"], 1, ep["peak_z"], x))
+            elif outlier:
+                ep["count"] += 1
+                ep["normal"] = 0
+                if abs(z) > ep["peak_z"]:
+                    ep["peak_z"], ep["peak_value"] = abs(z), x
+                episodes.append((i, "updated", ep["start"], ep["count"], ep["peak_z"], ep["peak_value"]))
+            elif ep is not None:
+                ep["normal"] += 1
+                if ep["normal"] >= resolve_after:
+                    st.episode = None
+                    episodes.append((i, "resolved", ep["start"], ep["count"], ep["peak_z"], ep["peak_value"]))
         report = outlier
         if cooldown > 0:
             if outlier:

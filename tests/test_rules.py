@@ -57,7 +57,7 @@ def run_kernel(state, ids, values, o):
                             o["threshold"], o["warmup"], o["exclude"], o["exclude_limit"], o["cooldown"],
                             state.streak, state.hold, o["likelihood"], o["window"], o["tail_threshold"],
                             o["learning"], state.lcount, state.lmean, state.lvar, state.ring,
-                            idx, mean, std, z, tail)
+                            idx, mean, std, z, tail, rules.NO_SUPPRESS, 0, *rules.NO_EPISODES)
     return idx[:k].tolist(), mean[:k], std[:k], z[:k], tail[:k]
 
 
@@ -210,5 +210,5 @@ def test_stream_update_rejects_missing_state_arrays():
             rules.stream_update(ids, values, state.count, state.mean, state.spread, False, 0.05, 2.0, 2,
                                 o["exclude"], o["exclude_limit"], o["cooldown"], state.streak, state.hold,
                                 o["likelihood"], 8640, 1e-5, 300, state.lcount, state.lmean, state.lvar,
-                                state.ring, *outs)
+                                state.ring, *outs, rules.NO_SUPPRESS, 0, *rules.NO_EPISODES)
         assert state.count[0] == 0
