@@ -104,8 +104,10 @@ def _stream_step(ids, values, n_series, exponential, cooldown, likelihood, idx, 
     # run-time Python values, as the fused pass passes them (nothing is constant-folded)
     args = (bool(exponential), float(ALPHA), float(THRESHOLD), int(WARMUP), bool(exclude),
             int(WARMUP if exclude else 0), int(cooldown))
+    # the alert rules' arguments (off), for the revisions that have them
+    extra = (module.NO_SUPPRESS, 0, *module.NO_EPISODES) if hasattr(module, "NO_EPISODES") else ()
     return lambda: module.stream_update(ids, values, count, mean, spread, *args, streak, hold, bool(likelihood), 8640,
-                                        1e-5, 300, lcount, lmean, lvar, ring, idx, *outs, tail)
+                                        1e-5, 300, lcount, lmean, lvar, ring, idx, *outs, tail, *extra)
 
 
 def _load_kernels(ref: str):

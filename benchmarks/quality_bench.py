@@ -99,7 +99,8 @@ def judge(values: np.ndarray, options: Options) -> np.ndarray:
                             params.mode == MODE_EXPONENTIAL, params.alpha, params.threshold, params.warmup,
                             params.exclude_outliers, r.exclude_limit, r.cooldown, state.streak,
                             state.hold, r.likelihood, r.window, r.tail_threshold, r.learning,
-                            state.lcount, state.lmean, state.lvar, state.ring, idx, mean, std, z, tail)
+                            state.lcount, state.lmean, state.lvar, state.ring, idx, mean, std, z, tail,
+                            r.suppress_array, 0, *rules.NO_EPISODES)
     return idx[:k].copy()
 
 

@@ -14,13 +14,15 @@ import os
 import sys
 
 from streamer import __version__
-from streamer.detector import MAX_LIKELIHOOD_SHORT, SCORE_LIKELIHOOD, SCORE_ZSCORE, Defaults
+from streamer.detector import (DIRECTION_BOTH, DIRECTION_DOWN, DIRECTION_UP, MAX_LIKELIHOOD_SHORT, SCORE_LIKELIHOOD,
+                               SCORE_ZSCORE, Defaults)
 from streamer.ops import logs
 from streamer.progress import MODES as PROGRESS_MODES
 from streamer.server import Config, serve
 from streamer.state import MODE_CUMULATIVE, MODE_EXPONENTIAL
 
 MODES = {"cumulative": MODE_CUMULATIVE, "exponential": MODE_EXPONENTIAL}
+DIRECTIONS = {"both": DIRECTION_BOTH, "up": DIRECTION_UP, "down": DIRECTION_DOWN}
 SCORES = {"zscore": SCORE_ZSCORE, "likelihood": SCORE_LIKELIHOOD}
 MAX_MESSAGE_MB = 2047  # grpc's message limits are int32 byte counts: 2047 MiB is the most that fits
 MAX_UINT32 = 2**32 - 1
@@ -145,6 +147,23 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--likelihood-learning", type=WARMUP, default=d.likelihood_learning,
                    help="likelihood score: values a series takes in before it can be flagged "
                         "(options.likelihood_learning)")
+    s.add_argument("--min-deviation", type=_finite_above(0, inclusive=True), default=d.min_deviation,
+                   help="DetectStream: a flagged value stays flagged only if also |x - mean| >= this (in the "
+                        "value's unit; 0 = off), when a request leaves options.min_deviation unset")
+    s.add_argument("--min-relative-deviation", type=_finite_above(0, inclusive=True),
+                   default=d.min_relative_deviation,
+                   help="DetectStream: ... and |x - mean| >= this * |mean| (0 = off; "
+                        "options.min_relative_deviation)")
+    s.add_argument("--direction", choices=sorted(DIRECTIONS), default="both",
+                   help="DetectStream: the side of the mean a value may be flagged on (options.direction)")
+    s.add_argument("--episodes", choices=("auto", "on", "off"), default="auto",
+                   help="keep episodes of outliers per series (40 bytes a series), for Watch and the alert "
+                        "sinks: auto = on when --alertmanager or --webhook is set")
+    s.add_argument("--resolve-after", type=_int_range(1, MAX_UINT32), default=d.resolve_after,
+                   help="episodes: normal values in a row that resolve a series' open episode, when a request "
+                        "leaves options.resolve_after unset")
+    s.add_argument("--episode-update-seconds", type=SECONDS, default=Config.episode_update_seconds,
+                   help="seconds (finite, > 0): an open episode's changes are announced at most this often")
     s.add_argument("--max-series", type=_int_range(1, MAX_INT32), default=d.max_series,
                    help=f"series one stream, session or Detect request may hold, 1-{MAX_INT32}; more is "
                         f"RESOURCE_EXHAUSTED")
@@ -477,13 +496,17 @@ def main(argv: list[str] | None = None, environ=None) -> int:
                         exclude_limit=args.exclude_limit, cooldown=args.cooldown, score=SCORES[args.score],
                         likelihood_short=args.likelihood_short, likelihood_window=args.likelihood_window,
                         likelihood_threshold=args.likelihood_threshold,
-                        likelihood_learning=args.likelihood_learning, max_series=args.max_series)
+                        likelihood_learning=args.likelihood_learning, max_series=args.max_series,
+                        min_deviation=args.min_deviation, min_relative_deviation=args.min_relative_deviation,
+                        direction=DIRECTIONS[args.direction], resolve_after=args.resolve_after,
+                        episodes=args.episodes == "on" or args.episodes == "auto" and bool(
+                            args.alertmanager or args.webhook))
     config = Config(host=args.host, port=args.port, defaults=defaults, max_message_mb=args.max_message_mb,
                     grace_seconds=args.grace_seconds, drain_seconds=args.drain_seconds,
                     session_ttl=args.session_ttl, store=args.store, snapshot_seconds=args.snapshot_seconds,
                     lease_seconds=args.lease_seconds, max_sessions=args.max_sessions,
                     metrics_port=args.metrics_port, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                    tls_client_ca=args.tls_client_ca,
+                    tls_client_ca=args.tls_client_ca, episode_update_seconds=args.episode_update_seconds,
                     alerts=sinks.SinkConfig(tuple(args.alertmanager), tuple(args.webhook),
                                             tuple(sinks.parse_header(h) for h in args.webhook_header),
                                             args.webhook_ca, args.alert_resend_seconds))

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import Callable
 
 import numpy as np
 
-from streamer import fused, kernels, rules
+from streamer import episodes, fused, kernels, rules
 from streamer.errors import (AlreadyExists, DetectError, FailedPrecondition, InvalidArgument,
                              ResourceExhausted, Unavailable)
 from streamer.series import SeriesLimitError, SeriesTable
+from streamer.sinks.episode import EpisodeEvent
 from streamer.state import (MODE_CUMULATIVE, MODE_EXPONENTIAL, MODE_NAMES, SeriesState, Session,
                             SessionError, SessionRegistry)
 from streamer.wire import (TRAILER_BYTES, Columns, Options, WireError, decode_request, encode_flagged,
@@ -25,6 +27,9 @@ MAX_NAME_BYTES = fused.MAX_NAME_BYTES
 MAX_LIKELIHOOD_SHORT = 1024  # raw scores a series' likelihood ring holds at most (8 bytes each)
 SCORE_ZSCORE, SCORE_LIKELIHOOD = 1, 2
 SCORE_NAMES = {SCORE_ZSCORE: "SCORE_ZSCORE", SCORE_LIKELIHOOD: "SCORE_LIKELIHOOD"}
+DIRECTION_BOTH, DIRECTION_UP, DIRECTION_DOWN = 1, 2, 3
+DIRECTION_NAMES = {DIRECTION_BOTH: "DIRECTION_BOTH", DIRECTION_UP: "DIRECTION_UP", DIRECTION_DOWN: "DIRECTION_DOWN"}
+_KERNEL_DIRECTION = {DIRECTION_BOTH: 0, DIRECTION_UP: 1, DIRECTION_DOWN: 2}  # rules.stream_update's codes
 
 # Bytes an answer can take per metric if every metric is flagged, besides the name's own bytes: the Outlier's
 # tag and length (1 + 2: an Outlier is under 16 KiB), index (1 + 5), name tag and length (1 + 2: names are
@@ -49,6 +54,11 @@ class Defaults:
     likelihood_window: int = 8640
     likelihood_threshold: float = 1e-5
     likelihood_learning: int = 300
+    min_deviation: float = 0.0
+    min_relative_deviation: float = 0.0
+    direction: int = 1  # DIRECTION_BOTH
+    resolve_after: int = 10
+    episodes: bool = False  # whether streams keep episodes at all (--episodes; on when an alert sink is set)
     max_series: int = 100_000
     max_response_bytes: int = 64 * 1024 * 1024  # what grpc can send; the server sets it from --max-message-mb
 
@@ -69,17 +79,32 @@ class Params:
     likelihood_window: int = 8640
     likelihood_threshold: float = 1e-5
     likelihood_learning: int = 300
+    min_deviation: float = 0.0
+    min_relative_deviation: float = 0.0
+    direction: int = DIRECTION_BOTH
+    resolve_after: int = 0  # 0: no episodes (the server keeps none, or the stream asked for none)
 
     def rules(self) -> fused.Rules:
-        """The kernels' arguments for the rules beyond the first five options."""
+        """The kernels' arguments for the rules beyond the first five options (made once: a stream's batches
+        all take them)."""
+        made = self.__dict__.get("_rules")
+        if made is None:
+            made = self._make_rules()
+            object.__setattr__(self, "_rules", made)
+        return made
+
+    def _make_rules(self) -> fused.Rules:
         return fused.Rules(self.exclude_limit if self.exclude_outliers else 0, self.cooldown,
                            self.score == SCORE_LIKELIHOOD, self.likelihood_window, self.likelihood_threshold,
-                           self.likelihood_learning)
+                           self.likelihood_learning,
+                           (self.min_deviation, self.min_relative_deviation, float(_KERNEL_DIRECTION[self.direction])),
+                           self.resolve_after)
 
     def use(self, state: SeriesState) -> None:
         """Give `state` the arrays these options' rules keep."""
         rules = self.rules()
-        state.use(rules.exclude_limit > 0, rules.cooldown > 0, self.likelihood_short if rules.likelihood else 0)
+        state.use(rules.exclude_limit > 0, rules.cooldown > 0, self.likelihood_short if rules.likelihood else 0,
+                  episodes=rules.resolve_after > 0)
 
 
 def resolve(options: Options | None, defaults: Defaults, where: str) -> Params:
@@ -101,6 +126,12 @@ def resolve(options: Options | None, defaults: Defaults, where: str) -> Params:
     if o.likelihood_threshold is not None and not 0 < o.likelihood_threshold < 1:  # also rejects NaN
         raise InvalidArgument(f"{where}: options.likelihood_threshold must be in (0, 1), "
                               f"got {o.likelihood_threshold}")
+    for name in ("min_deviation", "min_relative_deviation"):
+        value = getattr(o, name)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise InvalidArgument(f"{where}: options.{name} must be a finite number >= 0, got {value}")
+    if o.direction is not None and o.direction not in (0, *DIRECTION_NAMES):
+        raise InvalidArgument(f"{where}: options.direction {o.direction} is not a known Direction")
     warmup = o.warmup or defaults.warmup
 
     def given(value, default):
@@ -117,7 +148,11 @@ def resolve(options: Options | None, defaults: Defaults, where: str) -> Params:
                   likelihood_short=given(o.likelihood_short, defaults.likelihood_short),
                   likelihood_window=given(o.likelihood_window, defaults.likelihood_window),
                   likelihood_threshold=given(o.likelihood_threshold, defaults.likelihood_threshold),
-                  likelihood_learning=given(o.likelihood_learning, defaults.likelihood_learning))
+                  likelihood_learning=given(o.likelihood_learning, defaults.likelihood_learning),
+                  min_deviation=given(o.min_deviation, defaults.min_deviation),
+                  min_relative_deviation=given(o.min_relative_deviation, defaults.min_relative_deviation),
+                  direction=o.direction or defaults.direction,
+                  resolve_after=given(o.resolve_after, defaults.resolve_after) if defaults.episodes else 0)
 
 
 def _decode(buf: bytes, where: str) -> Columns:
@@ -174,6 +209,9 @@ class _Scratch:
         self.std = np.empty(n, dtype=np.float64)
         self.z = np.empty(n, dtype=np.float64)
         self.tail = np.empty(n, dtype=np.float64)
+        self.ev = np.empty((n, 4), dtype=np.int64)  # episode changes (rules.stream_update)
+        self.ev_stats = np.empty((n, 5), dtype=np.float64)
+        self.ev_n = np.zeros(1, dtype=np.int64)
 
     def ensure(self, n: int) -> None:
         if len(self.idx) < n:
@@ -183,6 +221,10 @@ class _Scratch:
                tails: bool = False) -> bytes:
         return encode_flagged(batch, self.idx[:k], ids, cols.values, self.mean, self.std, self.z, table,
                               self.tail if tails else self.tail[:0])
+
+
+def unannounced(events: list[EpisodeEvent]) -> None:
+    """The default `on_episodes`: nobody is told (a server that keeps no episodes never calls it)."""
 
 
 def uncounted(metrics: int, outliers: int) -> None:
@@ -223,10 +265,12 @@ class StreamDetector:
     """
 
     def __init__(self, defaults: Defaults, sessions: SessionRegistry,
-                 on_batch: Callable[[int, int], None] = uncounted):
+                 on_batch: Callable[[int, int], None] = uncounted,
+                 on_episodes: Callable[[list[EpisodeEvent]], None] = unannounced):
         self.defaults = defaults
         self.sessions = sessions
         self.on_batch = on_batch  # (metrics, outliers) of each applied batch: the server's metrics
+        self.on_episodes = on_episodes  # the episode changes of each applied batch (Watch, the alert sinks)
         self.batch = 0
         self.options: Options | None = None
         self.params: Params | None = None
@@ -304,10 +348,16 @@ class StreamDetector:
         if _answer_bound(len(buf), len(cols)) <= limit:
             try:
                 out = self._pass.apply(state, params.mode == MODE_EXPONENTIAL, params.alpha, params.threshold,
-                                       params.warmup, params.exclude_outliers, batch, params.rules())
+                                       params.warmup, params.exclude_outliers, batch, params.rules(),
+                                       time.time_ns() if params.resolve_after else 0)
             except SeriesLimitError as exc:
                 raise _series_limit(where, exc) from None
             self.on_batch(len(cols), self._pass.flagged())
+            if params.resolve_after:
+                ev, stats = self._pass.episodes()
+                if len(ev):
+                    c = self._pass.columns()
+                    self._announce(ev, stats, self._pass.slots(), c.values, c.times)
             return out + trailer if trailer else out
         cols = self._pass.columns()
         known = len(state.table)
@@ -323,7 +373,10 @@ class StreamDetector:
                                 params.exclude_outliers, r.exclude_limit, r.cooldown, state.streak, state.hold,
                                 r.likelihood, r.window, r.tail_threshold, r.learning, state.lcount, state.lmean,
                                 state.lvar, state.ring, s.idx, s.mean, s.std, s.z, s.tail if r.likelihood
-                                else s.tail[:0])
+                                else s.tail[:0], r.suppress_array, r.resolve_after,
+                                *((cols.times, time.time_ns(), state.ep_run, state.ep_start, state.ep_count,
+                                   state.ep_peak_z, state.ep_peak_value, s.ev, s.ev_stats, s.ev_n)
+                                  if r.resolve_after else rules.NO_EPISODES))
         out = s.encode(batch, k, cols, ids, state.table, r.likelihood)
         if trailer:
             out += trailer
@@ -334,7 +387,17 @@ class StreamDetector:
             state.table.truncate(known)
             raise ResourceExhausted(f"{_too_large(where, len(out), k, limit)}; the batch was not applied")
         self.on_batch(len(cols), k)
+        if r.resolve_after and s.ev_n[0]:
+            e = int(s.ev_n[0])
+            self._announce(s.ev[:e], s.ev_stats[:e], ids, cols.values, cols.times)
         return out
+
+    def _source(self) -> str:
+        """Where this stream's episodes come from, as sinks and Watch name it."""
+        return f"session {self._session_name}" if self._session_name else "stream"
+
+    def _announce(self, ev, stats, ids, values, times) -> None:
+        self.on_episodes(episodes.events(ev, stats, ids, values, times, self.state.table, self._source()))
 
     def _start(self, cols: fused.Head, where: str) -> None:
         params = resolve(cols.options, self.defaults, where)

@@ -15,6 +15,7 @@ returns, Python grows the arrays, and the call resumes where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 from numba import njit
@@ -60,7 +61,8 @@ def _decode_pass(b, cols, st, resume, seed):
 def _apply_pass(b, cols, st, ids, table, shift, hashes, offsets, lengths, arena, limit,
                 hash_mask, count, mean, spread, exponential, alpha, threshold, warmup, exclude,
                 exclude_limit, cooldown, streak, hold, likelihood, window, tail_threshold, learning,
-                lcount, lmean, lvar, ring, idx, mean_out, std_out, z_out, tail_out, batch, out):
+                lcount, lmean, lvar, ring, idx, mean_out, std_out, z_out, tail_out, suppress, resolve_after,
+                now_ns, ep_run, ep_start, ep_count, ep_peak_z, ep_peak_value, ev, ev_stats, ev_n, batch, out):
     """Intern, judge and encode the batch _decode_pass left in cols and st, from phase st[_PHASE] on.
 
     ids, idx, mean_out, std_out, z_out: at least st[_N] long (tail_out too with the likelihood score, else
@@ -87,7 +89,8 @@ def _apply_pass(b, cols, st, ids, table, shift, hashes, offsets, lengths, arena,
         k = rules.stream_update(ids[:n], values, count, mean, spread, exponential, alpha, threshold, warmup,
                                 exclude, exclude_limit, cooldown, streak, hold, likelihood, window,
                                 tail_threshold, learning, lcount, lmean, lvar, ring,
-                                idx, mean_out, std_out, z_out, tail_out)
+                                idx, mean_out, std_out, z_out, tail_out, suppress, resolve_after, cols[3, :n],
+                                now_ns, ep_run, ep_start, ep_count, ep_peak_z, ep_peak_value, ev, ev_stats, ev_n)
         st[_K] = k
         st[_PHASE] = _ENCODE
     k = st[_K]
@@ -113,6 +116,13 @@ class Rules:
     window: int = 8640
     tail_threshold: float = 1e-5
     learning: int = 300
+    suppress: tuple[float, float, float] = (0.0, 0.0, 0.0)  # min_deviation, min_relative_deviation, direction
+    resolve_after: int = 0                                     # episodes: 0 = not kept
+
+    @functools.cached_property
+    def suppress_array(self) -> np.ndarray:
+        """`suppress` as the kernel takes it (made once per Rules: a stream keeps its Rules)."""
+        return np.array(self.suppress, dtype=np.float64)
 
 
 class NameTooLong(ValueError):
@@ -153,6 +163,9 @@ class StreamPass:
         self._ids = np.empty(n, dtype=np.int64)
         self._idx = np.empty(n, dtype=np.int32)
         self._mean, self._std, self._z, self._tail = (np.empty(n, dtype=np.float64) for _ in range(4))
+        self._ev = np.empty((n, 4), dtype=np.int64)  # episode changes: (metric, kind, start, count), rules.py
+        self._ev_stats = np.empty((n, 5), dtype=np.float64)
+        self._ev_n = np.zeros(1, dtype=np.int64)
 
     def decode(self, buf: bytes) -> Head:
         """Decode and check the request (the wire format, name lengths); raise WireError or NameTooLong."""
@@ -186,8 +199,18 @@ class StreamPass:
         """How many metrics the last apply() flagged."""
         return int(self._st[_K])
 
+    def slots(self) -> np.ndarray:
+        """The series slot of each metric of the last apply() (a view valid until the next decode())."""
+        return self._ids[:int(self._st[_N])]
+
+    def episodes(self) -> tuple[np.ndarray, np.ndarray]:
+        """The episode changes of the last apply() (rules.stream_update's ev and ev_stats rows), views valid
+        until the next decode()."""
+        e = int(self._ev_n[0])
+        return self._ev[:e], self._ev_stats[:e]
+
     def apply(self, state, exponential: bool, alpha: float, threshold: float, warmup: int, exclude: bool,
-              batch: int, rules: Rules = Rules()) -> bytes:
+              batch: int, rules: Rules = Rules(), now_ns: int = 0) -> bytes:
         """Apply the decoded request to `state` (a SeriesState, whose table is keyed with HASH_SEED, with the
         arrays `rules` need: SeriesState.use) and return its answer; raise SeriesLimitError with state and
         table untouched."""
@@ -202,7 +225,9 @@ class StreamPass:
                               threshold, warmup, exclude, rules.exclude_limit, rules.cooldown, state.streak,
                               state.hold, rules.likelihood, rules.window, rules.tail_threshold, rules.learning,
                               state.lcount, state.lmean, state.lvar, state.ring, self._idx, self._mean,
-                              self._std, self._z, self._tail if rules.likelihood else _NO_TAIL, batch,
+                              self._std, self._z, self._tail if rules.likelihood else _NO_TAIL, rules.suppress_array,
+                              rules.resolve_after, now_ns, state.ep_run, state.ep_start, state.ep_count,
+                              state.ep_peak_z, state.ep_peak_value, self._ev, self._ev_stats, self._ev_n, batch,
                               self._out)
             if why == DONE:
                 table._count, table._used = int(st[_COUNT]), int(st[_USED])
@@ -232,3 +257,6 @@ def compile_all() -> None:
         state.use(True, True, 10)
         fast.decode(request)
         fast.apply(state, exponential, 0.05, 2.0, 2, True, 1, Rules(10, 1, True))
+        state.use(False, False, 0, episodes=True)
+        fast.decode(request)
+        fast.apply(state, exponential, 0.05, 2.0, 2, True, 1, Rules(10, 1, True, resolve_after=10), now_ns=1)

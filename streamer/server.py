@@ -27,6 +27,7 @@ from streamer.ops.metrics import Metrics, MetricsInterceptor
 # has run. Without it, `grpcurl describe pb.Outliers` from another process gets "Symbol not found".
 from streamer.pb import outliers_pb2
 from streamer.service import SERVICE_NAME, OutliersService
+from streamer.episodes import UPDATE_SECONDS, Throttle
 from streamer.sinks import SinkConfig, Sinks
 from streamer.sinks.http import SinkMetrics
 from streamer.state import SessionRegistry
@@ -57,6 +58,7 @@ class Config:
     tls_key: str | None = None
     tls_client_ca: str | None = None  # with it, clients must present a certificate this CA signed (mTLS)
     alerts: SinkConfig = SinkConfig()  # where episodes are posted (Alertmanager, webhooks); none by default
+    episode_update_seconds: float = UPDATE_SECONDS  # an open episode's changes are announced at most this often
     # SO_REUSEPORT. Off: the port is this process's alone, so a second server on it fails at start instead of
     # silently sharing the connections (and its sessions) with the first. On only for several workers of one
     # server that bind the same port (a future --workers N).
@@ -211,7 +213,13 @@ class StreamerServer:
                                         lease_seconds=self.config.lease_seconds, on_store_health=store_health,
                                         snapshot_seconds=self.config.snapshot_seconds,
                                         on_snapshot=self.metrics.snapshot if self.metrics else lambda s, ok: None)
-        self.service = OutliersService(self.defaults, self.sessions, self.metrics)
+        throttle = Throttle(self.config.episode_update_seconds)
+
+        def on_episodes(events) -> None:  # from a stream's batch: announce, never wait
+            for event in throttle(events):
+                self.sinks.submit(event)
+
+        self.service = OutliersService(self.defaults, self.sessions, self.metrics, on_episodes)
         server.add_generic_rpc_handlers((self.service.handler(),))
         if self.metrics is not None:
             self.metrics.watch(self.service.open_streams, self.sessions.__len__, self.service.series_held)

@@ -76,10 +76,12 @@ SHUTTING_DOWN = ("the server is shutting down; every batch it read from this str
 class OutliersService:
     """Detect (unary) and DetectStream (bidirectional stream) over raw request bytes."""
 
-    def __init__(self, defaults: detector.Defaults, sessions: SessionRegistry, metrics: Metrics | None = None):
+    def __init__(self, defaults: detector.Defaults, sessions: SessionRegistry, metrics: Metrics | None = None,
+                 on_episodes=detector.unannounced):
         self.defaults = defaults
         self.sessions = sessions
         self.metrics = metrics
+        self.on_episodes = on_episodes  # each batch's episode changes (the server's throttle, then the sinks)
         self._count_detect = metrics.batch_counter("Detect") if metrics else detector.uncounted
         self._count_stream = metrics.batch_counter("DetectStream") if metrics else detector.uncounted
         # The open streams, and whether shutdown has begun; only touched on the event loop's thread (the metrics'
@@ -121,7 +123,7 @@ class OutliersService:
     async def DetectStream(self, requests: AsyncIterator[bytes],
                            context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         started = time.perf_counter()
-        stream = detector.StreamDetector(self.defaults, self.sessions, self._count_stream)
+        stream = detector.StreamDetector(self.defaults, self.sessions, self._count_stream, self.on_episodes)
         me = _Stream(asyncio.current_task(), stream)
         self._streams.add(me)
         try:

@@ -28,8 +28,12 @@ _ARRAYS = ("count", "mean", "spread")  # what a snapshot keeps of a SeriesState,
 # excluded values, the cooldown's countdown, the likelihood score's count, long-term mean and variance of the
 # short averages, and its ring of the last likelihood_short raw scores (a row per series).
 _OPTIONAL = {"streak": np.int64, "hold": np.int64, "lcount": np.int64, "lmean": np.float64, "lvar": np.float64,
-             "ring": np.float64}
+             "ring": np.float64, "ep_run": np.int64, "ep_start": np.int64, "ep_count": np.int64,
+             "ep_peak_z": np.float64, "ep_peak_value": np.float64}
 _LIKELIHOOD = ("lcount", "lmean", "lvar", "ring")
+# ...and the episodes' (issue 20): 0 with none open else 1 + normal values since its last outlier, its start
+# (data time, ns), flagged values, peak |z| and the value at it
+_EPISODES = ("ep_run", "ep_start", "ep_count", "ep_peak_z", "ep_peak_value")
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +45,7 @@ class SeriesState:
     (sum of squared deviations) in MODE_CUMULATIVE and the exponentially weighted variance in MODE_EXPONENTIAL.
     Bytes per series: 24 in these arrays, plus the table's 32 and the name's length. The optional rules' arrays
     exist (use()) only in states whose options need them, and are empty otherwise: exclude_limit 8 bytes,
-    cooldown 8, SCORE_LIKELIHOOD 24 + 8 * likelihood_short (104 at the default 10).
+    cooldown 8, SCORE_LIKELIHOOD 24 + 8 * likelihood_short (104 at the default 10), episodes 40.
     """
 
     def __init__(self, mode: int, max_series: int, capacity: int = 64):
@@ -54,7 +58,7 @@ class SeriesState:
         for name, dtype in _OPTIONAL.items():
             setattr(self, name, np.zeros((0, 1) if name == "ring" else 0, dtype=dtype))
 
-    def use(self, exclude_limit: bool, cooldown: bool, likelihood_short: int) -> None:
+    def use(self, exclude_limit: bool, cooldown: bool, likelihood_short: int, episodes: bool = False) -> None:
         """Make the optional rules' arrays a stream's options need (zeros for every series); keep those there.
         A likelihood ring of another length starts the likelihood state again (its layout differs)."""
         capacity = len(self.count)
@@ -63,6 +67,8 @@ class SeriesState:
             if "ring" in self.optional and self.ring.shape[1] != likelihood_short:
                 self.optional = [k for k in self.optional if k not in _LIKELIHOOD]
             wanted += _LIKELIHOOD
+        if episodes:
+            wanted += _EPISODES
         for name in wanted:
             if name not in self.optional:
                 shape = (capacity, likelihood_short) if name == "ring" else capacity
@@ -111,8 +117,11 @@ class SeriesState:
             ring = snap.arrays["ring"]
             state.use(False, False, ring.dtype.itemsize // 8)
             state.ring[:n] = np.frombuffer(ring.tobytes(), dtype=np.float64).reshape(n, -1)
-        for key in ("streak", "hold", "lcount", "lmean", "lvar"):
-            if key in snap.arrays and (key not in _LIKELIHOOD or "ring" in state.optional):
+        if all(k in snap.arrays for k in _EPISODES):
+            state.use(False, False, 0, episodes=True)
+        for key in ("streak", "hold", "lcount", "lmean", "lvar", *_EPISODES):
+            if key in snap.arrays and (key not in _LIKELIHOOD or "ring" in state.optional) and (
+                    key not in _EPISODES or "ep_run" in state.optional):
                 state.use(key == "streak", key == "hold", 0)
                 getattr(state, key)[:n] = snap.arrays[key]
         return state

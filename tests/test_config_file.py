@@ -41,7 +41,8 @@ def test_every_serve_flag_has_a_key(tmp_path):
     assert len(keys) >= 22 and "config" not in keys and "metrics_port" in keys
     lines = []
     for key, action in keys.items():  # each flag's default, or a valid value where it has none
-        value = action.default if action.default is not None else "x.pem"
+        value = action.default if action.default is not None else \
+            "x.pem" if getattr(action.type, "kind", str) is str else 1
         lines.append(f"{key} = {config_file._toml(value)}")
     values = config_file.load(write(tmp_path, "\n".join(lines)), serve)
     assert set(values) == {a.dest for a in keys.values()}

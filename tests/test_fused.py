@@ -34,7 +34,7 @@ class Staged:
                                 p.mode == MODE_EXPONENTIAL, p.alpha, p.threshold, p.warmup, p.exclude_outliers,
                                 r.exclude_limit, r.cooldown, state.streak, state.hold, r.likelihood, r.window,
                                 r.tail_threshold, r.learning, state.lcount, state.lmean, state.lvar, state.ring,
-                                idx, mean, std, z, tail)
+                                idx, mean, std, z, tail, r.suppress_array, 0, *rules.NO_EPISODES)
         self.batch += 1
         return encode_flagged(self.batch - 1, idx[:k], ids, cols.values, mean, std, z, state.table,
                               tail if r.likelihood else tail[:0])

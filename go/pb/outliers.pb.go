@@ -28,6 +28,59 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Which deviations from the mean can be flagged.
+type Direction int32
+
+const (
+	Direction_DIRECTION_UNSPECIFIED Direction = 0 // the server's default (--direction, itself DIRECTION_BOTH unless set)
+	Direction_DIRECTION_BOTH        Direction = 1 // above and below the mean
+	Direction_DIRECTION_UP          Direction = 2 // only values above the mean
+	Direction_DIRECTION_DOWN        Direction = 3 // only values below the mean
+)
+
+// Enum value maps for Direction.
+var (
+	Direction_name = map[int32]string{
+		0: "DIRECTION_UNSPECIFIED",
+		1: "DIRECTION_BOTH",
+		2: "DIRECTION_UP",
+		3: "DIRECTION_DOWN",
+	}
+	Direction_value = map[string]int32{
+		"DIRECTION_UNSPECIFIED": 0,
+		"DIRECTION_BOTH":        1,
+		"DIRECTION_UP":          2,
+		"DIRECTION_DOWN":        3,
+	}
+)
+
+func (x Direction) Enum() *Direction {
+	p := new(Direction)
+	*p = x
+	return p
+}
+
+func (x Direction) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Direction) Descriptor() protoreflect.EnumDescriptor {
+	return file_outliers_proto_enumTypes[0].Descriptor()
+}
+
+func (Direction) Type() protoreflect.EnumType {
+	return &file_outliers_proto_enumTypes[0]
+}
+
+func (x Direction) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Direction.Descriptor instead.
+func (Direction) EnumDescriptor() ([]byte, []int) {
+	return file_outliers_proto_rawDescGZIP(), []int{0}
+}
+
 // What flags a value in DetectStream.
 type Score int32
 
@@ -66,11 +119,11 @@ func (x Score) String() string {
 }
 
 func (Score) Descriptor() protoreflect.EnumDescriptor {
-	return file_outliers_proto_enumTypes[0].Descriptor()
+	return file_outliers_proto_enumTypes[1].Descriptor()
 }
 
 func (Score) Type() protoreflect.EnumType {
-	return &file_outliers_proto_enumTypes[0]
+	return &file_outliers_proto_enumTypes[1]
 }
 
 func (x Score) Number() protoreflect.EnumNumber {
@@ -79,7 +132,7 @@ func (x Score) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Score.Descriptor instead.
 func (Score) EnumDescriptor() ([]byte, []int) {
-	return file_outliers_proto_rawDescGZIP(), []int{0}
+	return file_outliers_proto_rawDescGZIP(), []int{1}
 }
 
 // How DetectStream keeps each series' mean and variance.
@@ -116,11 +169,11 @@ func (x Mode) String() string {
 }
 
 func (Mode) Descriptor() protoreflect.EnumDescriptor {
-	return file_outliers_proto_enumTypes[1].Descriptor()
+	return file_outliers_proto_enumTypes[2].Descriptor()
 }
 
 func (Mode) Type() protoreflect.EnumType {
-	return &file_outliers_proto_enumTypes[1]
+	return &file_outliers_proto_enumTypes[2]
 }
 
 func (x Mode) Number() protoreflect.EnumNumber {
@@ -129,7 +182,7 @@ func (x Mode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Mode.Descriptor instead.
 func (Mode) EnumDescriptor() ([]byte, []int) {
-	return file_outliers_proto_rawDescGZIP(), []int{1}
+	return file_outliers_proto_rawDescGZIP(), []int{2}
 }
 
 // One observation of one series.
@@ -219,8 +272,22 @@ type DetectOptions struct {
 	LikelihoodThreshold *float64 `protobuf:"fixed64,11,opt,name=likelihood_threshold,json=likelihoodThreshold,proto3,oneof" json:"likelihood_threshold,omitempty"` // SCORE_LIKELIHOOD: flag when tail_probability < this, in (0, 1)
 	// (default 1e-5, the paper's "red" level)
 	LikelihoodLearning *uint32 `protobuf:"varint,12,opt,name=likelihood_learning,json=likelihoodLearning,proto3,oneof" json:"likelihood_learning,omitempty"` // SCORE_LIKELIHOOD: values a series must have taken in before
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// it can be flagged (default 300)
+	// 13 is series_ttl_seconds (the series-expiry options)
+	// What does not matter is normal: a flagged value stays flagged only if also |value - mean| >=
+	// min_deviation (in the value's unit; 0 = off, the server's default unless --min-deviation), >=
+	// min_relative_deviation * |mean| (0 = off), and on the side `direction` names. A suppressed value is
+	// judged normal everywhere (cooldown, exclusion, episodes) and updates the state as any normal value.
+	MinDeviation         *float64   `protobuf:"fixed64,14,opt,name=min_deviation,json=minDeviation,proto3,oneof" json:"min_deviation,omitempty"`
+	MinRelativeDeviation *float64   `protobuf:"fixed64,15,opt,name=min_relative_deviation,json=minRelativeDeviation,proto3,oneof" json:"min_relative_deviation,omitempty"`
+	Direction            *Direction `protobuf:"varint,16,opt,name=direction,proto3,enum=pb.Direction,oneof" json:"direction,omitempty"`
+	// Episodes (sent to Watch and the alert sinks): per series, an episode opens at a flagged value, counts the
+	// flagged values that follow, and resolves after this many normal values in a row (server default 10,
+	// --resolve-after; 0 = no episodes for this stream). Kept only on a server that tracks episodes
+	// (--episodes, on when an alert sink is set).
+	ResolveAfter  *uint32 `protobuf:"varint,17,opt,name=resolve_after,json=resolveAfter,proto3,oneof" json:"resolve_after,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DetectOptions) Reset() {
@@ -333,6 +400,34 @@ func (x *DetectOptions) GetLikelihoodThreshold() float64 {
 func (x *DetectOptions) GetLikelihoodLearning() uint32 {
 	if x != nil && x.LikelihoodLearning != nil {
 		return *x.LikelihoodLearning
+	}
+	return 0
+}
+
+func (x *DetectOptions) GetMinDeviation() float64 {
+	if x != nil && x.MinDeviation != nil {
+		return *x.MinDeviation
+	}
+	return 0
+}
+
+func (x *DetectOptions) GetMinRelativeDeviation() float64 {
+	if x != nil && x.MinRelativeDeviation != nil {
+		return *x.MinRelativeDeviation
+	}
+	return 0
+}
+
+func (x *DetectOptions) GetDirection() Direction {
+	if x != nil && x.Direction != nil {
+		return *x.Direction
+	}
+	return Direction_DIRECTION_UNSPECIFIED
+}
+
+func (x *DetectOptions) GetResolveAfter() uint32 {
+	if x != nil && x.ResolveAfter != nil {
+		return *x.ResolveAfter
 	}
 	return 0
 }
@@ -617,7 +712,7 @@ const file_outliers_proto_rawDesc = "" +
 	"\x06Metric\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
-	"\x05value\x18\x03 \x01(\x01R\x05value\"\xea\x04\n" +
+	"\x05value\x18\x03 \x01(\x01R\x05value\"\xf8\x06\n" +
 	"\rDetectOptions\x12\x1c\n" +
 	"\tthreshold\x18\x01 \x01(\x01R\tthreshold\x12\x16\n" +
 	"\x06warmup\x18\x02 \x01(\rR\x06warmup\x12\x1c\n" +
@@ -631,14 +726,24 @@ const file_outliers_proto_rawDesc = "" +
 	"\x11likelihood_window\x18\n" +
 	" \x01(\rH\x04R\x10likelihoodWindow\x88\x01\x01\x126\n" +
 	"\x14likelihood_threshold\x18\v \x01(\x01H\x05R\x13likelihoodThreshold\x88\x01\x01\x124\n" +
-	"\x13likelihood_learning\x18\f \x01(\rH\x06R\x12likelihoodLearning\x88\x01\x01B\x10\n" +
+	"\x13likelihood_learning\x18\f \x01(\rH\x06R\x12likelihoodLearning\x88\x01\x01\x12(\n" +
+	"\rmin_deviation\x18\x0e \x01(\x01H\aR\fminDeviation\x88\x01\x01\x129\n" +
+	"\x16min_relative_deviation\x18\x0f \x01(\x01H\bR\x14minRelativeDeviation\x88\x01\x01\x120\n" +
+	"\tdirection\x18\x10 \x01(\x0e2\r.pb.DirectionH\tR\tdirection\x88\x01\x01\x12(\n" +
+	"\rresolve_after\x18\x11 \x01(\rH\n" +
+	"R\fresolveAfter\x88\x01\x01B\x10\n" +
 	"\x0e_exclude_limitB\v\n" +
 	"\t_cooldownB\b\n" +
 	"\x06_scoreB\x13\n" +
 	"\x11_likelihood_shortB\x14\n" +
 	"\x12_likelihood_windowB\x17\n" +
 	"\x15_likelihood_thresholdB\x16\n" +
-	"\x14_likelihood_learning\"\x90\x01\n" +
+	"\x14_likelihood_learningB\x10\n" +
+	"\x0e_min_deviationB\x19\n" +
+	"\x17_min_relative_deviationB\f\n" +
+	"\n" +
+	"_directionB\x10\n" +
+	"\x0e_resolve_after\"\x90\x01\n" +
 	"\x0fOutliersRequest\x12$\n" +
 	"\ametrics\x18\x01 \x03(\v2\n" +
 	".pb.MetricR\ametrics\x12+\n" +
@@ -663,7 +768,12 @@ const file_outliers_proto_rawDesc = "" +
 	"\vdurable_seq\x18\x06 \x01(\x04R\n" +
 	"durableSeq\x12\x1c\n" +
 	"\tephemeral\x18\a \x01(\bR\tephemeral\x12\x1c\n" +
-	"\tforgotten\x18\b \x01(\bR\tforgotten*F\n" +
+	"\tforgotten\x18\b \x01(\bR\tforgotten*`\n" +
+	"\tDirection\x12\x19\n" +
+	"\x15DIRECTION_UNSPECIFIED\x10\x00\x12\x12\n" +
+	"\x0eDIRECTION_BOTH\x10\x01\x12\x10\n" +
+	"\fDIRECTION_UP\x10\x02\x12\x12\n" +
+	"\x0eDIRECTION_DOWN\x10\x03*F\n" +
 	"\x05Score\x12\x15\n" +
 	"\x11SCORE_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fSCORE_ZSCORE\x10\x01\x12\x14\n" +
@@ -688,34 +798,36 @@ func file_outliers_proto_rawDescGZIP() []byte {
 	return file_outliers_proto_rawDescData
 }
 
-var file_outliers_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_outliers_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_outliers_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_outliers_proto_goTypes = []any{
-	(Score)(0),                    // 0: pb.Score
-	(Mode)(0),                     // 1: pb.Mode
-	(*Metric)(nil),                // 2: pb.Metric
-	(*DetectOptions)(nil),         // 3: pb.DetectOptions
-	(*OutliersRequest)(nil),       // 4: pb.OutliersRequest
-	(*Outlier)(nil),               // 5: pb.Outlier
-	(*OutliersResponse)(nil),      // 6: pb.OutliersResponse
-	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
+	(Direction)(0),                // 0: pb.Direction
+	(Score)(0),                    // 1: pb.Score
+	(Mode)(0),                     // 2: pb.Mode
+	(*Metric)(nil),                // 3: pb.Metric
+	(*DetectOptions)(nil),         // 4: pb.DetectOptions
+	(*OutliersRequest)(nil),       // 5: pb.OutliersRequest
+	(*Outlier)(nil),               // 6: pb.Outlier
+	(*OutliersResponse)(nil),      // 7: pb.OutliersResponse
+	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
 }
 var file_outliers_proto_depIdxs = []int32{
-	7, // 0: pb.Metric.time:type_name -> google.protobuf.Timestamp
-	1, // 1: pb.DetectOptions.mode:type_name -> pb.Mode
-	0, // 2: pb.DetectOptions.score:type_name -> pb.Score
-	2, // 3: pb.OutliersRequest.metrics:type_name -> pb.Metric
-	3, // 4: pb.OutliersRequest.options:type_name -> pb.DetectOptions
-	5, // 5: pb.OutliersResponse.outliers:type_name -> pb.Outlier
-	4, // 6: pb.Outliers.Detect:input_type -> pb.OutliersRequest
-	4, // 7: pb.Outliers.DetectStream:input_type -> pb.OutliersRequest
-	6, // 8: pb.Outliers.Detect:output_type -> pb.OutliersResponse
-	6, // 9: pb.Outliers.DetectStream:output_type -> pb.OutliersResponse
-	8, // [8:10] is the sub-list for method output_type
-	6, // [6:8] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	8, // 0: pb.Metric.time:type_name -> google.protobuf.Timestamp
+	2, // 1: pb.DetectOptions.mode:type_name -> pb.Mode
+	1, // 2: pb.DetectOptions.score:type_name -> pb.Score
+	0, // 3: pb.DetectOptions.direction:type_name -> pb.Direction
+	3, // 4: pb.OutliersRequest.metrics:type_name -> pb.Metric
+	4, // 5: pb.OutliersRequest.options:type_name -> pb.DetectOptions
+	6, // 6: pb.OutliersResponse.outliers:type_name -> pb.Outlier
+	5, // 7: pb.Outliers.Detect:input_type -> pb.OutliersRequest
+	5, // 8: pb.Outliers.DetectStream:input_type -> pb.OutliersRequest
+	7, // 9: pb.Outliers.Detect:output_type -> pb.OutliersResponse
+	7, // 10: pb.Outliers.DetectStream:output_type -> pb.OutliersResponse
+	9, // [9:11] is the sub-list for method output_type
+	7, // [7:9] is the sub-list for method input_type
+	7, // [7:7] is the sub-list for extension type_name
+	7, // [7:7] is the sub-list for extension extendee
+	0, // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_outliers_proto_init() }
@@ -729,7 +841,7 @@ func file_outliers_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_outliers_proto_rawDesc), len(file_outliers_proto_rawDesc)),
-			NumEnums:      2,
+			NumEnums:      3,
 			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   1,

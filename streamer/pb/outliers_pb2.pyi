@@ -10,6 +10,13 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Direction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DIRECTION_UNSPECIFIED: _ClassVar[Direction]
+    DIRECTION_BOTH: _ClassVar[Direction]
+    DIRECTION_UP: _ClassVar[Direction]
+    DIRECTION_DOWN: _ClassVar[Direction]
+
 class Score(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     SCORE_UNSPECIFIED: _ClassVar[Score]
@@ -21,6 +28,10 @@ class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODE_UNSPECIFIED: _ClassVar[Mode]
     MODE_CUMULATIVE: _ClassVar[Mode]
     MODE_EXPONENTIAL: _ClassVar[Mode]
+DIRECTION_UNSPECIFIED: Direction
+DIRECTION_BOTH: Direction
+DIRECTION_UP: Direction
+DIRECTION_DOWN: Direction
 SCORE_UNSPECIFIED: Score
 SCORE_ZSCORE: Score
 SCORE_LIKELIHOOD: Score
@@ -39,7 +50,7 @@ class Metric(_message.Message):
     def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., name: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
 
 class DetectOptions(_message.Message):
-    __slots__ = ("threshold", "warmup", "mode", "alpha", "exclude_outliers", "exclude_limit", "cooldown", "score", "likelihood_short", "likelihood_window", "likelihood_threshold", "likelihood_learning")
+    __slots__ = ("threshold", "warmup", "mode", "alpha", "exclude_outliers", "exclude_limit", "cooldown", "score", "likelihood_short", "likelihood_window", "likelihood_threshold", "likelihood_learning", "min_deviation", "min_relative_deviation", "direction", "resolve_after")
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     WARMUP_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +63,10 @@ class DetectOptions(_message.Message):
     LIKELIHOOD_WINDOW_FIELD_NUMBER: _ClassVar[int]
     LIKELIHOOD_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     LIKELIHOOD_LEARNING_FIELD_NUMBER: _ClassVar[int]
+    MIN_DEVIATION_FIELD_NUMBER: _ClassVar[int]
+    MIN_RELATIVE_DEVIATION_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    RESOLVE_AFTER_FIELD_NUMBER: _ClassVar[int]
     threshold: float
     warmup: int
     mode: Mode
@@ -64,7 +79,11 @@ class DetectOptions(_message.Message):
     likelihood_window: int
     likelihood_threshold: float
     likelihood_learning: int
-    def __init__(self, threshold: _Optional[float] = ..., warmup: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., alpha: _Optional[float] = ..., exclude_outliers: _Optional[bool] = ..., exclude_limit: _Optional[int] = ..., cooldown: _Optional[int] = ..., score: _Optional[_Union[Score, str]] = ..., likelihood_short: _Optional[int] = ..., likelihood_window: _Optional[int] = ..., likelihood_threshold: _Optional[float] = ..., likelihood_learning: _Optional[int] = ...) -> None: ...
+    min_deviation: float
+    min_relative_deviation: float
+    direction: Direction
+    resolve_after: int
+    def __init__(self, threshold: _Optional[float] = ..., warmup: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., alpha: _Optional[float] = ..., exclude_outliers: _Optional[bool] = ..., exclude_limit: _Optional[int] = ..., cooldown: _Optional[int] = ..., score: _Optional[_Union[Score, str]] = ..., likelihood_short: _Optional[int] = ..., likelihood_window: _Optional[int] = ..., likelihood_threshold: _Optional[float] = ..., likelihood_learning: _Optional[int] = ..., min_deviation: _Optional[float] = ..., min_relative_deviation: _Optional[float] = ..., direction: _Optional[_Union[Direction, str]] = ..., resolve_after: _Optional[int] = ...) -> None: ...
 
 class OutliersRequest(_message.Message):
     __slots__ = ("metrics", "options", "session", "seq")
