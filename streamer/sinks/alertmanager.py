@@ -81,7 +81,11 @@ class AlertmanagerSink(Poster):
                 self.metrics.collisions.labels(self.url).inc(collisions)
         notes = _annotations(event)
         if event.kind == RESOLVED:
-            self._open.pop(event.episode, None)
+            # the alert keeps describing its outliers (value, mean, stddev, zscore of the last flagged value),
+            # not the normal value that resolved it; count and peak are the episode's final ones
+            opened = self._open.pop(event.episode, None)
+            if opened is not None:
+                notes = {**opened[1], **{k: notes[k] for k in ("count", "peak_value", "peak_zscore")}}
             pending[event.episode] = self._alert(lab, notes, event.started_ns, now)
         else:
             self._open[event.episode] = (lab, notes, event.started_ns)
