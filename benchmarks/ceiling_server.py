@@ -1,4 +1,5 @@
-"""The transport ceiling: grpc.aio with the Outliers method paths taking raw bytes and answering b"" unparsed.
+"""The transport ceiling: grpc.aio with the Outliers method paths (and OTLP's MetricsService/Export) taking raw
+bytes and answering b"" unparsed.
 
 Run as `python -m benchmarks.ceiling_server --port 0`; prints `ceiling ready on HOST:PORT` to stderr.
 Whatever a server does with a request costs on top of this; no server on the same stack can beat it.
@@ -14,6 +15,7 @@ from typing import AsyncIterator
 import grpc
 
 SERVICE_NAME = "pb.Outliers"
+OTLP_SERVICE = "opentelemetry.proto.collector.metrics.v1.MetricsService"
 
 
 async def detect(request: bytes, context) -> bytes:
@@ -26,19 +28,20 @@ async def detect_stream(requests: AsyncIterator[bytes], context) -> AsyncIterato
         yield b""
 
 
-def handler() -> grpc.GenericRpcHandler:
-    # No request_deserializer / response_serializer: grpc hands over and sends the bytes as they are.
-    return grpc.method_handlers_generic_handler(SERVICE_NAME, {
+def handlers() -> tuple[grpc.GenericRpcHandler, ...]:
+    # No request_deserializer / response_serializer: grpc hands over and sends the bytes as they are. An empty
+    # ExportMetricsServiceResponse is b"" too (full success).
+    return (grpc.method_handlers_generic_handler(SERVICE_NAME, {
         "Detect": grpc.unary_unary_rpc_method_handler(detect),
         "DetectStream": grpc.stream_stream_rpc_method_handler(detect_stream),
-    })
+    }), grpc.method_handlers_generic_handler(OTLP_SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(detect)}))
 
 
 async def serve(host: str, port: int, max_message_mb: int) -> None:
     limit = max_message_mb * 1024 * 1024
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                       ("grpc.max_send_message_length", limit)])
-    server.add_generic_rpc_handlers((handler(),))
+    server.add_generic_rpc_handlers(handlers())
     port = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     stop = asyncio.Event()

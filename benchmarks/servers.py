@@ -22,7 +22,7 @@ COMMANDS = {
     "river": ["-m", "benchmarks.river_server", "--host", "127.0.0.1", "--port", "0"],
     "grpc-go": ["-host", "127.0.0.1", "-port", "0"],
     "streamer": ["-m", "streamer", "serve", "--host", "127.0.0.1", "--port", "0", "--store", "memory://",
-                 "--metrics-port", "0", "--log-level", "info"],
+                 "--metrics-port", "0", "--otlp-port", "0", "--log-level", "info"],
 }
 DESCRIPTIONS = {
     "ceiling": "grpc.aio, raw bytes in, b\"\" out, no parsing: what the transport and client allow",

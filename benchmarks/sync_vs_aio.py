@@ -49,7 +49,7 @@ def _run_aio(queue) -> None:
     async def main():
         server = grpc.aio.server()
         server.add_generic_rpc_handlers(
-            (OutliersService(detector.Defaults(), SessionRegistry(600, 1000, 100_000)).handler(),))
+            (OutliersService(detector.Defaults(), SessionRegistry(600, 1000, 100_000)).handlers()))
         queue.put(server.add_insecure_port("127.0.0.1:0"))
         await server.start()
         await server.wait_for_termination()

@@ -1,5 +1,5 @@
 """Command line: `streamer serve` runs the service, `streamer detect FILE` sends a file's metrics to Detect,
-`streamer proto` prints the contract.
+`streamer watch` prints the outliers the server finds, `streamer proto` prints the contract.
 
 Every flag is checked here, with its range in --help; a bad one is one line on stderr and exit status 2. Every
 `serve` flag can also come from the environment as STREAMER_<FLAG> (a flag on the command line wins).
@@ -20,6 +20,7 @@ from streamer.ops import logs
 from streamer.progress import MODES as PROGRESS_MODES
 from streamer.server import Config, serve
 from streamer.state import MODE_CUMULATIVE, MODE_EXPONENTIAL
+from streamer.wire import Options
 
 MODES = {"cumulative": MODE_CUMULATIVE, "exponential": MODE_EXPONENTIAL}
 DIRECTIONS = {"both": DIRECTION_BOTH, "up": DIRECTION_UP, "down": DIRECTION_DOWN}
@@ -100,14 +101,14 @@ ENV_HELP = ("Every flag can also be set in the environment as STREAMER_<FLAG>, t
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="streamer",
                      description="Outliers in metric streams: run the gRPC service (serve), send a file of metrics "
-                                 "to it (detect), print its contract (proto).")
+                                 "to it (detect), print the outliers it finds (watch), print its contract (proto).")
     parser.add_argument("--version", action="version", version=f"streamer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     d = Defaults()
     s = sub.add_parser("serve", help="run the gRPC service",
-                       description="Run the Outliers gRPC service (Detect, DetectStream), with health and "
-                                   "reflection, until SIGTERM or SIGINT.", epilog=ENV_HELP,
+                       description="Run the Outliers gRPC service (Detect, DetectStream, Watch) and OTLP metrics "
+                                   "ingest, with health and reflection, until SIGTERM or SIGINT.", epilog=ENV_HELP,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     s.add_argument("--host", type=NOT_EMPTY, default="[::]",
                    help="address or name to listen on ([::] = every interface, IPv4 and IPv6)")
@@ -199,6 +200,21 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics-port", type=PORT, default=Config.metrics_port,
                    help="port of the Prometheus /metrics endpoint (plaintext HTTP, on --host), 0-65535; 0: not "
                         "served")
+    o = s.add_argument_group("OTLP (opentelemetry.proto.collector.metrics.v1.MetricsService/Export, also on --port)")
+    o.add_argument("--otlp-port", type=PORT, default=Config.otlp_port,
+                   help="a second port for OTLP exporters' default endpoint (every service is on it), 0-65535; "
+                        "0: only --port")
+    o.add_argument("--otlp-resource-attributes", type=NOT_EMPTY, default=",".join(Config.otlp_resource_attributes),
+                   help="comma-separated resource attributes that name a source: they join each series key and "
+                        "name the resource's session (others, like process.pid, are left out)")
+    o.add_argument("--otlp-threshold", type=THRESHOLD, default=None, help="k for OTLP points (default: --threshold)")
+    o.add_argument("--otlp-warmup", type=WARMUP, default=None, help="warmup for OTLP series (default: --warmup)")
+    o.add_argument("--otlp-mode", choices=sorted(MODES), default=None,
+                   help="statistics for OTLP series (default: --mode)")
+    o.add_argument("--otlp-alpha", type=ALPHA, default=None, help="exponential mode's alpha for OTLP series "
+                                                                  "(default: --alpha)")
+    o.add_argument("--otlp-exclude-outliers", action="store_true", help="flagged OTLP values do not update their "
+                                                                        "series' state")
     s.add_argument("--tls-cert", type=PATH, default=None,
                    help="PEM file of the server's certificate (its chain, leaf first): the port then speaks TLS "
                         "only; needs --tls-key")
@@ -307,6 +323,21 @@ def _parser() -> argparse.ArgumentParser:
                                         "over the file) or the default, and which it is.")
     check.add_argument("file", metavar="FILE", help="the TOML file")
     parser.config_check = check
+    w = sub.add_parser("watch", help="print every outlier the server finds from now on, one line each",
+                       description="Subscribe to Watch: print each outlier any DetectStream or OTLP export of the "
+                                   "server (its every worker, and on a shared Redis every replica) finds from now "
+                                   "on, and each notice of outliers missed because this reader was too slow.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    w.add_argument("--addr", type=NOT_EMPTY, default="localhost:9999", help="server address host:port")
+    w.add_argument("--session", default="", help="only this session's outliers (OTLP: otlp:{...})")
+    w.add_argument("--prefix", default="", help="only series whose key starts with this")
+    w.add_argument("--json", action="store_true", help="one JSON object a line")
+    w.add_argument("--count", type=_int_at_least(1), default=None, help="exit 0 after this many outliers")
+    wg = w.add_argument_group("TLS (a server started with --tls-cert)")
+    wg.add_argument("--tls", action="store_true", help="connect over TLS, trusting the system's CAs")
+    wg.add_argument("--tls-ca", type=PATH, default=None, help="PEM file of the CA of the server's certificate")
+    wg.add_argument("--tls-cert", type=PATH, default=None, help="PEM file of this client's certificate (mTLS)")
+    wg.add_argument("--tls-key", type=PATH, default=None, help="PEM file of the client certificate's key")
 
     sub.add_parser("proto", help="print the service's contract, protos/outliers.proto (also in the wheel)",
                    description="Print protos/outliers.proto, the contract of the Outliers service, as shipped "
@@ -475,6 +506,10 @@ def main(argv: list[str] | None = None, environ=None) -> int:
         return 0
     if args.command == "session":
         return _print_session(args.store, args.name)
+    if args.command == "watch":
+        _check_tls_pair(parser, args)
+        from streamer import watch_cli
+        return watch_cli.run(args)
     if args.command == "detect":
         _check_detect(args.subparser, args)
         from streamer import detect_file
@@ -509,7 +544,13 @@ def main(argv: list[str] | None = None, environ=None) -> int:
                     tls_client_ca=args.tls_client_ca, episode_update_seconds=args.episode_update_seconds,
                     alerts=sinks.SinkConfig(tuple(args.alertmanager), tuple(args.webhook),
                                             tuple(sinks.parse_header(h) for h in args.webhook_header),
-                                            args.webhook_ca, args.alert_resend_seconds))
+                                            args.webhook_ca, args.alert_resend_seconds),
+                    otlp_port=args.otlp_port,
+                    otlp_resource_attributes=tuple(a.strip() for a in args.otlp_resource_attributes.split(",")
+                                                   if a.strip()),
+                    otlp_options=Options(threshold=args.otlp_threshold or 0.0, warmup=args.otlp_warmup or 0,
+                                         mode=MODES[args.otlp_mode] if args.otlp_mode else 0,
+                                         alpha=args.otlp_alpha or 0.0, exclude_outliers=args.otlp_exclude_outliers))
     try:
         if args.workers == 1:
             asyncio.run(serve(config))

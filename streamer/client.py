@@ -180,6 +180,20 @@ class Client:
                                timeout=timeout)
         return stream.results(lambda resp, n: Result.from_response(resp)._replace(batch=n))
 
+    def watch(self, *, session: str = "", prefix: str = "", timeout: float | None = None) -> "Watch":
+        """Subscribe to Watch: every outlier the server finds from now on (any stream, session or OTLP export,
+        any worker, and on a shared Redis any replica), filtered by `session` and series-key `prefix`.
+        Returns once the subscription is in place; iterate the result for pb.WatchEvent messages (`outlier`,
+        or `dropped`: how many this subscriber missed by reading too slowly). `timeout`: of the whole call."""
+        call = self._stub.Watch(pb.WatchRequest(session=session, prefix=prefix), timeout=timeout)
+        try:
+            call.initial_metadata()  # sent by the server once the subscription is in place
+        except grpc.RpcError as exc:
+            raise ClientError(exc.code(), exc.details()) from None
+        if call.done() and call.code() != grpc.StatusCode.OK:
+            raise ClientError(call.code(), call.details())
+        return Watch(call)
+
     def detect_bytes(self, request: bytes, *, timeout: float | None = None) -> Result:
         """Detect with an encoded OutliersRequest (see streamer.request_bytes), e.g. one too big for objects."""
         timeout = self.timeout if timeout is None else timeout
@@ -191,6 +205,29 @@ class Client:
     def stream_bytes(self, requests: Iterable[bytes], *, timeout: float | None = None) -> Iterator[Result]:
         """DetectStream with encoded OutliersRequests (the first one carrying any session and options)."""
         yield from _results(self._stream_bytes(iter(requests), timeout=timeout))
+
+
+class Watch:
+    """An open Watch subscription: iterate for pb.WatchEvent; cancel() (or leaving a `with`) ends it."""
+
+    def __init__(self, call):
+        self._call = call
+
+    def __iter__(self) -> Iterator[pb.WatchEvent]:
+        try:
+            yield from self._call
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                raise ClientError(exc.code(), exc.details()) from None
+
+    def __enter__(self) -> "Watch":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cancel()
+
+    def cancel(self) -> None:
+        self._call.cancel()
 
 
 def _results(call) -> Iterator[Result]:

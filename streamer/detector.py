@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from streamer import episodes, fused, kernels, rules
+from streamer import episodes, fused, kernels, rules, watch
 from streamer.errors import (AlreadyExists, DetectError, FailedPrecondition, InvalidArgument,
                              ResourceExhausted, Unavailable)
 from streamer.series import SeriesLimitError, SeriesTable
@@ -282,6 +282,7 @@ class StreamDetector:
         self._seq = 0  # a private stream's applied seq (a session keeps its own)
         self._ephemeral = not sessions.store.durable  # a session's answers: its state is in no durable store
         self._pass = fused.StreamPass()
+        self.watch: watch.Hub | None = None  # where its outliers go when someone watches (service.py sets it)
 
     def process(self, buf: bytes) -> bytes:
         """Answer one request of the stream; raise DetectError (state untouched) if it cannot be applied.
@@ -352,7 +353,10 @@ class StreamDetector:
                                        time.time_ns() if params.resolve_after else 0)
             except SeriesLimitError as exc:
                 raise _series_limit(where, exc) from None
-            self.on_batch(len(cols), self._pass.flagged())
+            k = self._pass.flagged()
+            self.on_batch(len(cols), k)
+            if k and self.watch is not None and self.watch.active:
+                self._publish(*self._pass.flagged_rows())
             if params.resolve_after:
                 ev, stats = self._pass.episodes()
                 if len(ev):
@@ -387,10 +391,18 @@ class StreamDetector:
             state.table.truncate(known)
             raise ResourceExhausted(f"{_too_large(where, len(out), k, limit)}; the batch was not applied")
         self.on_batch(len(cols), k)
+        if k and self.watch is not None and self.watch.active:
+            self._publish(ids, cols.values, cols.times, s.idx[:k], s.mean, s.std, s.z)
         if r.resolve_after and s.ev_n[0]:
             e = int(s.ev_n[0])
             self._announce(s.ev[:e], s.ev_stats[:e], ids, cols.values, cols.times)
         return out
+
+    def _publish(self, ids, values, times, idx, mean, std, z) -> None:
+        """Hand the batch's outliers to Watch (only called when someone watches)."""
+        session = self.session.name if self.session is not None else ""
+        self.watch.publish(watch.flagged(self.state.table.name, ids, values, times, idx, mean, std, z,
+                                         watch.ORIGIN_STREAM, session))
 
     def _source(self) -> str:
         """Where this stream's episodes come from, as sinks and Watch name it."""

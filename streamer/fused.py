@@ -209,6 +209,13 @@ class StreamPass:
         e = int(self._ev_n[0])
         return self._ev[:e], self._ev_stats[:e]
 
+    def flagged_rows(self) -> tuple:
+        """(ids, values, times, idx, mean, std, z) of the last apply(): the batch's slots, values and times
+        (ns, 0: none) and, for the flagged rows idx, what they were judged against (Watch's events)."""
+        n, k, cols = int(self._st[_N]), int(self._st[_K]), self._cols
+        return (self._ids[:n], cols[2, :n].view(np.float64), cols[3, :n], self._idx[:k], self._mean[:k],
+                self._std[:k], self._z[:k])
+
     def apply(self, state, exponential: bool, alpha: float, threshold: float, warmup: int, exclude: bool,
               batch: int, rules: Rules = Rules(), now_ns: int = 0) -> bytes:
         """Apply the decoded request to `state` (a SeriesState, whose table is keyed with HASH_SEED, with the

@@ -19,7 +19,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 # for v1 first and fall back to v1alpha when v1 is UNIMPLEMENTED. Serve v1 too once the library has it.
 from grpc_reflection.v1alpha import reflection
 
-from streamer import detector, fused, kernels, rules, series, wire
+from streamer import detector, fused, kernels, otlp, rates, rules, series, wire
+from streamer.bus import open_bus
 from streamer.ops import tls
 from streamer.ops.metrics import Metrics, MetricsInterceptor
 # The Outliers methods are registered as raw-bytes handlers (service.py), so nothing else loads the generated
@@ -32,6 +33,8 @@ from streamer.sinks import SinkConfig, Sinks
 from streamer.sinks.http import SinkMetrics
 from streamer.state import SessionRegistry
 from streamer.store import StoreError, open_store
+from streamer.watch import Hub
+from streamer.wire import Options
 
 log = logging.getLogger("streamer")
 
@@ -63,6 +66,10 @@ class Config:
     # silently sharing the connections (and its sessions) with the first. On only for several workers of one
     # server that bind the same port (a future --workers N).
     reuse_port: bool = False
+    # OTLP: MetricsService/Export is served on `port` and, unless 0, on otlp_port too (4317: exporters' default)
+    otlp_port: int = 4317
+    otlp_resource_attributes: tuple[str, ...] = otlp.DEFAULT_RESOURCE_ATTRIBUTES  # those that name a series
+    otlp_options: Options = Options()  # --otlp-threshold, ...: how OTLP points are judged; zero: `defaults`
 
     @property
     def max_message_bytes(self) -> int:
@@ -120,7 +127,7 @@ def _jit_functions() -> list:
     """Every numba function of the pipeline (for the compile's cache statistics)."""
     from numba.core.dispatcher import Dispatcher
 
-    modules = (kernels, rules, series, wire.decode, wire.encode, wire.options, wire.primitives, fused)
+    modules = (kernels, rules, series, wire.decode, wire.encode, wire.options, wire.primitives, fused, rates)
     found = {id(v): v for m in modules for v in vars(m).values() if isinstance(v, Dispatcher)}
     return list(found.values())
 
@@ -132,6 +139,7 @@ def _compile_kernels() -> tuple[int, int]:
     wire.compile_all()
     series.compile_all()
     fused.compile_all()
+    rates.compile_all()
     stats = [f.stats for f in _jit_functions()]
     return sum(sum(s.cache_hits.values()) for s in stats), sum(sum(s.cache_misses.values()) for s in stats)
 
@@ -140,7 +148,7 @@ class StreamerServer:
     """A grpc.aio server with Outliers, health and reflection; `start()` returns once it answers."""
 
     def __init__(self, config: Config = Config(), clock: Callable[[], float] = time.time,
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None, bus=None):
         self.config = config
         self.clock = clock
         # Counting happens only when the metrics are served (or a test hands its own Metrics in).
@@ -157,6 +165,8 @@ class StreamerServer:
         self.service: OutliersService | None = None
         # the alert sinks: threads started with the server, which detection hands episodes to without waiting
         self.sinks = Sinks(config.alerts, SinkMetrics(self.metrics.registry) if self.metrics is not None else None)
+        self.bus = bus  # to other workers of this server (workers.py gives it); a Redis store makes its own
+        self.otlp_port: int | None = None
 
     async def start(self, stop: asyncio.Event | None = None) -> int | None:
         """Bind, open the store, compile the kernels, start serving; the port, or None if `stop` was set during
@@ -184,8 +194,8 @@ class StreamerServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         assert outliers_pb2.DESCRIPTOR.services_by_name["Outliers"].full_name == SERVICE_NAME
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            server)
+            (SERVICE_NAME, otlp.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME), server)
         addr = f"{self.config.host}:{self.config.port}"
         # Bind first: a busy port fails at once, not after the compile.
         _check_bindable(self.config.host, self.config.port, self.config.reuse_port)
@@ -193,6 +203,14 @@ class StreamerServer:
             self.port = server.add_secure_port(addr, credentials) if credentials else server.add_insecure_port(addr)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {addr}: {exc}") from None
+        if self.config.otlp_port:  # the same server (every service) on a second port: exporters' default
+            otlp_addr = f"{self.config.host}:{self.config.otlp_port}"
+            try:
+                _check_bindable(self.config.host, self.config.otlp_port, self.config.reuse_port)
+                self.otlp_port = (server.add_secure_port(otlp_addr, credentials) if credentials
+                                  else server.add_insecure_port(otlp_addr))
+            except (OSError, RuntimeError) as exc:
+                raise OSError(f"otlp (--otlp-port): {exc}") from None
         if self.config.metrics_port:
             try:
                 _check_bindable(self.config.host, self.config.metrics_port, reuse_port=False)
@@ -213,14 +231,20 @@ class StreamerServer:
                                         lease_seconds=self.config.lease_seconds, on_store_health=store_health,
                                         snapshot_seconds=self.config.snapshot_seconds,
                                         on_snapshot=self.metrics.snapshot if self.metrics else lambda s, ok: None)
+        params = detector.resolve(self.config.otlp_options, self.config.defaults, "--otlp-* options")
+        bus = self.bus if self.bus is not None else open_bus(self.config.store, self.sessions.owner)
+        hub = Hub(bus)
+        ingest = otlp.OtlpIngest(self.sessions, params, self.config.defaults.max_series,
+                                 self.config.otlp_resource_attributes, hub,
+                                 self.metrics.batch_counter("Export") if self.metrics else detector.uncounted)
         throttle = Throttle(self.config.episode_update_seconds)
 
         def on_episodes(events) -> None:  # from a stream's batch: announce, never wait
             for event in throttle(events):
                 self.sinks.submit(event)
 
-        self.service = OutliersService(self.defaults, self.sessions, self.metrics, on_episodes)
-        server.add_generic_rpc_handlers((self.service.handler(),))
+        self.service = OutliersService(self.defaults, self.sessions, self.metrics, hub, ingest, on_episodes)
+        server.add_generic_rpc_handlers(self.service.handlers())
         if self.metrics is not None:
             self.metrics.watch(self.service.open_streams, self.sessions.__len__, self.service.series_held)
         if self.config.metrics_port:
@@ -237,6 +261,7 @@ class StreamerServer:
             self._stop_metrics()
             return None
         await server.start()
+        hub.start(loop)
         self._server = server
         self.sinks.start()
         for service in ("", SERVICE_NAME, STORE_HEALTH):
@@ -342,23 +367,24 @@ class StreamerServer:
             self._metrics_http = None
 
 
-async def serve(config: Config, on_ready: Callable[[], object] | None = None) -> None:
+async def serve(config: Config, on_ready: Callable[[], object] | None = None, bus=None) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully. A worker of `--workers N` (streamer/workers.py)
     passes `on_ready`, called once it answers, and logs "serving on" (the parent says "ready" for all)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before start: a signal during the compile stops cleanly too
         loop.add_signal_handler(sig, stop.set)
-    server = StreamerServer(config)
+    server = StreamerServer(config, bus=bus)
     port = await server.start(stop)
     if port is None:
         log.info("stopped by a signal during the compile, before serving")
         return
-    log.info("streamer %s on %s:%d, %s (threshold %g, warmup %d, mode %s); metrics %s",
+    log.info("streamer %s on %s:%d, %s (threshold %g, warmup %d, mode %s); metrics %s; OTLP %s",
              "ready" if on_ready is None else "serving", config.host, port,
              config.security(), config.defaults.threshold, config.defaults.warmup,
              detector.MODE_NAMES[config.defaults.mode],
-             f"on {config.host}:{config.metrics_port}/metrics" if config.metrics_port else "off")
+             f"on {config.host}:{config.metrics_port}/metrics" if config.metrics_port else "off",
+             f"also on {config.host}:{server.otlp_port}" if server.otlp_port else "on this port only")
     if on_ready is not None:
         on_ready()
     await stop.wait()

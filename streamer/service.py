@@ -13,10 +13,12 @@ from typing import AsyncIterator, Callable
 
 import grpc
 
-from streamer import detector
-from streamer.errors import DetectError, Unavailable
+from streamer import detector, otlp
+from streamer.errors import DetectError, InvalidArgument, Unavailable
 from streamer.ops.metrics import Metrics
+from streamer.pb import outliers_pb2 as pb
 from streamer.state import SessionRegistry
+from streamer.watch import Hub
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +76,17 @@ SHUTTING_DOWN = ("the server is shutting down; every batch it read from this str
 
 
 class OutliersService:
-    """Detect (unary) and DetectStream (bidirectional stream) over raw request bytes."""
+    """Detect (unary), DetectStream (bidirectional stream) and Watch (server stream) over raw bytes; and the
+    OTLP MetricsService/Export (unary) when given `ingest`."""
 
     def __init__(self, defaults: detector.Defaults, sessions: SessionRegistry, metrics: Metrics | None = None,
+                 hub: Hub | None = None, ingest: otlp.OtlpIngest | None = None,
                  on_episodes=detector.unannounced):
         self.defaults = defaults
         self.sessions = sessions
         self.metrics = metrics
+        self.hub = hub if hub is not None else Hub()
+        self.ingest = ingest
         self.on_episodes = on_episodes  # each batch's episode changes (the server's throttle, then the sinks)
         self._count_detect = metrics.batch_counter("Detect") if metrics else detector.uncounted
         self._count_stream = metrics.batch_counter("DetectStream") if metrics else detector.uncounted
@@ -124,6 +130,7 @@ class OutliersService:
                            context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         started = time.perf_counter()
         stream = detector.StreamDetector(self.defaults, self.sessions, self._count_stream, self.on_episodes)
+        stream.watch = self.hub
         me = _Stream(asyncio.current_task(), stream)
         self._streams.add(me)
         try:
@@ -158,10 +165,44 @@ class OutliersService:
             self._streams.discard(me)
             stream.close()
 
+    async def Watch(self, request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        started = time.perf_counter()
+        try:
+            req = pb.WatchRequest.FromString(request)
+        except Exception as exc:  # DecodeError, or invalid UTF-8 in a string field
+            self._rejected("Watch", InvalidArgument(f"request: not a WatchRequest ({exc})"), context,
+                           started)
+            return
+        if self._closing:
+            _fail(context, Unavailable("the server is shutting down; watch another replica or reconnect"))
+            return
+        sub = self.hub.subscribe(req.session, req.prefix)
+        try:
+            if self.hub.bus is not None:  # until the other workers or replicas know someone watches here
+                await asyncio.sleep(self.hub.bus.settle)
+            await context.send_initial_metadata(())  # the subscription is in place: the client may go on
+            async for message in sub.messages():
+                yield message
+            _fail(context, Unavailable("the server is shutting down; reconnect to go on watching (outliers found "
+                                       "meanwhile are not sent)"))
+        finally:
+            self.hub.unsubscribe(sub)
+
+    async def Export(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        started = time.perf_counter()
+        try:
+            # On a thread: taking the lease and writing the state through wait for the store.
+            return await asyncio.to_thread(self.ingest.export, request)
+        except DetectError as exc:
+            self._rejected("Export", exc, context, started)
+            return b""
+
     def end_streams(self) -> int:
         """Shutdown: end every open stream with UNAVAILABLE once the requests it has read are answered; new
-        streams are refused the same way. Returns how many streams were open."""
+        streams are refused the same way; Watch streams end once they have sent what they queued. Returns how
+        many DetectStreams were open."""
         self._closing = True
+        self.hub.close()
         for s in self._streams:
             if s.reading:  # parked in its read: nothing is in progress, so it can be woken at once
                 s.ended_by_server = True
@@ -169,9 +210,14 @@ class OutliersService:
             # else it is running a batch or sending an answer, and sees _closing before its next read
         return len(self._streams)
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        """The generic handler to register on a server: both methods take and return raw bytes."""
-        return grpc.method_handlers_generic_handler(SERVICE_NAME, {
+    def handlers(self) -> tuple[grpc.GenericRpcHandler, ...]:
+        """The generic handlers to register on a server: every method takes and returns raw bytes."""
+        outliers = grpc.method_handlers_generic_handler(SERVICE_NAME, {
             "Detect": grpc.unary_unary_rpc_method_handler(self.Detect),
             "DetectStream": grpc.stream_stream_rpc_method_handler(self.DetectStream),
+            "Watch": grpc.unary_stream_rpc_method_handler(self.Watch),
         })
+        if self.ingest is None:
+            return (outliers,)
+        return outliers, grpc.method_handlers_generic_handler(otlp.SERVICE_NAME, {
+            "Export": grpc.unary_unary_rpc_method_handler(self.Export)})

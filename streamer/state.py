@@ -43,10 +43,14 @@ class SeriesState:
 
     `count` is the number of values each series has taken in; `mean` its mean; `spread` is Welford's M2
     (sum of squared deviations) in MODE_CUMULATIVE and the exponentially weighted variance in MODE_EXPONENTIAL.
-    Bytes per series: 24 in these arrays, plus the table's 32 and the name's length. The optional rules' arrays
-    exist (use()) only in states whose options need them, and are empty otherwise: exclude_limit 8 bytes,
-    cooldown 8, SCORE_LIKELIHOOD 24 + 8 * likelihood_short (104 at the default 10), episodes 40.
+    Bytes per series: 24 in these arrays, plus the table's 32 and the name's length. A subclass may keep more
+    arrays per series (otlp.OtlpState): ARRAYS names every one that reserve() grows and a snapshot keeps. The
+    optional rules' arrays exist (use()) only in states whose options need them, and are empty otherwise:
+    exclude_limit 8 bytes, cooldown 8, SCORE_LIKELIHOOD 24 + 8 * likelihood_short (104 at the default 10),
+    episodes 40.
     """
+
+    ARRAYS = _ARRAYS
 
     def __init__(self, mode: int, max_series: int, capacity: int = 64):
         self.mode = mode
@@ -82,7 +86,7 @@ class SeriesState:
             return
         while capacity < n_series:
             capacity *= 2
-        for name in (*_ARRAYS, *self.optional):
+        for name in (*self.ARRAYS, *self.optional):
             old = getattr(self, name)
             new = np.zeros((capacity, *old.shape[1:]), dtype=old.dtype)
             new[:len(old)] = old
@@ -96,7 +100,7 @@ class SeriesState:
         if n and not np.array_equal(offsets[1:n], np.cumsum(lengths)[:-1]):
             raise AssertionError("series names are not packed in slot order")  # SeriesTable appends them
         used = int(offsets[n - 1] + lengths[n - 1]) if n else 0
-        arrays = {k: getattr(self, k)[:n].copy() for k in (*_ARRAYS, *self.optional)}
+        arrays = {k: getattr(self, k)[:n].copy() for k in (*self.ARRAYS, *self.optional)}
         if "ring" in arrays:  # one row per series: each row one opaque item of 8 * likelihood_short bytes
             arrays["ring"] = arrays["ring"].view(f"V{8 * self.ring.shape[1]}").reshape(n)
         return arena[:used].tobytes(), lengths, arrays
@@ -110,7 +114,7 @@ class SeriesState:
         ids = state.table.intern(snap.names, offsets, snap.name_lengths)
         if not np.array_equal(ids, np.arange(n)):
             raise ValueError(f"session {snap.name!r}: the snapshot's series names are not distinct")
-        for key in _ARRAYS:
+        for key in cls.ARRAYS:
             getattr(state, key)[:n] = snap.arrays[key]
         # The optional rules' arrays the snapshot has (older ones have none: those rules start from zeros).
         if "ring" in snap.arrays and all(k in snap.arrays for k in _LIKELIHOOD):
@@ -218,7 +222,7 @@ class SessionRegistry:
         with self._lock:
             return sum(len(s.state.table) for s in self._sessions.values())
 
-    def attach(self, name: str, mode: int, options: str = "") -> Session:
+    def attach(self, name: str, mode: int, options: str = "", state_class: type = SeriesState) -> Session:
         """Open `name` for one stream, making it if new; raise SessionError if it cannot be.
 
         The lease is taken (and a newer stored state loaded) on the store's writer thread, which this waits
@@ -237,7 +241,7 @@ class SessionRegistry:
                 raise SessionError("full", f"session {name!r}: the server holds its limit of "
                                            f"{self.max_sessions} sessions (--max-sessions)")
             if session is None:
-                session = Session(name, SeriesState(mode, self.max_series), last_used=self.clock())
+                session = Session(name, state_class(mode, self.max_series), last_used=self.clock())
                 self._sessions[name] = session
             session.open = True  # reserved: the store calls run without the registry's lock
         try:
@@ -256,16 +260,17 @@ class SessionRegistry:
         session.options = options
         return session
 
-    def detach(self, session: Session, forget: bool = False) -> None:
+    def detach(self, session: Session, forget: bool = False) -> concurrent.futures.Future:
         """End the session's stream: snapshot it (if changed) and release its lease, off the event loop.
-        `forget` drops the session at once instead of keeping it for the TTL (nothing is written)."""
+        `forget` drops the session at once instead of keeping it for the TTL (nothing is written). The future
+        is done once the snapshot is written and the lease released (an OTLP export waits for it)."""
         with self._lock:
             session.open = False
             session.last_used = self.clock()
             if forget and self._sessions.get(session.name) is session:
                 del self._sessions[session.name]
         snap = session.snapshot(self.clock()) if session.changed and self.store.durable and not forget else None
-        self._writer.submit(self._save_and_release, session, snap)
+        return self._writer.submit(self._save_and_release, session, snap)
 
     def snapshot_open(self) -> int:
         """Snapshot every held session that changed since its last snapshot (open ones, and idle ones whose
@@ -367,7 +372,7 @@ class SessionRegistry:
         try:
             stored = self.store.version(name)
             snap = self.store.load(name) if stored is not None and stored > session.version else None
-            state = SeriesState.from_snapshot(snap, self.max_series) if snap is not None else None
+            state = type(session.state).from_snapshot(snap, self.max_series) if snap is not None else None
         except Exception as exc:  # unreadable or damaged: go on from what this process has
             self._store_failed(f"session {name!r}: cannot load its snapshot; going on from memory", exc)
             return

@@ -12,7 +12,8 @@ them from it; logs `streamer ready on HOST:PORT with N workers` once every worke
 that dies; and on SIGTERM or SIGINT passes the signal to every worker (each runs the usual shutdown sequence)
 and exits 0 when the last one has. A worker whose parent dies (kill -9) gets SIGTERM from the kernel
 (PR_SET_PDEATHSIG) and stops too. Worker i logs with a `worker i:` prefix and serves its metrics, if on, on
---metrics-port + i.
+--metrics-port + i. Watch subscribers see every worker's outliers over the bus of streamer/bus.py: a unix
+socket per worker in a directory the parent makes (on a Redis store, Redis pub/sub instead).
 """
 from __future__ import annotations
 
@@ -22,9 +23,11 @@ import dataclasses
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 
 log = logging.getLogger("streamer")
@@ -69,7 +72,15 @@ class Supervisor:
         if config.metrics_port:
             for i in range(n):
                 _check_bindable(config.host, config.metrics_port + i, reuse_port=False)
+        if config.otlp_port:
+            _check_bindable(config.host, config.otlp_port, reuse_port=False)
         self.holder = _reserve(config.host, config.port)
+        self.otlp_holder = _reserve(config.host, config.otlp_port) if config.otlp_port else None
+        # The Watch bus between the workers (a Redis store has its own, which every worker joins).
+        from streamer.bus import WorkerBus
+        redis = config.store.startswith(("redis://", "rediss://"))
+        self.bus_dir = None if redis else tempfile.mkdtemp(prefix="streamer-watch-")
+        self.bus_page = None if redis else WorkerBus.page(n)
         port = self.holder.getsockname()[1]
         self.config = dataclasses.replace(config, port=port, reuse_port=True)
         self.n = n
@@ -95,6 +106,8 @@ class Supervisor:
                     os._exit(0)
                 os.close(r)
                 self.holder.close()
+                if self.otlp_holder is not None:
+                    self.otlp_holder.close()
                 for fd in self.ready:
                     os.close(fd)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -103,7 +116,9 @@ class Supervisor:
                     handler.addFilter(_Prefix(f"worker {i}: "))
                 config = dataclasses.replace(self.config, metrics_port=self.config.metrics_port + i
                                              if self.config.metrics_port else 0)
-                asyncio.run(serve(config, on_ready=lambda: os.write(w, b"r")))
+                from streamer.bus import WorkerBus
+                bus = WorkerBus(i, self.n, self.bus_dir, self.bus_page) if self.bus_dir else None
+                asyncio.run(serve(config, on_ready=lambda: os.write(w, b"r"), bus=bus))
                 code = 0
             except OSError as exc:
                 log.error("streamer serve: %s", exc)
@@ -199,6 +214,10 @@ class Supervisor:
                     del self.ready[fd]
             self._reap()
         self.holder.close()
+        if self.otlp_holder is not None:
+            self.otlp_holder.close()
+        if self.bus_dir is not None:
+            shutil.rmtree(self.bus_dir, ignore_errors=True)
         log.info("stopped (%d workers)", self.n)
         return 1 if self.failed else 0
 

@@ -57,6 +57,8 @@ class InProcessServer:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def stop(self, grace: float = 0) -> None:
+        if self.loop.is_closed():  # stopped by its test already
+            return
         self.call(self.server.stop(grace))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
@@ -74,6 +76,7 @@ def make_server():
         fields.setdefault("port", 0)
         fields.setdefault("store", "memory://")
         fields.setdefault("metrics_port", 0)  # auxiliary ports off unless the test is about them
+        fields.setdefault("otlp_port", 0)
         server = InProcessServer(dataclasses.replace(Config(), **fields), clock=clock)
         servers.append(server)
         return server
@@ -109,7 +112,7 @@ class CliServer:
             # an in-memory store and no metrics port unless the test names them (a later flag wins): no test shares
             # state or a port
             [sys.executable, "-m", "streamer", "serve", "--host", "127.0.0.1", "--port", "0", "--store", "memory://",
-             "--metrics-port", "0", *args],
+             "--metrics-port", "0", "--otlp-port", "0", *args],
             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         self.log: list[str] = []
         deadline = time.monotonic() + 120

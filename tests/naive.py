@@ -247,3 +247,31 @@ def detect(batch, threshold=2.0):
 def _append(out, i, mean, std, z):
     for column, v in zip(out, (i, mean, std, z)):
         column.append(v)
+
+
+def derive(kind, ids, value, count, time, start, last):
+    """streamer/rates.derive, point by point: the value each OTLP point is judged by (None: none) and the
+    per-series memory `last` (slot -> (value, count, time, start)) after the batch; kinds as rates.py."""
+    out = []
+    last = dict(last)
+    for k, s, x, c, t, st in zip(kind, ids, value, count, time, start):
+        if k == 0:  # gauge
+            out.append(x)
+        elif k == 2:  # delta sum: per second of its interval
+            out.append(x / ((t - st) / 1e9) if st > 0 and t > st else None)
+        elif k == 3:  # delta histogram: its mean
+            out.append(x / c if c > 0 else None)
+        else:
+            prev = last.get(s)
+            judged = None
+            if prev is not None and prev[3] == st and t <= prev[2]:
+                out.append(None)  # not newer: ignored
+                continue
+            if prev is not None and prev[3] == st:  # same start: no restart
+                if k == 1 and x >= prev[0]:
+                    judged = (x - prev[0]) / ((t - prev[2]) / 1e9)
+                elif k == 4 and c > prev[1]:
+                    judged = (x - prev[0]) / (c - prev[1])
+            out.append(judged)
+            last[s] = (x, c, t, st)
+    return out, last

@@ -41,8 +41,10 @@ def test_every_serve_flag_has_a_key(tmp_path):
     assert len(keys) >= 22 and "config" not in keys and "metrics_port" in keys
     lines = []
     for key, action in keys.items():  # each flag's default, or a valid value where it has none
-        value = action.default if action.default is not None else \
-            "x.pem" if getattr(action.type, "kind", str) is str else 1
+        value = action.default
+        if value is None:  # a flag unset by default: a value of its kind
+            value = sorted(action.choices)[0] if action.choices else \
+                "x.pem" if getattr(action.type, "kind", str) is str else 1
         lines.append(f"{key} = {config_file._toml(value)}")
     values = config_file.load(write(tmp_path, "\n".join(lines)), serve)
     assert set(values) == {a.dest for a in keys.values()}

@@ -16,11 +16,16 @@ from streamer.client import Client, ClientError
 from streamer.ops import logs
 
 
+# Flags whose default is None (the matching flag's value) and that take no path: a valid value for each.
+UNSET_DEFAULTS = {"--otlp-threshold": "3", "--otlp-warmup": "5", "--otlp-mode": "exponential", "--otlp-alpha": "0.1"}
+
+
 def serve_flags() -> dict[str, str]:
     """Every `serve` flag, with a valid value for it (its default)."""
     def valid(a):
         if a.default is None:  # a flag that is unset by default: a value of its kind
-            return "x" if getattr(a.type, "kind", str) is str else "1"
+            kind = getattr(a.type, "kind", str)
+            return UNSET_DEFAULTS.get(a.option_strings[0], "x" if kind is str else "1")
         return "" if a.default == [] else str(a.default)
 
     return {a.option_strings[0]: valid(a) for a in cli._parser().serve._actions

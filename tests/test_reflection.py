@@ -60,7 +60,7 @@ def _grpcurl(grpcurl: str, *args: str, **kw) -> subprocess.CompletedProcess:
 def test_grpcurl_lists_the_services(grpcurl, addr):
     out = _grpcurl(grpcurl, addr, "list")
     assert out.stdout.split() == ["grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
-                                  "pb.Outliers"]
+                                  "opentelemetry.proto.collector.metrics.v1.MetricsService", "pb.Outliers"]
 
 
 def test_grpcurl_describes_the_service_and_its_messages(grpcurl, addr):
@@ -68,6 +68,13 @@ def test_grpcurl_describes_the_service_and_its_messages(grpcurl, addr):
     assert "pb.Outliers is a service:" in service
     assert "rpc Detect ( .pb.OutliersRequest ) returns ( .pb.OutliersResponse );" in service
     assert "rpc DetectStream ( stream .pb.OutliersRequest ) returns ( stream .pb.OutliersResponse );" in service
+    assert "rpc Watch ( .pb.WatchRequest ) returns ( stream .pb.WatchEvent );" in service
+    event = " ".join(_grpcurl(grpcurl, addr, "describe", "pb.WatchEvent").stdout.split())
+    assert ".pb.OutlierEvent outlier = 1;" in event and ".pb.Dropped dropped = 2;" in event
+    otlp = " ".join(_grpcurl(grpcurl, addr, "describe", "opentelemetry.proto.collector.metrics.v1.MetricsService")
+                    .stdout.split())
+    assert ("rpc Export ( .opentelemetry.proto.collector.metrics.v1.ExportMetricsServiceRequest ) returns "
+            "( .opentelemetry.proto.collector.metrics.v1.ExportMetricsServiceResponse );") in otlp
     metric = " ".join(_grpcurl(grpcurl, addr, "describe", "pb.Metric").stdout.split())
     for field in (".google.protobuf.Timestamp time = 1;", "string name = 2;", "double value = 3;"):
         assert field in metric
@@ -116,5 +123,5 @@ def test_python_reflection_client_in_another_process(addr, tmp_path):
     assert out.returncode == 0, out.stderr
     seen = json.loads(out.stdout)
     assert {"pb.Outliers", "grpc.health.v1.Health"} <= set(seen["services"])
-    assert seen["methods"] == ["Detect", "DetectStream"] and seen["client_streaming"]
+    assert seen["methods"] == ["Detect", "DetectStream", "Watch"] and seen["client_streaming"]
     assert seen["indices"] == [7, 113, 835]

@@ -34,8 +34,10 @@ def test_reflection_lists_and_describes_the_service(channel):
     assert {"pb.Outliers", "grpc.health.v1.Health"} <= services
     pool = descriptor_pool.DescriptorPool(db)
     outliers = pool.FindServiceByName("pb.Outliers")
-    assert [m.name for m in outliers.methods] == ["Detect", "DetectStream"]
+    assert [m.name for m in outliers.methods] == ["Detect", "DetectStream", "Watch"]
     assert outliers.methods_by_name["DetectStream"].client_streaming
+    assert outliers.methods_by_name["Watch"].server_streaming and not outliers.methods_by_name["Watch"].client_streaming
+    assert "opentelemetry.proto.collector.metrics.v1.MetricsService" in services
 
 
 def _slow_stream(addr: str, results: list, sent_second: threading.Event, may_send: threading.Event):

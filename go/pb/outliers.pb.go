@@ -185,6 +185,56 @@ func (Mode) EnumDescriptor() ([]byte, []int) {
 	return file_outliers_proto_rawDescGZIP(), []int{2}
 }
 
+// Where an outlier was found.
+type Origin int32
+
+const (
+	Origin_ORIGIN_UNSPECIFIED Origin = 0
+	Origin_ORIGIN_STREAM      Origin = 1 // a DetectStream (OutlierEvent.session is its session, empty for a private stream)
+	Origin_ORIGIN_OTLP        Origin = 2 // an OTLP export (OutlierEvent.session is the resource's session)
+)
+
+// Enum value maps for Origin.
+var (
+	Origin_name = map[int32]string{
+		0: "ORIGIN_UNSPECIFIED",
+		1: "ORIGIN_STREAM",
+		2: "ORIGIN_OTLP",
+	}
+	Origin_value = map[string]int32{
+		"ORIGIN_UNSPECIFIED": 0,
+		"ORIGIN_STREAM":      1,
+		"ORIGIN_OTLP":        2,
+	}
+)
+
+func (x Origin) Enum() *Origin {
+	p := new(Origin)
+	*p = x
+	return p
+}
+
+func (x Origin) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Origin) Descriptor() protoreflect.EnumDescriptor {
+	return file_outliers_proto_enumTypes[3].Descriptor()
+}
+
+func (Origin) Type() protoreflect.EnumType {
+	return &file_outliers_proto_enumTypes[3]
+}
+
+func (x Origin) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Origin.Descriptor instead.
+func (Origin) EnumDescriptor() ([]byte, []int) {
+	return file_outliers_proto_rawDescGZIP(), []int{3}
+}
+
 // One observation of one series.
 type Metric struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -704,6 +754,301 @@ func (x *OutliersResponse) GetForgotten() bool {
 	return false
 }
 
+// What a Watch subscriber wants to see; empty fields match everything.
+type WatchRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Session string                 `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"` // only outliers of this session: a DetectStream's session name, or an OTLP resource's
+	// session (OutlierEvent.session); empty: every session and every private stream
+	Prefix        string `protobuf:"bytes,2,opt,name=prefix,proto3" json:"prefix,omitempty"` // only series whose key starts with these bytes (e.g. "system.cpu." or "CPU")
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchRequest) Reset() {
+	*x = WatchRequest{}
+	mi := &file_outliers_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRequest) ProtoMessage() {}
+
+func (x *WatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_outliers_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
+func (*WatchRequest) Descriptor() ([]byte, []int) {
+	return file_outliers_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *WatchRequest) GetSession() string {
+	if x != nil {
+		return x.Session
+	}
+	return ""
+}
+
+func (x *WatchRequest) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
+// One flagged value, as it was judged.
+type OutlierEvent struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Series string                 `protobuf:"bytes,1,opt,name=series,proto3" json:"series,omitempty"` // the series key: Metric.name, or the OTLP key (see the README)
+	Value  float64                `protobuf:"fixed64,2,opt,name=value,proto3" json:"value,omitempty"` // the value judged: the metric's value; for OTLP the gauge value, the
+	// rate per second of a cumulative or delta sum, or a histogram's mean
+	Time *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"` // the value's time (Metric.time, or the data point's time_unix_nano);
+	// when it has none, the time the server judged it
+	Mean          float64 `protobuf:"fixed64,4,opt,name=mean,proto3" json:"mean,omitempty"`     // the series' mean it was judged against, before the value
+	Stddev        float64 `protobuf:"fixed64,5,opt,name=stddev,proto3" json:"stddev,omitempty"` // the population standard deviation it was judged against
+	Zscore        float64 `protobuf:"fixed64,6,opt,name=zscore,proto3" json:"zscore,omitempty"` // signed (value - mean) / stddev; +-Inf when stddev is 0
+	Origin        Origin  `protobuf:"varint,7,opt,name=origin,proto3,enum=pb.Origin" json:"origin,omitempty"`
+	Session       string  `protobuf:"bytes,8,opt,name=session,proto3" json:"session,omitempty"` // the DetectStream's session ("" if private) or the OTLP resource's
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OutlierEvent) Reset() {
+	*x = OutlierEvent{}
+	mi := &file_outliers_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OutlierEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OutlierEvent) ProtoMessage() {}
+
+func (x *OutlierEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_outliers_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OutlierEvent.ProtoReflect.Descriptor instead.
+func (*OutlierEvent) Descriptor() ([]byte, []int) {
+	return file_outliers_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *OutlierEvent) GetSeries() string {
+	if x != nil {
+		return x.Series
+	}
+	return ""
+}
+
+func (x *OutlierEvent) GetValue() float64 {
+	if x != nil {
+		return x.Value
+	}
+	return 0
+}
+
+func (x *OutlierEvent) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *OutlierEvent) GetMean() float64 {
+	if x != nil {
+		return x.Mean
+	}
+	return 0
+}
+
+func (x *OutlierEvent) GetStddev() float64 {
+	if x != nil {
+		return x.Stddev
+	}
+	return 0
+}
+
+func (x *OutlierEvent) GetZscore() float64 {
+	if x != nil {
+		return x.Zscore
+	}
+	return 0
+}
+
+func (x *OutlierEvent) GetOrigin() Origin {
+	if x != nil {
+		return x.Origin
+	}
+	return Origin_ORIGIN_UNSPECIFIED
+}
+
+func (x *OutlierEvent) GetSession() string {
+	if x != nil {
+		return x.Session
+	}
+	return ""
+}
+
+// Events this subscriber missed: its queue was full (it read too slowly), or the bus between workers or
+// replicas lost them. Sent as soon as the subscriber's queue has room again.
+type Dropped struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Count         uint64                 `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"` // outliers missed since the previous Dropped notice
+	Total         uint64                 `protobuf:"varint,2,opt,name=total,proto3" json:"total,omitempty"` // missed since the subscription began
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Dropped) Reset() {
+	*x = Dropped{}
+	mi := &file_outliers_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Dropped) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Dropped) ProtoMessage() {}
+
+func (x *Dropped) ProtoReflect() protoreflect.Message {
+	mi := &file_outliers_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Dropped.ProtoReflect.Descriptor instead.
+func (*Dropped) Descriptor() ([]byte, []int) {
+	return file_outliers_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *Dropped) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *Dropped) GetTotal() uint64 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+// One message of a Watch stream. A oneof, so later kinds of event can be added without breaking clients
+// (a client that does not know a kind sees an empty event and skips it).
+type WatchEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Event:
+	//
+	//	*WatchEvent_Outlier
+	//	*WatchEvent_Dropped
+	Event         isWatchEvent_Event `protobuf_oneof:"event"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEvent) Reset() {
+	*x = WatchEvent{}
+	mi := &file_outliers_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEvent) ProtoMessage() {}
+
+func (x *WatchEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_outliers_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
+func (*WatchEvent) Descriptor() ([]byte, []int) {
+	return file_outliers_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *WatchEvent) GetEvent() isWatchEvent_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *WatchEvent) GetOutlier() *OutlierEvent {
+	if x != nil {
+		if x, ok := x.Event.(*WatchEvent_Outlier); ok {
+			return x.Outlier
+		}
+	}
+	return nil
+}
+
+func (x *WatchEvent) GetDropped() *Dropped {
+	if x != nil {
+		if x, ok := x.Event.(*WatchEvent_Dropped); ok {
+			return x.Dropped
+		}
+	}
+	return nil
+}
+
+type isWatchEvent_Event interface {
+	isWatchEvent_Event()
+}
+
+type WatchEvent_Outlier struct {
+	Outlier *OutlierEvent `protobuf:"bytes,1,opt,name=outlier,proto3,oneof"`
+}
+
+type WatchEvent_Dropped struct {
+	Dropped *Dropped `protobuf:"bytes,2,opt,name=dropped,proto3,oneof"`
+}
+
+func (*WatchEvent_Outlier) isWatchEvent_Event() {}
+
+func (*WatchEvent_Dropped) isWatchEvent_Event() {}
+
 var File_outliers_proto protoreflect.FileDescriptor
 
 const file_outliers_proto_rawDesc = "" +
@@ -768,7 +1113,28 @@ const file_outliers_proto_rawDesc = "" +
 	"\vdurable_seq\x18\x06 \x01(\x04R\n" +
 	"durableSeq\x12\x1c\n" +
 	"\tephemeral\x18\a \x01(\bR\tephemeral\x12\x1c\n" +
-	"\tforgotten\x18\b \x01(\bR\tforgotten*`\n" +
+	"\tforgotten\x18\b \x01(\bR\tforgotten\"@\n" +
+	"\fWatchRequest\x12\x18\n" +
+	"\asession\x18\x01 \x01(\tR\asession\x12\x16\n" +
+	"\x06prefix\x18\x02 \x01(\tR\x06prefix\"\xee\x01\n" +
+	"\fOutlierEvent\x12\x16\n" +
+	"\x06series\x18\x01 \x01(\tR\x06series\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value\x12.\n" +
+	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
+	"\x04mean\x18\x04 \x01(\x01R\x04mean\x12\x16\n" +
+	"\x06stddev\x18\x05 \x01(\x01R\x06stddev\x12\x16\n" +
+	"\x06zscore\x18\x06 \x01(\x01R\x06zscore\x12\"\n" +
+	"\x06origin\x18\a \x01(\x0e2\n" +
+	".pb.OriginR\x06origin\x12\x18\n" +
+	"\asession\x18\b \x01(\tR\asession\"5\n" +
+	"\aDropped\x12\x14\n" +
+	"\x05count\x18\x01 \x01(\x04R\x05count\x12\x14\n" +
+	"\x05total\x18\x02 \x01(\x04R\x05total\"l\n" +
+	"\n" +
+	"WatchEvent\x12,\n" +
+	"\aoutlier\x18\x01 \x01(\v2\x10.pb.OutlierEventH\x00R\aoutlier\x12'\n" +
+	"\adropped\x18\x02 \x01(\v2\v.pb.DroppedH\x00R\adroppedB\a\n" +
+	"\x05event*`\n" +
 	"\tDirection\x12\x19\n" +
 	"\x15DIRECTION_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eDIRECTION_BOTH\x10\x01\x12\x10\n" +
@@ -781,10 +1147,15 @@ const file_outliers_proto_rawDesc = "" +
 	"\x04Mode\x12\x14\n" +
 	"\x10MODE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fMODE_CUMULATIVE\x10\x01\x12\x14\n" +
-	"\x10MODE_EXPONENTIAL\x10\x022~\n" +
+	"\x10MODE_EXPONENTIAL\x10\x02*D\n" +
+	"\x06Origin\x12\x16\n" +
+	"\x12ORIGIN_UNSPECIFIED\x10\x00\x12\x11\n" +
+	"\rORIGIN_STREAM\x10\x01\x12\x0f\n" +
+	"\vORIGIN_OTLP\x10\x022\xab\x01\n" +
 	"\bOutliers\x123\n" +
 	"\x06Detect\x12\x13.pb.OutliersRequest\x1a\x14.pb.OutliersResponse\x12=\n" +
-	"\fDetectStream\x12\x13.pb.OutliersRequest\x1a\x14.pb.OutliersResponse(\x010\x01B(Z&github.com/streamer-dev/streamer/go/pbb\x06proto3"
+	"\fDetectStream\x12\x13.pb.OutliersRequest\x1a\x14.pb.OutliersResponse(\x010\x01\x12+\n" +
+	"\x05Watch\x12\x10.pb.WatchRequest\x1a\x0e.pb.WatchEvent0\x01B(Z&github.com/streamer-dev/streamer/go/pbb\x06proto3"
 
 var (
 	file_outliers_proto_rawDescOnce sync.Once
@@ -798,36 +1169,47 @@ func file_outliers_proto_rawDescGZIP() []byte {
 	return file_outliers_proto_rawDescData
 }
 
-var file_outliers_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_outliers_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_outliers_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_outliers_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_outliers_proto_goTypes = []any{
 	(Direction)(0),                // 0: pb.Direction
 	(Score)(0),                    // 1: pb.Score
 	(Mode)(0),                     // 2: pb.Mode
-	(*Metric)(nil),                // 3: pb.Metric
-	(*DetectOptions)(nil),         // 4: pb.DetectOptions
-	(*OutliersRequest)(nil),       // 5: pb.OutliersRequest
-	(*Outlier)(nil),               // 6: pb.Outlier
-	(*OutliersResponse)(nil),      // 7: pb.OutliersResponse
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
+	(Origin)(0),                   // 3: pb.Origin
+	(*Metric)(nil),                // 4: pb.Metric
+	(*DetectOptions)(nil),         // 5: pb.DetectOptions
+	(*OutliersRequest)(nil),       // 6: pb.OutliersRequest
+	(*Outlier)(nil),               // 7: pb.Outlier
+	(*OutliersResponse)(nil),      // 8: pb.OutliersResponse
+	(*WatchRequest)(nil),          // 9: pb.WatchRequest
+	(*OutlierEvent)(nil),          // 10: pb.OutlierEvent
+	(*Dropped)(nil),               // 11: pb.Dropped
+	(*WatchEvent)(nil),            // 12: pb.WatchEvent
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
 }
 var file_outliers_proto_depIdxs = []int32{
-	8, // 0: pb.Metric.time:type_name -> google.protobuf.Timestamp
-	2, // 1: pb.DetectOptions.mode:type_name -> pb.Mode
-	1, // 2: pb.DetectOptions.score:type_name -> pb.Score
-	0, // 3: pb.DetectOptions.direction:type_name -> pb.Direction
-	3, // 4: pb.OutliersRequest.metrics:type_name -> pb.Metric
-	4, // 5: pb.OutliersRequest.options:type_name -> pb.DetectOptions
-	6, // 6: pb.OutliersResponse.outliers:type_name -> pb.Outlier
-	5, // 7: pb.Outliers.Detect:input_type -> pb.OutliersRequest
-	5, // 8: pb.Outliers.DetectStream:input_type -> pb.OutliersRequest
-	7, // 9: pb.Outliers.Detect:output_type -> pb.OutliersResponse
-	7, // 10: pb.Outliers.DetectStream:output_type -> pb.OutliersResponse
-	9, // [9:11] is the sub-list for method output_type
-	7, // [7:9] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	13, // 0: pb.Metric.time:type_name -> google.protobuf.Timestamp
+	2,  // 1: pb.DetectOptions.mode:type_name -> pb.Mode
+	1,  // 2: pb.DetectOptions.score:type_name -> pb.Score
+	0,  // 3: pb.DetectOptions.direction:type_name -> pb.Direction
+	4,  // 4: pb.OutliersRequest.metrics:type_name -> pb.Metric
+	5,  // 5: pb.OutliersRequest.options:type_name -> pb.DetectOptions
+	7,  // 6: pb.OutliersResponse.outliers:type_name -> pb.Outlier
+	13, // 7: pb.OutlierEvent.time:type_name -> google.protobuf.Timestamp
+	3,  // 8: pb.OutlierEvent.origin:type_name -> pb.Origin
+	10, // 9: pb.WatchEvent.outlier:type_name -> pb.OutlierEvent
+	11, // 10: pb.WatchEvent.dropped:type_name -> pb.Dropped
+	6,  // 11: pb.Outliers.Detect:input_type -> pb.OutliersRequest
+	6,  // 12: pb.Outliers.DetectStream:input_type -> pb.OutliersRequest
+	9,  // 13: pb.Outliers.Watch:input_type -> pb.WatchRequest
+	8,  // 14: pb.Outliers.Detect:output_type -> pb.OutliersResponse
+	8,  // 15: pb.Outliers.DetectStream:output_type -> pb.OutliersResponse
+	12, // 16: pb.Outliers.Watch:output_type -> pb.WatchEvent
+	14, // [14:17] is the sub-list for method output_type
+	11, // [11:14] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_outliers_proto_init() }
@@ -836,13 +1218,17 @@ func file_outliers_proto_init() {
 		return
 	}
 	file_outliers_proto_msgTypes[1].OneofWrappers = []any{}
+	file_outliers_proto_msgTypes[8].OneofWrappers = []any{
+		(*WatchEvent_Outlier)(nil),
+		(*WatchEvent_Dropped)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_outliers_proto_rawDesc), len(file_outliers_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   5,
+			NumEnums:      4,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	Outliers_Detect_FullMethodName       = "/pb.Outliers/Detect"
 	Outliers_DetectStream_FullMethodName = "/pb.Outliers/DetectStream"
+	Outliers_Watch_FullMethodName        = "/pb.Outliers/Watch"
 )
 
 // OutliersClient is the client API for Outliers service.
@@ -39,6 +40,12 @@ type OutliersClient interface {
 	// Bidirectional streaming. Keeps running statistics per metric name across the stream (or session) and
 	// answers every request, in order, with the outliers of that batch judged against the series' history.
 	DetectStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[OutliersRequest, OutliersResponse], error)
+	// Server streaming. Every outlier found from now on by any DetectStream (private or on a session) and any
+	// OTLP export (opentelemetry.proto.collector.metrics.v1.MetricsService/Export), by any worker of this server
+	// and, on a shared Redis store, by any replica; filtered by the request. Not the unary Detect's. New
+	// outliers only: nothing found before the call is sent. The server sends its initial metadata once the
+	// subscription is in place, so a client can wait for it before it sends the values it wants to see.
+	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEvent], error)
 }
 
 type outliersClient struct {
@@ -72,6 +79,25 @@ func (c *outliersClient) DetectStream(ctx context.Context, opts ...grpc.CallOpti
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Outliers_DetectStreamClient = grpc.BidiStreamingClient[OutliersRequest, OutliersResponse]
 
+func (c *outliersClient) Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEvent], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Outliers_ServiceDesc.Streams[1], Outliers_Watch_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchRequest, WatchEvent]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Outliers_WatchClient = grpc.ServerStreamingClient[WatchEvent]
+
 // OutliersServer is the server API for Outliers service.
 // All implementations must embed UnimplementedOutliersServer
 // for forward compatibility.
@@ -82,6 +108,12 @@ type OutliersServer interface {
 	// Bidirectional streaming. Keeps running statistics per metric name across the stream (or session) and
 	// answers every request, in order, with the outliers of that batch judged against the series' history.
 	DetectStream(grpc.BidiStreamingServer[OutliersRequest, OutliersResponse]) error
+	// Server streaming. Every outlier found from now on by any DetectStream (private or on a session) and any
+	// OTLP export (opentelemetry.proto.collector.metrics.v1.MetricsService/Export), by any worker of this server
+	// and, on a shared Redis store, by any replica; filtered by the request. Not the unary Detect's. New
+	// outliers only: nothing found before the call is sent. The server sends its initial metadata once the
+	// subscription is in place, so a client can wait for it before it sends the values it wants to see.
+	Watch(*WatchRequest, grpc.ServerStreamingServer[WatchEvent]) error
 	mustEmbedUnimplementedOutliersServer()
 }
 
@@ -97,6 +129,9 @@ func (UnimplementedOutliersServer) Detect(context.Context, *OutliersRequest) (*O
 }
 func (UnimplementedOutliersServer) DetectStream(grpc.BidiStreamingServer[OutliersRequest, OutliersResponse]) error {
 	return status.Error(codes.Unimplemented, "method DetectStream not implemented")
+}
+func (UnimplementedOutliersServer) Watch(*WatchRequest, grpc.ServerStreamingServer[WatchEvent]) error {
+	return status.Error(codes.Unimplemented, "method Watch not implemented")
 }
 func (UnimplementedOutliersServer) mustEmbedUnimplementedOutliersServer() {}
 func (UnimplementedOutliersServer) testEmbeddedByValue()                  {}
@@ -144,6 +179,17 @@ func _Outliers_DetectStream_Handler(srv interface{}, stream grpc.ServerStream) e
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Outliers_DetectStreamServer = grpc.BidiStreamingServer[OutliersRequest, OutliersResponse]
 
+func _Outliers_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(OutliersServer).Watch(m, &grpc.GenericServerStream[WatchRequest, WatchEvent]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Outliers_WatchServer = grpc.ServerStreamingServer[WatchEvent]
+
 // Outliers_ServiceDesc is the grpc.ServiceDesc for Outliers service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -162,6 +208,11 @@ var Outliers_ServiceDesc = grpc.ServiceDesc{
 			Handler:       _Outliers_DetectStream_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "Watch",
+			Handler:       _Outliers_Watch_Handler,
+			ServerStreams: true,
 		},
 	},
 	Metadata: "outliers.proto",

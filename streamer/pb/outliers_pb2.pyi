@@ -28,6 +28,12 @@ class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODE_UNSPECIFIED: _ClassVar[Mode]
     MODE_CUMULATIVE: _ClassVar[Mode]
     MODE_EXPONENTIAL: _ClassVar[Mode]
+
+class Origin(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ORIGIN_UNSPECIFIED: _ClassVar[Origin]
+    ORIGIN_STREAM: _ClassVar[Origin]
+    ORIGIN_OTLP: _ClassVar[Origin]
 DIRECTION_UNSPECIFIED: Direction
 DIRECTION_BOTH: Direction
 DIRECTION_UP: Direction
@@ -38,6 +44,9 @@ SCORE_LIKELIHOOD: Score
 MODE_UNSPECIFIED: Mode
 MODE_CUMULATIVE: Mode
 MODE_EXPONENTIAL: Mode
+ORIGIN_UNSPECIFIED: Origin
+ORIGIN_STREAM: Origin
+ORIGIN_OTLP: Origin
 
 class Metric(_message.Message):
     __slots__ = ("time", "name", "value")
@@ -134,3 +143,47 @@ class OutliersResponse(_message.Message):
     ephemeral: bool
     forgotten: bool
     def __init__(self, indices: _Optional[_Iterable[int]] = ..., outliers: _Optional[_Iterable[_Union[Outlier, _Mapping]]] = ..., batch: _Optional[int] = ..., duplicate: _Optional[bool] = ..., applied_seq: _Optional[int] = ..., durable_seq: _Optional[int] = ..., ephemeral: _Optional[bool] = ..., forgotten: _Optional[bool] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("session", "prefix")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    session: str
+    prefix: str
+    def __init__(self, session: _Optional[str] = ..., prefix: _Optional[str] = ...) -> None: ...
+
+class OutlierEvent(_message.Message):
+    __slots__ = ("series", "value", "time", "mean", "stddev", "zscore", "origin", "session")
+    SERIES_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    STDDEV_FIELD_NUMBER: _ClassVar[int]
+    ZSCORE_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    series: str
+    value: float
+    time: _timestamp_pb2.Timestamp
+    mean: float
+    stddev: float
+    zscore: float
+    origin: Origin
+    session: str
+    def __init__(self, series: _Optional[str] = ..., value: _Optional[float] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., mean: _Optional[float] = ..., stddev: _Optional[float] = ..., zscore: _Optional[float] = ..., origin: _Optional[_Union[Origin, str]] = ..., session: _Optional[str] = ...) -> None: ...
+
+class Dropped(_message.Message):
+    __slots__ = ("count", "total")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    total: int
+    def __init__(self, count: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
+
+class WatchEvent(_message.Message):
+    __slots__ = ("outlier", "dropped")
+    OUTLIER_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    outlier: OutlierEvent
+    dropped: Dropped
+    def __init__(self, outlier: _Optional[_Union[OutlierEvent, _Mapping]] = ..., dropped: _Optional[_Union[Dropped, _Mapping]] = ...) -> None: ...

@@ -44,6 +44,11 @@ class OutliersStub:
                 request_serializer=outliers__pb2.OutliersRequest.SerializeToString,
                 response_deserializer=outliers__pb2.OutliersResponse.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/pb.Outliers/Watch',
+                request_serializer=outliers__pb2.WatchRequest.SerializeToString,
+                response_deserializer=outliers__pb2.WatchEvent.FromString,
+                _registered_method=True)
 
 
 class OutliersServicer:
@@ -65,6 +70,17 @@ class OutliersServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Watch(self, request, context):
+        """Server streaming. Every outlier found from now on by any DetectStream (private or on a session) and any
+        OTLP export (opentelemetry.proto.collector.metrics.v1.MetricsService/Export), by any worker of this server
+        and, on a shared Redis store, by any replica; filtered by the request. Not the unary Detect's. New
+        outliers only: nothing found before the call is sent. The server sends its initial metadata once the
+        subscription is in place, so a client can wait for it before it sends the values it wants to see.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OutliersServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +93,11 @@ def add_OutliersServicer_to_server(servicer, server):
                     servicer.DetectStream,
                     request_deserializer=outliers__pb2.OutliersRequest.FromString,
                     response_serializer=outliers__pb2.OutliersResponse.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=outliers__pb2.WatchRequest.FromString,
+                    response_serializer=outliers__pb2.WatchEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -133,6 +154,33 @@ class Outliers:
             '/pb.Outliers/DetectStream',
             outliers__pb2.OutliersRequest.SerializeToString,
             outliers__pb2.OutliersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pb.Outliers/Watch',
+            outliers__pb2.WatchRequest.SerializeToString,
+            outliers__pb2.WatchEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,348 @@
+"""OTLP metrics ingest: an ExportMetricsServiceRequest's data points -> series keys -> the stream pipeline.
+
+Each resource's series are one session, named by the resource's identifying attributes ("otlp:" and their
+canonical text), judged with the --otlp-* options in stream semantics by the same kernels as a DetectStream,
+and kept in the store like any session. Each export takes the session's lease, loads the stored state when it
+is newer, judges, writes the state through and releases the lease, so any worker or replica can take the
+next export. Keys and values are described in the README ("OTLP ingest").
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Callable
+
+import numpy as np
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as otlp_service
+from opentelemetry.proto.metrics.v1 import metrics_pb2
+
+from streamer import kernels, rates
+from streamer.detector import MAX_NAME_BYTES, Params
+from streamer.errors import InvalidArgument, Unavailable
+from streamer.series import SeriesLimitError
+from streamer.state import MODE_EXPONENTIAL, SeriesState, SessionError, SessionRegistry
+from streamer.watch import ORIGIN_OTLP, flagged
+
+SERVICE_NAME = "opentelemetry.proto.collector.metrics.v1.MetricsService"
+# Resource attributes that name a series' source; the others (process.pid, telemetry.sdk.version, ...) change
+# with every restart or upgrade and would reset every baseline (shared/DECISIONS.md).
+DEFAULT_RESOURCE_ATTRIBUTES = ("service.namespace", "service.name", "host.name", "k8s.pod.name", "container.name")
+KEY_CACHE = 200_000  # series keys remembered (about 300 bytes each); past it the cache starts again
+LEASE_WAIT = 5.0  # seconds an export waits for its resource's session, held by another export, before UNAVAILABLE
+_DELTA, _CUMULATIVE = metrics_pb2.AGGREGATION_TEMPORALITY_DELTA, metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
+_NO_RECORDED_VALUE = metrics_pb2.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
+
+
+class OtlpState(SeriesState):
+    """A session's SeriesState plus the last cumulative point of each series (for rates and histogram means).
+    Bytes per series: 32 more than a stream's (last value, count, time and start time)."""
+
+    ARRAYS = SeriesState.ARRAYS + ("last_value", "last_count", "last_time", "last_start")
+
+    def __init__(self, mode: int, max_series: int, capacity: int = 64):
+        super().__init__(mode, max_series, capacity)
+        self.last_value = np.zeros(capacity, dtype=np.float64)
+        self.last_count = np.zeros(capacity, dtype=np.float64)
+        self.last_time = np.zeros(capacity, dtype=np.int64)
+        self.last_start = np.zeros(capacity, dtype=np.int64)
+
+
+def _text(v) -> str:
+    """An AnyValue in the key's text form: strings quoted (\\, " and newlines escaped), numbers and booleans
+    as written in JSON, arrays and maps in brackets and braces."""
+    kind = v.WhichOneof("value")
+    if kind == "string_value":
+        return '"' + v.string_value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if kind == "bool_value":
+        return "true" if v.bool_value else "false"
+    if kind == "int_value":
+        return str(v.int_value)
+    if kind == "double_value":
+        return repr(v.double_value)
+    if kind == "bytes_value":
+        return '"' + v.bytes_value.hex() + '"'
+    if kind == "array_value":
+        return "[" + ",".join(_text(x) for x in v.array_value.values) + "]"
+    if kind == "kvlist_value":
+        pairs = sorted(v.kvlist_value.values, key=lambda kv: kv.key)
+        return "{" + ",".join(f"{kv.key}={_text(kv.value)}" for kv in pairs) + "}"
+    return '""'
+
+
+def labels(pairs: dict[str, str]) -> str:
+    """`{a="1",b="x"}` from key -> text, sorted by key; "" when there are none."""
+    return "{" + ",".join(f"{k}={pairs[k]}" for k in sorted(pairs)) + "}" if pairs else ""
+
+
+def resource_identity(resource, keys: tuple[str, ...]) -> dict[str, str]:
+    wanted = set(keys)
+    return {kv.key: _text(kv.value) for kv in resource.attributes if kv.key in wanted}
+
+
+def series_key(metric: str, resource: dict[str, str], attributes) -> str:
+    """metric{attr="v",...}: the point's attributes and the resource's identifying ones, sorted (a point's
+    attribute wins over a resource's of the same name)."""
+    pairs = dict(resource)
+    for kv in attributes:
+        pairs[kv.key] = _text(kv.value)
+    return metric + labels(pairs)
+
+
+@dataclasses.dataclass
+class _Resource:
+    """The points of one resource, as columns."""
+
+    session: str
+    keys: list = dataclasses.field(default_factory=list)
+    kind: list = dataclasses.field(default_factory=list)
+    value: list = dataclasses.field(default_factory=list)
+    count: list = dataclasses.field(default_factory=list)
+    time: list = dataclasses.field(default_factory=list)
+    start: list = dataclasses.field(default_factory=list)
+    encoded: list = dataclasses.field(default_factory=list)  # the keys' UTF-8, once checked
+    keep: list = dataclasses.field(default_factory=list)     # positions of the keys within the length limit
+
+
+class _Rejected:
+    """What partial_success reports: the points not judged, by reason, with the first metric of each."""
+
+    def __init__(self) -> None:
+        self.reasons: dict[str, list] = {}
+
+    def add(self, reason: str, metric: str, n: int = 1) -> None:
+        entry = self.reasons.setdefault(reason, [0, metric])
+        entry[0] += n
+
+    @property
+    def count(self) -> int:
+        return sum(n for n, _ in self.reasons.values())
+
+    def message(self) -> str:
+        return "; ".join(f"{n} data point(s) {reason} (first: metric {metric!r})"
+                         for reason, (n, metric) in self.reasons.items())
+
+
+class OtlpIngest:
+    """MetricsService/Export over raw request bytes: returns the ExportMetricsServiceResponse's bytes."""
+
+    def __init__(self, sessions: SessionRegistry, params: Params, max_series: int,
+                 resource_attributes: tuple[str, ...] = DEFAULT_RESOURCE_ATTRIBUTES, hub=None,
+                 on_batch: Callable[[int, int], None] = lambda metrics, outliers: None):
+        self.sessions = sessions
+        self.params = params
+        self.max_series = max_series
+        self.resource_attributes = tuple(resource_attributes)
+        self.hub = hub
+        self.on_batch = on_batch
+        self._keys: dict = {}  # (session, metric, attribute bytes) -> series key; see _key_cache
+        self.options = ", ".join(f"{f.name}={getattr(params, f.name)}" for f in dataclasses.fields(params))
+
+    def export(self, request: bytes) -> bytes:
+        try:
+            req = otlp_service.ExportMetricsServiceRequest.FromString(request)
+        except DecodeError as exc:
+            raise InvalidArgument(f"Export: the request is not an ExportMetricsServiceRequest ({exc})") from None
+        rejected = _Rejected()
+        resources = [r for r in self._columns(req, rejected) if self._checked(r, rejected)]
+        events = self._judge(resources, rejected)
+        if events and self.hub is not None and self.hub.active:
+            self.hub.publish(events)
+        resp = otlp_service.ExportMetricsServiceResponse()
+        if rejected.count:
+            resp.partial_success.rejected_data_points = rejected.count
+            resp.partial_success.error_message = rejected.message()
+        return resp.SerializeToString()
+
+    def _columns(self, req, rejected: _Rejected) -> list[_Resource]:
+        by_session: dict[str, _Resource] = {}
+        for rm in req.resource_metrics:
+            identity = resource_identity(rm.resource, self.resource_attributes)
+            name = "otlp:" + (labels(identity) or "{}")
+            res = by_session.setdefault(name, _Resource(name))
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    self._points(m, identity, res, rejected, self._key_cache(name, identity))
+        return [r for r in by_session.values() if r.keys]
+
+    def _key_cache(self, session: str, identity: dict[str, str]) -> Callable:
+        """key(metric, attributes) for one resource: series_key, remembered by the attributes' bytes (an
+        exporter sends the same label sets every interval, and building the text is most of an export's cost)."""
+        cache = self._keys
+        if len(cache) > KEY_CACHE:
+            cache.clear()
+
+        def key(metric: str, attributes) -> str:
+            raw = (session, metric, b"".join([kv.SerializeToString() for kv in attributes]))
+            text = cache.get(raw)
+            if text is None:
+                text = cache[raw] = series_key(metric, identity, attributes)
+            return text
+        return key
+
+    @staticmethod
+    def _points(m, identity: dict[str, str], res: _Resource, rejected: _Rejected, key: Callable) -> None:
+        data = m.WhichOneof("data")
+        if data in ("gauge", "sum"):
+            points = getattr(m, data).data_points
+            kind = rates.GAUGE
+            if data == "sum":
+                temporality = m.sum.aggregation_temporality
+                if temporality == _DELTA:
+                    kind = rates.DELTA
+                elif temporality != _CUMULATIVE:
+                    rejected.add("of a Sum without an aggregation temporality are not judged", m.name,
+                                 len(points))
+                    return
+                elif m.sum.is_monotonic:
+                    kind = rates.CUMULATIVE
+            for p in points:
+                which = p.WhichOneof("value")
+                x = p.as_double if which == "as_double" else float(p.as_int) if which == "as_int" else math.nan
+                if which is None or p.flags & _NO_RECORDED_VALUE or not math.isfinite(x):
+                    rejected.add("had no value, or NaN or an infinity, and were skipped", m.name)
+                    continue
+                if kind == rates.DELTA and not 0 < p.start_time_unix_nano < p.time_unix_nano:
+                    rejected.add("of a delta Sum had no interval (start time at or after the time) and were "
+                                 "skipped", m.name)
+                    continue
+                res.keys.append(key(m.name, p.attributes))
+                res.kind.append(kind)
+                res.value.append(x)
+                res.count.append(0.0)
+                res.time.append(p.time_unix_nano)
+                res.start.append(p.start_time_unix_nano)
+        elif data == "histogram":
+            temporality = m.histogram.aggregation_temporality
+            if temporality not in (_DELTA, _CUMULATIVE):
+                rejected.add("of a Histogram without an aggregation temporality are not judged", m.name,
+                             len(m.histogram.data_points))
+                return
+            kind = rates.HIST_DELTA if temporality == _DELTA else rates.HIST_CUMULATIVE
+            for p in m.histogram.data_points:
+                if not p.HasField("sum") or p.flags & _NO_RECORDED_VALUE or not math.isfinite(p.sum):
+                    rejected.add("of a Histogram had no sum, or NaN, and were skipped", m.name)
+                    continue
+                if kind == rates.HIST_DELTA and p.count == 0:
+                    continue  # nothing was observed in the interval: no value, nothing wrong
+                res.keys.append(key(m.name, p.attributes))
+                res.kind.append(kind)
+                res.value.append(p.sum)
+                res.count.append(float(p.count))
+                res.time.append(p.time_unix_nano)
+                res.start.append(p.start_time_unix_nano)
+        elif data is not None:
+            n = len(getattr(m, data).data_points)
+            rejected.add(f"of type {data} are not judged (only Gauge, Sum and Histogram are)", m.name, n)
+
+    @staticmethod
+    def _checked(res: _Resource, rejected: _Rejected) -> bool:
+        """Drop the keys over the length limit (counted); False when nothing of the resource is left."""
+        if len(res.session.encode()) > MAX_NAME_BYTES:
+            rejected.add(f"had a resource whose session name is over {MAX_NAME_BYTES} bytes", res.keys[0],
+                         len(res.keys))
+            return False
+        res.encoded = [k.encode() for k in res.keys]
+        res.keep = [i for i, k in enumerate(res.encoded) if len(k) <= MAX_NAME_BYTES]
+        if len(res.keep) < len(res.encoded):
+            first = next(res.keys[i] for i, k in enumerate(res.encoded) if len(k) > MAX_NAME_BYTES)
+            rejected.add(f"had a series key over {MAX_NAME_BYTES} bytes", first[:80], len(res.encoded) - len(res.keep))
+        return bool(res.keep)
+
+    def _judge(self, resources: list[_Resource], rejected: _Rejected) -> list:
+        """Judge every resource's points on its session: take every lease (in name order, so two exports never
+        wait on each other) and load what is newer, judge, write through, release. A lease that cannot be had
+        fails the whole export with UNAVAILABLE before anything is judged (the exporter sends it again)."""
+        attached = []
+        try:
+            for res in sorted(resources, key=lambda r: r.session):
+                session = self._attach(res.session, rejected, len(res.keys))
+                if session is not None:
+                    attached.append((res, session))
+        except BaseException:
+            for _, session in attached:
+                self.sessions.detach(session)
+            raise
+        events: list = []
+        done = []
+        try:
+            for res, session in attached:
+                with session.lock:  # a snapshot never sees half an export
+                    events += self._apply(session.state, res, [res.encoded[i] for i in res.keep], res.keep,
+                                          rejected)
+                    session.changed = True
+        finally:
+            for _, session in attached:
+                done.append(self.sessions.detach(session))
+        for future in done:
+            future.result()  # written through and released: the next export may go to any worker or replica
+        return events
+
+    def _attach(self, name: str, rejected: _Rejected, n: int):
+        deadline = time.monotonic() + LEASE_WAIT
+        while True:
+            try:
+                return self.sessions.attach(name, self.params.mode, self.options, state_class=OtlpState)
+            except SessionError as exc:
+                if exc.kind == "busy" and time.monotonic() < deadline:
+                    time.sleep(0.005)  # another export of this resource is being judged: it takes milliseconds
+                    continue
+                if exc.kind in ("busy", "store"):
+                    raise Unavailable(f"Export: {exc}") from None
+                rejected.add(f"were not judged: {exc}", name, n)
+                return None
+
+    def _apply(self, state: OtlpState, res: _Resource, encoded: list[bytes], keep: list[int],
+               rejected: _Rejected) -> list:
+        lengths = np.fromiter((len(k) for k in encoded), dtype=np.int64, count=len(encoded))
+        starts = np.zeros(len(encoded), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        buf = b"".join(encoded)
+        ids, accepted = _intern_within_limit(state.table, buf, starts, lengths)
+        if len(accepted) < len(keep):
+            rejected.add(f"were over the series limit of {state.table.limit} series (--max-series) of their "
+                         f"resource", res.keys[keep[int(np.flatnonzero(ids < 0)[0])]], len(keep) - len(accepted))
+        rows = np.asarray(keep, dtype=np.int64)[accepted]
+        ids = ids[accepted]
+        state.reserve(len(state.table))
+        kind = np.asarray(res.kind, dtype=np.int64)[rows]
+        value = np.asarray(res.value, dtype=np.float64)[rows]
+        count = np.asarray(res.count, dtype=np.float64)[rows]
+        times = np.asarray(res.time, dtype=np.int64)[rows]
+        start = np.asarray(res.start, dtype=np.int64)[rows]
+        judged = np.empty(len(ids), dtype=np.float64)
+        rates.derive(kind, ids, value, count, times, start, state.last_value, state.last_count, state.last_time,
+                     state.last_start, judged)
+        n = len(ids)
+        idx, mean, std, z = (np.empty(n, dtype=np.int32), np.empty(n), np.empty(n), np.empty(n))
+        p = self.params
+        if p.mode == MODE_EXPONENTIAL:
+            k = kernels.ewm_update(ids, judged, state.count, state.mean, state.spread, p.alpha, p.threshold,
+                                   p.warmup, p.exclude_outliers, idx, mean, std, z)
+        else:
+            k = kernels.welford_update(ids, judged, state.count, state.mean, state.spread, p.threshold, p.warmup,
+                                       p.exclude_outliers, idx, mean, std, z)
+        self.on_batch(n, k)
+        if not k or self.hub is None or not self.hub.active:
+            return []
+        return flagged(state.table.name, ids, judged, times, idx[:k], mean, std, z, ORIGIN_OTLP, res.session)
+
+
+def _intern_within_limit(table, buf: bytes, starts: np.ndarray, lengths: np.ndarray):
+    """Slots of every key (-1 for those past the table's limit), and the positions of the accepted ones. Keys
+    of series the table knows are always accepted; new ones while there is room, in order."""
+    try:
+        ids = table.intern(buf, starts, lengths)
+        return ids, np.arange(len(ids))
+    except SeriesLimitError as exc:
+        first = exc.index
+    ids = np.full(len(starts), -1, dtype=np.int64)
+    if first:
+        ids[:first] = table.intern(buf, starts[:first], lengths[:first])
+    for i in range(first, len(starts)):  # the table is full: only known keys get a slot (rare, and per key)
+        try:
+            ids[i] = table.intern(buf, starts[i:i + 1], lengths[i:i + 1])[0]
+        except SeriesLimitError:
+            pass
+    return ids, np.flatnonzero(ids >= 0)

@@ -1,0 +1,199 @@
+"""Outlier fan-out for Watch: one bounded queue per subscriber, what a slow one misses counted and told to it.
+
+The detectors call `Hub.publish` only when `Hub.active` is true (a plain attribute: someone watches here, or a
+bus says someone watches in another worker or replica), so detection pays one attribute read per batch with
+outliers when nobody watches. Publishing may happen on any thread (large batches and OTLP exports run on
+worker threads); subscribers are served on the event loop. The bus to other workers and replicas is in
+streamer/bus.py.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+from typing import Iterable, NamedTuple
+
+import numpy as np
+
+from streamer.pb import outliers_pb2 as pb
+
+ORIGIN_STREAM = pb.ORIGIN_STREAM
+ORIGIN_OTLP = pb.ORIGIN_OTLP
+QUEUE_LIMIT = 1024  # events a subscriber may have unsent before newer ones are dropped (and counted)
+
+
+class Event(NamedTuple):
+    """One flagged value (OutlierEvent's fields)."""
+
+    series: str
+    value: float
+    time_ns: int   # the value's time, nanoseconds since the epoch
+    mean: float
+    stddev: float
+    zscore: float
+    origin: int
+    session: str
+
+    def message(self) -> pb.WatchEvent:
+        o = pb.OutlierEvent(series=self.series, value=self.value, mean=self.mean, stddev=self.stddev,
+                            zscore=self.zscore, origin=self.origin, session=self.session)
+        o.time.seconds, o.time.nanos = divmod(int(self.time_ns), 1_000_000_000)
+        return pb.WatchEvent(outlier=o)
+
+
+def flagged(names, ids, values, times, idx, mean, std, z, origin: int, session: str) -> list[Event]:
+    """Events of the flagged rows idx[:k] of a batch (the kernels' outputs mean/std/z are per flagged row);
+    `names(slot)` gives a series' key as bytes; a time of 0 becomes now."""
+    now = time.time_ns()
+    rows = np.asarray(idx)
+    slots = np.asarray(ids)[rows].tolist()
+    ts = np.asarray(times)[rows].tolist()
+    vs = np.asarray(values)[rows].tolist()
+    return [Event(names(s).decode("utf-8", "replace"), v, t or now, m, d, zz, origin, session)
+            for s, v, t, m, d, zz in zip(slots, vs, ts, np.asarray(mean)[:len(rows)].tolist(),
+                                         np.asarray(std)[:len(rows)].tolist(), np.asarray(z)[:len(rows)].tolist())]
+
+
+class _Dropped:
+    __slots__ = ("count", "total")
+
+    def __init__(self, count: int, total: int):
+        self.count = count
+        self.total = total
+
+
+class Subscriber:
+    """One Watch call: its filter and its queue. Touched only on the event loop's thread."""
+
+    def __init__(self, session: str = "", prefix: str = "", limit: int = QUEUE_LIMIT):
+        self.session = session
+        self.prefix = prefix
+        self.limit = limit
+        self.queue: collections.deque = collections.deque()
+        self.missed = 0        # dropped since the last notice was queued
+        self.total_missed = 0  # since the subscription began
+        self.wake = asyncio.Event()
+        self.closed = False
+
+    def wants(self, e: Event) -> bool:
+        return (not self.session or e.session == self.session) and e.series.startswith(self.prefix)
+
+    def offer(self, events: Iterable[Event], lost: int = 0) -> None:
+        """Queue what this subscriber wants of `events`; `lost`: events the bus lost (told as missed)."""
+        self.missed += lost
+        self.total_missed += lost
+        added = False
+        for e in events:
+            if not self.wants(e):
+                continue
+            if len(self.queue) >= self.limit:
+                self.missed += 1
+                self.total_missed += 1
+                continue
+            if self.missed:  # the notice goes where the gap is
+                self.queue.append(_Dropped(self.missed, self.total_missed))
+                self.missed = 0
+            self.queue.append(e)
+            added = True
+        if added or lost:
+            self.wake.set()
+
+    async def messages(self):
+        """The stream's messages (serialized WatchEvents), until close()."""
+        while True:
+            while self.queue:
+                item = self.queue.popleft()
+                if isinstance(item, _Dropped):
+                    yield self._notice(item.count, item.total)
+                else:
+                    yield item.message().SerializeToString()
+            if self.missed:
+                count, self.missed = self.missed, 0
+                yield self._notice(count, self.total_missed)
+                continue
+            if self.closed:
+                return
+            self.wake.clear()
+            await self.wake.wait()
+
+    @staticmethod
+    def _notice(count: int, total: int) -> bytes:
+        return pb.WatchEvent(dropped=pb.Dropped(count=count, total=total)).SerializeToString()
+
+    def close(self) -> None:
+        self.closed = True
+        self.wake.set()
+
+
+class Hub:
+    """The subscribers of one server process, and the bus (streamer/bus.py) to the others."""
+
+    def __init__(self, bus=None):
+        self._subs: set[Subscriber] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self.bus = bus
+        self.active = False   # someone watches, here or (the bus says) elsewhere: detectors check this first
+        self._lock = threading.Lock()  # protects `active`'s recomputation from the bus's thread and the loop's
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        if self.bus is not None:
+            self.bus.start(self)
+
+    def __len__(self) -> int:
+        return len(self._subs)
+
+    def refresh(self) -> None:
+        """Recompute `active` (the bus calls this when the count of remote watchers changes)."""
+        with self._lock:
+            self.active = bool(self._subs) or (self.bus is not None and self.bus.remote_watchers() > 0)
+
+    def subscribe(self, session: str = "", prefix: str = "", limit: int = QUEUE_LIMIT) -> Subscriber:
+        sub = Subscriber(session, prefix, limit)
+        self._subs.add(sub)
+        self._changed()
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self._subs.discard(sub)
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.bus is not None:
+            self.bus.local_watchers(len(self._subs))
+        self.refresh()
+
+    def publish(self, events: list[Event]) -> None:
+        """Hand `events` to every subscriber here and to the bus; any thread."""
+        if not events:
+            return
+        if self.bus is not None:
+            self.bus.send(events)
+        self.receive(events)
+
+    def receive(self, events: list[Event], lost: int = 0) -> None:
+        """Deliver to this process's subscribers (from publish, or from the bus); any thread."""
+        if not self._subs or self._loop is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            self._deliver(events, lost)
+        else:
+            try:
+                self._loop.call_soon_threadsafe(self._deliver, events, lost)
+            except RuntimeError:  # the loop is closed: the server has stopped
+                pass
+
+    def _deliver(self, events: list[Event], lost: int) -> None:
+        for sub in list(self._subs):
+            sub.offer(events, lost)
+
+    def close(self) -> int:
+        """Shutdown: end every Watch stream (each sends what it has queued first); returns how many."""
+        for sub in list(self._subs):
+            sub.close()
+        if self.bus is not None:
+            self.bus.close()
+        return len(self._subs)
