@@ -180,12 +180,14 @@ class Client:
                                timeout=timeout)
         return stream.results(lambda resp, n: Result.from_response(resp)._replace(batch=n))
 
-    def watch(self, *, session: str = "", prefix: str = "", timeout: float | None = None) -> "Watch":
+    def watch(self, *, session: str = "", prefix: str = "", kinds: int = pb.WATCH_OUTLIERS,
+              timeout: float | None = None) -> "Watch":
         """Subscribe to Watch: every outlier the server finds from now on (any stream, session or OTLP export,
         any worker, and on a shared Redis any replica), filtered by `session` and series-key `prefix`.
         Returns once the subscription is in place; iterate the result for pb.WatchEvent messages (`outlier`,
-        or `dropped`: how many this subscriber missed by reading too slowly). `timeout`: of the whole call."""
-        call = self._stub.Watch(pb.WatchRequest(session=session, prefix=prefix), timeout=timeout)
+        or `dropped`: how many this subscriber missed by reading too slowly; with `kinds` pb.WATCH_EPISODES or
+        pb.WATCH_ALL, `episode` events too). `timeout`: of the whole call."""
+        call = self._stub.Watch(pb.WatchRequest(session=session, prefix=prefix, kinds=kinds), timeout=timeout)
         try:
             call.initial_metadata()  # sent by the server once the subscription is in place
         except grpc.RpcError as exc:

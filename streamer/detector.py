@@ -409,7 +409,8 @@ class StreamDetector:
         return f"session {self._session_name}" if self._session_name else "stream"
 
     def _announce(self, ev, stats, ids, values, times) -> None:
-        self.on_episodes(episodes.events(ev, stats, ids, values, times, self.state.table, self._source()))
+        self.on_episodes(episodes.events(ev, stats, ids, values, times, self.state.table, self._source(),
+                                         self._session_name))
 
     def _start(self, cols: fused.Head, where: str) -> None:
         params = resolve(cols.options, self.defaults, where)

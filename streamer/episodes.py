@@ -20,11 +20,13 @@ _KINDS = {rules.EPISODE_OPENED: OPENED, rules.EPISODE_UPDATED: UPDATED, rules.EP
 
 
 def events(ev: np.ndarray, stats: np.ndarray, ids: np.ndarray, values: np.ndarray, times: np.ndarray,
-           table: SeriesTable, source: str) -> list[EpisodeEvent]:
+           table: SeriesTable, source: str, session: str = "", origin: int = 1,
+           attributes: Callable[[str], tuple] | None = None) -> list[EpisodeEvent]:
     """The episode changes a batch made (rules.stream_update's ev and ev_stats rows) as events. An episode's id
     is a hash of its source, series and start, so it is the same after a restart; its events are numbered by
     its count of flagged values (opened 0, updated count - 1, resolved count), so each id is unique and a
-    batch replayed after a restart gives the same ids, which receivers drop."""
+    batch replayed after a restart gives the same ids, which receivers drop. `attributes(series)` gives an
+    OTLP series' attributes (for Alertmanager's labels)."""
     out = []
     now = time.time_ns()
     for (row, kind, start, count), (peak_z, peak_value, mu, std, z) in zip(ev.tolist(), stats.tolist()):
@@ -33,7 +35,9 @@ def events(ev: np.ndarray, stats: np.ndarray, ids: np.ndarray, values: np.ndarra
         seq = 0 if kind == rules.EPISODE_OPENED else count - 1 if kind == rules.EPISODE_UPDATED else count
         out.append(EpisodeEvent(_KINDS[kind], episode, seq, series, source, start, count,
                                 float(values[row]), mu, std, z, peak_value, peak_z,
-                                ended_ns=int(times[row]) or now if kind == rules.EPISODE_RESOLVED else 0))
+                                ended_ns=int(times[row]) or now if kind == rules.EPISODE_RESOLVED else 0,
+                                attributes=attributes(series) if attributes else (), session=session,
+                                origin=origin))
     return out
 
 

@@ -234,14 +234,19 @@ class StreamerServer:
         params = detector.resolve(self.config.otlp_options, self.config.defaults, "--otlp-* options")
         bus = self.bus if self.bus is not None else open_bus(self.config.store, self.sessions.owner)
         hub = Hub(bus)
-        ingest = otlp.OtlpIngest(self.sessions, params, self.config.defaults.max_series,
-                                 self.config.otlp_resource_attributes, hub,
-                                 self.metrics.batch_counter("Export") if self.metrics else detector.uncounted)
         throttle = Throttle(self.config.episode_update_seconds)
 
-        def on_episodes(events) -> None:  # from a stream's batch: announce, never wait
-            for event in throttle(events):
+        def on_episodes(events) -> None:  # from a batch or an export: announce, never wait
+            events = throttle(events)
+            for event in events:
                 self.sinks.submit(event)
+            if events and hub.active:
+                hub.publish(events)
+
+        ingest = otlp.OtlpIngest(self.sessions, params, self.config.defaults.max_series,
+                                 self.config.otlp_resource_attributes, hub,
+                                 self.metrics.batch_counter("Export") if self.metrics else detector.uncounted,
+                                 on_episodes)
 
         self.service = OutliersService(self.defaults, self.sessions, self.metrics, hub, ingest, on_episodes)
         server.add_generic_rpc_handlers(self.service.handlers())

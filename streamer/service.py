@@ -176,7 +176,11 @@ class OutliersService:
         if self._closing:
             _fail(context, Unavailable("the server is shutting down; watch another replica or reconnect"))
             return
-        sub = self.hub.subscribe(req.session, req.prefix)
+        if req.kinds not in (pb.WATCH_OUTLIERS, pb.WATCH_EPISODES, pb.WATCH_ALL):
+            self._rejected("Watch", InvalidArgument(f"request: kinds {req.kinds} is not a known WatchKinds"),
+                           context, started)
+            return
+        sub = self.hub.subscribe(req.session, req.prefix, kinds=req.kinds)
         try:
             if self.hub.bus is not None:  # until the other workers or replicas know someone watches here
                 await asyncio.sleep(self.hub.bus.settle)

@@ -113,3 +113,53 @@ def test_an_alertmanager_down_at_first_gets_the_alert_and_streams_are_answered_m
     assert server.terminate() == 0
     assert any("cannot deliver" in line for line in server.log)  # the failure run was logged once
     assert sum("cannot deliver" in line for line in server.log) == 1
+
+
+def test_watch_delivers_episodes_to_those_who_ask_and_outliers_to_the_rest(make_server):
+    from streamer.detector import Defaults
+    from streamer.pb import outliers_pb2 as pb
+    from test_otlp import Watcher, marker
+    server = make_server(defaults=Defaults(episodes=True, resolve_after=3))
+    everything, plain = Watcher(server.addr, kinds=pb.WATCH_ALL), Watcher(server.addr)
+    try:
+        values = [10.0, 11.0, 9.0, 10.0, 11.0, 9.0, 10.0, 11.0, 9.0, 10.0, 11.0, 90.0, 10.0, 11.0, 9.0]
+        with Client(server.addr, timeout=30) as client:
+            list(client.stream([[("pay.latency", v)] for v in values], session="w1"))
+        marker(server.addr)  # a private stream's outlier: after it, everything before has arrived
+        got = everything.until(lambda ev: any(e.outlier.series == "zz.marker" for e in ev))
+        rest = plain.until(lambda ev: any(e.outlier.series == "zz.marker" for e in ev))
+    finally:
+        everything.close()
+        plain.close()
+    episodes = [e.episode for e in got if e.WhichOneof("event") == "episode" and e.episode.series == "pay.latency"]
+    assert [e.kind for e in episodes] == [pb.EpisodeEvent.OPENED, pb.EpisodeEvent.RESOLVED]
+    opened, resolved = episodes
+    assert (opened.source, opened.session, opened.count, opened.value, opened.peak_value) == \
+        ("session w1", "w1", 1, 90.0, 90.0)
+    assert opened.episode == resolved.episode and opened.id != resolved.id and resolved.value == 9.0
+    assert resolved.ended.ToNanoseconds() >= opened.started.ToNanoseconds() > 0
+    assert not [e for e in rest if e.WhichOneof("event") == "episode"]
+    assert [e.outlier.value for e in rest if e.outlier.series == "pay.latency"] == [90.0]
+
+
+def test_an_otlp_spike_fires_with_its_attributes_as_labels(cli_server, receiver):
+    import grpc
+    from test_otlp import EXPORT, gauge, request, svc
+    am = Alertmanager(receiver.url)
+    try:
+        server = cli_server("--alertmanager", am.url, "--resolve-after", "3", "--otlp-warmup", "5")
+        with grpc.insecure_channel(server.addr) as ch:
+            export = ch.unary_unary(EXPORT, request_serializer=svc.ExportMetricsServiceRequest.SerializeToString,
+                                    response_deserializer=svc.ExportMetricsServiceResponse.FromString)
+            for i in range(16):
+                value = 50.0 + (1 if i % 2 else -1) + (500 if i == 12 else 0)
+                export(request(gauge("room.temp", value, i, room="a"), service="spiky"), timeout=30)
+        series = 'room.temp{host.name="h1",room="a",service.name="spiky"}'
+        bodies = receiver.wait(lambda b: alerts_of(b, "resolved", series))
+        alert = alerts_of(bodies, "resolved", series)[0]
+        assert alert["labels"] == {"alertname": "StreamerOutlier", "series": series,
+                                   "source": 'otlp:{host.name="h1",service.name="spiky"}', "host_name": "h1",
+                                   "room": "a", "service_name": "spiky"}
+        assert alert["annotations"]["value"] == "549.0"
+    finally:
+        am.stop()

@@ -185,6 +185,56 @@ func (Mode) EnumDescriptor() ([]byte, []int) {
 	return file_outliers_proto_rawDescGZIP(), []int{2}
 }
 
+// The kinds of event a Watch subscriber receives (Dropped notices always).
+type WatchKinds int32
+
+const (
+	WatchKinds_WATCH_OUTLIERS WatchKinds = 0 // every flagged value (OutlierEvent)
+	WatchKinds_WATCH_EPISODES WatchKinds = 1 // episodes opening, growing and resolving (EpisodeEvent), on a server with --episodes
+	WatchKinds_WATCH_ALL      WatchKinds = 2 // both
+)
+
+// Enum value maps for WatchKinds.
+var (
+	WatchKinds_name = map[int32]string{
+		0: "WATCH_OUTLIERS",
+		1: "WATCH_EPISODES",
+		2: "WATCH_ALL",
+	}
+	WatchKinds_value = map[string]int32{
+		"WATCH_OUTLIERS": 0,
+		"WATCH_EPISODES": 1,
+		"WATCH_ALL":      2,
+	}
+)
+
+func (x WatchKinds) Enum() *WatchKinds {
+	p := new(WatchKinds)
+	*p = x
+	return p
+}
+
+func (x WatchKinds) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (WatchKinds) Descriptor() protoreflect.EnumDescriptor {
+	return file_outliers_proto_enumTypes[3].Descriptor()
+}
+
+func (WatchKinds) Type() protoreflect.EnumType {
+	return &file_outliers_proto_enumTypes[3]
+}
+
+func (x WatchKinds) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use WatchKinds.Descriptor instead.
+func (WatchKinds) EnumDescriptor() ([]byte, []int) {
+	return file_outliers_proto_rawDescGZIP(), []int{3}
+}
+
 // Where an outlier was found.
 type Origin int32
 
@@ -219,11 +269,11 @@ func (x Origin) String() string {
 }
 
 func (Origin) Descriptor() protoreflect.EnumDescriptor {
-	return file_outliers_proto_enumTypes[3].Descriptor()
+	return file_outliers_proto_enumTypes[4].Descriptor()
 }
 
 func (Origin) Type() protoreflect.EnumType {
-	return &file_outliers_proto_enumTypes[3]
+	return &file_outliers_proto_enumTypes[4]
 }
 
 func (x Origin) Number() protoreflect.EnumNumber {
@@ -232,7 +282,59 @@ func (x Origin) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Origin.Descriptor instead.
 func (Origin) EnumDescriptor() ([]byte, []int) {
-	return file_outliers_proto_rawDescGZIP(), []int{3}
+	return file_outliers_proto_rawDescGZIP(), []int{4}
+}
+
+type EpisodeEvent_Kind int32
+
+const (
+	EpisodeEvent_KIND_UNSPECIFIED EpisodeEvent_Kind = 0
+	EpisodeEvent_OPENED           EpisodeEvent_Kind = 1 // at the episode's first flagged value
+	EpisodeEvent_UPDATED          EpisodeEvent_Kind = 2 // at a later flagged value
+	EpisodeEvent_RESOLVED         EpisodeEvent_Kind = 3 // at the resolve_after-th normal value in a row
+)
+
+// Enum value maps for EpisodeEvent_Kind.
+var (
+	EpisodeEvent_Kind_name = map[int32]string{
+		0: "KIND_UNSPECIFIED",
+		1: "OPENED",
+		2: "UPDATED",
+		3: "RESOLVED",
+	}
+	EpisodeEvent_Kind_value = map[string]int32{
+		"KIND_UNSPECIFIED": 0,
+		"OPENED":           1,
+		"UPDATED":          2,
+		"RESOLVED":         3,
+	}
+)
+
+func (x EpisodeEvent_Kind) Enum() *EpisodeEvent_Kind {
+	p := new(EpisodeEvent_Kind)
+	*p = x
+	return p
+}
+
+func (x EpisodeEvent_Kind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (EpisodeEvent_Kind) Descriptor() protoreflect.EnumDescriptor {
+	return file_outliers_proto_enumTypes[5].Descriptor()
+}
+
+func (EpisodeEvent_Kind) Type() protoreflect.EnumType {
+	return &file_outliers_proto_enumTypes[5]
+}
+
+func (x EpisodeEvent_Kind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use EpisodeEvent_Kind.Descriptor instead.
+func (EpisodeEvent_Kind) EnumDescriptor() ([]byte, []int) {
+	return file_outliers_proto_rawDescGZIP(), []int{9, 0}
 }
 
 // One observation of one series.
@@ -759,7 +861,8 @@ type WatchRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Session string                 `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"` // only outliers of this session: a DetectStream's session name, or an OTLP resource's
 	// session (OutlierEvent.session); empty: every session and every private stream
-	Prefix        string `protobuf:"bytes,2,opt,name=prefix,proto3" json:"prefix,omitempty"` // only series whose key starts with these bytes (e.g. "system.cpu." or "CPU")
+	Prefix        string     `protobuf:"bytes,2,opt,name=prefix,proto3" json:"prefix,omitempty"`                   // only series whose key starts with these bytes (e.g. "system.cpu." or "CPU")
+	Kinds         WatchKinds `protobuf:"varint,3,opt,name=kinds,proto3,enum=pb.WatchKinds" json:"kinds,omitempty"` // which events: outliers (the default, as before this field), episodes, or both
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -806,6 +909,13 @@ func (x *WatchRequest) GetPrefix() string {
 		return x.Prefix
 	}
 	return ""
+}
+
+func (x *WatchRequest) GetKinds() WatchKinds {
+	if x != nil {
+		return x.Kinds
+	}
+	return WatchKinds_WATCH_OUTLIERS
 }
 
 // One flagged value, as it was judged.
@@ -973,6 +1083,7 @@ type WatchEvent struct {
 	//
 	//	*WatchEvent_Outlier
 	//	*WatchEvent_Dropped
+	//	*WatchEvent_Episode
 	Event         isWatchEvent_Event `protobuf_oneof:"event"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1033,6 +1144,15 @@ func (x *WatchEvent) GetDropped() *Dropped {
 	return nil
 }
 
+func (x *WatchEvent) GetEpisode() *EpisodeEvent {
+	if x != nil {
+		if x, ok := x.Event.(*WatchEvent_Episode); ok {
+			return x.Episode
+		}
+	}
+	return nil
+}
+
 type isWatchEvent_Event interface {
 	isWatchEvent_Event()
 }
@@ -1045,9 +1165,181 @@ type WatchEvent_Dropped struct {
 	Dropped *Dropped `protobuf:"bytes,2,opt,name=dropped,proto3,oneof"`
 }
 
+type WatchEvent_Episode struct {
+	Episode *EpisodeEvent `protobuf:"bytes,3,opt,name=episode,proto3,oneof"`
+}
+
 func (*WatchEvent_Outlier) isWatchEvent_Event() {}
 
 func (*WatchEvent_Dropped) isWatchEvent_Event() {}
+
+func (*WatchEvent_Episode) isWatchEvent_Event() {}
+
+// A change of an episode: the flagged values of one series from the first until resolve_after normal values
+// in a row (DetectOptions.resolve_after). UPDATED is sent at most once per --episode-update-seconds.
+type EpisodeEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          EpisodeEvent_Kind      `protobuf:"varint,1,opt,name=kind,proto3,enum=pb.EpisodeEvent_Kind" json:"kind,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`           // unique per event ("<episode>-<n>"): a receiver drops repeats
+	Episode       string                 `protobuf:"bytes,3,opt,name=episode,proto3" json:"episode,omitempty"` // the episode's stable id (the same after a restart)
+	Series        string                 `protobuf:"bytes,4,opt,name=series,proto3" json:"series,omitempty"`   // the series key
+	Source        string                 `protobuf:"bytes,5,opt,name=source,proto3" json:"source,omitempty"`   // "session NAME", "stream" (a private DetectStream), or "otlp:{...}"
+	Session       string                 `protobuf:"bytes,6,opt,name=session,proto3" json:"session,omitempty"` // the session ("" for a private stream), as OutlierEvent.session
+	Origin        Origin                 `protobuf:"varint,7,opt,name=origin,proto3,enum=pb.Origin" json:"origin,omitempty"`
+	Started       *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=started,proto3" json:"started,omitempty"` // the data time of its first flagged value
+	Ended         *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=ended,proto3" json:"ended,omitempty"`     // RESOLVED: the data time of the value that resolved it
+	Count         uint64                 `protobuf:"varint,10,opt,name=count,proto3" json:"count,omitempty"`   // flagged values so far
+	Value         float64                `protobuf:"fixed64,11,opt,name=value,proto3" json:"value,omitempty"`  // the value of this event (RESOLVED: the normal value that resolved it)
+	Mean          float64                `protobuf:"fixed64,12,opt,name=mean,proto3" json:"mean,omitempty"`    // what that value was judged against
+	Stddev        float64                `protobuf:"fixed64,13,opt,name=stddev,proto3" json:"stddev,omitempty"`
+	Zscore        float64                `protobuf:"fixed64,14,opt,name=zscore,proto3" json:"zscore,omitempty"`
+	PeakValue     float64                `protobuf:"fixed64,15,opt,name=peak_value,json=peakValue,proto3" json:"peak_value,omitempty"`    // the flagged value of largest |z| so far
+	PeakZscore    float64                `protobuf:"fixed64,16,opt,name=peak_zscore,json=peakZscore,proto3" json:"peak_zscore,omitempty"` // its |z|
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EpisodeEvent) Reset() {
+	*x = EpisodeEvent{}
+	mi := &file_outliers_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EpisodeEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EpisodeEvent) ProtoMessage() {}
+
+func (x *EpisodeEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_outliers_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EpisodeEvent.ProtoReflect.Descriptor instead.
+func (*EpisodeEvent) Descriptor() ([]byte, []int) {
+	return file_outliers_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *EpisodeEvent) GetKind() EpisodeEvent_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return EpisodeEvent_KIND_UNSPECIFIED
+}
+
+func (x *EpisodeEvent) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *EpisodeEvent) GetEpisode() string {
+	if x != nil {
+		return x.Episode
+	}
+	return ""
+}
+
+func (x *EpisodeEvent) GetSeries() string {
+	if x != nil {
+		return x.Series
+	}
+	return ""
+}
+
+func (x *EpisodeEvent) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *EpisodeEvent) GetSession() string {
+	if x != nil {
+		return x.Session
+	}
+	return ""
+}
+
+func (x *EpisodeEvent) GetOrigin() Origin {
+	if x != nil {
+		return x.Origin
+	}
+	return Origin_ORIGIN_UNSPECIFIED
+}
+
+func (x *EpisodeEvent) GetStarted() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Started
+	}
+	return nil
+}
+
+func (x *EpisodeEvent) GetEnded() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Ended
+	}
+	return nil
+}
+
+func (x *EpisodeEvent) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *EpisodeEvent) GetValue() float64 {
+	if x != nil {
+		return x.Value
+	}
+	return 0
+}
+
+func (x *EpisodeEvent) GetMean() float64 {
+	if x != nil {
+		return x.Mean
+	}
+	return 0
+}
+
+func (x *EpisodeEvent) GetStddev() float64 {
+	if x != nil {
+		return x.Stddev
+	}
+	return 0
+}
+
+func (x *EpisodeEvent) GetZscore() float64 {
+	if x != nil {
+		return x.Zscore
+	}
+	return 0
+}
+
+func (x *EpisodeEvent) GetPeakValue() float64 {
+	if x != nil {
+		return x.PeakValue
+	}
+	return 0
+}
+
+func (x *EpisodeEvent) GetPeakZscore() float64 {
+	if x != nil {
+		return x.PeakZscore
+	}
+	return 0
+}
 
 var File_outliers_proto protoreflect.FileDescriptor
 
@@ -1113,10 +1405,11 @@ const file_outliers_proto_rawDesc = "" +
 	"\vdurable_seq\x18\x06 \x01(\x04R\n" +
 	"durableSeq\x12\x1c\n" +
 	"\tephemeral\x18\a \x01(\bR\tephemeral\x12\x1c\n" +
-	"\tforgotten\x18\b \x01(\bR\tforgotten\"@\n" +
+	"\tforgotten\x18\b \x01(\bR\tforgotten\"f\n" +
 	"\fWatchRequest\x12\x18\n" +
 	"\asession\x18\x01 \x01(\tR\asession\x12\x16\n" +
-	"\x06prefix\x18\x02 \x01(\tR\x06prefix\"\xee\x01\n" +
+	"\x06prefix\x18\x02 \x01(\tR\x06prefix\x12$\n" +
+	"\x05kinds\x18\x03 \x01(\x0e2\x0e.pb.WatchKindsR\x05kinds\"\xee\x01\n" +
 	"\fOutlierEvent\x12\x16\n" +
 	"\x06series\x18\x01 \x01(\tR\x06series\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value\x12.\n" +
@@ -1129,12 +1422,40 @@ const file_outliers_proto_rawDesc = "" +
 	"\asession\x18\b \x01(\tR\asession\"5\n" +
 	"\aDropped\x12\x14\n" +
 	"\x05count\x18\x01 \x01(\x04R\x05count\x12\x14\n" +
-	"\x05total\x18\x02 \x01(\x04R\x05total\"l\n" +
+	"\x05total\x18\x02 \x01(\x04R\x05total\"\x9a\x01\n" +
 	"\n" +
 	"WatchEvent\x12,\n" +
 	"\aoutlier\x18\x01 \x01(\v2\x10.pb.OutlierEventH\x00R\aoutlier\x12'\n" +
-	"\adropped\x18\x02 \x01(\v2\v.pb.DroppedH\x00R\adroppedB\a\n" +
-	"\x05event*`\n" +
+	"\adropped\x18\x02 \x01(\v2\v.pb.DroppedH\x00R\adropped\x12,\n" +
+	"\aepisode\x18\x03 \x01(\v2\x10.pb.EpisodeEventH\x00R\aepisodeB\a\n" +
+	"\x05event\"\xae\x04\n" +
+	"\fEpisodeEvent\x12)\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x15.pb.EpisodeEvent.KindR\x04kind\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x18\n" +
+	"\aepisode\x18\x03 \x01(\tR\aepisode\x12\x16\n" +
+	"\x06series\x18\x04 \x01(\tR\x06series\x12\x16\n" +
+	"\x06source\x18\x05 \x01(\tR\x06source\x12\x18\n" +
+	"\asession\x18\x06 \x01(\tR\asession\x12\"\n" +
+	"\x06origin\x18\a \x01(\x0e2\n" +
+	".pb.OriginR\x06origin\x124\n" +
+	"\astarted\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\astarted\x120\n" +
+	"\x05ended\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x05ended\x12\x14\n" +
+	"\x05count\x18\n" +
+	" \x01(\x04R\x05count\x12\x14\n" +
+	"\x05value\x18\v \x01(\x01R\x05value\x12\x12\n" +
+	"\x04mean\x18\f \x01(\x01R\x04mean\x12\x16\n" +
+	"\x06stddev\x18\r \x01(\x01R\x06stddev\x12\x16\n" +
+	"\x06zscore\x18\x0e \x01(\x01R\x06zscore\x12\x1d\n" +
+	"\n" +
+	"peak_value\x18\x0f \x01(\x01R\tpeakValue\x12\x1f\n" +
+	"\vpeak_zscore\x18\x10 \x01(\x01R\n" +
+	"peakZscore\"C\n" +
+	"\x04Kind\x12\x14\n" +
+	"\x10KIND_UNSPECIFIED\x10\x00\x12\n" +
+	"\n" +
+	"\x06OPENED\x10\x01\x12\v\n" +
+	"\aUPDATED\x10\x02\x12\f\n" +
+	"\bRESOLVED\x10\x03*`\n" +
 	"\tDirection\x12\x19\n" +
 	"\x15DIRECTION_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eDIRECTION_BOTH\x10\x01\x12\x10\n" +
@@ -1147,7 +1468,12 @@ const file_outliers_proto_rawDesc = "" +
 	"\x04Mode\x12\x14\n" +
 	"\x10MODE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fMODE_CUMULATIVE\x10\x01\x12\x14\n" +
-	"\x10MODE_EXPONENTIAL\x10\x02*D\n" +
+	"\x10MODE_EXPONENTIAL\x10\x02*C\n" +
+	"\n" +
+	"WatchKinds\x12\x12\n" +
+	"\x0eWATCH_OUTLIERS\x10\x00\x12\x12\n" +
+	"\x0eWATCH_EPISODES\x10\x01\x12\r\n" +
+	"\tWATCH_ALL\x10\x02*D\n" +
 	"\x06Origin\x12\x16\n" +
 	"\x12ORIGIN_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rORIGIN_STREAM\x10\x01\x12\x0f\n" +
@@ -1169,47 +1495,56 @@ func file_outliers_proto_rawDescGZIP() []byte {
 	return file_outliers_proto_rawDescData
 }
 
-var file_outliers_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_outliers_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_outliers_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_outliers_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_outliers_proto_goTypes = []any{
 	(Direction)(0),                // 0: pb.Direction
 	(Score)(0),                    // 1: pb.Score
 	(Mode)(0),                     // 2: pb.Mode
-	(Origin)(0),                   // 3: pb.Origin
-	(*Metric)(nil),                // 4: pb.Metric
-	(*DetectOptions)(nil),         // 5: pb.DetectOptions
-	(*OutliersRequest)(nil),       // 6: pb.OutliersRequest
-	(*Outlier)(nil),               // 7: pb.Outlier
-	(*OutliersResponse)(nil),      // 8: pb.OutliersResponse
-	(*WatchRequest)(nil),          // 9: pb.WatchRequest
-	(*OutlierEvent)(nil),          // 10: pb.OutlierEvent
-	(*Dropped)(nil),               // 11: pb.Dropped
-	(*WatchEvent)(nil),            // 12: pb.WatchEvent
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	(WatchKinds)(0),               // 3: pb.WatchKinds
+	(Origin)(0),                   // 4: pb.Origin
+	(EpisodeEvent_Kind)(0),        // 5: pb.EpisodeEvent.Kind
+	(*Metric)(nil),                // 6: pb.Metric
+	(*DetectOptions)(nil),         // 7: pb.DetectOptions
+	(*OutliersRequest)(nil),       // 8: pb.OutliersRequest
+	(*Outlier)(nil),               // 9: pb.Outlier
+	(*OutliersResponse)(nil),      // 10: pb.OutliersResponse
+	(*WatchRequest)(nil),          // 11: pb.WatchRequest
+	(*OutlierEvent)(nil),          // 12: pb.OutlierEvent
+	(*Dropped)(nil),               // 13: pb.Dropped
+	(*WatchEvent)(nil),            // 14: pb.WatchEvent
+	(*EpisodeEvent)(nil),          // 15: pb.EpisodeEvent
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
 }
 var file_outliers_proto_depIdxs = []int32{
-	13, // 0: pb.Metric.time:type_name -> google.protobuf.Timestamp
+	16, // 0: pb.Metric.time:type_name -> google.protobuf.Timestamp
 	2,  // 1: pb.DetectOptions.mode:type_name -> pb.Mode
 	1,  // 2: pb.DetectOptions.score:type_name -> pb.Score
 	0,  // 3: pb.DetectOptions.direction:type_name -> pb.Direction
-	4,  // 4: pb.OutliersRequest.metrics:type_name -> pb.Metric
-	5,  // 5: pb.OutliersRequest.options:type_name -> pb.DetectOptions
-	7,  // 6: pb.OutliersResponse.outliers:type_name -> pb.Outlier
-	13, // 7: pb.OutlierEvent.time:type_name -> google.protobuf.Timestamp
-	3,  // 8: pb.OutlierEvent.origin:type_name -> pb.Origin
-	10, // 9: pb.WatchEvent.outlier:type_name -> pb.OutlierEvent
-	11, // 10: pb.WatchEvent.dropped:type_name -> pb.Dropped
-	6,  // 11: pb.Outliers.Detect:input_type -> pb.OutliersRequest
-	6,  // 12: pb.Outliers.DetectStream:input_type -> pb.OutliersRequest
-	9,  // 13: pb.Outliers.Watch:input_type -> pb.WatchRequest
-	8,  // 14: pb.Outliers.Detect:output_type -> pb.OutliersResponse
-	8,  // 15: pb.Outliers.DetectStream:output_type -> pb.OutliersResponse
-	12, // 16: pb.Outliers.Watch:output_type -> pb.WatchEvent
-	14, // [14:17] is the sub-list for method output_type
-	11, // [11:14] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	6,  // 4: pb.OutliersRequest.metrics:type_name -> pb.Metric
+	7,  // 5: pb.OutliersRequest.options:type_name -> pb.DetectOptions
+	9,  // 6: pb.OutliersResponse.outliers:type_name -> pb.Outlier
+	3,  // 7: pb.WatchRequest.kinds:type_name -> pb.WatchKinds
+	16, // 8: pb.OutlierEvent.time:type_name -> google.protobuf.Timestamp
+	4,  // 9: pb.OutlierEvent.origin:type_name -> pb.Origin
+	12, // 10: pb.WatchEvent.outlier:type_name -> pb.OutlierEvent
+	13, // 11: pb.WatchEvent.dropped:type_name -> pb.Dropped
+	15, // 12: pb.WatchEvent.episode:type_name -> pb.EpisodeEvent
+	5,  // 13: pb.EpisodeEvent.kind:type_name -> pb.EpisodeEvent.Kind
+	4,  // 14: pb.EpisodeEvent.origin:type_name -> pb.Origin
+	16, // 15: pb.EpisodeEvent.started:type_name -> google.protobuf.Timestamp
+	16, // 16: pb.EpisodeEvent.ended:type_name -> google.protobuf.Timestamp
+	8,  // 17: pb.Outliers.Detect:input_type -> pb.OutliersRequest
+	8,  // 18: pb.Outliers.DetectStream:input_type -> pb.OutliersRequest
+	11, // 19: pb.Outliers.Watch:input_type -> pb.WatchRequest
+	10, // 20: pb.Outliers.Detect:output_type -> pb.OutliersResponse
+	10, // 21: pb.Outliers.DetectStream:output_type -> pb.OutliersResponse
+	14, // 22: pb.Outliers.Watch:output_type -> pb.WatchEvent
+	20, // [20:23] is the sub-list for method output_type
+	17, // [17:20] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_outliers_proto_init() }
@@ -1221,14 +1556,15 @@ func file_outliers_proto_init() {
 	file_outliers_proto_msgTypes[8].OneofWrappers = []any{
 		(*WatchEvent_Outlier)(nil),
 		(*WatchEvent_Dropped)(nil),
+		(*WatchEvent_Episode)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_outliers_proto_rawDesc), len(file_outliers_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   9,
+			NumEnums:      6,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

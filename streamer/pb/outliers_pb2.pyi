@@ -29,6 +29,12 @@ class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODE_CUMULATIVE: _ClassVar[Mode]
     MODE_EXPONENTIAL: _ClassVar[Mode]
 
+class WatchKinds(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WATCH_OUTLIERS: _ClassVar[WatchKinds]
+    WATCH_EPISODES: _ClassVar[WatchKinds]
+    WATCH_ALL: _ClassVar[WatchKinds]
+
 class Origin(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ORIGIN_UNSPECIFIED: _ClassVar[Origin]
@@ -44,6 +50,9 @@ SCORE_LIKELIHOOD: Score
 MODE_UNSPECIFIED: Mode
 MODE_CUMULATIVE: Mode
 MODE_EXPONENTIAL: Mode
+WATCH_OUTLIERS: WatchKinds
+WATCH_EPISODES: WatchKinds
+WATCH_ALL: WatchKinds
 ORIGIN_UNSPECIFIED: Origin
 ORIGIN_STREAM: Origin
 ORIGIN_OTLP: Origin
@@ -145,12 +154,14 @@ class OutliersResponse(_message.Message):
     def __init__(self, indices: _Optional[_Iterable[int]] = ..., outliers: _Optional[_Iterable[_Union[Outlier, _Mapping]]] = ..., batch: _Optional[int] = ..., duplicate: _Optional[bool] = ..., applied_seq: _Optional[int] = ..., durable_seq: _Optional[int] = ..., ephemeral: _Optional[bool] = ..., forgotten: _Optional[bool] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("session", "prefix")
+    __slots__ = ("session", "prefix", "kinds")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     PREFIX_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
     session: str
     prefix: str
-    def __init__(self, session: _Optional[str] = ..., prefix: _Optional[str] = ...) -> None: ...
+    kinds: WatchKinds
+    def __init__(self, session: _Optional[str] = ..., prefix: _Optional[str] = ..., kinds: _Optional[_Union[WatchKinds, str]] = ...) -> None: ...
 
 class OutlierEvent(_message.Message):
     __slots__ = ("series", "value", "time", "mean", "stddev", "zscore", "origin", "session")
@@ -181,9 +192,57 @@ class Dropped(_message.Message):
     def __init__(self, count: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
 
 class WatchEvent(_message.Message):
-    __slots__ = ("outlier", "dropped")
+    __slots__ = ("outlier", "dropped", "episode")
     OUTLIER_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
+    EPISODE_FIELD_NUMBER: _ClassVar[int]
     outlier: OutlierEvent
     dropped: Dropped
-    def __init__(self, outlier: _Optional[_Union[OutlierEvent, _Mapping]] = ..., dropped: _Optional[_Union[Dropped, _Mapping]] = ...) -> None: ...
+    episode: EpisodeEvent
+    def __init__(self, outlier: _Optional[_Union[OutlierEvent, _Mapping]] = ..., dropped: _Optional[_Union[Dropped, _Mapping]] = ..., episode: _Optional[_Union[EpisodeEvent, _Mapping]] = ...) -> None: ...
+
+class EpisodeEvent(_message.Message):
+    __slots__ = ("kind", "id", "episode", "series", "source", "session", "origin", "started", "ended", "count", "value", "mean", "stddev", "zscore", "peak_value", "peak_zscore")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[EpisodeEvent.Kind]
+        OPENED: _ClassVar[EpisodeEvent.Kind]
+        UPDATED: _ClassVar[EpisodeEvent.Kind]
+        RESOLVED: _ClassVar[EpisodeEvent.Kind]
+    KIND_UNSPECIFIED: EpisodeEvent.Kind
+    OPENED: EpisodeEvent.Kind
+    UPDATED: EpisodeEvent.Kind
+    RESOLVED: EpisodeEvent.Kind
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    EPISODE_FIELD_NUMBER: _ClassVar[int]
+    SERIES_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    STDDEV_FIELD_NUMBER: _ClassVar[int]
+    ZSCORE_FIELD_NUMBER: _ClassVar[int]
+    PEAK_VALUE_FIELD_NUMBER: _ClassVar[int]
+    PEAK_ZSCORE_FIELD_NUMBER: _ClassVar[int]
+    kind: EpisodeEvent.Kind
+    id: str
+    episode: str
+    series: str
+    source: str
+    session: str
+    origin: Origin
+    started: _timestamp_pb2.Timestamp
+    ended: _timestamp_pb2.Timestamp
+    count: int
+    value: float
+    mean: float
+    stddev: float
+    zscore: float
+    peak_value: float
+    peak_zscore: float
+    def __init__(self, kind: _Optional[_Union[EpisodeEvent.Kind, str]] = ..., id: _Optional[str] = ..., episode: _Optional[str] = ..., series: _Optional[str] = ..., source: _Optional[str] = ..., session: _Optional[str] = ..., origin: _Optional[_Union[Origin, str]] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., count: _Optional[int] = ..., value: _Optional[float] = ..., mean: _Optional[float] = ..., stddev: _Optional[float] = ..., zscore: _Optional[float] = ..., peak_value: _Optional[float] = ..., peak_zscore: _Optional[float] = ...) -> None: ...

@@ -80,15 +80,20 @@ class AlertmanagerSink(Poster):
             if collisions:
                 self.metrics.collisions.labels(self.url).inc(collisions)
         notes = _annotations(event)
+        # startsAt is the data time of the first outlier, but never after the time it reached this sink:
+        # Alertmanager refuses an alert that ends before it starts, as one stamped by a clock ahead of ours would
+        started = min(event.started_ns, int(now * 1e9))
         if event.kind == RESOLVED:
             # the alert keeps describing its outliers (value, mean, stddev, zscore of the last flagged value),
             # not the normal value that resolved it; count and peak are the episode's final ones
             opened = self._open.pop(event.episode, None)
             if opened is not None:
                 notes = {**opened[1], **{k: notes[k] for k in ("count", "peak_value", "peak_zscore")}}
-            pending[event.episode] = self._alert(lab, notes, event.started_ns, now)
+                started = opened[2]
+            pending[event.episode] = self._alert(lab, notes, started, now)
         else:
-            self._open[event.episode] = (lab, notes, event.started_ns)
+            self._open[event.episode] = (lab, notes, self._open[event.episode][2] if event.episode in self._open
+                                         else started)
             pending[event.episode] = None
 
     def _send(self, pending: dict, now: float) -> bool:

@@ -36,6 +36,8 @@ class EpisodeEvent:
     ended_ns: int = 0
     tail_probability: float | None = None  # SCORE_LIKELIHOOD only
     attributes: tuple[tuple[str, str], ...] = ()  # an OTLP series' attributes (resource's and point's), sorted
+    session: str = ""  # the session ("" for a private stream; an OTLP resource's session)
+    origin: int = 1    # ORIGIN_STREAM (1) or ORIGIN_OTLP (2), as Watch's Origin
 
     @property
     def id(self) -> str:

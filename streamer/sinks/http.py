@@ -28,7 +28,7 @@ class SinkMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         registry = registry if registry is not None else CollectorRegistry()
         labels = ("sink", "url")
-        self.posts = Counter("streamer_sink_posts_total", "POSTs to alert sinks, by result (ok, error).",
+        self.posts = Counter("streamer_sink_posts_total", "POSTs to alert sinks, by result (ok, error, refused).",
                              labels + ("result",), registry=registry)
         self.events = Counter("streamer_sink_events_total", "Episode events delivered to alert sinks.", labels,
                               registry=registry)
@@ -94,14 +94,21 @@ class Poster(threading.Thread):
         return out
 
     def post(self, path: str, body) -> bool:
-        """POST `body` as JSON to url + path (the URL as given when path is empty); True on a 2xx answer. A
-        failure is logged on the first of a run of failures, and when delivery works again."""
+        """POST `body` as JSON to url + path (the URL as given when path is empty); True on a 2xx answer, and on
+        a 4xx other than 408 and 429 (the receiver refuses this body: sending it again cannot help, so it is
+        dropped, counted as refused and logged). Another failure is logged on the first of a run of failures,
+        and when delivery works again."""
         url = self.url.rstrip("/") + path if path else self.url
         request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=self.headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS, context=self.context) as answer:
                 answer.read()
         except (urllib.error.URLError, OSError, ValueError) as exc:
+            if isinstance(exc, urllib.error.HTTPError) and 400 <= exc.code < 500 and exc.code not in (408, 429):
+                self.metrics.posts.labels(*self._labels, "refused").inc()
+                log.warning("%s %s: refused (HTTP %d: %s); those events are dropped", self.kind, self.url,
+                            exc.code, exc.read()[:200].decode("utf-8", "replace").strip())
+                return True
             if isinstance(exc, urllib.error.HTTPError):
                 why = f"HTTP {exc.code}"
             else:
