@@ -235,3 +235,18 @@ def test_a_session_stored_before_the_rules_resumes_with_them(make_server, tmp_pa
                          learning=20, tail_threshold=1e-2) for batch in batches]
     assert sum(len(w[0]) for w in want) >= 1, "the stream must flag something to mean anything"
     assert_matches(got, want)
+
+
+def test_the_rules_flags_parse_and_refuse_bad_values(capsys):
+    from streamer import cli
+    parser = cli._parser()
+    args = parser.parse_args(["serve"])
+    assert (args.exclude_limit, args.cooldown, args.score, args.likelihood_short) == ("warmup", 0, "zscore", 10)
+    assert parser.parse_args(["serve", "--exclude-limit", "0"]).exclude_limit == 0
+    for flag, bad, words in (("--exclude-limit", "x", "must be `warmup` or an integer from 0 to 4294967295"),
+                             ("--likelihood-threshold", "1", "must be a number in (0, 1)"),
+                             ("--likelihood-short", "0", "must be an integer from 1 to 1024"),
+                             ("--score", "median", "invalid choice")):
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args(["serve", flag, bad])
+        assert exit_.value.code == 2 and words in capsys.readouterr().err
