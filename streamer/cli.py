@@ -70,6 +70,20 @@ THRESHOLD = _finite_above(0)
 WARMUP = _int_range(0, MAX_UINT32)
 ALPHA = _checked(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 TAIL = _checked(float, lambda v: 0 < v < 1, "a number in (0, 1)")
+_LIMIT = _int_range(0, MAX_UINT32)
+
+
+def _exclude_limit(text: str):
+    """--exclude-limit: `warmup` (the stream's warmup, at least 2) or an integer 0-4294967295."""
+    if text == "warmup":
+        return text
+    try:
+        return _LIMIT(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be `warmup` or an integer from 0 to {MAX_UINT32}, got {text!r}") \
+            from None
+
+
 MESSAGE_MB = _int_range(1, MAX_MESSAGE_MB)
 SECONDS = _finite_above(0)
 NOT_EMPTY = _checked(str, lambda v: v.strip() != "", "a non-empty string")
@@ -125,11 +139,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="DetectStream: running statistics when a request leaves options.mode unset")
     s.add_argument("--alpha", type=ALPHA, default=d.alpha,
                    help="exponential mode: weight of the newest value, 0 < alpha <= 1")
-    s.add_argument("--exclude-limit", type=WARMUP, default=None,
+    s.add_argument("--exclude-limit", type=_exclude_limit, default="warmup",
                    help="with options.exclude_outliers: after this many excluded values in a row a series takes "
                         "its flagged values in again until one is judged normal (a new level is learned), "
-                        f"0-{MAX_UINT32}, 0 = no limit; when a request leaves options.exclude_limit unset "
-                        "(default: the stream's warmup, at least 2)")
+                        f"0-{MAX_UINT32}, 0 = no limit, or `warmup`: the stream's warmup (at least 2); when a "
+                        "request leaves options.exclude_limit unset")
     s.add_argument("--cooldown", type=WARMUP, default=d.cooldown,
                    help="DetectStream: after a flag, values of the series in a row judged normal before it can "
                         "be flagged again (0 = off, 1 = the first of each run of outliers), when a request "
@@ -528,7 +542,8 @@ def main(argv: list[str] | None = None, environ=None) -> int:
             "--help)", ", ".join(unknown))
     from streamer import sinks
     defaults = Defaults(threshold=args.threshold, warmup=args.warmup, mode=MODES[args.mode], alpha=args.alpha,
-                        exclude_limit=args.exclude_limit, cooldown=args.cooldown, score=SCORES[args.score],
+                        exclude_limit=None if args.exclude_limit == "warmup" else args.exclude_limit,
+                        cooldown=args.cooldown, score=SCORES[args.score],
                         likelihood_short=args.likelihood_short, likelihood_window=args.likelihood_window,
                         likelihood_threshold=args.likelihood_threshold,
                         likelihood_learning=args.likelihood_learning, max_series=args.max_series,

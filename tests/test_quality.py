@@ -20,6 +20,7 @@ from streamer.pb import outliers_pb2 as pb
 from streamer.state import SeriesState
 from streamer.store import open_store
 from test_durable import serve
+from test_store import redis_server, store  # noqa: F401 (fixtures: every store backend)
 from test_stream import _stream_until_error
 
 CUM, EXP = pb.MODE_CUMULATIVE, pb.MODE_EXPONENTIAL
@@ -167,11 +168,11 @@ def test_the_rules_state_survives_a_restart_on_sqlite(tmp_path):
     assert [r.indices for r in got] == [w[0] for w in want]
     np.testing.assert_allclose([o.tail_probability for r in got for o in r.outliers],
                                [t for w in want for t in w[4]], rtol=1e-7)
-    store = open_store(f"sqlite:///{db}")
+    opened = open_store(f"sqlite:///{db}")
     try:
-        snap = store.load("q")
+        snap = opened.load("q")
     finally:
-        store.close()
+        opened.close()
     assert set(snap.arrays) == {"count", "mean", "spread", "streak", "hold", "lcount", "lmean", "lvar", "ring"}
     assert SeriesState.from_snapshot(snap, 100).ring.shape[1] == 4
     shown = subprocess.run([sys.executable, "-m", "streamer", "session", "q", "--store", f"sqlite:///{db}"],
@@ -182,8 +183,7 @@ def test_the_rules_state_survives_a_restart_on_sqlite(tmp_path):
     assert {"streak", "hold", "lcount", "lmean", "lvar"} <= set(series[0])
 
 
-@pytest.mark.parametrize("url", ["memory://", "sqlite"])
-def test_snapshot_round_trip_keeps_every_optional_array(tmp_path, url):
+def test_snapshot_round_trip_keeps_every_optional_array(store):  # noqa: F811 (test_store's fixture)
     from streamer.state import Session
     state = SeriesState(EXP, 100)
     state.use(True, True, 7)
@@ -194,13 +194,8 @@ def test_snapshot_round_trip_keeps_every_optional_array(tmp_path, url):
         a = getattr(state, key)
         a[:3] = rng.integers(0, 100, a[:3].shape) if a.dtype == np.int64 else rng.normal(size=a[:3].shape)
     snap = Session("s", state).snapshot(1.0)
-    store = open_store(url if url == "memory://" else f"sqlite:///{tmp_path}/s.db")
-    try:
-        store.acquire("s", "me", 10, 1.0)
-        assert store.save(snap, "me")
-        loaded = SeriesState.from_snapshot(store.load("s") if store.durable else snap, 100)
-    finally:
-        store.close()
+    assert store.acquire("s", "me", 10, 1.0) is None and store.save(snap, "me")
+    loaded = SeriesState.from_snapshot(store.load("s"), 100)
     assert sorted(loaded.optional) == sorted(state.optional) and len(ids) == 3
     for key in ("count", "mean", "spread", *state.optional):
         np.testing.assert_array_equal(getattr(loaded, key)[:3], getattr(state, key)[:3], err_msg=key)
@@ -240,3 +235,18 @@ def test_a_session_stored_before_the_rules_resumes_with_them(make_server, tmp_pa
                          learning=20, tail_threshold=1e-2) for batch in batches]
     assert sum(len(w[0]) for w in want) >= 1, "the stream must flag something to mean anything"
     assert_matches(got, want)
+
+
+def test_the_rules_flags_parse_and_refuse_bad_values(capsys):
+    from streamer import cli
+    parser = cli._parser()
+    args = parser.parse_args(["serve"])
+    assert (args.exclude_limit, args.cooldown, args.score, args.likelihood_short) == ("warmup", 0, "zscore", 10)
+    assert parser.parse_args(["serve", "--exclude-limit", "0"]).exclude_limit == 0
+    for flag, bad, words in (("--exclude-limit", "x", "must be `warmup` or an integer from 0 to 4294967295"),
+                             ("--likelihood-threshold", "1", "must be a number in (0, 1)"),
+                             ("--likelihood-short", "0", "must be an integer from 1 to 1024"),
+                             ("--score", "median", "invalid choice")):
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args(["serve", flag, bad])
+        assert exit_.value.code == 2 and words in capsys.readouterr().err

@@ -566,3 +566,48 @@ func TestDetectDeadline(t *testing.T) {
 		t.Errorf("error does not say what was being done: %v", err)
 	}
 }
+
+// TestStreamLikelihoodScoreAndCooldown: the optional DetectOptions fields reach the server from Go (pointers:
+// set, even to small values), the likelihood score flags a level shift with its tail probability, and the
+// cooldown keeps one flag per run of outliers.
+func TestStreamLikelihoodScoreAndCooldown(t *testing.T) {
+	srv := testserver.Shared(t)
+	c := newClient(t, srv.Addr)
+	rng := rand.New(rand.NewPCG(15, 2017))
+	var batches [][]*pb.Metric
+	for b := 0; b < 10; b++ {
+		batch := make([]*pb.Metric, 50)
+		for i := range batch {
+			x := 10 + rng.NormFloat64()
+			if b >= 8 {
+				x += 30 // a level shift in the last 100 values
+			}
+			batch[i] = &pb.Metric{Name: "latency", Value: x}
+		}
+		batches = append(batches, batch)
+	}
+	threshold := 1e-3
+	score := pb.Score_SCORE_LIKELIHOOD
+	cooldown, learning := uint32(1), uint32(50)
+	opts := &pb.DetectOptions{Score: &score, Cooldown: &cooldown, LikelihoodLearning: &learning,
+		LikelihoodThreshold: &threshold}
+	got := runStream(t, c, client.StreamConfig{Options: opts}, batches)
+	var flagged []int
+	for b, resp := range got {
+		for _, o := range resp.GetOutliers() {
+			flagged = append(flagged, b*50+int(o.GetIndex()))
+			if p := o.GetTailProbability(); !(p > 0 && p < threshold) {
+				t.Errorf("batch %d, index %d: tail probability %g, want in (0, %g)", b, o.GetIndex(), p, threshold)
+			}
+		}
+	}
+	if len(flagged) == 0 || flagged[0] < 400 {
+		t.Fatalf("flagged %v, want the level shift at 400 and nothing before it", flagged)
+	}
+	for i := 1; i < len(flagged); i++ {
+		if flagged[i] == flagged[i-1]+1 {
+			t.Errorf("values %d and %d both flagged: cooldown 1 reports one value per run of outliers",
+				flagged[i-1], flagged[i])
+		}
+	}
+}
