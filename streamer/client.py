@@ -26,6 +26,7 @@ class Outlier(NamedTuple):
     mean: float    # what the value was judged against
     stddev: float
     zscore: float
+    tail_probability: float = 0.0  # SCORE_LIKELIHOOD: what flagged it (the paper's likelihood is 1 minus it)
 
 
 class Result(NamedTuple):
@@ -36,7 +37,8 @@ class Result(NamedTuple):
     @classmethod
     def from_response(cls, resp: pb.OutliersResponse) -> "Result":
         return cls(list(resp.indices),
-                   [Outlier(o.index, o.name, o.value, o.mean, o.stddev, o.zscore) for o in resp.outliers],
+                   [Outlier(o.index, o.name, o.value, o.mean, o.stddev, o.zscore, o.tail_probability)
+                    for o in resp.outliers],
                    resp.batch)
 
 
@@ -67,10 +69,16 @@ def to_metrics(metrics=None, *, values: Iterable[float] | None = None, name: str
 
 
 def make_options(threshold: float | None = None, warmup: int | None = None, mode: int | None = None,
-                 alpha: float | None = None, exclude_outliers: bool = False) -> pb.DetectOptions | None:
-    """DetectOptions with the given fields (None = the server's default), or None if all are defaults."""
+                 alpha: float | None = None, exclude_outliers: bool = False, *, exclude_limit: int | None = None,
+                 cooldown: int | None = None, score: int | None = None, likelihood_short: int | None = None,
+                 likelihood_window: int | None = None, likelihood_threshold: float | None = None,
+                 likelihood_learning: int | None = None) -> pb.DetectOptions | None:
+    """DetectOptions with the given fields (None = the server's default), or None if all are defaults.
+    The keyword-only ones are proto3 `optional`: 0 is sent as 0 (cooldown=0 turns a server's cooldown off)."""
     fields = dict(threshold=threshold, warmup=warmup, mode=mode, alpha=alpha,
-                  exclude_outliers=exclude_outliers or None)
+                  exclude_outliers=exclude_outliers or None, exclude_limit=exclude_limit, cooldown=cooldown,
+                  score=score, likelihood_short=likelihood_short, likelihood_window=likelihood_window,
+                  likelihood_threshold=likelihood_threshold, likelihood_learning=likelihood_learning)
     fields = {k: v for k, v in fields.items() if v is not None}
     return pb.DetectOptions(**fields) if fields else None
 
@@ -172,12 +180,14 @@ class Client:
                                timeout=timeout)
         return stream.results(lambda resp, n: Result.from_response(resp)._replace(batch=n))
 
-    def watch(self, *, session: str = "", prefix: str = "", timeout: float | None = None) -> "Watch":
+    def watch(self, *, session: str = "", prefix: str = "", kinds: int = pb.WATCH_OUTLIERS,
+              timeout: float | None = None) -> "Watch":
         """Subscribe to Watch: every outlier the server finds from now on (any stream, session or OTLP export,
         any worker, and on a shared Redis any replica), filtered by `session` and series-key `prefix`.
         Returns once the subscription is in place; iterate the result for pb.WatchEvent messages (`outlier`,
-        or `dropped`: how many this subscriber missed by reading too slowly). `timeout`: of the whole call."""
-        call = self._stub.Watch(pb.WatchRequest(session=session, prefix=prefix), timeout=timeout)
+        or `dropped`: how many this subscriber missed by reading too slowly; with `kinds` pb.WATCH_EPISODES or
+        pb.WATCH_ALL, `episode` events too). `timeout`: of the whole call."""
+        call = self._stub.Watch(pb.WatchRequest(session=session, prefix=prefix, kinds=kinds), timeout=timeout)
         try:
             call.initial_metadata()  # sent by the server once the subscription is in place
         except grpc.RpcError as exc:

@@ -15,11 +15,12 @@ returns, Python grows the arrays, and the call resumes where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 from numba import njit
 
-from streamer import kernels
+from streamer import rules
 from streamer.series import SeriesLimitError, _intern
 from streamer.wire import Columns, Options, decode
 from streamer.wire.encode import _encode
@@ -59,12 +60,15 @@ def _decode_pass(b, cols, st, resume, seed):
 @njit(nogil=True, cache=True)
 def _apply_pass(b, cols, st, ids, table, shift, hashes, offsets, lengths, arena, limit,
                 hash_mask, count, mean, spread, exponential, alpha, threshold, warmup, exclude,
-                idx, mean_out, std_out, z_out, batch, out):
+                exclude_limit, cooldown, streak, hold, likelihood, window, tail_threshold, learning,
+                lcount, lmean, lvar, ring, idx, mean_out, std_out, z_out, tail_out, suppress, resolve_after,
+                now_ns, ep_run, ep_start, ep_count, ep_peak_z, ep_peak_value, ev, ev_stats, ev_n, batch, out):
     """Intern, judge and encode the batch _decode_pass left in cols and st, from phase st[_PHASE] on.
 
-    ids, idx, mean_out, std_out, z_out: at least st[_N] long. The table's arrays, with its count and bytes used
-    in st[_COUNT] and st[_USED], are a SeriesTable's keyed with HASH_SEED; count, mean and spread the series
-    state, updated in place; out receives the answer (st[_SIZE] bytes). Returns DONE, TABLE (st[_WHY]: why
+    ids, idx, mean_out, std_out, z_out: at least st[_N] long (tail_out too with the likelihood score, else
+    empty); the rules' arguments and arrays are kernels.stream_update's. The table's arrays, with its count and
+    bytes used in st[_COUNT] and st[_USED], are a SeriesTable's keyed with HASH_SEED; count, mean and spread the
+    series state, updated in place; out receives the answer (st[_SIZE] bytes). Returns DONE, TABLE (st[_WHY]: why
     _intern stopped, at metric st[_I]), STATE (the state arrays need st[_COUNT] series) or OUT.
     """
     n = st[_N]
@@ -82,20 +86,43 @@ def _apply_pass(b, cols, st, ids, table, shift, hashes, offsets, lengths, arena,
     if st[_PHASE] == _JUDGE:
         if st[_COUNT] > min(len(count), len(mean), len(spread)):
             return STATE
-        if exponential:
-            k = kernels.ewm_update(ids[:n], values, count, mean, spread, alpha, threshold, warmup, exclude,
-                                   idx, mean_out, std_out, z_out)
-        else:
-            k = kernels.welford_update(ids[:n], values, count, mean, spread, threshold, warmup, exclude,
-                                       idx, mean_out, std_out, z_out)
+        k = rules.stream_update(ids[:n], values, count, mean, spread, exponential, alpha, threshold, warmup,
+                                exclude, exclude_limit, cooldown, streak, hold, likelihood, window,
+                                tail_threshold, learning, lcount, lmean, lvar, ring,
+                                idx, mean_out, std_out, z_out, tail_out, suppress, resolve_after, cols[3, :n],
+                                now_ns, ep_run, ep_start, ep_count, ep_peak_z, ep_peak_value, ev, ev_stats, ev_n)
         st[_K] = k
         st[_PHASE] = _ENCODE
     k = st[_K]
-    size = _encode(out, batch, idx[:k], idx[:k], ids, values, mean_out, std_out, z_out, arena, offsets, lengths)
+    size = _encode(out, batch, idx[:k], idx[:k], ids, values, mean_out, std_out, z_out, tail_out, arena, offsets,
+                   lengths)
     st[_SIZE] = size
     if size < 0:
         raise AssertionError("the fused pass flagged a row outside its batch")  # a bug: encode checked it
     return OUT if size > len(out) else DONE
+
+
+_NO_TAIL = np.zeros(0, dtype=np.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rules:
+    """The stream rules beyond mode, alpha, threshold, warmup and exclude (kernels.stream_update's), with the
+    values that turn each off."""
+
+    exclude_limit: int = 0
+    cooldown: int = 0
+    likelihood: bool = False
+    window: int = 8640
+    tail_threshold: float = 1e-5
+    learning: int = 300
+    suppress: tuple[float, float, float] = (0.0, 0.0, 0.0)  # min_deviation, min_relative_deviation, direction
+    resolve_after: int = 0                                     # episodes: 0 = not kept
+
+    @functools.cached_property
+    def suppress_array(self) -> np.ndarray:
+        """`suppress` as the kernel takes it (made once per Rules: a stream keeps its Rules)."""
+        return np.array(self.suppress, dtype=np.float64)
 
 
 class NameTooLong(ValueError):
@@ -135,7 +162,10 @@ class StreamPass:
         self._cols = np.empty((5, n), dtype=np.int64)
         self._ids = np.empty(n, dtype=np.int64)
         self._idx = np.empty(n, dtype=np.int32)
-        self._mean, self._std, self._z = (np.empty(n, dtype=np.float64) for _ in range(3))
+        self._mean, self._std, self._z, self._tail = (np.empty(n, dtype=np.float64) for _ in range(4))
+        self._ev = np.empty((n, 4), dtype=np.int64)  # episode changes: (metric, kind, start, count), rules.py
+        self._ev_stats = np.empty((n, 5), dtype=np.float64)
+        self._ev_n = np.zeros(1, dtype=np.int64)
 
     def decode(self, buf: bytes) -> Head:
         """Decode and check the request (the wire format, name lengths); raise WireError or NameTooLong."""
@@ -169,6 +199,16 @@ class StreamPass:
         """How many metrics the last apply() flagged."""
         return int(self._st[_K])
 
+    def slots(self) -> np.ndarray:
+        """The series slot of each metric of the last apply() (a view valid until the next decode())."""
+        return self._ids[:int(self._st[_N])]
+
+    def episodes(self) -> tuple[np.ndarray, np.ndarray]:
+        """The episode changes of the last apply() (rules.stream_update's ev and ev_stats rows), views valid
+        until the next decode()."""
+        e = int(self._ev_n[0])
+        return self._ev[:e], self._ev_stats[:e]
+
     def flagged_rows(self) -> tuple:
         """(ids, values, times, idx, mean, std, z) of the last apply(): the batch's slots, values and times
         (ns, 0: none) and, for the flagged rows idx, what they were judged against (Watch's events)."""
@@ -177,9 +217,10 @@ class StreamPass:
                 self._std[:k], self._z[:k])
 
     def apply(self, state, exponential: bool, alpha: float, threshold: float, warmup: int, exclude: bool,
-              batch: int) -> bytes:
-        """Apply the decoded request to `state` (a SeriesState, whose table is keyed with HASH_SEED) and return
-        its answer; raise SeriesLimitError with state and table untouched."""
+              batch: int, rules: Rules = Rules(), now_ns: int = 0) -> bytes:
+        """Apply the decoded request to `state` (a SeriesState, whose table is keyed with HASH_SEED, with the
+        arrays `rules` need: SeriesState.use) and return its answer; raise SeriesLimitError with state and
+        table untouched."""
         table, st, b = state.table, self._st, self._buf
         st[_PHASE], st[_I] = _INTERN, 0  # from the first metric, even if an earlier apply() was rejected
         known = st[_COUNT] = table._count
@@ -188,7 +229,12 @@ class StreamPass:
             why = _apply_pass(b, self._cols, st, self._ids, table._table, table._shift,
                               table._hashes, table._offsets, table._lengths, table._arena, table.limit,
                               table._hash_mask, state.count, state.mean, state.spread, exponential, alpha,
-                              threshold, warmup, exclude, self._idx, self._mean, self._std, self._z, batch,
+                              threshold, warmup, exclude, rules.exclude_limit, rules.cooldown, state.streak,
+                              state.hold, rules.likelihood, rules.window, rules.tail_threshold, rules.learning,
+                              state.lcount, state.lmean, state.lvar, state.ring, self._idx, self._mean,
+                              self._std, self._z, self._tail if rules.likelihood else _NO_TAIL, rules.suppress_array,
+                              rules.resolve_after, now_ns, state.ep_run, state.ep_start, state.ep_count,
+                              state.ep_peak_z, state.ep_peak_value, self._ev, self._ev_stats, self._ev_n, batch,
                               self._out)
             if why == DONE:
                 table._count, table._used = int(st[_COUNT]), int(st[_USED])
@@ -215,3 +261,9 @@ def compile_all() -> None:
         fast = StreamPass()
         fast.decode(request)
         fast.apply(state, exponential, 0.05, 2.0, 2, False, 1)
+        state.use(True, True, 10)
+        fast.decode(request)
+        fast.apply(state, exponential, 0.05, 2.0, 2, True, 1, Rules(10, 1, True))
+        state.use(False, False, 0, episodes=True)
+        fast.decode(request)
+        fast.apply(state, exponential, 0.05, 2.0, 2, True, 1, Rules(10, 1, True, resolve_after=10), now_ns=1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 from typing import Callable
 
@@ -18,7 +19,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as otlp_service
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
-from streamer import kernels, rates
+from streamer import episodes, rates, rules
 from streamer.detector import MAX_NAME_BYTES, Params
 from streamer.errors import InvalidArgument, Unavailable
 from streamer.series import SeriesLimitError
@@ -76,6 +77,23 @@ def labels(pairs: dict[str, str]) -> str:
     return "{" + ",".join(f"{k}={pairs[k]}" for k in sorted(pairs)) + "}" if pairs else ""
 
 
+_PAIR = re.compile(r'([^{},=]+)=("(?:[^"\\]|\\.)*"|[^,{}\[\]]*)(?:,|}$)')
+
+
+def attributes_of(key: str) -> tuple[tuple[str, str], ...]:
+    """The (name, value) pairs of a series key `metric{a="x",b=1}` (strings unquoted), for alert labels; a value
+    that is an array or a map is left out."""
+    brace = key.find("{")
+    if brace < 0 or not key.endswith("}"):
+        return ()
+    out = []
+    for name, text in _PAIR.findall(key[brace + 1:]):
+        if text.startswith('"'):
+            text = text[1:-1].replace('\\n', "\n").replace('\\"', '"').replace("\\\\", "\\")
+        out.append((name, text))
+    return tuple(out)
+
+
 def resource_identity(resource, keys: tuple[str, ...]) -> dict[str, str]:
     wanted = set(keys)
     return {kv.key: _text(kv.value) for kv in resource.attributes if kv.key in wanted}
@@ -129,13 +147,15 @@ class OtlpIngest:
 
     def __init__(self, sessions: SessionRegistry, params: Params, max_series: int,
                  resource_attributes: tuple[str, ...] = DEFAULT_RESOURCE_ATTRIBUTES, hub=None,
-                 on_batch: Callable[[int, int], None] = lambda metrics, outliers: None):
+                 on_batch: Callable[[int, int], None] = lambda metrics, outliers: None,
+                 on_episodes: Callable[[list], None] = lambda events: None):
         self.sessions = sessions
         self.params = params
         self.max_series = max_series
         self.resource_attributes = tuple(resource_attributes)
         self.hub = hub
         self.on_batch = on_batch
+        self.on_episodes = on_episodes  # each export's episode changes (the server's throttle, sinks, Watch)
         self._keys: dict = {}  # (session, metric, attribute bytes) -> series key; see _key_cache
         self.options = ", ".join(f"{f.name}={getattr(params, f.name)}" for f in dataclasses.fields(params))
 
@@ -315,15 +335,27 @@ class OtlpIngest:
         rates.derive(kind, ids, value, count, times, start, state.last_value, state.last_count, state.last_time,
                      state.last_start, judged)
         n = len(ids)
-        idx, mean, std, z = (np.empty(n, dtype=np.int32), np.empty(n), np.empty(n), np.empty(n))
+        idx, mean, std, z, tail = (np.empty(n, dtype=np.int32), np.empty(n), np.empty(n), np.empty(n), np.empty(n))
         p = self.params
-        if p.mode == MODE_EXPONENTIAL:
-            k = kernels.ewm_update(ids, judged, state.count, state.mean, state.spread, p.alpha, p.threshold,
-                                   p.warmup, p.exclude_outliers, idx, mean, std, z)
+        r = p.rules()
+        p.use(state)  # the arrays of the rules the options turn on (episodes too)
+        if r.resolve_after:
+            ev, ev_stats, ev_n = np.empty((n, 4), dtype=np.int64), np.empty((n, 5)), np.zeros(1, dtype=np.int64)
+            kept = (times, time.time_ns(), state.ep_run, state.ep_start, state.ep_count, state.ep_peak_z,
+                    state.ep_peak_value, ev, ev_stats, ev_n)
         else:
-            k = kernels.welford_update(ids, judged, state.count, state.mean, state.spread, p.threshold, p.warmup,
-                                       p.exclude_outliers, idx, mean, std, z)
+            kept = rules.NO_EPISODES
+        # every DetectStream rule (streamer/rules.py), on the values the points give (rates.derive)
+        k = rules.stream_update(ids, judged, state.count, state.mean, state.spread, p.mode == MODE_EXPONENTIAL,
+                                p.alpha, p.threshold, p.warmup, p.exclude_outliers, r.exclude_limit, r.cooldown,
+                                state.streak, state.hold, r.likelihood, r.window, r.tail_threshold, r.learning,
+                                state.lcount, state.lmean, state.lvar, state.ring, idx, mean, std, z,
+                                tail if r.likelihood else tail[:0], r.suppress_array, r.resolve_after, *kept)
         self.on_batch(n, k)
+        if r.resolve_after and ev_n[0]:
+            e = int(ev_n[0])
+            self.on_episodes(episodes.events(ev[:e], ev_stats[:e], ids, judged, times, state.table, res.session,
+                                             res.session, ORIGIN_OTLP, attributes_of))
         if not k or self.hub is None or not self.hub.active:
             return []
         return flagged(state.table.name, ids, judged, times, idx[:k], mean, std, z, ORIGIN_OTLP, res.session)

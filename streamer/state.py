@@ -24,6 +24,16 @@ MODE_CUMULATIVE = 1
 MODE_EXPONENTIAL = 2
 MODE_NAMES = {MODE_CUMULATIVE: "MODE_CUMULATIVE", MODE_EXPONENTIAL: "MODE_EXPONENTIAL"}
 _ARRAYS = ("count", "mean", "spread")  # what a snapshot keeps of a SeriesState, besides the names
+# ...and of the optional rules' state, for the sessions that use them (issue 15): exclude_limit's run of
+# excluded values, the cooldown's countdown, the likelihood score's count, long-term mean and variance of the
+# short averages, and its ring of the last likelihood_short raw scores (a row per series).
+_OPTIONAL = {"streak": np.int64, "hold": np.int64, "lcount": np.int64, "lmean": np.float64, "lvar": np.float64,
+             "ring": np.float64, "ep_run": np.int64, "ep_start": np.int64, "ep_count": np.int64,
+             "ep_peak_z": np.float64, "ep_peak_value": np.float64}
+_LIKELIHOOD = ("lcount", "lmean", "lvar", "ring")
+# ...and the episodes' (issue 20): 0 with none open else 1 + normal values since its last outlier, its start
+# (data time, ns), flagged values, peak |z| and the value at it
+_EPISODES = ("ep_run", "ep_start", "ep_count", "ep_peak_z", "ep_peak_value")
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +44,10 @@ class SeriesState:
     `count` is the number of values each series has taken in; `mean` its mean; `spread` is Welford's M2
     (sum of squared deviations) in MODE_CUMULATIVE and the exponentially weighted variance in MODE_EXPONENTIAL.
     Bytes per series: 24 in these arrays, plus the table's 32 and the name's length. A subclass may keep more
-    arrays per series (otlp.OtlpState): ARRAYS names every one that reserve() grows and a snapshot keeps.
+    arrays per series (otlp.OtlpState): ARRAYS names every one that reserve() grows and a snapshot keeps. The
+    optional rules' arrays exist (use()) only in states whose options need them, and are empty otherwise:
+    exclude_limit 8 bytes, cooldown 8, SCORE_LIKELIHOOD 24 + 8 * likelihood_short (104 at the default 10),
+    episodes 40.
     """
 
     ARRAYS = _ARRAYS
@@ -45,6 +58,26 @@ class SeriesState:
         self.count = np.zeros(capacity, dtype=np.int64)
         self.mean = np.zeros(capacity, dtype=np.float64)
         self.spread = np.zeros(capacity, dtype=np.float64)
+        self.optional: list[str] = []  # the optional arrays in use, as long as count; the others are empty
+        for name, dtype in _OPTIONAL.items():
+            setattr(self, name, np.zeros((0, 1) if name == "ring" else 0, dtype=dtype))
+
+    def use(self, exclude_limit: bool, cooldown: bool, likelihood_short: int, episodes: bool = False) -> None:
+        """Make the optional rules' arrays a stream's options need (zeros for every series); keep those there.
+        A likelihood ring of another length starts the likelihood state again (its layout differs)."""
+        capacity = len(self.count)
+        wanted = (["streak"] if exclude_limit else []) + (["hold"] if cooldown else [])
+        if likelihood_short:
+            if "ring" in self.optional and self.ring.shape[1] != likelihood_short:
+                self.optional = [k for k in self.optional if k not in _LIKELIHOOD]
+            wanted += _LIKELIHOOD
+        if episodes:
+            wanted += _EPISODES
+        for name in wanted:
+            if name not in self.optional:
+                shape = (capacity, likelihood_short) if name == "ring" else capacity
+                setattr(self, name, np.zeros(shape, dtype=_OPTIONAL[name]))
+                self.optional.append(name)
 
     def reserve(self, n_series: int) -> None:
         """Grow the arrays (doubling, so appends stay amortised O(1)) to hold `n_series` series."""
@@ -53,9 +86,9 @@ class SeriesState:
             return
         while capacity < n_series:
             capacity *= 2
-        for name in self.ARRAYS:
+        for name in (*self.ARRAYS, *self.optional):
             old = getattr(self, name)
-            new = np.zeros(capacity, dtype=old.dtype)
+            new = np.zeros((capacity, *old.shape[1:]), dtype=old.dtype)
             new[:len(old)] = old
             setattr(self, name, new)
 
@@ -67,7 +100,10 @@ class SeriesState:
         if n and not np.array_equal(offsets[1:n], np.cumsum(lengths)[:-1]):
             raise AssertionError("series names are not packed in slot order")  # SeriesTable appends them
         used = int(offsets[n - 1] + lengths[n - 1]) if n else 0
-        return arena[:used].tobytes(), lengths, {k: getattr(self, k)[:n].copy() for k in self.ARRAYS}
+        arrays = {k: getattr(self, k)[:n].copy() for k in (*self.ARRAYS, *self.optional)}
+        if "ring" in arrays:  # one row per series: each row one opaque item of 8 * likelihood_short bytes
+            arrays["ring"] = arrays["ring"].view(f"V{8 * self.ring.shape[1]}").reshape(n)
+        return arena[:used].tobytes(), lengths, arrays
 
     @classmethod
     def from_snapshot(cls, snap: Snapshot, max_series: int) -> SeriesState:
@@ -80,6 +116,18 @@ class SeriesState:
             raise ValueError(f"session {snap.name!r}: the snapshot's series names are not distinct")
         for key in cls.ARRAYS:
             getattr(state, key)[:n] = snap.arrays[key]
+        # The optional rules' arrays the snapshot has (older ones have none: those rules start from zeros).
+        if "ring" in snap.arrays and all(k in snap.arrays for k in _LIKELIHOOD):
+            ring = snap.arrays["ring"]
+            state.use(False, False, ring.dtype.itemsize // 8)
+            state.ring[:n] = np.frombuffer(ring.tobytes(), dtype=np.float64).reshape(n, -1)
+        if all(k in snap.arrays for k in _EPISODES):
+            state.use(False, False, 0, episodes=True)
+        for key in ("streak", "hold", "lcount", "lmean", "lvar", *_EPISODES):
+            if key in snap.arrays and (key not in _LIKELIHOOD or "ring" in state.optional) and (
+                    key not in _EPISODES or "ep_run" in state.optional):
+                state.use(key == "streak", key == "hold", 0)
+                getattr(state, key)[:n] = snap.arrays[key]
         return state
 
 

@@ -1,0 +1,108 @@
+"""Episodes as Prometheus Alertmanager alerts (POST /api/v2/alerts), one sink per --alertmanager URL (an HA pair
+gets every alert at each member, as Prometheus sends them).
+
+An open episode is a firing alert: posted when it opens or changes, and re-sent every `resend_seconds` with
+`endsAt` four resend intervals ahead, so an alert whose server died expires by itself. A resolved episode is
+posted once with `endsAt` now. Alertmanager identifies an alert by its labels, so the re-sends and a post that
+was retried are the same alert, never a new one.
+"""
+from __future__ import annotations
+
+from streamer.sinks.episode import RESOLVED, EpisodeEvent, labels, rfc3339
+from streamer.sinks.http import Poster
+
+RESEND_SECONDS = 60.0
+BATCH = 500  # alerts per POST
+
+
+def _annotations(event: EpisodeEvent) -> dict[str, str]:
+    out = {"value": repr(event.value), "mean": repr(event.mean), "stddev": repr(event.stddev),
+           "zscore": repr(event.zscore), "peak_value": repr(event.peak_value),
+           "peak_zscore": repr(event.peak_zscore), "count": str(event.count), "episode": event.episode,
+           "summary": f"{event.series} from {event.source}: {event.count} outlier(s), latest {event.value!r} at "
+                      f"z = {event.zscore:.3g} against mean {event.mean:.6g}, stddev {event.stddev:.6g}"}
+    if event.tail_probability is not None:
+        out["likelihood"] = repr(1.0 - event.tail_probability)
+        out["tail_probability"] = repr(event.tail_probability)
+    return out
+
+
+class AlertmanagerSink(Poster):
+    """submit() episode events; this thread keeps the open ones and posts them as alerts."""
+
+    kind = "alertmanager"
+
+    def __init__(self, url: str, metrics=None, resend_seconds: float = RESEND_SECONDS, **kwargs):
+        super().__init__(url, metrics, **kwargs)
+        self.resend_seconds = resend_seconds
+        self._open: dict[str, tuple[dict, dict, int]] = {}  # episode -> (labels, annotations, startsAt ns)
+
+    def forget(self, episodes) -> None:
+        """Stop re-sending these open episodes (their series moved to another server, which sends them now)."""
+        self.submit(("forget", tuple(episodes)))
+
+    def _alert(self, lab: dict, notes: dict, started_ns: int, ends: float) -> dict:
+        return {"labels": lab, "annotations": notes, "startsAt": rfc3339(started_ns),
+                "endsAt": rfc3339(int(ends * 1e9))}
+
+    def run(self) -> None:
+        pending: dict[str, dict | None] = {}  # episode -> its alert to post; None: an open one, built when posted
+        resend_at = self.clock() + self.resend_seconds
+        retry_at = 0.0
+        while True:
+            stopping = self._stopping.is_set()
+            now = self.clock()
+            due = min(resend_at, retry_at) if pending else resend_at
+            for event in self.take(self.queue.maxsize, 0 if stopping else min(due - now, 0.5)):
+                self._apply(event, pending, now)
+            now = self.clock()
+            if now >= resend_at:
+                pending.update(dict.fromkeys(e for e in self._open if e not in pending))
+                resend_at = now + self.resend_seconds
+            if pending and (now >= retry_at or stopping):
+                if self._send(pending, now):
+                    pending.clear()
+                else:
+                    retry_at = now + self.retry_delay()
+            if stopping:  # one last try, then the thread ends; open alerts expire unless another server sends them
+                return
+
+    def _apply(self, event, pending: dict, now: float) -> None:
+        if isinstance(event, tuple):  # ("forget", episodes)
+            for episode in event[1]:
+                self._open.pop(episode, None)
+                pending.pop(episode, None)
+            return
+        if event.episode in self._open:  # an alert is its labels: an episode keeps those it opened with
+            lab = self._open[event.episode][0]
+        else:
+            lab, collisions = labels(event)
+            if collisions:
+                self.metrics.collisions.labels(self.url).inc(collisions)
+        notes = _annotations(event)
+        # startsAt is the data time of the first outlier, but never after the time it reached this sink:
+        # Alertmanager refuses an alert that ends before it starts, as one stamped by a clock ahead of ours would
+        started = min(event.started_ns, int(now * 1e9))
+        if event.kind == RESOLVED:
+            # the alert keeps describing its outliers (value, mean, stddev, zscore of the last flagged value),
+            # not the normal value that resolved it; count and peak are the episode's final ones
+            opened = self._open.pop(event.episode, None)
+            if opened is not None:
+                notes = {**opened[1], **{k: notes[k] for k in ("count", "peak_value", "peak_zscore")}}
+                started = opened[2]
+            pending[event.episode] = self._alert(lab, notes, started, now)
+        else:
+            self._open[event.episode] = (lab, notes, self._open[event.episode][2] if event.episode in self._open
+                                         else started)
+            pending[event.episode] = None
+
+    def _send(self, pending: dict, now: float) -> bool:
+        """Post every pending alert (open ones with endsAt four resend intervals ahead), BATCH a request."""
+        ends = now + 4 * self.resend_seconds
+        alerts = [a if a is not None else self._alert(*self._open[e], ends) for e, a in pending.items()
+                  if a is not None or e in self._open]
+        for i in range(0, len(alerts), BATCH):
+            if not self.post("/api/v2/alerts", alerts[i:i + BATCH]):
+                return False
+            self.delivered(len(alerts[i:i + BATCH]))
+        return True
