@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/binary"
 	"fmt"
 	"hash/maphash"
 	"math"
@@ -12,15 +13,19 @@ import (
 // request is one OutliersRequest decoded into columns that point into its bytes: reused from request to
 // request, so decoding allocates nothing once the columns have grown to the batch size.
 type request struct {
-	nameOff []int32   // metric i's name is b[nameOff[i]:][:nameLen[i]]
-	nameLen []int32   //
-	hashes  []uint64  // maphash of each name, for the series table
-	values  []float64 // each metric's value (0 when the metric has none)
+	metrics []metric
 
 	hasOptions bool
 	opts       options
 	session    int // length of the session field (only "is there one" is used)
 	seq        uint64
+}
+
+// metric is one decoded Metric: its name as a span of the request, the name's hash, its value.
+type metric struct {
+	off, len int32   // the name is b[off:][:len]
+	hash     uint64  // maphash of the name, for the series table
+	value    float64 // 0 when the metric has none
 }
 
 // options is DetectOptions, fields 1-5, as the wire gives them (zero: the server's default).
@@ -106,7 +111,7 @@ func skip(b []byte, i int, num protowire.Number, typ protowire.Type) int {
 // decode reads an OutliersRequest: it accepts exactly what proto.Unmarshal into pb.OutliersRequest accepts
 // (tested against it), and for accepted bytes gives the same fields (later scalars win, repeated options merge).
 func (r *request) decode(b []byte) error {
-	r.nameOff, r.nameLen, r.hashes, r.values = r.nameOff[:0], r.nameLen[:0], r.hashes[:0], r.values[:0]
+	r.metrics = r.metrics[:0]
 	r.hasOptions, r.opts, r.session, r.seq = false, options{}, 0, 0
 	for i := 0; i < len(b); {
 		at := i
@@ -120,8 +125,10 @@ func (r *request) decode(b []byte) error {
 			if end < 0 {
 				return &wireError{"truncated metric", at}
 			}
-			if err := r.metric(b, start, end); err != nil {
-				return err
+			if !r.layout(b, start, end) {
+				if err := r.metric(b, start, end); err != nil {
+					return err
+				}
 			}
 			i = end
 		case num == 2 && typ == protowire.BytesType:
@@ -171,7 +178,7 @@ func (r *request) metric(b []byte, i, end int) error {
 				return &wireError{"truncated metric name", at}
 			}
 			if !utf8.Valid(m[start:stop]) {
-				return &wireError{fmt.Sprintf("metric %d: name is not UTF-8", len(r.values)), at}
+				return &wireError{fmt.Sprintf("metric %d: name is not UTF-8", len(r.metrics)), at}
 			}
 			nameOff, nameLen, i = start, stop-start, stop
 		case num == 3 && typ == protowire.Fixed64Type:
@@ -194,11 +201,37 @@ func (r *request) metric(b []byte, i, end int) error {
 			}
 		}
 	}
-	r.nameOff = append(r.nameOff, int32(nameOff))
-	r.nameLen = append(r.nameLen, int32(nameLen))
-	r.hashes = append(r.hashes, maphash.Bytes(hashSeed, b[nameOff:nameOff+nameLen]))
-	r.values = append(r.values, value)
+	r.metrics = append(r.metrics, metric{int32(nameOff), int32(nameLen), maphash.Bytes(hashSeed, b[nameOff:nameOff+nameLen]),
+		value})
 	return nil
+}
+
+// layout decodes the Metric in b[i:end] if it has the layout every encoder writes, [time] name value with
+// 1-byte lengths, and says whether it had; metric() reads any other (it accepts all this accepts).
+func (r *request) layout(b []byte, i, end int) bool {
+	m := b[:end]
+	if i+1 < end && m[i] == 0x0a {
+		l := int(m[i+1])
+		if l >= 0x80 || l > end-i-2 || !timestamp(m, i+2, i+2+l) {
+			return false
+		}
+		i += 2 + l
+	}
+	if i+1 >= end || m[i] != 0x12 {
+		return false
+	}
+	l := int(m[i+1])
+	off := i + 2
+	if l >= 0x80 || l > end-off-9 || m[off+l] != 0x19 || off+l+9 != end {
+		return false
+	}
+	name := m[off : off+l]
+	if !utf8.Valid(name) {
+		return false
+	}
+	r.metrics = append(r.metrics, metric{int32(off), int32(l), maphash.Bytes(hashSeed, name),
+		math.Float64frombits(binary.LittleEndian.Uint64(m[off+l+1:]))})
+	return true
 }
 
 // timestamp checks a google.protobuf.Timestamp in b[i:end] (seconds and nanos varints, anything else unknown);

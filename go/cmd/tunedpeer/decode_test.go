@@ -62,13 +62,14 @@ func agree(t testing.TB, b []byte) bool {
 	if err != nil {
 		return false
 	}
-	if len(r.values) != len(want.Metrics) {
-		t.Fatalf("% x: %d metrics, proto.Unmarshal %d", b, len(r.values), len(want.Metrics))
+	if len(r.metrics) != len(want.Metrics) {
+		t.Fatalf("% x: %d metrics, proto.Unmarshal %d", b, len(r.metrics), len(want.Metrics))
 	}
 	for i, m := range want.Metrics {
-		name := string(b[r.nameOff[i] : r.nameOff[i]+r.nameLen[i]])
-		if name != m.Name || math.Float64bits(r.values[i]) != math.Float64bits(m.Value) {
-			t.Fatalf("% x: metric %d is %q %v, proto.Unmarshal %q %v", b, i, name, r.values[i], m.Name, m.Value)
+		got := r.metrics[i]
+		name := string(b[got.off : got.off+got.len])
+		if name != m.Name || math.Float64bits(got.value) != math.Float64bits(m.Value) {
+			t.Fatalf("% x: metric %d is %q %v, proto.Unmarshal %q %v", b, i, name, got.value, m.Name, m.Value)
 		}
 	}
 	o := want.Options

@@ -70,8 +70,8 @@ func threshold(r *request, where place) (float64, error) {
 
 // checkNames refuses a batch with a name over maxNameBytes, before anything is applied.
 func checkNames(r *request, where place) error {
-	for i, l := range r.nameLen {
-		if l > maxNameBytes {
+	for i, m := range r.metrics {
+		if l := m.len; l > maxNameBytes {
 			return status.Errorf(codes.InvalidArgument, "%s, metric %d: name is %d bytes, over the limit of %d bytes",
 				where, i, l, maxNameBytes)
 		}
@@ -84,9 +84,8 @@ func checkNames(r *request, where place) error {
 func intern(r *request, b []byte, t *table, ids []int32, where place) ([]int32, error) {
 	known := t.len()
 	ids = ids[:0]
-	for i, h := range r.hashes {
-		off := r.nameOff[i]
-		s, added := t.find(h, b[off:off+r.nameLen[i]])
+	for i, m := range r.metrics {
+		s, added := t.find(m.hash, b[m.off:m.off+m.len])
 		if added && t.len() > maxSeries {
 			t.truncate(known)
 			return ids, status.Errorf(codes.ResourceExhausted, "%s, metric %d: the series limit of %d series is reached",
@@ -119,14 +118,15 @@ type batchStats struct {
 
 // detect judges one batch alone, as streamer's kernels.detect_batch: per series over its finite values, the
 // mean (a shifted sum) then the sum of squared deviations; population stddev; flag |x - mean| > k * std.
-func (st *batchStats) detect(ids []int32, values []float64, n int, k float64, f *flags) {
+func (st *batchStats) detect(ids []int32, metrics []metric, n int, k float64, f *flags) {
 	st.count = grow(st.count, n)
 	st.shift, st.sum = grow(st.shift, n), grow(st.sum, n)
 	st.mean, st.sq = grow(st.mean, n), grow(st.sq, n)
 	clear(st.count)
 	clear(st.sum)
 	clear(st.sq)
-	for i, x := range values {
+	for i := range metrics {
+		x := metrics[i].value
 		if !finite(x) {
 			continue
 		}
@@ -142,8 +142,8 @@ func (st *batchStats) detect(ids []int32, values []float64, n int, k float64, f 
 			st.mean[s] = st.shift[s] + st.sum[s]/float64(c)
 		}
 	}
-	for i, x := range values {
-		if finite(x) {
+	for i := range metrics {
+		if x := metrics[i].value; finite(x) {
 			s := ids[i]
 			d := x - st.mean[s]
 			st.sq[s] += float64(d * d) // the conversion keeps Go from fusing it into an FMA: numba does not
@@ -154,7 +154,8 @@ func (st *batchStats) detect(ids []int32, values []float64, n int, k float64, f 
 			st.sq[s] = math.Sqrt(st.sq[s] / float64(c)) // now the stddev
 		}
 	}
-	for i, x := range values {
+	for i := range metrics {
+		x := metrics[i].value
 		if !finite(x) {
 			continue
 		}
@@ -237,7 +238,8 @@ func (s *stream) process(b []byte) (mem.BufferSlice, error) {
 	f := &s.flags
 	f.reset()
 	k, need, state := s.k, s.need, s.state
-	for i, x := range r.values {
+	for i := range r.metrics {
+		x := r.metrics[i].value
 		if !finite(x) {
 			continue
 		}

@@ -119,7 +119,7 @@ func (d *detectCall) detect(b []byte) (mem.BufferSlice, error) {
 		return nil, err
 	}
 	d.flags.reset()
-	d.stats.detect(d.ids, r.values, d.table.len(), k, &d.flags)
+	d.stats.detect(d.ids, r.metrics, d.table.len(), k, &d.flags)
 	return encode(&d.flags, d.table, 0), nil
 }
 

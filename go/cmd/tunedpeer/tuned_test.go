@@ -36,7 +36,7 @@ func (rawBytes) Marshal(v any) (mem.BufferSlice, error) {
 	return mem.BufferSlice{mem.SliceBuffer(*v.(*[]byte))}, nil
 }
 func (rawBytes) Unmarshal(d mem.BufferSlice, v any) error { *v.(*[]byte) = d.Materialize(); return nil }
-func (rawBytes) Name() string                              { return "proto" }
+func (rawBytes) Name() string                             { return "proto" }
 
 func startTuned(t *testing.T) string {
 	t.Helper()
