@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"math"
+	"math/bits"
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -235,19 +236,19 @@ func (r *request) layout(b []byte, i, end int) bool {
 }
 
 // timestamp checks a google.protobuf.Timestamp in b[i:end] (seconds and nanos varints, anything else unknown);
-// its value is carried, not used, as in streamer.
+// its value is carried, not used, as in streamer. b may extend past end (the varints are read a word at a time).
 func timestamp(b []byte, i, end int) bool {
+	if i < end && b[i] == 0x08 { // the layout every encoder writes: seconds, then nanos
+		if i = skipVarint(b, i+1, end); i < 0 {
+			return false
+		}
+	}
+	if i < end && b[i] == 0x10 {
+		if i = skipVarint(b, i+1, end); i < 0 {
+			return false
+		}
+	}
 	t := b[:end]
-	if i < end && t[i] == 0x08 { // the layout every encoder writes: seconds, then nanos
-		if _, i = varint(t, i+1); i < 0 {
-			return false
-		}
-	}
-	if i < end && t[i] == 0x10 {
-		if _, i = varint(t, i+1); i < 0 {
-			return false
-		}
-	}
 	for i < end {
 		num, typ, j := tag(t, i)
 		if j < 0 {
@@ -263,6 +264,21 @@ func timestamp(b []byte, i, end int) bool {
 		}
 	}
 	return true
+}
+
+// skipVarint returns the position after the varint at b[i:end], or -1 if it is not a valid one there: a word
+// at a time when 8 bytes can be read (its first byte without the continuation bit ends it), else varint().
+func skipVarint(b []byte, i, end int) int {
+	if i+8 <= len(b) {
+		if stop := ^binary.LittleEndian.Uint64(b[i:]) & 0x8080808080808080; stop != 0 {
+			if j := i + bits.TrailingZeros64(stop)/8 + 1; j <= end {
+				return j // at most 8 bytes: the 10-byte rule cannot apply
+			}
+			return -1 // it ends past end: truncated
+		}
+	}
+	_, j := varint(b[:end], i)
+	return j
 }
 
 // options decodes DetectOptions from b[i:end] into r.opts (merged: a later field wins); false if malformed.

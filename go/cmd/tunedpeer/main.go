@@ -29,6 +29,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"sync"
 	"syscall"
 
@@ -40,6 +41,7 @@ var (
 	host         = flag.String("host", "127.0.0.1", "address to listen on")
 	port         = flag.Int("port", 0, "port to listen on; 0 picks a free one")
 	maxMessageMB = flag.Int("max-message-mb", 64, "largest request and answer, in MiB")
+	cpuProfile   = flag.String("cpuprofile", "", "write a pprof CPU profile of the whole run to this file (on SIGTERM)")
 )
 
 // call is what the codec decodes into: the request's bytes are processed while grpc still holds them, and
@@ -181,6 +183,17 @@ func main() {
 		os.Exit(1)
 	}
 	srv := newServer(*maxMessageMB << 20)
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "tuned-go peer: -cpuprofile: %v\n", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
 	go func() {
@@ -190,6 +203,7 @@ func main() {
 	fmt.Fprintf(os.Stderr, "tuned-go ready on %s\n", lis.Addr())
 	if err := srv.Serve(lis); err != nil {
 		fmt.Fprintf(os.Stderr, "tuned-go peer: serve: %v\n", err)
+		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }
