@@ -57,7 +57,8 @@ class GoLoadGenerator:
     def run(self, addr: str, scenario, duration: float, warmup: float, server_pid: int = 0) -> dict:
         """One measurement (after a warm-up of the same load), read into the Python client's figures."""
         try:
-            done = subprocess.run(self.command(addr, scenario, duration, warmup, server_pid), capture_output=True, text=True,
+            done = subprocess.run(self.command(addr, scenario, duration, warmup, server_pid), capture_output=True,
+                                  text=True,
                                   timeout=warmup + duration + 120)
         except subprocess.TimeoutExpired:
             return {"error": "the Go load generator did not finish in time"}

@@ -9,7 +9,8 @@ from importlib import metadata
 from benchmarks.servers import ROOT
 
 SERVERS = ("ceiling", "baseline", "river", "grpc-go", "tuned-go", "streamer")
-COLORS = {"ceiling": "tab:gray", "baseline": "tab:red", "river": "tab:green", "grpc-go": "tab:cyan", "tuned-go": "tab:purple",
+COLORS = {"ceiling": "tab:gray", "baseline": "tab:red", "river": "tab:green", "grpc-go": "tab:cyan",
+          "tuned-go": "tab:purple",
           "streamer": "tab:blue"}
 # the ratios each result gets: to the transport's ceiling, to the original approach, to the Go engineer's peer
 REFERENCES = ("ceiling", "baseline", "grpc-go")

@@ -84,7 +84,8 @@ def summarize(runs: dict) -> list[dict]:
             ok = [r for r in by.get(server, []) if "per_cpu_s" in r]
             row[server] = {"per_cpu_s": _mid([r["per_cpu_s"] for r in ok]),
                            "metrics_per_s": _mid([r["metrics_per_s"] for r in ok]),
-                           "cpu_us_per_message": _mid([r["cpu_us_per_message"] for r in ok if r.get("cpu_us_per_message")]),
+                           "cpu_us_per_message": _mid([r["cpu_us_per_message"] for r in ok
+                                                       if r.get("cpu_us_per_message")]),
                            "errors": [r["error"] for r in by.get(server, []) if "error" in r]}
             if name.startswith("adaptive"):
                 row[server]["mean_batch"] = _mid([r["mean_batch"] for r in ok])
