@@ -3,9 +3,9 @@ package main
 import (
 	"encoding/binary"
 	"fmt"
-	"hash/maphash"
 	"math"
 	"math/bits"
+	"math/rand/v2"
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -25,7 +25,7 @@ type request struct {
 // metric is one decoded Metric: its name as a span of the request, the name's hash, its value.
 type metric struct {
 	off, len int32   // the name is b[off:][:len]
-	hash     uint64  // maphash of the name, for the series table
+	hash     uint64  // hashUTF8 of the name, for the series table
 	value    float64 // 0 when the metric has none
 }
 
@@ -48,7 +48,45 @@ func (e *wireError) Error() string {
 	return fmt.Sprintf("malformed OutliersRequest: %s at byte %d", e.what, e.at)
 }
 
-var hashSeed = maphash.MakeSeed()
+// hashSeed keys the name hash for this process, so that a client cannot aim names at one probe chain.
+var hashSeed = rand.Uint64()
+
+const hashMul = 0x9E3779B97F4A7C15 // 2^64 / the golden ratio
+
+func mix(h, w uint64) uint64 {
+	h = (h ^ w) * hashMul
+	return h ^ h>>29
+}
+
+// hashUTF8 hashes a name a word at a time and says whether it is UTF-8, in one pass over its words (the
+// UTF-8 check proper only runs when a byte has its high bit set: names are mostly ASCII).
+func hashUTF8(name []byte) (uint64, bool) {
+	h := hashSeed ^ uint64(len(name))*hashMul
+	var seen uint64
+	b := name
+	for len(b) >= 8 {
+		w := binary.LittleEndian.Uint64(b)
+		seen |= w
+		h = mix(h, w)
+		b = b[8:]
+	}
+	if len(b) > 0 {
+		var w uint64
+		if len(name) >= 8 { // the last 8 bytes, overlapping the words before: one load
+			w = binary.LittleEndian.Uint64(name[len(name)-8:])
+		} else {
+			for i, c := range b {
+				w |= uint64(c) << (8 * i)
+			}
+		}
+		seen |= w
+		h = mix(h, w)
+	}
+	if seen&0x8080808080808080 != 0 {
+		return h * hashMul, utf8.Valid(name)
+	}
+	return h * hashMul, true
+}
 
 // tag reads a field's tag at b[i:] as protobuf-go does (1- and 2-byte fast paths, then any varint) and checks
 // its number; it returns number, wire type and the position after it, or a negative position.
@@ -178,7 +216,7 @@ func (r *request) metric(b []byte, i, end int) error {
 			if stop < 0 {
 				return &wireError{"truncated metric name", at}
 			}
-			if !utf8.Valid(m[start:stop]) {
+			if _, ok := hashUTF8(m[start:stop]); !ok {
 				return &wireError{fmt.Sprintf("metric %d: name is not UTF-8", len(r.metrics)), at}
 			}
 			nameOff, nameLen, i = start, stop-start, stop
@@ -202,8 +240,8 @@ func (r *request) metric(b []byte, i, end int) error {
 			}
 		}
 	}
-	r.metrics = append(r.metrics, metric{int32(nameOff), int32(nameLen), maphash.Bytes(hashSeed, b[nameOff:nameOff+nameLen]),
-		value})
+	h, _ := hashUTF8(b[nameOff : nameOff+nameLen])
+	r.metrics = append(r.metrics, metric{int32(nameOff), int32(nameLen), h, value})
 	return nil
 }
 
@@ -226,11 +264,11 @@ func (r *request) layout(b []byte, i, end int) bool {
 	if l >= 0x80 || l > end-off-9 || m[off+l] != 0x19 || off+l+9 != end {
 		return false
 	}
-	name := m[off : off+l]
-	if !utf8.Valid(name) {
+	h, ok := hashUTF8(m[off : off+l])
+	if !ok {
 		return false
 	}
-	r.metrics = append(r.metrics, metric{int32(off), int32(l), maphash.Bytes(hashSeed, name),
+	r.metrics = append(r.metrics, metric{int32(off), int32(l), h,
 		math.Float64frombits(binary.LittleEndian.Uint64(m[off+l+1:]))})
 	return true
 }
