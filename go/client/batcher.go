@@ -112,7 +112,8 @@ func metricBytes(m *pb.Metric) int {
 
 // AddFunc queues metrics (one or a few; the slice and messages must not be changed afterwards) and calls
 // done once with the outliers among them, in order, each Outlier.Index its position in metrics; or with the
-// error that ended the stream. done runs on the Batcher's receiving goroutine: it should be quick. AddFunc
+// error that ended the stream. done runs on the Batcher's receiving goroutine: it should be quick, and must
+// not call Add or AddFunc (while the window is full, Add waits for that goroutine). AddFunc
 // blocks while the Stream's in-flight window is full, and returns an error once the Batcher is closed.
 func (b *Batcher) AddFunc(metrics []*pb.Metric, done func(outliers []*pb.Outlier, err error)) error {
 	size := 0
