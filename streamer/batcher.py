@@ -100,7 +100,8 @@ class Batcher:
 
     def add(self, metrics: Sequence) -> Future:
         """Queue metrics ((name, value[, time]) tuples or pb.Metric) and return a Future of the outliers among
-        them: a list of Outlier, index = position in `metrics`, in order; or ClientError if the stream failed."""
+        them: a list of Outlier, index = position in `metrics`, in order; or ClientError if the stream failed.
+        Callbacks added to the Future run on the Batcher's receiving thread: they must not call add()."""
         encoded = [_encode(m) for m in metrics]
         size = sum(map(len, encoded))
         future: Future = Future()
