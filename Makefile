@@ -79,8 +79,9 @@ lint: $(DEV_STAMP)  ## flake8, go vet and gofmt
 	$(BIN)/flake8 streamer tests benchmarks protos
 	cd go && go vet ./... && { unformatted=$$(gofmt -l .); test -z "$$unformatted" || { echo "gofmt -l: $$unformatted"; exit 1; }; }
 
-bench: $(BENCH_STAMP)  ## full benchmark run (about 7 minutes)
+bench: $(BENCH_STAMP)  ## full benchmark run (about 14 minutes), then issue 23's targets against the tuned Go peer (about 5)
 	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks.targets
 
 bench-quick: $(BENCH_STAMP)  ## short benchmark run (about 75 s)
 	$(BIN)/python -m benchmarks --quick

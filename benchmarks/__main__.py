@@ -2,7 +2,7 @@
 
 Runs the kernel micro-benchmarks (and benchmarks/wire_bench.py when it exists) in-process, the detection quality
 script (benchmarks/quality_bench.py: quality.json, quality.md, quality.png), then starts the
-ceiling, baseline, peer (river, grpc-go) and streamer servers and drives every scenario against each with
+ceiling, baseline, peer (river, grpc-go, tuned-go) and streamer servers and drives every scenario against each with
 the Python load generator (and the Go one when go/cmd/loadgen exists). Progress goes to stderr; the table
 to stdout; latest.json, latest.md and latest.png (plus a timestamped JSON) to the output directory.
 """
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from benchmarks import golang, report, scenarios
-from benchmarks.servers import DESCRIPTIONS, ROOT, ServerProcess
+from benchmarks.servers import DESCRIPTIONS, GO_PEERS, ROOT, ServerProcess
 
 RESULTS = ROOT / "benchmarks" / "results"
 OVERHEAD_S = 0.5  # per measurement, on top of warm-up + duration: channel setup, process start (Go)
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     servers[name] = ServerProcess(name)
                 except RuntimeError as exc:
-                    if name != "grpc-go":  # the only server that needs more than this Python (the Go toolchain)
+                    if name not in GO_PEERS:  # the only servers that need more than this Python (the Go toolchain)
                         raise
                     log(f"note: skipping the {name} peer: {exc}")
                     doc["notes"].append(f"{name} peer skipped: {str(exc).splitlines()[0]}")
@@ -272,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
                                    "server_pid": server.pid}
                             result = worker.run(job, timeout=per_job + 300)
                         else:
-                            result = go.run(server.addr, scenario, timing["duration"], timing["warmup"])
+                            result = go.run(server.addr, scenario, timing["duration"], timing["warmup"],
+                                            server_pid=server.pid)
                         runs.setdefault((scenario.name, name, loadgen), []).append(result)
                         if "error" in result:
                             text = f"ERROR {result['error'][:200]}"

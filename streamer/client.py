@@ -1,5 +1,6 @@
 """Python client: `Client(addr).detect(metrics)` for one batch, `Client(addr).stream(batches)` for a stream,
-`Client(addr).session_stream(batches, session)` for a stream that survives reconnections with exact state.
+`Client(addr).session_stream(batches, session)` for a stream that survives reconnections with exact state,
+`Client(addr).batcher()` to add metrics one at a time or in small groups (adaptive batching, streamer.batcher).
 
 Metrics may be given as `pb.Metric` messages, as `(name, value)` or `(name, value, time)` tuples (time a
 datetime, or None), or as plain values with one `name=`. A server with --tls-cert takes
@@ -196,6 +197,11 @@ class Client:
             raise ClientError(call.code(), call.details())
         return Watch(call)
 
+    def batcher(self, **settings) -> "Batcher":
+        """A Batcher (streamer.batcher) on this channel: add() metrics one at a time or in small groups, each
+        add's outliers come back as a Future; settings: max_metrics, max_bytes, linger, session, options, ..."""
+        return Batcher(self, **settings)
+
     def detect_bytes(self, request: bytes, *, timeout: float | None = None) -> Result:
         """Detect with an encoded OutliersRequest (see streamer.request_bytes), e.g. one too big for objects."""
         timeout = self.timeout if timeout is None else timeout
@@ -298,3 +304,6 @@ class AsyncClient:
             raise ClientError(exc.code(), exc.details()) from None
         finally:
             call.cancel()
+
+
+from streamer.batcher import Batcher, BatcherClosed  # noqa: E402,F401 (part of this module's API; it imports this one)

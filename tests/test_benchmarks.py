@@ -19,7 +19,7 @@ from benchmarks.baseline_server import outlier_indices  # noqa: E402
 from benchmarks.loadgen import encode_requests  # noqa: E402
 from streamer.pb import outliers_pb2 as pb  # noqa: E402
 
-SERVERS = {"ceiling", "baseline", "river", "grpc-go", "streamer"}
+SERVERS = {"ceiling", "baseline", "river", "grpc-go", "tuned-go", "streamer"}
 
 
 @pytest.fixture(scope="module")

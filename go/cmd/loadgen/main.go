@@ -62,6 +62,7 @@ type config struct {
 	Seed       uint64
 	Timeout    time.Duration
 	TLS        *tls.Config // nil: plaintext
+	ServerPID  int         // 0: the server's CPU is not read (servercpu.go)
 }
 
 // report is the result; its JSON form is the interface of the benchmark harness, documented in go/README.md.
@@ -85,6 +86,7 @@ type report struct {
 	P99Ms         float64 `json:"p99_ms"`
 	MeanMs        float64 `json:"mean_ms"`
 	MaxMs         float64 `json:"max_ms"`
+	ServerCPUS    float64 `json:"server_cpu_s"` // with -server-pid: its CPU seconds over duration_s
 	Errors        int     `json:"errors"`
 	Error         string  `json:"error"`
 	GoVersion     string  `json:"go_version"`
@@ -94,7 +96,8 @@ type report struct {
 func main() {
 	flag.Parse()
 	cfg := config{Addr: *addr, Mode: *mode, Batch: *batch, Series: *series, Streams: *streams, Duration: *duration,
-		Warmup: *warmup, Pipelined: *pipelined, Window: *window, Timestamps: *timestamps, Seed: *seed, Timeout: *timeout}
+		Warmup: *warmup, Pipelined: *pipelined, Window: *window, Timestamps: *timestamps, Seed: *seed, Timeout: *timeout,
+		ServerPID: *serverPID}
 	var err error
 	if cfg.TLS, err = tlsFlags.Config(); err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
@@ -103,6 +106,10 @@ func main() {
 	if err := cfg.validate(); err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
 		os.Exit(2)
+	}
+	if *adaptive { // adaptive.go
+		adaptiveMain(cfg)
+		return
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -225,6 +232,7 @@ func run(ctx context.Context, cfg config) report {
 	stopAt := measureFrom.Add(cfg.Duration)
 	runCtx, cancel := context.WithDeadline(ctx, stopAt)
 	defer cancel()
+	serverCPU := watchServerCPU(cfg.ServerPID, measureFrom, stopAt)
 
 	workers := make([]*worker, cfg.Streams)
 	var wg sync.WaitGroup
@@ -243,6 +251,9 @@ func run(ctx context.Context, cfg config) report {
 		end = stopAt // answers drained after the end are not counted, nor is the time spent draining
 	}
 
+	if rep.ServerCPUS, err = serverCPU.result(); err != nil {
+		rep.Errors, rep.Error = rep.Errors+1, fmt.Sprintf("server CPU: %v", err)
+	}
 	var lat []time.Duration
 	var sum time.Duration
 	for _, w := range workers {
