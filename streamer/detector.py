@@ -16,8 +16,9 @@ from streamer import fused, kernels
 from streamer.errors import (AlreadyExists, DetectError, FailedPrecondition, InvalidArgument,
                              ResourceExhausted, Unavailable)
 from streamer.series import SeriesLimitError, SeriesTable
+from streamer import expiry
 from streamer.state import (MODE_CUMULATIVE, MODE_EXPONENTIAL, MODE_NAMES, SeriesState, Session,
-                            SessionError, SessionRegistry)
+                            SessionError, SessionRegistry, TotalSeriesLimitError)
 from streamer.wire import (TRAILER_BYTES, Columns, Options, WireError, decode_request, encode_flagged,
                            encode_trailer)
 
@@ -40,6 +41,7 @@ class Defaults:
     mode: int = MODE_CUMULATIVE
     alpha: float = 0.05
     max_series: int = 100_000
+    series_ttl: float = 0.0  # seconds a series may be idle before it is dropped (0: never); --series-ttl
     max_response_bytes: int = 64 * 1024 * 1024  # what grpc can send; the server sets it from --max-message-mb
 
 
@@ -52,6 +54,7 @@ class Params:
     mode: int
     alpha: float
     exclude_outliers: bool
+    series_ttl: float = 0.0
 
 
 def resolve(options: Options | None, defaults: Defaults, where: str) -> Params:
@@ -63,11 +66,14 @@ def resolve(options: Options | None, defaults: Defaults, where: str) -> Params:
         raise InvalidArgument(f"{where}: options.mode {o.mode} is not a known Mode")
     if o.alpha != 0 and not 0 < o.alpha <= 1:  # also rejects NaN
         raise InvalidArgument(f"{where}: options.alpha must be in (0, 1], got {o.alpha}")
+    ttl = defaults.series_ttl if o.series_ttl is None else o.series_ttl
+    if math.isnan(ttl) or ttl < 0 or math.isinf(ttl):
+        raise InvalidArgument(f"{where}: options.series_ttl_seconds must be a finite number >= 0, got {ttl}")
     return Params(threshold=o.threshold or defaults.threshold,
                   warmup=o.warmup or defaults.warmup,
                   mode=o.mode or defaults.mode,
                   alpha=o.alpha or defaults.alpha,
-                  exclude_outliers=o.exclude_outliers)
+                  exclude_outliers=o.exclude_outliers, series_ttl=ttl)
 
 
 def _decode(buf: bytes, where: str) -> Columns:
@@ -86,7 +92,11 @@ def _name_too_long(where: str, i: int, length: int) -> InvalidArgument:
     return InvalidArgument(f"{where}, metric {i}: name is {length} bytes, over the limit of {MAX_NAME_BYTES} bytes")
 
 
-def _series_limit(where: str, exc: SeriesLimitError) -> ResourceExhausted:
+def _series_limit(where: str, exc: SeriesLimitError | TotalSeriesLimitError) -> ResourceExhausted:
+    if isinstance(exc, TotalSeriesLimitError):
+        return ResourceExhausted(f"{where}, metric {exc.index}: the server's limit of {exc.limit} series in all "
+                                 f"sessions and streams (--max-total-series) is reached: it holds {exc.held}; "
+                                 f"the batch was not applied")
     return ResourceExhausted(f"{where}, metric {exc.index}: the series limit of {exc.limit} series "
                              f"(--max-series) is reached; the batch was not applied")
 
@@ -144,7 +154,7 @@ def detect(buf: bytes, defaults: Defaults, on_batch: Callable[[int, int], None] 
     # Only the threshold applies to a single batch; the stream options are ignored, as the README says.
     threshold = resolve(Options(threshold=cols.options.threshold) if cols.options else None, defaults,
                         where).threshold
-    table = SeriesTable(defaults.max_series)
+    table = SeriesTable(defaults.max_series, capacity=2 * len(cols), reserve=len(cols))
     ids = _intern(table, cols, where)
     scratch = _Scratch()
     scratch.ensure(len(cols))
@@ -251,18 +261,20 @@ class StreamDetector:
         if _answer_bound(len(buf), len(cols)) <= limit:
             try:
                 out = self._pass.apply(state, params.mode == MODE_EXPONENTIAL, params.alpha, params.threshold,
-                                       params.warmup, params.exclude_outliers, batch)
-            except SeriesLimitError as exc:
+                                       params.warmup, params.exclude_outliers, batch, self.sessions.clock())
+            except (SeriesLimitError, TotalSeriesLimitError) as exc:
                 raise _series_limit(where, exc) from None
             self.on_batch(len(cols), self._pass.flagged())
             return out + trailer if trailer else out
         cols = self._pass.columns()
-        known = len(state.table)
-        ids = _intern(state.table, cols, where)
-        state.reserve(len(state.table))
+        now = self.sessions.clock()
+        ids = self._intern_staged(state, cols, now, where)
         self._scratch.ensure(len(cols))
         s = self._scratch
-        saved = state.count[ids], state.mean[ids], state.spread[ids]  # copies (fancy indexing)
+        saved = state.take(ids)  # copies (fancy indexing)
+        reset = np.empty(len(ids), dtype=np.int64)
+        expired = expiry.touch(ids, cols.times, now, state.ttl, state.clock, state.last_seen, reset)
+        state.reset_slots(reset[:expired])
         if params.mode == MODE_EXPONENTIAL:
             k = kernels.ewm_update(ids, cols.values, state.count, state.mean, state.spread, params.alpha,
                                    params.threshold, params.warmup, params.exclude_outliers,
@@ -275,12 +287,35 @@ class StreamDetector:
         if trailer:
             out += trailer
         if len(out) > limit:
-            # Repeated ids restore the same saved values; new series go back to the zeros reserve() gave them.
-            state.count[ids], state.mean[ids], state.spread[ids] = saved
-            state.table.truncate(known)
+            # Repeated ids restore the same saved values; new series go back to the zeros they had.
+            state.put(ids, saved)
+            added = state.table.born()
+            state.table.rollback()
+            state.budget.release(added)
             raise ResourceExhausted(f"{_too_large(where, len(out), k, limit)}; the batch was not applied")
+        state.budget.release(0, expired)
         self.on_batch(len(cols), k)
         return out
+
+    @staticmethod
+    def _intern_staged(state: SeriesState, cols: Columns, now: float, where: str) -> np.ndarray:
+        """The batch's slots, its new series counted in the budget; as the fused pass, a batch over a limit
+        sweeps out expired series and is tried once more."""
+        state.sweep()
+        n = len(cols)
+        for again in (False, True):
+            room = state.budget.grant(n)
+            try:
+                ids = state.table.intern(cols.buf, cols.name_start, cols.name_len, cols.name_hash, room=room)
+            except SeriesLimitError as exc:
+                state.budget.settle(room, 0)
+                if again or not state.make_room(cols.times, now):
+                    raise _series_limit(where, state.limit_error(exc.index, room)) from None
+                continue
+            state.budget.settle(room, state.table.born())
+            state.table.settle()
+            state.reserve(state.table.slots)
+            return ids
 
     def _start(self, cols: fused.Head, where: str) -> None:
         params = resolve(cols.options, self.defaults, where)
@@ -295,8 +330,11 @@ class StreamDetector:
                          "store": Unavailable}[exc.kind]
                 raise error(f"{where}: {exc}") from None
             self.state = self.session.state
+            with self.session.lock:
+                self.state.ttl = params.series_ttl
         else:
-            self.state = SeriesState(params.mode, self.defaults.max_series)
+            self.state = SeriesState(params.mode, self.defaults.max_series, ttl=params.series_ttl,
+                                     budget=self.sessions.budget)
         self.options, self.params, self._session_name = cols.options, params, cols.session
         self._made_session = self.session is not None and len(self.state.table) == 0
 
@@ -315,6 +353,8 @@ class StreamDetector:
             forget = self._made_session and len(self.session.state.table) == 0
             self.sessions.detach(self.session, forget=forget)
             self.session = None
+        elif self.state is not None:
+            self.state.drop()
         self.state = None
 
 

@@ -17,34 +17,96 @@ from typing import Callable
 import numpy as np
 
 from streamer.answers import Answers
-from streamer.series import SeriesTable
+from streamer import expiry
+from streamer.series import SeriesLimitError, SeriesTable, lazy_zeros
 from streamer.store import MemoryStore, Snapshot, Store
 
 MODE_CUMULATIVE = 1
 MODE_EXPONENTIAL = 2
 MODE_NAMES = {MODE_CUMULATIVE: "MODE_CUMULATIVE", MODE_EXPONENTIAL: "MODE_EXPONENTIAL"}
-_ARRAYS = ("count", "mean", "spread")  # what a snapshot keeps of a SeriesState, besides the names
+# Per-series arrays, indexed by slot. _STATS are zeroed for a new series in a reused slot (reset_slots); a
+# feature adding per-series state adds its array here (and to _ARRAYS, to be kept in snapshots).
+_STATS = ("count", "mean", "spread")
+_ARRAYS = _STATS + ("last_seen",)  # what a snapshot keeps of a SeriesState, besides the names
 
 log = logging.getLogger(__name__)
+
+
+class TotalSeriesLimitError(Exception):
+    """A batch would take the series held by this process past --max-total-series."""
+
+    def __init__(self, index: int, limit: int, held: int):
+        super().__init__(f"metric {index} would take the server past its limit of {limit} series in all "
+                         f"sessions and streams (it holds {held})")
+        self.index, self.limit, self.held = index, limit, held
+
+
+class SeriesBudget:
+    """Series held in memory by every state of this process, against a limit (0: none), and how many expired.
+
+    A batch is granted room for its new series before it runs and gives back what it did not use, so batches
+    of different sessions on worker threads never overshoot the limit together; `_lock` guards the counts.
+    """
+
+    def __init__(self, limit: int = 0):
+        self.limit = limit
+        self.held = 0     # series in live states, plus room granted to batches running now
+        self.expired = 0  # series dropped for their TTL, ever
+        self._lock = threading.Lock()
+
+    def grant(self, n: int) -> int | None:
+        """Room for up to n new series (None: no limit)."""
+        with self._lock:
+            if not self.limit:
+                return None
+            room = max(0, min(n, self.limit - self.held))
+            self.held += room
+            return room
+
+    def settle(self, granted: int | None, used: int) -> None:
+        """After a batch: it added `used` new series, having been granted `granted`."""
+        with self._lock:
+            self.held += used - (granted or 0)
+
+    def release(self, n: int, expired: int = 0) -> None:
+        """n series left memory (a state dropped, series swept), `expired` of them for their TTL."""
+        with self._lock:
+            self.held -= n
+            self.expired += expired
 
 
 class SeriesState:
     """Running statistics of every series of one stream or session, indexed by the table's slots.
 
     `count` is the number of values each series has taken in; `mean` its mean; `spread` is Welford's M2
-    (sum of squared deviations) in MODE_CUMULATIVE and the exponentially weighted variance in MODE_EXPONENTIAL.
-    Bytes per series: 24 in these arrays, plus the table's 32 and the name's length.
+    (sum of squared deviations) in MODE_CUMULATIVE and the exponentially weighted variance in MODE_EXPONENTIAL;
+    `last_seen` the time of its latest value (expiry.py), seconds. Bytes per series: 32 in these arrays, plus
+    the table's 22 to 30 (series.py) and the name's length. The arrays are reserved for the table's reserved
+    slots with pages taken only when written, so a session grows to its limit without copying.
+    `ttl`: seconds a series may be idle before it is dropped (0: never); `budget`: the process's series count.
     """
 
-    def __init__(self, mode: int, max_series: int, capacity: int = 64):
+    def __init__(self, mode: int, max_series: int, capacity: int | None = None, ttl: float = 0.0,
+                 budget: SeriesBudget | None = None):
         self.mode = mode
-        self.table = SeriesTable(max_series)
-        self.count = np.zeros(capacity, dtype=np.int64)
-        self.mean = np.zeros(capacity, dtype=np.float64)
-        self.spread = np.zeros(capacity, dtype=np.float64)
+        self.table = SeriesTable(max_series, capacity=2 * capacity if capacity else 64, reserve=capacity)
+        n = len(self.table._offsets)
+        self.count = lazy_zeros(n, np.int64)
+        self.mean = lazy_zeros(n, np.float64)
+        self.spread = lazy_zeros(n, np.float64)
+        self.last_seen = lazy_zeros(n, np.float64)
+        self.clock = np.zeros(1, dtype=np.float64)  # the latest metric time seen (expiry.py)
+        self.ttl = ttl
+        self.swept_at = 0.0  # clock[0] at the last sweep
+        self.budget = budget if budget is not None else SeriesBudget()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held for the series (the per-series arrays up to the slots in use, and the table)."""
+        return self.table.slots * sum(getattr(self, k).itemsize for k in _ARRAYS) + self.table.nbytes
 
     def reserve(self, n_series: int) -> None:
-        """Grow the arrays (doubling, so appends stay amortised O(1)) to hold `n_series` series."""
+        """Grow the arrays (doubling, so appends stay amortised O(1)) to hold `n_series` slots."""
         capacity = len(self.count)
         if n_series <= capacity:
             return
@@ -52,31 +114,78 @@ class SeriesState:
             capacity *= 2
         for name in _ARRAYS:
             old = getattr(self, name)
-            new = np.zeros(capacity, dtype=old.dtype)
+            new = lazy_zeros(capacity, old.dtype)
             new[:len(old)] = old
             setattr(self, name, new)
 
+    def reset_slots(self, slots: np.ndarray) -> None:
+        """Zero the statistics of `slots` (a series starting fresh in a reused or expired slot)."""
+        for name in _STATS:
+            getattr(self, name)[slots] = 0
+
+    def take(self, slots: np.ndarray) -> tuple:
+        """Copies of every per-series array at `slots` and the clock, for put() to restore."""
+        return tuple(getattr(self, k)[slots] for k in _ARRAYS) + (float(self.clock[0]),)
+
+    def put(self, slots: np.ndarray, saved: tuple) -> None:
+        """Restore what take() copied (repeated slots restore the same values)."""
+        for k, values in zip(_ARRAYS, saved):
+            getattr(self, k)[slots] = values
+        self.clock[0] = saved[-1]
+
+    def sweep(self, force: bool = False, clock: float | None = None) -> int:
+        """Drop the series idle for more than the TTL at `clock` (default: the state's), freeing their slots;
+        unless `force`, only when the clock moved an eighth of the TTL since the last sweep. How many went."""
+        c = float(self.clock[0]) if clock is None else clock
+        if self.ttl <= 0 or (not force and c - self.swept_at < self.ttl / 8) or not len(self.table):
+            return 0
+        freed = self.table.expire(self.last_seen, c - self.ttl)
+        self.swept_at = c
+        if len(freed):
+            self.reset_slots(freed)
+            self.budget.release(len(freed), len(freed))
+        return len(freed)
+
+    def make_room(self, times: np.ndarray, now: float) -> bool:
+        """A batch (metric times `times`, arrival `now`) is over a limit: sweep out the series expired by its
+        clock; whether any went (then the batch is tried again)."""
+        if self.ttl <= 0:
+            return False
+        return self.sweep(force=True, clock=expiry.batch_clock(times, float(now), float(self.clock[0]))) > 0
+
+    def limit_error(self, index: int, room: int | None) -> Exception:
+        """Why metric `index` of a batch (granted `room` by the budget) could not be added."""
+        if room is not None and len(self.table) + room < self.table.limit:  # the table rolled the batch back
+            return TotalSeriesLimitError(index, self.budget.limit, self.budget.held - room)
+        return SeriesLimitError(index, self.table.limit)
+
+    def drop(self) -> None:
+        """The state leaves memory: give its series back to the budget."""
+        self.budget.release(len(self.table))
+        self.table = SeriesTable(0, reserve=0)
+
     def columns(self) -> tuple[bytes, np.ndarray, dict[str, np.ndarray]]:
-        """Copies of (names in slot order, their lengths, the statistics' arrays), for a snapshot."""
-        n = len(self.table)
-        arena, offsets, lengths = self.table.name_arrays()
-        lengths = lengths[:n].copy()
-        if n and not np.array_equal(offsets[1:n], np.cumsum(lengths)[:-1]):
-            raise AssertionError("series names are not packed in slot order")  # SeriesTable appends them
-        used = int(offsets[n - 1] + lengths[n - 1]) if n else 0
-        return arena[:used].tobytes(), lengths, {k: getattr(self, k)[:n].copy() for k in _ARRAYS}
+        """Copies of (live names in slot order, their lengths, the per-series arrays), for a snapshot."""
+        names, lengths, slots = self.table.live()
+        return names, lengths, {k: getattr(self, k)[slots] for k in _ARRAYS}
 
     @classmethod
-    def from_snapshot(cls, snap: Snapshot, max_series: int) -> SeriesState:
+    def from_snapshot(cls, snap: Snapshot, max_series: int, budget: SeriesBudget | None = None) -> SeriesState:
         n = len(snap)
-        state = cls(snap.mode, max(max_series, n), capacity=max(64, n))
+        state = cls(snap.mode, max(max_series, n), capacity=max(n, min(max_series, 1 << 21)), budget=budget)
         offsets = np.zeros(n, dtype=np.int64)
         np.cumsum(snap.name_lengths[:-1], out=offsets[1:])
         ids = state.table.intern(snap.names, offsets, snap.name_lengths)
+        state.table.settle()
         if not np.array_equal(ids, np.arange(n)):
             raise ValueError(f"session {snap.name!r}: the snapshot's series names are not distinct")
         for key in _ARRAYS:
-            getattr(state, key)[:n] = snap.arrays[key]
+            if key in snap.arrays:
+                getattr(state, key)[:n] = snap.arrays[key]
+        if "last_seen" not in snap.arrays:  # written before series had a TTL: seen at the save
+            state.last_seen[:n] = snap.last_used or 1.0
+        state.clock[0] = state.swept_at = float(state.last_seen[:n].max()) if n else 0.0
+        state.budget.release(-n)
         return state
 
 
@@ -110,6 +219,7 @@ class Session:
         if not self.lock.acquire(blocking):
             return None
         try:
+            self.state.sweep(force=True)  # expired series are not written
             names, lengths, arrays = self.state.columns()
             self.version += 1
             self.changed = False
@@ -145,8 +255,11 @@ class SessionRegistry:
                  clock: Callable[[], float] = time.time, store: Store | None = None,
                  lease_seconds: float = 10.0, on_store_health: Callable[[bool], None] = lambda ok: None,
                  snapshot_seconds: float = 5.0,
-                 on_snapshot: Callable[[float, bool], None] = lambda seconds, ok: None):
+                 on_snapshot: Callable[[float, bool], None] = lambda seconds, ok: None,
+                 series_ttl: float = 0.0, budget: SeriesBudget | None = None):
         self.ttl = ttl
+        self.series_ttl = series_ttl  # the default of each new session's series TTL (a stream's options set it)
+        self.budget = budget if budget is not None else SeriesBudget()
         self.max_sessions = max_sessions
         self.max_series = max_series
         self.clock = clock
@@ -183,6 +296,7 @@ class SessionRegistry:
             if session is not None and not session.open and (
                     self.clock() - session.last_used > self.ttl or session.lost):
                 del self._sessions[name]  # expired, though the sweeper has not come by yet
+                session.state.drop()
                 session = None
             if session is not None and session.open:
                 raise SessionError("busy", f"session {name!r} already has an open stream")
@@ -190,7 +304,7 @@ class SessionRegistry:
                 raise SessionError("full", f"session {name!r}: the server holds its limit of "
                                            f"{self.max_sessions} sessions (--max-sessions)")
             if session is None:
-                session = Session(name, SeriesState(mode, self.max_series), last_used=self.clock())
+                session = Session(name, SeriesState(mode, self.max_series, ttl=self.series_ttl, budget=self.budget), last_used=self.clock())
                 self._sessions[name] = session
             session.open = True  # reserved: the store calls run without the registry's lock
         try:
@@ -203,6 +317,7 @@ class SessionRegistry:
                 session.open = False
                 if len(session.state.table) == 0 and self._sessions.get(name) is session:
                     del self._sessions[name]
+                    session.state.drop()
             if session.leased:
                 self._writer.submit(self._release, session)
             raise
@@ -217,6 +332,7 @@ class SessionRegistry:
             session.last_used = self.clock()
             if forget and self._sessions.get(session.name) is session:
                 del self._sessions[session.name]
+                session.state.drop()
         snap = session.snapshot(self.clock()) if session.changed and self.store.durable and not forget else None
         self._writer.submit(self._save_and_release, session, snap)
 
@@ -267,7 +383,7 @@ class SessionRegistry:
             expired = [n for n, s in self._sessions.items()
                        if not s.open and not (s.leased and s.changed) and now - s.last_used > self.ttl]
             for name in expired:
-                del self._sessions[name]
+                self._sessions.pop(name).state.drop()
         self._writer.submit(self._expire, now - self.ttl, now)
         return len(expired)
 
@@ -320,7 +436,7 @@ class SessionRegistry:
         try:
             stored = self.store.version(name)
             snap = self.store.load(name) if stored is not None and stored > session.version else None
-            state = SeriesState.from_snapshot(snap, self.max_series) if snap is not None else None
+            state = SeriesState.from_snapshot(snap, self.max_series, self.budget) if snap is not None else None
         except Exception as exc:  # unreadable or damaged: go on from what this process has
             self._store_failed(f"session {name!r}: cannot load its snapshot; going on from memory", exc)
             return
@@ -330,8 +446,10 @@ class SessionRegistry:
             except ValueError as exc:  # the state is sound; only answers to batches sent again are lost
                 log.error("session %r: %s; batches sent again are answered without their outliers", name, exc)
                 answers = Answers()
+            state.ttl = session.state.ttl
             with session.lock:
-                session.state, session.version, session.changed = state, snap.version, False
+                old, session.state, session.version, session.changed = session.state, state, snap.version, False
+                old.drop()
                 session.seq = session.durable_seq = snap.seq
                 session.answers = answers
             log.info("session %r: resumed from the store (version %d, seq %d, %d series)", name, snap.version,

@@ -160,11 +160,13 @@ def test_forget_of_a_stale_session_leaves_its_successor(registry, fake_clock):
 
 
 def test_reserve_grows_and_keeps_values():
-    state = SeriesState(MODE_CUMULATIVE, max_series=1000)
+    state = SeriesState(MODE_CUMULATIVE, max_series=1000, capacity=64)  # slots reserved: the table's 64
+    assert len(state.count) == 64
+    assert len(SeriesState(MODE_CUMULATIVE, max_series=1000).count) == 1000  # default: up to the limit
     state.count[:64] = np.arange(64)
     state.mean[:64] = np.arange(64) * 0.5
     state.reserve(300)
-    assert len(state.count) == len(state.mean) == len(state.spread) == 512
+    assert len(state.count) == len(state.mean) == len(state.spread) == len(state.last_seen) == 512
     assert (state.count[:64] == np.arange(64)).all() and not state.count[64:].any()
     assert (state.mean[:64] == np.arange(64) * 0.5).all()
 

@@ -147,8 +147,13 @@ type DetectOptions struct {
 	Mode            Mode                   `protobuf:"varint,3,opt,name=mode,proto3,enum=pb.Mode" json:"mode,omitempty"`                                 // DetectStream: how the running mean and variance are kept
 	Alpha           float64                `protobuf:"fixed64,4,opt,name=alpha,proto3" json:"alpha,omitempty"`                                           // MODE_EXPONENTIAL: weight of the newest value, 0 < alpha <= 1
 	ExcludeOutliers bool                   `protobuf:"varint,5,opt,name=exclude_outliers,json=excludeOutliers,proto3" json:"exclude_outliers,omitempty"` // DetectStream: flagged values do not update the series' state
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// DetectStream: seconds a series may go without a value before it is dropped (its slot reused, its state
+	// gone from the next snapshot; a name that comes back starts fresh). Counted in the session's clock: the
+	// latest Metric.time seen, or the arrival time for metrics without one. Unset: the server's --series-ttl;
+	// 0: never. Must be finite and >= 0.
+	SeriesTtlSeconds *float64 `protobuf:"fixed64,13,opt,name=series_ttl_seconds,json=seriesTtlSeconds,proto3,oneof" json:"series_ttl_seconds,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *DetectOptions) Reset() {
@@ -214,6 +219,13 @@ func (x *DetectOptions) GetExcludeOutliers() bool {
 		return x.ExcludeOutliers
 	}
 	return false
+}
+
+func (x *DetectOptions) GetSeriesTtlSeconds() float64 {
+	if x != nil && x.SeriesTtlSeconds != nil {
+		return *x.SeriesTtlSeconds
+	}
+	return 0
 }
 
 // A batch of metrics. In Detect, one batch judged on its own; in DetectStream, one batch of the stream.
@@ -486,13 +498,15 @@ const file_outliers_proto_rawDesc = "" +
 	"\x06Metric\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
-	"\x05value\x18\x03 \x01(\x01R\x05value\"\xa4\x01\n" +
+	"\x05value\x18\x03 \x01(\x01R\x05value\"\xee\x01\n" +
 	"\rDetectOptions\x12\x1c\n" +
 	"\tthreshold\x18\x01 \x01(\x01R\tthreshold\x12\x16\n" +
 	"\x06warmup\x18\x02 \x01(\rR\x06warmup\x12\x1c\n" +
 	"\x04mode\x18\x03 \x01(\x0e2\b.pb.ModeR\x04mode\x12\x14\n" +
 	"\x05alpha\x18\x04 \x01(\x01R\x05alpha\x12)\n" +
-	"\x10exclude_outliers\x18\x05 \x01(\bR\x0fexcludeOutliers\"\x90\x01\n" +
+	"\x10exclude_outliers\x18\x05 \x01(\bR\x0fexcludeOutliers\x121\n" +
+	"\x12series_ttl_seconds\x18\r \x01(\x01H\x00R\x10seriesTtlSeconds\x88\x01\x01B\x15\n" +
+	"\x13_series_ttl_seconds\"\x90\x01\n" +
 	"\x0fOutliersRequest\x12$\n" +
 	"\ametrics\x18\x01 \x03(\v2\n" +
 	".pb.MetricR\ametrics\x12+\n" +
@@ -570,6 +584,7 @@ func file_outliers_proto_init() {
 	if File_outliers_proto != nil {
 		return
 	}
+	file_outliers_proto_msgTypes[1].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

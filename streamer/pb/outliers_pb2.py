@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0eoutliers.proto\x12\x02pb\x1a\x1fgoogle/protobuf/timestamp.proto\"O\n\x06Metric\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\"s\n\rDetectOptions\x12\x11\n\tthreshold\x18\x01 \x01(\x01\x12\x0e\n\x06warmup\x18\x02 \x01(\r\x12\x16\n\x04mode\x18\x03 \x01(\x0e\x32\x08.pb.Mode\x12\r\n\x05\x61lpha\x18\x04 \x01(\x01\x12\x18\n\x10\x65xclude_outliers\x18\x05 \x01(\x08\"p\n\x0fOutliersRequest\x12\x1b\n\x07metrics\x18\x01 \x03(\x0b\x32\n.pb.Metric\x12\"\n\x07options\x18\x02 \x01(\x0b\x32\x11.pb.DetectOptions\x12\x0f\n\x07session\x18\x03 \x01(\t\x12\x0b\n\x03seq\x18\x04 \x01(\x04\"c\n\x07Outlier\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x0c\n\x04mean\x18\x04 \x01(\x01\x12\x0e\n\x06stddev\x18\x05 \x01(\x01\x12\x0e\n\x06zscore\x18\x06 \x01(\x01\"\xb4\x01\n\x10OutliersResponse\x12\x0f\n\x07indices\x18\x01 \x03(\x05\x12\x1d\n\x08outliers\x18\x02 \x03(\x0b\x32\x0b.pb.Outlier\x12\r\n\x05\x62\x61tch\x18\x03 \x01(\x04\x12\x11\n\tduplicate\x18\x04 \x01(\x08\x12\x13\n\x0b\x61pplied_seq\x18\x05 \x01(\x04\x12\x13\n\x0b\x64urable_seq\x18\x06 \x01(\x04\x12\x11\n\tephemeral\x18\x07 \x01(\x08\x12\x11\n\tforgotten\x18\x08 \x01(\x08*G\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0fMODE_CUMULATIVE\x10\x01\x12\x14\n\x10MODE_EXPONENTIAL\x10\x02\x32~\n\x08Outliers\x12\x33\n\x06\x44\x65tect\x12\x13.pb.OutliersRequest\x1a\x14.pb.OutliersResponse\x12=\n\x0c\x44\x65tectStream\x12\x13.pb.OutliersRequest\x1a\x14.pb.OutliersResponse(\x01\x30\x01\x42(Z&github.com/streamer-dev/streamer/go/pbb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0eoutliers.proto\x12\x02pb\x1a\x1fgoogle/protobuf/timestamp.proto\"O\n\x06Metric\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\"\xab\x01\n\rDetectOptions\x12\x11\n\tthreshold\x18\x01 \x01(\x01\x12\x0e\n\x06warmup\x18\x02 \x01(\r\x12\x16\n\x04mode\x18\x03 \x01(\x0e\x32\x08.pb.Mode\x12\r\n\x05\x61lpha\x18\x04 \x01(\x01\x12\x18\n\x10\x65xclude_outliers\x18\x05 \x01(\x08\x12\x1f\n\x12series_ttl_seconds\x18\r \x01(\x01H\x00\x88\x01\x01\x42\x15\n\x13_series_ttl_seconds\"p\n\x0fOutliersRequest\x12\x1b\n\x07metrics\x18\x01 \x03(\x0b\x32\n.pb.Metric\x12\"\n\x07options\x18\x02 \x01(\x0b\x32\x11.pb.DetectOptions\x12\x0f\n\x07session\x18\x03 \x01(\t\x12\x0b\n\x03seq\x18\x04 \x01(\x04\"c\n\x07Outlier\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x0c\n\x04mean\x18\x04 \x01(\x01\x12\x0e\n\x06stddev\x18\x05 \x01(\x01\x12\x0e\n\x06zscore\x18\x06 \x01(\x01\"\xb4\x01\n\x10OutliersResponse\x12\x0f\n\x07indices\x18\x01 \x03(\x05\x12\x1d\n\x08outliers\x18\x02 \x03(\x0b\x32\x0b.pb.Outlier\x12\r\n\x05\x62\x61tch\x18\x03 \x01(\x04\x12\x11\n\tduplicate\x18\x04 \x01(\x08\x12\x13\n\x0b\x61pplied_seq\x18\x05 \x01(\x04\x12\x13\n\x0b\x64urable_seq\x18\x06 \x01(\x04\x12\x11\n\tephemeral\x18\x07 \x01(\x08\x12\x11\n\tforgotten\x18\x08 \x01(\x08*G\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0fMODE_CUMULATIVE\x10\x01\x12\x14\n\x10MODE_EXPONENTIAL\x10\x02\x32~\n\x08Outliers\x12\x33\n\x06\x44\x65tect\x12\x13.pb.OutliersRequest\x1a\x14.pb.OutliersResponse\x12=\n\x0c\x44\x65tectStream\x12\x13.pb.OutliersRequest\x1a\x14.pb.OutliersResponse(\x01\x30\x01\x42(Z&github.com/streamer-dev/streamer/go/pbb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,18 +33,18 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'outliers_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z&github.com/streamer-dev/streamer/go/pb'
-  _globals['_MODE']._serialized_start=651
-  _globals['_MODE']._serialized_end=722
+  _globals['_MODE']._serialized_start=708
+  _globals['_MODE']._serialized_end=779
   _globals['_METRIC']._serialized_start=55
   _globals['_METRIC']._serialized_end=134
-  _globals['_DETECTOPTIONS']._serialized_start=136
-  _globals['_DETECTOPTIONS']._serialized_end=251
-  _globals['_OUTLIERSREQUEST']._serialized_start=253
-  _globals['_OUTLIERSREQUEST']._serialized_end=365
-  _globals['_OUTLIER']._serialized_start=367
-  _globals['_OUTLIER']._serialized_end=466
-  _globals['_OUTLIERSRESPONSE']._serialized_start=469
-  _globals['_OUTLIERSRESPONSE']._serialized_end=649
-  _globals['_OUTLIERS']._serialized_start=724
-  _globals['_OUTLIERS']._serialized_end=850
+  _globals['_DETECTOPTIONS']._serialized_start=137
+  _globals['_DETECTOPTIONS']._serialized_end=308
+  _globals['_OUTLIERSREQUEST']._serialized_start=310
+  _globals['_OUTLIERSREQUEST']._serialized_end=422
+  _globals['_OUTLIER']._serialized_start=424
+  _globals['_OUTLIER']._serialized_end=523
+  _globals['_OUTLIERSRESPONSE']._serialized_start=526
+  _globals['_OUTLIERSRESPONSE']._serialized_end=706
+  _globals['_OUTLIERS']._serialized_start=781
+  _globals['_OUTLIERS']._serialized_end=907
 # @@protoc_insertion_point(module_scope)

@@ -30,18 +30,20 @@ class Metric(_message.Message):
     def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., name: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
 
 class DetectOptions(_message.Message):
-    __slots__ = ("threshold", "warmup", "mode", "alpha", "exclude_outliers")
+    __slots__ = ("threshold", "warmup", "mode", "alpha", "exclude_outliers", "series_ttl_seconds")
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     WARMUP_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_OUTLIERS_FIELD_NUMBER: _ClassVar[int]
+    SERIES_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     threshold: float
     warmup: int
     mode: Mode
     alpha: float
     exclude_outliers: bool
-    def __init__(self, threshold: _Optional[float] = ..., warmup: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., alpha: _Optional[float] = ..., exclude_outliers: _Optional[bool] = ...) -> None: ...
+    series_ttl_seconds: float
+    def __init__(self, threshold: _Optional[float] = ..., warmup: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., alpha: _Optional[float] = ..., exclude_outliers: _Optional[bool] = ..., series_ttl_seconds: _Optional[float] = ...) -> None: ...
 
 class OutliersRequest(_message.Message):
     __slots__ = ("metrics", "options", "session", "seq")

@@ -14,8 +14,7 @@ one byte (primitives.advanced), so positions never move backwards, never pass th
 costs at most n iterations. Every load is checked against the end of its record first.
 
 Deliberate differences from the protobuf library:
-- `times` is seconds * 10**9 + nanos in int64, wrapping outside the years 1678-2262 (the library keeps
-  the two fields; `time` is carried, not scored).
+- `times` is seconds * 10**9 + nanos in int64, wrapping outside 1678-2262 (used for the series TTL only).
 - Messages of 2 GiB or more are not rejected here (grpc's --max-message-mb stops them long before).
 """
 from __future__ import annotations
@@ -25,9 +24,9 @@ import dataclasses
 import numpy as np
 from numba import njit
 
-from streamer.wire.primitives import (E_DEPTH, E_GROUP, E_NAME_UTF8, E_SESSION_UTF8, E_TAG, E_TRUNCATED,
-                                      E_WIRETYPE, ERRORS, HASH_SEED, HOT, INLINE, advanced, byte_at, f64_bits,
-                                      hash_utf8, load_f64, load_i64, name_hash, utf8_valid, varint, varint32)
+from streamer.wire.primitives import (E_DEPTH, E_GROUP, E_NAME_UTF8, E_SESSION_UTF8, E_TAG, E_TRUNCATED, E_WIRETYPE,
+                                      ERRORS, HASH_SEED, HOT, INLINE, advanced, byte_at, f64_bits, hash_utf8,
+                                      load_f64, load_i64, name_hash, utf8_valid, varint, varint32)
 
 
 class WireError(ValueError):
@@ -43,6 +42,7 @@ class Options:
     mode: int = 0
     alpha: float = 0.0
     exclude_outliers: bool = False
+    series_ttl: float | None = None  # field 13, proto3 optional: None when not sent
 
 
 @dataclasses.dataclass
@@ -66,13 +66,11 @@ class Columns:
 _MAX_DEPTH = 100          # upb's default nesting limit; each sub-message and each group takes one level
 _NS = np.int64(1_000_000_000)
 
-# The decoder's state, one int64 array: the request's options and session as read so far, where to resume
-# when the columns are full, and the stack of open groups.
+# The decoder's state, one int64 array: options and session read so far, where to resume, open groups' stack.
 _HAS_OPTIONS, _WARMUP, _MODE, _EXCLUDE, _THRESHOLD, _ALPHA = 0, 1, 2, 3, 4, 5  # doubles kept as their bits
 _SESSION_START, _SESSION_LEN, _POS, _COUNT, _BAD_METRIC, _SEED, _SEQ, _STACK = 6, 7, 8, 9, 10, 11, 12, 13
-_STATE_SIZE = _STACK + _MAX_DEPTH
+_HAS_TTL, _TTL, _STATE_SIZE = _STACK + _MAX_DEPTH, _STACK + _MAX_DEPTH + 1, _STACK + _MAX_DEPTH + 2  # series_ttl
 _FULL = 1  # _decode's return when the columns are full: grow them and call again
-
 
 # Readers return (value, next) with next = -code on error; the value is then 0 and is never used.
 
@@ -223,10 +221,11 @@ def _decode_options(b, p, end, st):
         t, p = _tag(b, p, end)
         if p < 0:
             return p
-        if t == 0x09 or t == 0x21:  # threshold, alpha: double
+        if t == 0x09 or t == 0x21 or t == 0x69:  # threshold, alpha, series_ttl_seconds: double
             if end - p < 8:
                 return -E_TRUNCATED
-            st[_THRESHOLD if t == 0x09 else _ALPHA] = load_i64(b, p)
+            st[_THRESHOLD if t == 0x09 else _ALPHA if t == 0x21 else _TTL] = load_i64(b, p)
+            st[_HAS_TTL] |= 1 if t == 0x69 else 0
             p += 8
         elif t == 0x10 or t == 0x18 or t == 0x28:
             x, p = varint(b, p, end)
@@ -364,7 +363,8 @@ def wire_error(st: np.ndarray, code: int) -> WireError:
 def options_of(st: np.ndarray) -> Options:
     """The DetectOptions _decode read into st."""
     threshold, alpha = st[_THRESHOLD:_ALPHA + 1].view(np.float64).tolist()
-    return Options(threshold, int(st[_WARMUP]), int(st[_MODE]), alpha, bool(st[_EXCLUDE]))
+    ttl = float(st[_TTL:_TTL + 1].view(np.float64)[0]) if st[_HAS_TTL] else None
+    return Options(threshold, int(st[_WARMUP]), int(st[_MODE]), alpha, bool(st[_EXCLUDE]), ttl)
 
 
 def session_of(buf: bytes, st: np.ndarray) -> str:
