@@ -27,7 +27,7 @@ from streamer.ops.metrics import Metrics, MetricsInterceptor
 # has run. Without it, `grpcurl describe pb.Outliers` from another process gets "Symbol not found".
 from streamer.pb import outliers_pb2
 from streamer.service import SERVICE_NAME, OutliersService
-from streamer.state import SessionRegistry
+from streamer.state import SeriesBudget, SessionRegistry
 from streamer.store import StoreError, open_store
 
 log = logging.getLogger("streamer")
@@ -47,6 +47,9 @@ class Config:
     drain_seconds: float = 0.0
     session_ttl: float = 600.0
     max_sessions: int = 10_000
+    # series held by the process in all sessions and streams (0: no limit); with --workers N, each worker's
+    # share is max_total_series / N
+    max_total_series: int = 10_000_000
     store: str = "sqlite:///state/streamer.db"  # relative to the working directory (shared/DECISIONS.md)
     snapshot_seconds: float = 5.0
     lease_seconds: float = 10.0
@@ -204,11 +207,14 @@ class StreamerServer:
                                         self.config.defaults.max_series, clock=self.clock, store=store,
                                         lease_seconds=self.config.lease_seconds, on_store_health=store_health,
                                         snapshot_seconds=self.config.snapshot_seconds,
-                                        on_snapshot=self.metrics.snapshot if self.metrics else lambda s, ok: None)
+                                        on_snapshot=self.metrics.snapshot if self.metrics else lambda s, ok: None,
+                                        series_ttl=self.config.defaults.series_ttl,
+                                        budget=SeriesBudget(self.config.max_total_series))
         self.service = OutliersService(self.defaults, self.sessions, self.metrics)
         server.add_generic_rpc_handlers((self.service.handler(),))
         if self.metrics is not None:
-            self.metrics.watch(self.service.open_streams, self.sessions.__len__, self.service.series_held)
+            self.metrics.watch(self.service.open_streams, self.sessions.__len__, self.service.series_held,
+                               lambda: self.sessions.budget.expired)
         if self.config.metrics_port:
             try:
                 self._metrics_http = self.metrics.serve(self.config.host, self.config.metrics_port)

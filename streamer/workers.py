@@ -102,7 +102,8 @@ class Supervisor:
                 for handler in logging.getLogger().handlers:
                     handler.addFilter(_Prefix(f"worker {i}: "))
                 config = dataclasses.replace(self.config, metrics_port=self.config.metrics_port + i
-                                             if self.config.metrics_port else 0)
+                                             if self.config.metrics_port else 0,
+                                             max_total_series=-(-self.config.max_total_series // self.n))
                 asyncio.run(serve(config, on_ready=lambda: os.write(w, b"r")))
                 code = 0
             except OSError as exc:
