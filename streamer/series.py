@@ -520,5 +520,6 @@ def compile_all() -> None:
     except SeriesLimitError:
         pass
     table.live()
+    _migrate(table._m, table._index, table._old, table._hashes, 0)  # as _grow calls it
     table._m[M_GARBAGE] = 1 << 20  # and a compaction
     table.begin(1)
