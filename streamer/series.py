@@ -359,8 +359,10 @@ class SeriesTable:
         self._offsets = lazy_zeros(slots, np.int32)
         self._lengths = lazy_zeros(slots, np.int16)
         self._free = lazy_zeros(slots, np.int32)
-        self._arena = lazy_zeros(32 * slots + _PAD, np.uint8)
+        self._arena = lazy_zeros(64 * slots + _PAD, np.uint8)  # 64 name bytes a slot reserved (no RSS until used)
         self._born = np.zeros(0, dtype=np.int64)
+        self._next = self._old  # the next, twice as big index, its pages taken ahead of need (begin)
+        self._next_pages = 0
         # plain ints, not numpy scalars: numba takes those ~20x faster as arguments
         self._seed = int(seed)
 
@@ -394,6 +396,25 @@ class SeriesTable:
             self._arena = new
             m[M_GARBAGE] = 0
         m[M_USED0], m[M_GARBAGE0] = m[M_USED], m[M_GARBAGE]
+        self._prefault(n)
+
+    def _prefault(self, n: int) -> None:
+        """Past 3/8 load, make the next index and write a zero to some of its pages each batch, so that by the
+        time it is needed (at 1/2) they are all mapped: the kernel's page faults (5-10 us each on a VM) would
+        otherwise come at once, in the first batches after the growth (2048 of them for a million series)."""
+        size = len(self._index)
+        if 8 * int(self._m[M_COUNT]) < 3 * size:
+            return
+        if len(self._next) != 2 * size:
+            self._next, self._next_pages = lazy_zeros(2 * size, np.int32), 0
+        per_page = mmap.PAGESIZE // 4
+        pages = -(-2 * size // per_page)
+        if self._next_pages < pages:
+            # the growth comes after size/8 more series: all pages by then, in steps of this batch's share
+            k = max(16, -(-pages * max(n, 1) * 8 // size))
+            stop = min(pages, self._next_pages + k)
+            self._next[self._next_pages * per_page:stop * per_page:per_page] = 0
+            self._next_pages = stop
 
     def intern(self, buf: bytes, name_start: np.ndarray, name_len: np.ndarray,
                name_hash: np.ndarray | None = None, room: int | None = None) -> np.ndarray:
@@ -449,7 +470,10 @@ class SeriesTable:
             self._old = self._index
             m[M_OLD_BITS], m[M_CURSOR] = m[M_BITS], 0
             m[M_BITS] += 1
-            self._index = lazy_zeros(2 * len(self._old), np.int32)
+            if len(self._next) == 2 * len(self._old):
+                self._index, self._next = self._next, np.zeros(0, dtype=np.int32)
+            else:
+                self._index = lazy_zeros(2 * len(self._old), np.int32)
         else:
             return False
         return True
