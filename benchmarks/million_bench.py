@@ -93,8 +93,9 @@ def snapshot_resume(state: SeriesState, store_name: str, store) -> dict:
     rounds = []
     for _ in range(3):
         t0 = time.perf_counter()
-        snap = session.snapshot(time.time())
+        capture = session.snapshot(time.time(), pack=False)  # what a batch waits for: the copy under the lock
         t1 = time.perf_counter()
+        snap = capture.pack()  # on the store's writer thread in the server
         assert store.acquire("million", "bench", 60, time.time()) is None
         assert store.save(snap, "bench")
         t2 = time.perf_counter()
@@ -103,7 +104,7 @@ def snapshot_resume(state: SeriesState, store_name: str, store) -> dict:
         back = SeriesState.from_snapshot(loaded, len(loaded))
         t4 = time.perf_counter()
         assert len(back.table) == len(state.table)
-        rounds.append({"copy_ms": 1e3 * (t1 - t0), "save_ms": 1e3 * (t2 - t1), "load_ms": 1e3 * (t3 - t2),
+        rounds.append({"copy_ms": 1e3 * (t1 - t0), "save_ms": 1e3 * (t2 - t1),  # save: pack and write "load_ms": 1e3 * (t3 - t2),
                        "rebuild_ms": 1e3 * (t4 - t3), "snapshot_ms": 1e3 * (t2 - t0), "resume_ms": 1e3 * (t4 - t2),
                        "bytes": snap.nbytes})
         del back, loaded, snap
@@ -172,6 +173,37 @@ def unary(rounds: int = 7, n: int = 100_000) -> dict:
             "ratio": _mmm(ratio)}
 
 
+def unary_grpc(rounds: int = 7, n: int = 100_000) -> dict:
+    """The same two Detect calls through a real `streamer serve` (its own process) and a gRPC channel with
+    raw bytes in and out: what a client sees per metric, transport included."""
+    import grpc
+
+    from benchmarks.servers import ServerProcess
+    distinct = request(0, n, 20)
+    few = np.frombuffer(request(0, n, 20), dtype=np.uint8).reshape(n, -1).copy()
+    ids = np.arange(n) % 100
+    for d in range(12):
+        few[:, 4 + 19 - d] = 48 + (ids // 10 ** d) % 10
+    few = few.tobytes()
+    server = ServerProcess("streamer", args=("--max-series", str(n)))
+    try:
+        with grpc.insecure_channel(server.addr, options=[("grpc.max_receive_message_length", 1 << 28)]) as ch:
+            call = ch.unary_unary("/pb.Outliers/Detect", request_serializer=None, response_deserializer=None)
+            call(distinct, timeout=60)
+            call(few, timeout=60)
+            a, b = [], []
+            for _ in range(rounds):
+                for buf, out in ((distinct, a), (few, b)):
+                    t = time.perf_counter()
+                    call(buf, timeout=60)
+                    out.append(1e9 * (time.perf_counter() - t) / n)
+    finally:
+        server.stop()
+    ratio = [x / y for x, y in zip(a, b)]
+    return {"metrics": n, "distinct_ns_per_metric": _mmm(a), "names100_ns_per_metric": _mmm(b),
+            "ratio": _mmm(ratio)}
+
+
 def plot(churn_result: dict, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -205,7 +237,7 @@ def markdown(r: dict) -> str:
                      f"{g['accounted_per_series']:.1f} | {g['worst_batch_ms']:.2f} | {g['p99_batch_ms']:.2f} | "
                      f"{g['median_batch_ms']:.2f} |")
     lines += ["", "## Snapshot and resume of the 1 M-series session (median (min-max) of 3, ms)", "",
-              "| store | copy (under the lock) | save | snapshot = copy + save | load | rebuild | resume = load + "
+              "| store | copy (under the lock) | pack + save | snapshot = copy + pack + save | load | rebuild | resume = load + "
               "rebuild | bytes |", "|---|---|---|---|---|---|---|---|"]
     f = lambda m: f"{m['median']:.0f} ({m['min']:.0f}-{m['max']:.0f})"  # noqa: E731
     for s in r["snapshots"]:
@@ -217,10 +249,11 @@ def markdown(r: dict) -> str:
               f"{c['rss_min_after_fill'] / 2**20:.1f}-{c['rss_max_after_fill'] / 2**20:.1f} MiB; slots "
               f"{c['slots']}; {c['expired']} series expired; worst batch {c['worst_batch_ms']:.1f} ms. Plot: "
               "million-churn.png.", "", "## Unary Detect: 100 000 distinct names against 100 names", ""]
-    u = r["unary"]
-    lines.append(f"ns per metric, median (min-max) of {len(u) and 7} interleaved rounds: distinct "
-                 f"{f(u['distinct_ns_per_metric'])}, 100 names {f(u['names100_ns_per_metric'])}, ratio "
-                 f"{u['ratio']['median']:.2f} ({u['ratio']['min']:.2f}-{u['ratio']['max']:.2f}).")
+    for where, u in (("in process (detector.detect)", r["unary"]), ("through gRPC (a real server)",
+                                                                      r["unary_grpc"])):
+        lines.append(f"- {where}: ns per metric, median (min-max) of 7 interleaved rounds: distinct "
+                     f"{f(u['distinct_ns_per_metric'])}, 100 names {f(u['names100_ns_per_metric'])}, ratio "
+                     f"{u['ratio']['median']:.2f} ({u['ratio']['min']:.2f}-{u['ratio']['max']:.2f}).")
     return "\n".join(lines) + "\n"
 
 
@@ -262,7 +295,8 @@ def main(argv=None) -> int:
     del state
     gc.collect()
     r["unary"] = unary()
-    print(f"unary: ratio {r['unary']['ratio']}", file=sys.stderr)
+    r["unary_grpc"] = unary_grpc()
+    print(f"unary: ratio {r['unary']['ratio']}, through gRPC {r['unary_grpc']['ratio']}", file=sys.stderr)
     r["churn"] = churn(args.churn, args.live, args.live // 10)
     print(f"churn: RSS {r['churn']['rss_min_after_fill'] / 2**20:.1f}-{r['churn']['rss_max_after_fill'] / 2**20:.1f}"
           f" MiB", file=sys.stderr)

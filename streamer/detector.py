@@ -154,7 +154,8 @@ def detect(buf: bytes, defaults: Defaults, on_batch: Callable[[int, int], None] 
     # Only the threshold applies to a single batch; the stream options are ignored, as the README says.
     threshold = resolve(Options(threshold=cols.options.threshold) if cols.options else None, defaults,
                         where).threshold
-    table = SeriesTable(defaults.max_series, capacity=2 * len(cols), reserve=len(cols))
+    table = SeriesTable(defaults.max_series, capacity=2 * len(cols), reserve=len(cols), name_bytes=len(buf),
+                        lazy=False)  # the names are spans of the request: its size is room for them all
     ids = _intern(table, cols, where)
     scratch = _Scratch()
     scratch.ensure(len(cols))

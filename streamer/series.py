@@ -31,8 +31,8 @@ _RESERVE = 1 << 21                      # slots reserved up front at most (more 
 
 # the table's scalars, one int64 array (numba takes arrays faster than many scalar arguments and can write them)
 (M_COUNT, M_HIGH, M_USED, M_GARBAGE, M_NFREE, M_NBORN, M_BITS, M_OLD_BITS, M_CURSOR, M_LIMIT, M_HASH_MASK,
- M_USED0, M_GARBAGE0) = range(13)
-_M_SIZE = 13
+ M_USED0, M_GARBAGE0, M_NAMES) = range(14)
+_M_SIZE = 14  # M_NAMES: raised by every change to the names, slots or their bytes (snapshots copy them if so)
 
 # what _intern stopped for (besides finishing)
 _DONE = 0
@@ -244,6 +244,7 @@ def _intern(b, name_start, name_len, name_hashes, i, ids, m, index, old, hashes,
             hashes[slot] = h
             index[e] = slot + 1
             m[M_COUNT] = count + 1
+            m[M_NAMES] += 1
             _migrate(m, index, old, hashes, _MIGRATE)
         ids[i] = slot
         i += 1
@@ -273,6 +274,7 @@ def _rollback(m, index, old, hashes, offsets, lengths, free, born):
     m[M_NBORN] = 0
     m[M_USED] = m[M_USED0]
     m[M_GARBAGE] = m[M_GARBAGE0]
+    m[M_NAMES] += 1
 
 
 @njit(**HOT)
@@ -292,6 +294,7 @@ def _expire(m, index, old, hashes, offsets, lengths, free, last_seen, cutoff, ou
             last_seen[s] = 0.0
             out[k] = s
             k += 1
+    m[M_NAMES] += k
     return k
 
 
@@ -343,7 +346,7 @@ class SeriesTable:
     """
 
     def __init__(self, limit: int, capacity: int = 64, seed: int = HASH_SEED, _hash_mask: int = -1,
-                 reserve: int | None = None):
+                 reserve: int | None = None, name_bytes: int | None = None, lazy: bool = True):
         self.limit = limit
         size = 4
         while size < capacity:
@@ -353,13 +356,17 @@ class SeriesTable:
         self._m[M_BITS] = size.bit_length() - 1
         self._m[M_LIMIT] = limit
         self._m[M_HASH_MASK] = _hash_mask
-        self._index = lazy_zeros(size, np.int32)
+        # lazy: pages mapped as they are first written (a long-lived table); else np.zeros, whose memory the
+        # allocator reuses from call to call without new page faults (a unary Detect's table of one batch)
+        zeros = lazy_zeros if lazy else np.zeros
+        self._index = zeros(size, np.int32)
         self._old = np.zeros(0, dtype=np.int32)
-        self._hashes = lazy_zeros(slots, np.int32)
-        self._offsets = lazy_zeros(slots, np.int32)
-        self._lengths = lazy_zeros(slots, np.int16)
-        self._free = lazy_zeros(slots, np.int32)
-        self._arena = lazy_zeros(64 * slots + _PAD, np.uint8)  # 64 name bytes a slot reserved (no RSS until used)
+        self._hashes = zeros(slots, np.int32)
+        self._offsets = zeros(slots, np.int32)
+        self._lengths = zeros(slots, np.int16)
+        self._free = zeros(slots, np.int32)
+        # 64 name bytes a slot reserved unless told (a lazy table takes no memory for them until used)
+        self._arena = zeros((64 * slots if name_bytes is None else name_bytes) + _PAD, np.uint8)
         self._born = np.zeros(0, dtype=np.int64)
         self._next = self._old  # the next, twice as big index, its pages taken ahead of need (begin)
         self._next_pages = 0
@@ -395,6 +402,7 @@ class SeriesTable:
             m[M_USED] = _compact(m, self._offsets, self._lengths, self._arena, new)
             self._arena = new
             m[M_GARBAGE] = 0
+            m[M_NAMES] += 1
         m[M_USED0], m[M_GARBAGE0] = m[M_USED], m[M_GARBAGE]
         self._prefault(n)
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from streamer.answers import Answers
 from streamer import expiry
-from streamer.series import SeriesLimitError, SeriesTable, lazy_zeros
+from streamer.series import M_COUNT, M_HIGH, M_NAMES, M_USED, SeriesLimitError, SeriesTable, _gather, lazy_zeros
 from streamer.store import MemoryStore, Snapshot, Store
 
 MODE_CUMULATIVE = 1
@@ -99,6 +99,9 @@ class SeriesState:
         self.ttl = ttl
         self.swept_at = 0.0  # clock[0] at the last sweep
         self.budget = budget if budget is not None else SeriesBudget()
+        self._shadow: dict[str, np.ndarray] = {}  # capture()'s buffers, reused from snapshot to snapshot
+        self._shadow_names = -1                   # the table's M_NAMES when the names were last copied there
+        self._shadow_lock = threading.Lock()      # held from a capture until it is packed
 
     @property
     def nbytes(self) -> int:
@@ -164,6 +167,35 @@ class SeriesState:
         self.budget.release(len(self.table))
         self.table = SeriesTable(0, reserve=0)
 
+    def capture(self) -> tuple[dict[str, np.ndarray], np.ndarray, Callable[[], None]]:
+        """Copy the arrays a snapshot needs (between two batches: the caller holds the session's lock) into
+        buffers this state keeps for the purpose, so the copy is a memcpy into pages already mapped; the names'
+        arrays only if a name changed since the last copy. Returns (copies, the table's scalars, release): call
+        release() once the copies are packed (capture_pack); a capture made before that gets new buffers."""
+        own = self._shadow_lock.acquire(blocking=False)
+        shadow = self._shadow if own else {}
+        table = self.table
+        high, used = table.slots, int(table._m[M_USED])
+
+        def put(key: str, src: np.ndarray, room: int) -> np.ndarray:
+            buf = shadow.get(key)
+            if buf is None or len(buf) < len(src):
+                buf = shadow[key] = np.empty(max(room, len(src)), dtype=src.dtype)
+            buf[:len(src)] = src
+            return buf[:len(src)]
+        raw = {k: put(k, getattr(self, k)[:high], len(self.count)) for k in _ARRAYS}
+        names = int(table._m[M_NAMES])
+        if own and names == self._shadow_names and "arena" in shadow:
+            raw.update(offsets=shadow["offsets"][:high], lengths=shadow["lengths"][:high],
+                       arena=shadow["arena"][:used + 8])
+        else:
+            raw.update(offsets=put("offsets", table._offsets[:high], len(table._offsets)),
+                       lengths=put("lengths", table._lengths[:high], len(table._offsets)),
+                       arena=put("arena", table._arena[:used + 8], len(table._arena)))
+            if own:
+                self._shadow_names = names
+        return raw, table._m.copy(), self._shadow_lock.release if own else (lambda: None)
+
     def columns(self) -> tuple[bytes, np.ndarray, dict[str, np.ndarray]]:
         """Copies of (live names in slot order, their lengths, the per-series arrays), for a snapshot."""
         names, lengths, slots = self.table.live()
@@ -190,6 +222,32 @@ class SeriesState:
 
 
 @dataclasses.dataclass(eq=False)
+class Capture:
+    """A session's state copied between two batches (SeriesState.capture), packed into a Snapshot off the event
+    loop: the live series gathered in slot order."""
+
+    fields: dict
+    raw: dict
+    m: np.ndarray
+    release: Callable[[], None]
+
+    def __len__(self) -> int:
+        return int(self.m[M_COUNT])
+
+    def pack(self) -> Snapshot:
+        try:
+            raw, high = self.raw, int(self.m[M_HIGH])
+            names = np.empty(int(self.m[M_USED]), dtype=np.uint8)
+            lens = np.empty(high, dtype=np.int64)
+            slots = np.empty(high, dtype=np.int64)
+            n, used = _gather(self.m, raw["offsets"], raw["lengths"], raw["arena"], names, lens, slots)
+            arrays = {k: raw[k][slots[:n]] for k in _ARRAYS}
+            return Snapshot(names=names[:used].tobytes(), name_lengths=lens[:n], arrays=arrays, **self.fields)
+        finally:
+            self.release()
+
+
+@dataclasses.dataclass(eq=False)
 class Session:
     """A named SeriesState that a collector can come back to after its stream ends.
 
@@ -213,21 +271,23 @@ class Session:
     snapshot_at: float = 0.0  # clock() of the last snapshot
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
-    def snapshot(self, now: float, blocking: bool = True) -> Snapshot | None:
+    def snapshot(self, now: float, blocking: bool = True, pack: bool = True) -> Snapshot | Capture | None:
         """A copy of the state between two batches, with the next version number; marks it unchanged.
-        None if not `blocking` and a batch holds the lock."""
+        None if not `blocking` and a batch holds the lock. Not `pack`: the Capture, for the writer thread to
+        pack (the lock is held only for the copy)."""
         if not self.lock.acquire(blocking):
             return None
         try:
             self.state.sweep(force=True)  # expired series are not written
-            names, lengths, arrays = self.state.columns()
+            raw, m, release = self.state.capture()
             self.version += 1
             self.changed = False
             self.snapshot_at = now
-            return Snapshot(self.name, self.state.mode, self.options, self.version, names, lengths, arrays, now,
-                            self.seq, self.answers.pack())
+            capture = Capture(dict(name=self.name, mode=self.state.mode, options=self.options, version=self.version,
+                                   last_used=now, seq=self.seq, answers=self.answers.pack()), raw, m, release)
         finally:
             self.lock.release()
+        return capture.pack() if pack else capture
 
 
 class SessionError(Exception):
@@ -333,7 +393,8 @@ class SessionRegistry:
             if forget and self._sessions.get(session.name) is session:
                 del self._sessions[session.name]
                 session.state.drop()
-        snap = session.snapshot(self.clock()) if session.changed and self.store.durable and not forget else None
+        snap = session.snapshot(self.clock(), pack=False) if session.changed and self.store.durable and not forget \
+            else None
         self._writer.submit(self._save_and_release, session, snap)
 
     def snapshot_open(self) -> int:
@@ -350,7 +411,7 @@ class SessionRegistry:
         for session in due:
             if "save" in session.pending:
                 continue  # the writer is behind: one copy a session waits at a time, not a queue of them
-            snap = session.snapshot(self.clock(), blocking=False)
+            snap = session.snapshot(self.clock(), blocking=False, pack=False)
             if snap is not None:
                 self._queue("save", self._save_and_release if not session.open else self._save, session, snap)
                 taken += 1
@@ -363,7 +424,7 @@ class SessionRegistry:
         now = self.clock()
         if now - session.snapshot_at < self.snapshot_seconds or not self.store.durable or "save" in session.pending:
             return
-        snap = session.snapshot(now, blocking=False)
+        snap = session.snapshot(now, blocking=False, pack=False)
         if snap is not None:
             self._queue("save", self._save, session, snap)
 
@@ -396,7 +457,7 @@ class SessionRegistry:
             if session.open:
                 self.detach(session)
             elif session.leased:  # its last write failed: one more try
-                snap = session.snapshot(self.clock()) if session.changed and self.store.durable else None
+                snap = session.snapshot(self.clock(), pack=False) if session.changed and self.store.durable else None
                 self._writer.submit(self._save_and_release, session, snap)
         self._writer.shutdown(wait=True)
         self.store.close()
@@ -455,9 +516,11 @@ class SessionRegistry:
             log.info("session %r: resumed from the store (version %d, seq %d, %d series)", name, snap.version,
                      snap.seq, len(snap))
 
-    def _save(self, session: Session, snap: Snapshot) -> bool:
+    def _save(self, session: Session, snap: Snapshot | Capture) -> bool:
         started = time.perf_counter()
         try:
+            if isinstance(snap, Capture):
+                snap = snap.pack()
             saved = self.store.save(snap, self.owner)
             if not saved and self.store.acquire(session.name, self.owner, self.lease_seconds, self.clock()) is None:
                 saved = self.store.save(snap, self.owner)  # the lease had lapsed (store outage) and was free
