@@ -20,7 +20,9 @@ import mmap
 import numpy as np
 from numba import njit
 
-from streamer.wire.primitives import HASH_SEED, HOT, INLINE, at, byte_at, load_i64, tail_word
+from streamer import series_index
+from streamer.series_index import _find, _migrate, _remove
+from streamer.wire.primitives import HASH_SEED, HOT, at, byte_at
 from streamer.wire.primitives import name_hash as hash_of_name
 
 _PAD = 8                                # arena bytes past the end, so 8-byte loads of a name's tail stay inside
@@ -32,6 +34,7 @@ _RESERVE = 1 << 21                      # slots reserved up front at most (more 
 # the table's scalars, one int64 array (numba takes arrays faster than many scalar arguments and can write them)
 (M_COUNT, M_HIGH, M_USED, M_GARBAGE, M_NFREE, M_NBORN, M_BITS, M_OLD_BITS, M_CURSOR, M_LIMIT, M_HASH_MASK,
  M_USED0, M_GARBAGE0, M_NAMES) = range(14)
+assert (series_index.M_BITS, series_index.M_OLD_BITS, series_index.M_CURSOR) == (M_BITS, M_OLD_BITS, M_CURSOR)
 _M_SIZE = 14  # M_NAMES: raised by every change to the names, slots or their bytes (snapshots copy them if so)
 
 # what _intern stopped for (besides finishing)
@@ -72,115 +75,6 @@ def _hash_names(b, name_start, name_len, seed, out):
             return -1 - i
         out[i] = hash_of_name(b, p, p + ln, seed)
     return 0
-
-
-@njit(**INLINE)
-def _same(b, p, arena, q, n):
-    """Whether b[p:p+n] == arena[q:q+n]; the arena is padded, so its tail word is always loadable."""
-    k = 0
-    while n - k >= 8:
-        if load_i64(b, p + k) != load_i64(arena, q + k):
-            return False
-        k += 8
-    if n > k:
-        mask = (np.int64(1) << (8 * (n - k))) - 1
-        return tail_word(b, p + k, n - k) == load_i64(arena, q + k) & mask
-    return True
-
-
-@njit(**INLINE)
-def _home(h, bits):
-    """The index entry a 32-bit hash starts probing at: its top `bits` bits."""
-    return (np.int64(h) & 0xFFFFFFFF) >> (32 - bits)
-
-
-@njit(**INLINE)
-def _find(index, bits, hashes, offsets, lengths, arena, b, p, ln, h):
-    """(entry, slot) of the name b[p:p+ln] with hash h in `index` (2**bits int32 entries: slot + 1, 0 free,
-    -1 a removed entry of an index being emptied); slot -1 when absent, entry then the free one it would take."""
-    mask = len(index) - 1
-    e = _home(h, bits)
-    while True:
-        v = at(index, e)
-        if v == 0:
-            return e, -1
-        if v > 0:
-            s = v - 1
-            if at(hashes, s) == h and at(lengths, s) == ln and _same(b, p, arena, at(offsets, s), ln):
-                return e, s
-        e = (e + 1) & mask
-
-
-@njit(**INLINE)
-def _place(index, bits, h, slot):
-    """Put slot (with hash h) in the first free entry of its probe path."""
-    mask = len(index) - 1
-    e = _home(h, bits)
-    while at(index, e) != 0:
-        e = (e + 1) & mask
-    index[e] = slot + 1
-
-
-@njit(**HOT)
-def _migrate(m, index, old, hashes, steps):
-    """Move the next `steps` entries of the old index into the new one; the old one is done when
-    m[M_CURSOR] reaches its end (m[M_OLD_BITS] is then 0)."""
-    if m[M_OLD_BITS] == 0:
-        return
-    c = m[M_CURSOR]
-    end = min(len(old), c + steps)
-    bits = m[M_BITS]
-    while c < end:
-        v = at(old, c)
-        if v > 0:
-            _place(index, bits, at(hashes, v - 1), v - 1)
-        c += 1
-    m[M_CURSOR] = c
-    if c >= len(old):
-        m[M_OLD_BITS] = 0
-
-
-@njit(**HOT)
-def _remove(m, index, old, hashes, slot):
-    """Take slot out of the index (backward-shift deletion: no tombstones, probe paths stay whole; Knuth,
-    TAOCP vol. 3, 6.4, Algorithm R) and mark it removed in the old index if that is still being emptied."""
-    bits = m[M_BITS]
-    mask = len(index) - 1
-    h = at(hashes, slot)
-    e = _home(h, bits)
-    while True:
-        v = at(index, e)
-        if v == 0:
-            break  # not moved over yet: only in the old index
-        if v == slot + 1:
-            i = e
-            j = e
-            while True:
-                j = (j + 1) & mask
-                w = at(index, j)
-                if w == 0:
-                    break
-                k = _home(at(hashes, w - 1), bits)
-                # w stays if its home lies cyclically in (i, j]: moving it to i would put it before its home
-                if (k > i and k <= j) if i <= j else (k > i or k <= j):
-                    continue
-                index[i] = w
-                i = j
-            index[i] = 0
-            break
-        e = (e + 1) & mask
-    ob = m[M_OLD_BITS]
-    if ob:
-        omask = len(old) - 1
-        e = _home(h, ob)
-        while True:
-            v = at(old, e)
-            if v == 0:
-                break
-            if v == slot + 1:
-                old[e] = -1
-                break
-            e = (e + 1) & omask
 
 
 @njit(**HOT)

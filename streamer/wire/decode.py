@@ -63,14 +63,14 @@ class Columns:
         return len(self.values)
 
 
-_MAX_DEPTH = 100          # upb's default nesting limit; each sub-message and each group takes one level
-_NS = np.int64(1_000_000_000)
+_MAX_DEPTH, _NS = 100, np.int64(1_000_000_000)  # upb's nesting limit (a level each sub-message and group); ns/s
 
 # The decoder's state, one int64 array: options and session read so far, where to resume, open groups' stack.
 _HAS_OPTIONS, _WARMUP, _MODE, _EXCLUDE, _THRESHOLD, _ALPHA = 0, 1, 2, 3, 4, 5  # doubles kept as their bits
 _SESSION_START, _SESSION_LEN, _POS, _COUNT, _BAD_METRIC, _SEED, _SEQ, _STACK = 6, 7, 8, 9, 10, 11, 12, 13
 _HAS_TTL, _TTL, _STATE_SIZE = _STACK + _MAX_DEPTH, _STACK + _MAX_DEPTH + 1, _STACK + _MAX_DEPTH + 2  # series_ttl
 _FULL = 1  # _decode's return when the columns are full: grow them and call again
+
 
 # Readers return (value, next) with next = -code on error; the value is then 0 and is never used.
 
