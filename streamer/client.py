@@ -67,10 +67,12 @@ def to_metrics(metrics=None, *, values: Iterable[float] | None = None, name: str
 
 
 def make_options(threshold: float | None = None, warmup: int | None = None, mode: int | None = None,
-                 alpha: float | None = None, exclude_outliers: bool = False) -> pb.DetectOptions | None:
-    """DetectOptions with the given fields (None = the server's default), or None if all are defaults."""
+                 alpha: float | None = None, exclude_outliers: bool = False,
+                 series_ttl: float | None = None) -> pb.DetectOptions | None:
+    """DetectOptions with the given fields (None = the server's default), or None if all are defaults.
+    `series_ttl`: seconds a series may be idle before it is dropped (0: never; None: the server's --series-ttl)."""
     fields = dict(threshold=threshold, warmup=warmup, mode=mode, alpha=alpha,
-                  exclude_outliers=exclude_outliers or None)
+                  exclude_outliers=exclude_outliers or None, series_ttl_seconds=series_ttl)
     fields = {k: v for k, v in fields.items() if v is not None}
     return pb.DetectOptions(**fields) if fields else None
 

@@ -167,6 +167,9 @@ def test_a_series_ttl_of_zero_keeps_series_and_data_time_counts_over_arrival(cli
     keep = Raw(server.addr)  # the session again (the error ended that stream)
     keep.send(request(["k1", "k2"], t=t0 + 10_000, ttl=0, session="keep"))  # ttl 0: never, 10 000 s later
     assert Scrape(port)("streamer_series_expired_total") == 3
+    from streamer.client import make_options
+    assert make_options(series_ttl=0.0).HasField("series_ttl_seconds")  # 0 is sent: "never", not the default
+    assert make_options() is None
     with pytest.raises(grpc.RpcError) as exc:
         Raw(server.addr).send(request(["q"], ttl=-1.0))
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
