@@ -232,6 +232,9 @@ func run(ctx context.Context, cfg config) report {
 		return rep
 	}
 	rep.RequestBytes = len(frames[0])
+	if paced != nil {
+		rep.RequestBytes = len(paced[0][0])
+	}
 
 	start := time.Now()
 	measureFrom := start.Add(cfg.Warmup)
