@@ -79,7 +79,7 @@ lint: $(DEV_STAMP)  ## flake8, go vet and gofmt
 	$(BIN)/flake8 streamer tests benchmarks protos
 	cd go && go vet ./... && { unformatted=$$(gofmt -l .); test -z "$$unformatted" || { echo "gofmt -l: $$unformatted"; exit 1; }; }
 
-bench: $(BENCH_STAMP)  ## full benchmark run (about 12 minutes), then a million series (issue 19)
+bench: $(BENCH_STAMP)  ## full benchmark run (about 13 minutes), a million series (issue 19) included
 	$(BIN)/python -m benchmarks
 	$(BIN)/python -m benchmarks.million_bench
 	$(BIN)/python -m benchmarks.million_load
