@@ -79,11 +79,13 @@ lint: $(DEV_STAMP)  ## flake8, go vet and gofmt
 	$(BIN)/flake8 streamer tests benchmarks protos
 	cd go && go vet ./... && { unformatted=$$(gofmt -l .); test -z "$$unformatted" || { echo "gofmt -l: $$unformatted"; exit 1; }; }
 
-bench: $(BENCH_STAMP)  ## full benchmark run (about 14 minutes), then issue 23's targets against the tuned Go peer (about 5)
+bench: $(BENCH_STAMP)  ## full benchmark run (about 25 minutes): the main run, issue 23's targets, a million series
 	$(BIN)/python -m benchmarks
 	$(BIN)/python -m benchmarks.targets
+	$(BIN)/python -m benchmarks.million_bench
+	$(BIN)/python -m benchmarks.million_load
 
-bench-quick: $(BENCH_STAMP)  ## short benchmark run (about 75 s)
+bench-quick: $(BENCH_STAMP)  ## short benchmark run (about 90 s)
 	$(BIN)/python -m benchmarks --quick
 
 soak: $(BENCH_STAMP)  ## the server's RSS under SOAK_MINUTES (30) of mixed load and an idle tail: benchmarks/results/soak/

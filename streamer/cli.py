@@ -180,8 +180,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--episode-update-seconds", type=SECONDS, default=Config.episode_update_seconds,
                    help="seconds (finite, > 0): an open episode's changes are announced at most this often")
     s.add_argument("--max-series", type=_int_range(1, MAX_INT32), default=d.max_series,
-                   help=f"series one stream, session or Detect request may hold, 1-{MAX_INT32}; more is "
+                   help=f"live series one stream, session or Detect request may hold, 1-{MAX_INT32} (expired "
+                        f"ones do not count: --series-ttl); more is "
                         f"RESOURCE_EXHAUSTED")
+    s.add_argument("--series-ttl", type=_finite_above(0, inclusive=True), default=d.series_ttl,
+                   help="DetectStream: seconds (finite, >= 0; 0: never) a series may go without a value before "
+                        "it is dropped (slot reused, state gone from the next snapshot; it comes back fresh), "
+                        "when a request leaves options.series_ttl_seconds unset. Counted in data time "
+                        "(Metric.time) when metrics carry one, arrival time otherwise")
+    s.add_argument("--max-total-series", type=_int_range(0, 2 ** 62), default=Config.max_total_series,
+                   help="series the server holds in all sessions and streams (0: no limit); a batch that would "
+                        "add more is RESOURCE_EXHAUSTED. With --workers N each worker holds a 1/N share")
     s.add_argument("--session-ttl", type=SECONDS, default=Config.session_ttl,
                    help="seconds (finite, > 0) an idle session (no open stream) keeps its baselines, in memory "
                         "and in the store, before it is dropped")
@@ -547,6 +556,7 @@ def main(argv: list[str] | None = None, environ=None) -> int:
                         likelihood_short=args.likelihood_short, likelihood_window=args.likelihood_window,
                         likelihood_threshold=args.likelihood_threshold,
                         likelihood_learning=args.likelihood_learning, max_series=args.max_series,
+                        series_ttl=args.series_ttl,
                         min_deviation=args.min_deviation, min_relative_deviation=args.min_relative_deviation,
                         direction=DIRECTIONS[args.direction], resolve_after=args.resolve_after,
                         episodes=args.episodes == "on" or args.episodes == "auto" and bool(
@@ -555,6 +565,7 @@ def main(argv: list[str] | None = None, environ=None) -> int:
                     grace_seconds=args.grace_seconds, drain_seconds=args.drain_seconds,
                     session_ttl=args.session_ttl, store=args.store, snapshot_seconds=args.snapshot_seconds,
                     lease_seconds=args.lease_seconds, max_sessions=args.max_sessions,
+                    max_total_series=args.max_total_series,
                     metrics_port=args.metrics_port, tls_cert=args.tls_cert, tls_key=args.tls_key,
                     tls_client_ca=args.tls_client_ca, episode_update_seconds=args.episode_update_seconds,
                     alerts=sinks.SinkConfig(tuple(args.alertmanager), tuple(args.webhook),

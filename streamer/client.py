@@ -73,13 +73,15 @@ def make_options(threshold: float | None = None, warmup: int | None = None, mode
                  alpha: float | None = None, exclude_outliers: bool = False, *, exclude_limit: int | None = None,
                  cooldown: int | None = None, score: int | None = None, likelihood_short: int | None = None,
                  likelihood_window: int | None = None, likelihood_threshold: float | None = None,
-                 likelihood_learning: int | None = None) -> pb.DetectOptions | None:
+                 likelihood_learning: int | None = None, series_ttl: float | None = None) -> pb.DetectOptions | None:
     """DetectOptions with the given fields (None = the server's default), or None if all are defaults.
-    The keyword-only ones are proto3 `optional`: 0 is sent as 0 (cooldown=0 turns a server's cooldown off)."""
+    The keyword-only ones are proto3 `optional`: 0 is sent as 0 (cooldown=0 turns a server's cooldown off).
+    `series_ttl`: seconds a series may be idle before it is dropped (0: never; None: the server's --series-ttl)."""
     fields = dict(threshold=threshold, warmup=warmup, mode=mode, alpha=alpha,
                   exclude_outliers=exclude_outliers or None, exclude_limit=exclude_limit, cooldown=cooldown,
                   score=score, likelihood_short=likelihood_short, likelihood_window=likelihood_window,
-                  likelihood_threshold=likelihood_threshold, likelihood_learning=likelihood_learning)
+                  likelihood_threshold=likelihood_threshold, likelihood_learning=likelihood_learning,
+                  series_ttl_seconds=series_ttl)
     fields = {k: v for k, v in fields.items() if v is not None}
     return pb.DetectOptions(**fields) if fields else None
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from typing import Callable
 
 import numpy as np
@@ -18,8 +17,9 @@ from streamer.errors import (AlreadyExists, DetectError, FailedPrecondition, Inv
                              ResourceExhausted, Unavailable)
 from streamer.series import SeriesLimitError, SeriesTable
 from streamer.sinks.episode import EpisodeEvent
+from streamer import expiry
 from streamer.state import (MODE_CUMULATIVE, MODE_EXPONENTIAL, MODE_NAMES, SeriesState, Session,
-                            SessionError, SessionRegistry)
+                            SessionError, SessionRegistry, TotalSeriesLimitError)
 from streamer.wire import (TRAILER_BYTES, Columns, Options, WireError, decode_request, encode_flagged,
                            encode_trailer)
 
@@ -60,6 +60,7 @@ class Defaults:
     resolve_after: int = 10
     episodes: bool = False  # whether streams keep episodes at all (--episodes; on when an alert sink is set)
     max_series: int = 100_000
+    series_ttl: float = 0.0  # seconds a series may be idle before it is dropped (0: never); --series-ttl
     max_response_bytes: int = 64 * 1024 * 1024  # what grpc can send; the server sets it from --max-message-mb
 
 
@@ -83,6 +84,7 @@ class Params:
     min_relative_deviation: float = 0.0
     direction: int = DIRECTION_BOTH
     resolve_after: int = 0  # 0: no episodes (the server keeps none, or the stream asked for none)
+    series_ttl: float = 0.0
 
     def rules(self) -> fused.Rules:
         """The kernels' arguments for the rules beyond the first five options (made once: a stream's batches
@@ -132,6 +134,9 @@ def resolve(options: Options | None, defaults: Defaults, where: str) -> Params:
             raise InvalidArgument(f"{where}: options.{name} must be a finite number >= 0, got {value}")
     if o.direction is not None and o.direction not in (0, *DIRECTION_NAMES):
         raise InvalidArgument(f"{where}: options.direction {o.direction} is not a known Direction")
+    ttl = defaults.series_ttl if o.series_ttl is None else o.series_ttl
+    if math.isnan(ttl) or ttl < 0 or math.isinf(ttl):
+        raise InvalidArgument(f"{where}: options.series_ttl_seconds must be a finite number >= 0, got {ttl}")
     warmup = o.warmup or defaults.warmup
 
     def given(value, default):
@@ -152,7 +157,8 @@ def resolve(options: Options | None, defaults: Defaults, where: str) -> Params:
                   min_deviation=given(o.min_deviation, defaults.min_deviation),
                   min_relative_deviation=given(o.min_relative_deviation, defaults.min_relative_deviation),
                   direction=o.direction or defaults.direction,
-                  resolve_after=given(o.resolve_after, defaults.resolve_after) if defaults.episodes else 0)
+                  resolve_after=given(o.resolve_after, defaults.resolve_after) if defaults.episodes else 0,
+                  series_ttl=ttl)
 
 
 def _decode(buf: bytes, where: str) -> Columns:
@@ -171,7 +177,11 @@ def _name_too_long(where: str, i: int, length: int) -> InvalidArgument:
     return InvalidArgument(f"{where}, metric {i}: name is {length} bytes, over the limit of {MAX_NAME_BYTES} bytes")
 
 
-def _series_limit(where: str, exc: SeriesLimitError) -> ResourceExhausted:
+def _series_limit(where: str, exc: SeriesLimitError | TotalSeriesLimitError) -> ResourceExhausted:
+    if isinstance(exc, TotalSeriesLimitError):
+        return ResourceExhausted(f"{where}, metric {exc.index}: the server's limit of {exc.limit} series in all "
+                                 f"sessions and streams (--max-total-series) is reached: it holds {exc.held}; "
+                                 f"the batch was not applied")
     return ResourceExhausted(f"{where}, metric {exc.index}: the series limit of {exc.limit} series "
                              f"(--max-series) is reached; the batch was not applied")
 
@@ -239,7 +249,8 @@ def detect(buf: bytes, defaults: Defaults, on_batch: Callable[[int, int], None] 
     # Only the threshold applies to a single batch; the stream options are ignored, as the README says.
     threshold = resolve(Options(threshold=cols.options.threshold) if cols.options else None, defaults,
                         where).threshold
-    table = SeriesTable(defaults.max_series)
+    table = SeriesTable(defaults.max_series, capacity=2 * len(cols), reserve=len(cols), name_bytes=len(buf),
+                        lazy=False)  # the names are spans of the request: its size is room for them all
     ids = _intern(table, cols, where)
     scratch = _Scratch()
     scratch.ensure(len(cols))
@@ -350,8 +361,8 @@ class StreamDetector:
             try:
                 out = self._pass.apply(state, params.mode == MODE_EXPONENTIAL, params.alpha, params.threshold,
                                        params.warmup, params.exclude_outliers, batch, params.rules(),
-                                       time.time_ns() if params.resolve_after else 0)
-            except SeriesLimitError as exc:
+                                       self.sessions.clock())
+            except (SeriesLimitError, TotalSeriesLimitError) as exc:
                 raise _series_limit(where, exc) from None
             k = self._pass.flagged()
             self.on_batch(len(cols), k)
@@ -364,13 +375,14 @@ class StreamDetector:
                     self._announce(ev, stats, self._pass.slots(), c.values, c.times)
             return out + trailer if trailer else out
         cols = self._pass.columns()
-        known = len(state.table)
-        ids = _intern(state.table, cols, where)
-        state.reserve(len(state.table))
+        now = self.sessions.clock()
+        ids = self._intern_staged(state, cols, now, where)
         self._scratch.ensure(len(cols))
         s = self._scratch
-        kept = ("count", "mean", "spread", *state.optional)
-        saved = [getattr(state, key)[ids] for key in kept]  # copies (fancy indexing)
+        saved = state.take(ids)  # copies (fancy indexing)
+        reset = np.empty(len(ids), dtype=np.int64)
+        expired = expiry.touch(ids, cols.times, now, state.ttl, state.clock, state.last_seen, reset)
+        state.reset_slots(reset[:expired])
         r = params.rules()
         k = rules.stream_update(ids, cols.values, state.count, state.mean, state.spread,
                                 params.mode == MODE_EXPONENTIAL, params.alpha, params.threshold, params.warmup,
@@ -378,18 +390,20 @@ class StreamDetector:
                                 r.likelihood, r.window, r.tail_threshold, r.learning, state.lcount, state.lmean,
                                 state.lvar, state.ring, s.idx, s.mean, s.std, s.z, s.tail if r.likelihood
                                 else s.tail[:0], r.suppress_array, r.resolve_after,
-                                *((cols.times, time.time_ns(), state.ep_run, state.ep_start, state.ep_count,
+                                *((cols.times, int(now * 1e9), state.ep_run, state.ep_start, state.ep_count,
                                    state.ep_peak_z, state.ep_peak_value, s.ev, s.ev_stats, s.ev_n)
                                   if r.resolve_after else rules.NO_EPISODES))
         out = s.encode(batch, k, cols, ids, state.table, r.likelihood)
         if trailer:
             out += trailer
         if len(out) > limit:
-            # Repeated ids restore the same saved values; new series go back to the zeros reserve() gave them.
-            for key, values in zip(kept, saved):
-                getattr(state, key)[ids] = values
-            state.table.truncate(known)
+            # Repeated ids restore the same saved values; new series go back to the zeros they had.
+            state.put(ids, saved)
+            added = state.table.born()
+            state.table.rollback()
+            state.budget.release(added)
             raise ResourceExhausted(f"{_too_large(where, len(out), k, limit)}; the batch was not applied")
+        state.budget.release(0, expired)
         self.on_batch(len(cols), k)
         if k and self.watch is not None and self.watch.active:
             self._publish(ids, cols.values, cols.times, s.idx[:k], s.mean, s.std, s.z)
@@ -412,6 +426,26 @@ class StreamDetector:
         self.on_episodes(episodes.events(ev, stats, ids, values, times, self.state.table, self._source(),
                                          self._session_name))
 
+    @staticmethod
+    def _intern_staged(state: SeriesState, cols: Columns, now: float, where: str) -> np.ndarray:
+        """The batch's slots, its new series counted in the budget; as the fused pass, a batch over a limit
+        sweeps out expired series and is tried once more."""
+        state.sweep()
+        n = len(cols)
+        for again in (False, True):
+            room = state.budget.grant(n)
+            try:
+                ids = state.table.intern(cols.buf, cols.name_start, cols.name_len, cols.name_hash, room=room)
+            except SeriesLimitError as exc:
+                state.budget.settle(room, 0)
+                if again or not state.make_room(cols.times, now):
+                    raise _series_limit(where, state.limit_error(exc.index, room)) from None
+                continue
+            state.budget.settle(room, state.table.born())
+            state.table.settle()
+            state.reserve(state.table.slots)
+            return ids
+
     def _start(self, cols: fused.Head, where: str) -> None:
         params = resolve(cols.options, self.defaults, where)
         if len(cols.session.encode()) > MAX_NAME_BYTES:
@@ -426,9 +460,11 @@ class StreamDetector:
                 raise error(f"{where}: {exc}") from None
             self.state = self.session.state
             with self.session.lock:  # a snapshot may be copying the arrays use() adds to
+                self.state.ttl = params.series_ttl
                 params.use(self.state)
         else:
-            self.state = SeriesState(params.mode, self.defaults.max_series)
+            self.state = SeriesState(params.mode, self.defaults.max_series, ttl=params.series_ttl,
+                                     budget=self.sessions.budget)
             params.use(self.state)
         self.options, self.params, self._session_name = cols.options, params, cols.session
         self._made_session = self.session is not None and len(self.state.table) == 0
@@ -448,6 +484,8 @@ class StreamDetector:
             forget = self._made_session and len(self.session.state.table) == 0
             self.sessions.detach(self.session, forget=forget)
             self.session = None
+        elif self.state is not None:
+            self.state.drop()
         self.state = None
 
 

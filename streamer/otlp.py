@@ -19,10 +19,10 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as otlp_service
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
-from streamer import episodes, rates, rules
+from streamer import episodes, expiry, rates, rules
 from streamer.detector import MAX_NAME_BYTES, Params
 from streamer.errors import InvalidArgument, Unavailable
-from streamer.series import SeriesLimitError
+from streamer.series import SeriesLimitError, lazy_zeros
 from streamer.state import MODE_EXPONENTIAL, SeriesState, SessionError, SessionRegistry
 from streamer.watch import ORIGIN_OTLP, flagged
 
@@ -42,12 +42,13 @@ class OtlpState(SeriesState):
 
     ARRAYS = SeriesState.ARRAYS + ("last_value", "last_count", "last_time", "last_start")
 
-    def __init__(self, mode: int, max_series: int, capacity: int = 64):
-        super().__init__(mode, max_series, capacity)
-        self.last_value = np.zeros(capacity, dtype=np.float64)
-        self.last_count = np.zeros(capacity, dtype=np.float64)
-        self.last_time = np.zeros(capacity, dtype=np.int64)
-        self.last_start = np.zeros(capacity, dtype=np.int64)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        n = len(self.count)
+        self.last_value = lazy_zeros(n, np.float64)
+        self.last_count = lazy_zeros(n, np.float64)
+        self.last_time = lazy_zeros(n, np.int64)
+        self.last_start = lazy_zeros(n, np.int64)
 
 
 def _text(v) -> str:
@@ -319,7 +320,14 @@ class OtlpIngest:
         starts = np.zeros(len(encoded), dtype=np.int64)
         np.cumsum(lengths[:-1], out=starts[1:])
         buf = b"".join(encoded)
-        ids, accepted = _intern_within_limit(state.table, buf, starts, lengths)
+        state.sweep()
+        before = len(state.table)
+        room = state.budget.grant(len(encoded))
+        try:
+            ids, accepted = _intern_within_limit(state.table, buf, starts, lengths, room)
+        finally:
+            state.budget.settle(room, len(state.table) - before)
+            state.table.settle()
         if len(accepted) < len(keep):
             rejected.add(f"were over the series limit of {state.table.limit} series (--max-series) of their "
                          f"resource", res.keys[keep[int(np.flatnonzero(ids < 0)[0])]], len(keep) - len(accepted))
@@ -331,6 +339,10 @@ class OtlpIngest:
         count = np.asarray(res.count, dtype=np.float64)[rows]
         times = np.asarray(res.time, dtype=np.int64)[rows]
         start = np.asarray(res.start, dtype=np.int64)[rows]
+        # series TTL (expiry.py), in data time: a series back after expiring starts fresh
+        reset = np.empty(len(ids), dtype=np.int64)
+        expired = expiry.touch(ids, times, self.sessions.clock(), state.ttl, state.clock, state.last_seen, reset)
+        state.reset_slots(reset[:expired])
         judged = np.empty(len(ids), dtype=np.float64)
         rates.derive(kind, ids, value, count, times, start, state.last_value, state.last_count, state.last_time,
                      state.last_start, judged)
@@ -361,20 +373,23 @@ class OtlpIngest:
         return flagged(state.table.name, ids, judged, times, idx[:k], mean, std, z, ORIGIN_OTLP, res.session)
 
 
-def _intern_within_limit(table, buf: bytes, starts: np.ndarray, lengths: np.ndarray):
-    """Slots of every key (-1 for those past the table's limit), and the positions of the accepted ones. Keys
-    of series the table knows are always accepted; new ones while there is room, in order."""
+def _intern_within_limit(table, buf: bytes, starts: np.ndarray, lengths: np.ndarray, room: int | None = None):
+    """Slots of every key (-1 for those past the table's limit, or past `room` new series: the server-wide
+    limit's share), and the positions of the accepted ones. Keys of series the table knows are always
+    accepted; new ones while there is room, in order."""
+    before = len(table)
     try:
-        ids = table.intern(buf, starts, lengths)
+        ids = table.intern(buf, starts, lengths, room=room)
         return ids, np.arange(len(ids))
     except SeriesLimitError as exc:
         first = exc.index
     ids = np.full(len(starts), -1, dtype=np.int64)
     if first:
-        ids[:first] = table.intern(buf, starts[:first], lengths[:first])
+        ids[:first] = table.intern(buf, starts[:first], lengths[:first], room=room)
     for i in range(first, len(starts)):  # the table is full: only known keys get a slot (rare, and per key)
+        left = None if room is None else max(0, room - (len(table) - before))
         try:
-            ids[i] = table.intern(buf, starts[i:i + 1], lengths[i:i + 1])[0]
+            ids[i] = table.intern(buf, starts[i:i + 1], lengths[i:i + 1], room=left)[0]
         except SeriesLimitError:
             pass
     return ids, np.flatnonzero(ids >= 0)

@@ -31,7 +31,7 @@ from streamer.service import SERVICE_NAME, OutliersService
 from streamer.episodes import UPDATE_SECONDS, Throttle
 from streamer.sinks import SinkConfig, Sinks
 from streamer.sinks.http import SinkMetrics
-from streamer.state import SessionRegistry
+from streamer.state import SeriesBudget, SessionRegistry
 from streamer.store import StoreError, open_store
 from streamer.watch import Hub
 from streamer.wire import Options
@@ -53,6 +53,9 @@ class Config:
     drain_seconds: float = 0.0
     session_ttl: float = 600.0
     max_sessions: int = 10_000
+    # series held by the process in all sessions and streams (0: no limit); with --workers N, each worker's
+    # share is max_total_series / N
+    max_total_series: int = 10_000_000
     store: str = "sqlite:///state/streamer.db"  # relative to the working directory (shared/DECISIONS.md)
     snapshot_seconds: float = 5.0
     lease_seconds: float = 10.0
@@ -230,7 +233,9 @@ class StreamerServer:
                                         self.config.defaults.max_series, clock=self.clock, store=store,
                                         lease_seconds=self.config.lease_seconds, on_store_health=store_health,
                                         snapshot_seconds=self.config.snapshot_seconds,
-                                        on_snapshot=self.metrics.snapshot if self.metrics else lambda s, ok: None)
+                                        on_snapshot=self.metrics.snapshot if self.metrics else lambda s, ok: None,
+                                        series_ttl=self.config.defaults.series_ttl,
+                                        budget=SeriesBudget(self.config.max_total_series))
         params = detector.resolve(self.config.otlp_options, self.config.defaults, "--otlp-* options")
         bus = self.bus if self.bus is not None else open_bus(self.config.store, self.sessions.owner)
         hub = Hub(bus)
@@ -251,7 +256,8 @@ class StreamerServer:
         self.service = OutliersService(self.defaults, self.sessions, self.metrics, hub, ingest, on_episodes)
         server.add_generic_rpc_handlers(self.service.handlers())
         if self.metrics is not None:
-            self.metrics.watch(self.service.open_streams, self.sessions.__len__, self.service.series_held)
+            self.metrics.watch(self.service.open_streams, self.sessions.__len__, self.service.series_held,
+                               lambda: self.sessions.budget.expired)
         if self.config.metrics_port:
             try:
                 self._metrics_http = self.metrics.serve(self.config.host, self.config.metrics_port)

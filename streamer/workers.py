@@ -115,7 +115,8 @@ class Supervisor:
                 for handler in logging.getLogger().handlers:
                     handler.addFilter(_Prefix(f"worker {i}: "))
                 config = dataclasses.replace(self.config, metrics_port=self.config.metrics_port + i
-                                             if self.config.metrics_port else 0)
+                                             if self.config.metrics_port else 0,
+                                             max_total_series=-(-self.config.max_total_series // self.n))
                 from streamer.bus import WorkerBus
                 bus = WorkerBus(i, self.n, self.bus_dir, self.bus_page) if self.bus_dir else None
                 asyncio.run(serve(config, on_ready=lambda: os.write(w, b"r"), bus=bus))

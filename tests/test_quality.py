@@ -173,7 +173,8 @@ def test_the_rules_state_survives_a_restart_on_sqlite(tmp_path):
         snap = opened.load("q")
     finally:
         opened.close()
-    assert set(snap.arrays) == {"count", "mean", "spread", "streak", "hold", "lcount", "lmean", "lvar", "ring"}
+    assert set(snap.arrays) == {"count", "mean", "spread", "last_seen", "streak", "hold", "lcount", "lmean", "lvar",
+                                "ring"}
     assert SeriesState.from_snapshot(snap, 100).ring.shape[1] == 4
     shown = subprocess.run([sys.executable, "-m", "streamer", "session", "q", "--store", f"sqlite:///{db}"],
                            capture_output=True, text=True, timeout=60)
@@ -200,7 +201,8 @@ def test_snapshot_round_trip_keeps_every_optional_array(store):  # noqa: F811 (t
     for key in ("count", "mean", "spread", *state.optional):
         np.testing.assert_array_equal(getattr(loaded, key)[:3], getattr(state, key)[:3], err_msg=key)
     plain = SeriesState(CUM, 100)  # the default options keep no optional arrays, and snapshot none
-    assert plain.optional == [] and set(Session("p", plain).snapshot(1.0).arrays) == {"count", "mean", "spread"}
+    assert plain.optional == [] and set(Session("p", plain).snapshot(1.0).arrays) == {"count", "mean", "spread",
+                                                                                        "last_seen"}
 
 
 def test_a_session_stored_before_the_rules_resumes_with_them(make_server, tmp_path):

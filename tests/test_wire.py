@@ -492,7 +492,8 @@ def test_compile_all_warms_every_entry_point():
     code = ("from streamer import series, wire; wire.compile_all(); series.compile_all(); "
             "from streamer.wire import decode, encode; "
             "print([f.__name__ for f in (decode._decode, encode._encode, series._intern, series._hash_names, "
-            "series._rehash, series._forget) if not f.signatures])")
+            "series._migrate, series._rollback, series._expire, series._compact, series._gather) "
+            "if not f.signatures])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

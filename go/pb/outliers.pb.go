@@ -425,7 +425,11 @@ type DetectOptions struct {
 	// (default 1e-5, the paper's "red" level)
 	LikelihoodLearning *uint32 `protobuf:"varint,12,opt,name=likelihood_learning,json=likelihoodLearning,proto3,oneof" json:"likelihood_learning,omitempty"` // SCORE_LIKELIHOOD: values a series must have taken in before
 	// it can be flagged (default 300)
-	// 13 is series_ttl_seconds (the series-expiry options)
+	// DetectStream: seconds a series may go without a value before it is dropped (its slot reused, its state
+	// gone from the next snapshot; a name that comes back starts fresh). Counted in the session's clock: the
+	// latest Metric.time seen, or the arrival time for metrics without one. Unset: the server's --series-ttl;
+	// 0: never. Must be finite and >= 0.
+	SeriesTtlSeconds *float64 `protobuf:"fixed64,13,opt,name=series_ttl_seconds,json=seriesTtlSeconds,proto3,oneof" json:"series_ttl_seconds,omitempty"`
 	// What does not matter is normal: a flagged value stays flagged only if also |value - mean| >=
 	// min_deviation (in the value's unit; 0 = off, the server's default unless --min-deviation), >=
 	// min_relative_deviation * |mean| (0 = off), and on the side `direction` names. A suppressed value is
@@ -552,6 +556,13 @@ func (x *DetectOptions) GetLikelihoodThreshold() float64 {
 func (x *DetectOptions) GetLikelihoodLearning() uint32 {
 	if x != nil && x.LikelihoodLearning != nil {
 		return *x.LikelihoodLearning
+	}
+	return 0
+}
+
+func (x *DetectOptions) GetSeriesTtlSeconds() float64 {
+	if x != nil && x.SeriesTtlSeconds != nil {
+		return *x.SeriesTtlSeconds
 	}
 	return 0
 }
@@ -1349,7 +1360,7 @@ const file_outliers_proto_rawDesc = "" +
 	"\x06Metric\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
-	"\x05value\x18\x03 \x01(\x01R\x05value\"\xf8\x06\n" +
+	"\x05value\x18\x03 \x01(\x01R\x05value\"\xc2\a\n" +
 	"\rDetectOptions\x12\x1c\n" +
 	"\tthreshold\x18\x01 \x01(\x01R\tthreshold\x12\x16\n" +
 	"\x06warmup\x18\x02 \x01(\rR\x06warmup\x12\x1c\n" +
@@ -1363,19 +1374,21 @@ const file_outliers_proto_rawDesc = "" +
 	"\x11likelihood_window\x18\n" +
 	" \x01(\rH\x04R\x10likelihoodWindow\x88\x01\x01\x126\n" +
 	"\x14likelihood_threshold\x18\v \x01(\x01H\x05R\x13likelihoodThreshold\x88\x01\x01\x124\n" +
-	"\x13likelihood_learning\x18\f \x01(\rH\x06R\x12likelihoodLearning\x88\x01\x01\x12(\n" +
-	"\rmin_deviation\x18\x0e \x01(\x01H\aR\fminDeviation\x88\x01\x01\x129\n" +
-	"\x16min_relative_deviation\x18\x0f \x01(\x01H\bR\x14minRelativeDeviation\x88\x01\x01\x120\n" +
-	"\tdirection\x18\x10 \x01(\x0e2\r.pb.DirectionH\tR\tdirection\x88\x01\x01\x12(\n" +
-	"\rresolve_after\x18\x11 \x01(\rH\n" +
-	"R\fresolveAfter\x88\x01\x01B\x10\n" +
+	"\x13likelihood_learning\x18\f \x01(\rH\x06R\x12likelihoodLearning\x88\x01\x01\x121\n" +
+	"\x12series_ttl_seconds\x18\r \x01(\x01H\aR\x10seriesTtlSeconds\x88\x01\x01\x12(\n" +
+	"\rmin_deviation\x18\x0e \x01(\x01H\bR\fminDeviation\x88\x01\x01\x129\n" +
+	"\x16min_relative_deviation\x18\x0f \x01(\x01H\tR\x14minRelativeDeviation\x88\x01\x01\x120\n" +
+	"\tdirection\x18\x10 \x01(\x0e2\r.pb.DirectionH\n" +
+	"R\tdirection\x88\x01\x01\x12(\n" +
+	"\rresolve_after\x18\x11 \x01(\rH\vR\fresolveAfter\x88\x01\x01B\x10\n" +
 	"\x0e_exclude_limitB\v\n" +
 	"\t_cooldownB\b\n" +
 	"\x06_scoreB\x13\n" +
 	"\x11_likelihood_shortB\x14\n" +
 	"\x12_likelihood_windowB\x17\n" +
 	"\x15_likelihood_thresholdB\x16\n" +
-	"\x14_likelihood_learningB\x10\n" +
+	"\x14_likelihood_learningB\x15\n" +
+	"\x13_series_ttl_secondsB\x10\n" +
 	"\x0e_min_deviationB\x19\n" +
 	"\x17_min_relative_deviationB\f\n" +
 	"\n" +

@@ -68,7 +68,7 @@ class Metric(_message.Message):
     def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., name: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
 
 class DetectOptions(_message.Message):
-    __slots__ = ("threshold", "warmup", "mode", "alpha", "exclude_outliers", "exclude_limit", "cooldown", "score", "likelihood_short", "likelihood_window", "likelihood_threshold", "likelihood_learning", "min_deviation", "min_relative_deviation", "direction", "resolve_after")
+    __slots__ = ("threshold", "warmup", "mode", "alpha", "exclude_outliers", "exclude_limit", "cooldown", "score", "likelihood_short", "likelihood_window", "likelihood_threshold", "likelihood_learning", "series_ttl_seconds", "min_deviation", "min_relative_deviation", "direction", "resolve_after")
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     WARMUP_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +81,7 @@ class DetectOptions(_message.Message):
     LIKELIHOOD_WINDOW_FIELD_NUMBER: _ClassVar[int]
     LIKELIHOOD_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     LIKELIHOOD_LEARNING_FIELD_NUMBER: _ClassVar[int]
+    SERIES_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MIN_DEVIATION_FIELD_NUMBER: _ClassVar[int]
     MIN_RELATIVE_DEVIATION_FIELD_NUMBER: _ClassVar[int]
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
@@ -97,11 +98,12 @@ class DetectOptions(_message.Message):
     likelihood_window: int
     likelihood_threshold: float
     likelihood_learning: int
+    series_ttl_seconds: float
     min_deviation: float
     min_relative_deviation: float
     direction: Direction
     resolve_after: int
-    def __init__(self, threshold: _Optional[float] = ..., warmup: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., alpha: _Optional[float] = ..., exclude_outliers: _Optional[bool] = ..., exclude_limit: _Optional[int] = ..., cooldown: _Optional[int] = ..., score: _Optional[_Union[Score, str]] = ..., likelihood_short: _Optional[int] = ..., likelihood_window: _Optional[int] = ..., likelihood_threshold: _Optional[float] = ..., likelihood_learning: _Optional[int] = ..., min_deviation: _Optional[float] = ..., min_relative_deviation: _Optional[float] = ..., direction: _Optional[_Union[Direction, str]] = ..., resolve_after: _Optional[int] = ...) -> None: ...
+    def __init__(self, threshold: _Optional[float] = ..., warmup: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., alpha: _Optional[float] = ..., exclude_outliers: _Optional[bool] = ..., exclude_limit: _Optional[int] = ..., cooldown: _Optional[int] = ..., score: _Optional[_Union[Score, str]] = ..., likelihood_short: _Optional[int] = ..., likelihood_window: _Optional[int] = ..., likelihood_threshold: _Optional[float] = ..., likelihood_learning: _Optional[int] = ..., series_ttl_seconds: _Optional[float] = ..., min_deviation: _Optional[float] = ..., min_relative_deviation: _Optional[float] = ..., direction: _Optional[_Union[Direction, str]] = ..., resolve_after: _Optional[int] = ...) -> None: ...
 
 class OutliersRequest(_message.Message):
     __slots__ = ("metrics", "options", "session", "seq")

@@ -14,8 +14,7 @@ one byte (primitives.advanced), so positions never move backwards, never pass th
 costs at most n iterations. Every load is checked against the end of its record first.
 
 Deliberate differences from the protobuf library:
-- `times` is seconds * 10**9 + nanos in int64, wrapping outside the years 1678-2262 (the library keeps
-  the two fields; `time` is carried, not scored).
+- `times` is seconds * 10**9 + nanos in int64, wrapping outside 1678-2262 (used for the series TTL only).
 - Messages of 2 GiB or more are not rejected here (grpc's --max-message-mb stops them long before).
 """
 from __future__ import annotations
@@ -53,8 +52,7 @@ class Columns:
         return len(self.values)
 
 
-_MAX_DEPTH = 100          # upb's default nesting limit; each sub-message and each group takes one level
-_NS = np.int64(1_000_000_000)
+_MAX_DEPTH, _NS = 100, np.int64(1_000_000_000)  # upb's nesting limit (a level each sub-message and group); ns/s
 
 # The decoder's state, one int64 array: the request's options and session as read so far, where to resume
 # when the columns are full, and the stack of open groups.

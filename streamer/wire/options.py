@@ -17,8 +17,8 @@ from streamer.wire.primitives import E_TRUNCATED, INLINE, load_i64, varint
 # Slots of the decoder's state array (doubles kept as their bits).
 _HAS_OPTIONS, _WARMUP, _MODE, _EXCLUDE, _THRESHOLD, _ALPHA = range(6)
 _EXCLUDE_LIMIT, _COOLDOWN, _SCORE, _SHORT, _WINDOW, _TAIL_THRESHOLD, _LEARNING, _PRESENT = range(6, 14)
-_MIN_DEVIATION, _MIN_RELATIVE, _DIRECTION, _RESOLVE_AFTER = range(14, 18)
-OPTION_SLOTS = 18
+_MIN_DEVIATION, _MIN_RELATIVE, _DIRECTION, _RESOLVE_AFTER, _SERIES_TTL = range(14, 19)
+OPTION_SLOTS = 19
 _FIRST_OPTIONAL = 6  # field number of exclude_limit; field f sets bit f - 6 of st[_PRESENT]
 
 
@@ -43,6 +43,7 @@ class Options:
     min_relative_deviation: float | None = None
     direction: int | None = None
     resolve_after: int | None = None
+    series_ttl: float | None = None  # field 13, series_ttl_seconds
 
 
 @njit(**INLINE)
@@ -56,12 +57,12 @@ def _int32(x):
 def _option_field(b, p, end, t, st):
     """The DetectOptions field with tag t whose value starts at b[p], merged into st: (next position or -code,
     known). An unknown tag (or a known field with another wire type) is (p, False): the caller skips it."""
-    if t == 0x09 or t == 0x21 or t == 0x59 or t == 0x71 or t == 0x79:
-        # threshold, alpha, likelihood_threshold, min_deviation, min_relative_deviation: double
+    if t == 0x09 or t == 0x21 or t == 0x59 or t == 0x69 or t == 0x71 or t == 0x79:
+        # threshold, alpha, likelihood_threshold, series_ttl_seconds, min_deviation, min_relative_deviation: double
         if end - p < 8:
             return -E_TRUNCATED, True
         slot = (_THRESHOLD if t == 0x09 else _ALPHA if t == 0x21 else _TAIL_THRESHOLD if t == 0x59
-                else _MIN_DEVIATION if t == 0x71 else _MIN_RELATIVE)
+                else _SERIES_TTL if t == 0x69 else _MIN_DEVIATION if t == 0x71 else _MIN_RELATIVE)
         st[slot] = load_i64(b, p)
         if t >= 0x59:
             st[_PRESENT] |= 1 << ((t >> 3) - _FIRST_OPTIONAL)
@@ -102,8 +103,9 @@ def options_of(st: np.ndarray) -> Options:
 
     tail = float(st[_TAIL_THRESHOLD:_TAIL_THRESHOLD + 1].view(np.float64)[0])
     min_dev, min_rel = st[_MIN_DEVIATION:_MIN_RELATIVE + 1].view(np.float64).tolist()
+    ttl = float(st[_SERIES_TTL:_SERIES_TTL + 1].view(np.float64)[0])
     return Options(threshold, int(st[_WARMUP]), int(st[_MODE]), alpha, bool(st[_EXCLUDE]),
                    sent(6, int(st[_EXCLUDE_LIMIT])), sent(7, int(st[_COOLDOWN])), sent(8, int(st[_SCORE])),
                    sent(9, int(st[_SHORT])), sent(10, int(st[_WINDOW])), sent(11, tail),
                    sent(12, int(st[_LEARNING])), sent(14, min_dev), sent(15, min_rel),
-                   sent(16, int(st[_DIRECTION])), sent(17, int(st[_RESOLVE_AFTER])))
+                   sent(16, int(st[_DIRECTION])), sent(17, int(st[_RESOLVE_AFTER])), sent(13, ttl))
