@@ -355,7 +355,11 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--session", default="", help="only this session's outliers (OTLP: otlp:{...})")
     w.add_argument("--prefix", default="", help="only series whose key starts with this")
     w.add_argument("--json", action="store_true", help="one JSON object a line")
-    w.add_argument("--count", type=_int_at_least(1), default=None, help="exit 0 after this many outliers")
+    w.add_argument("--kinds", choices=("outliers", "episodes", "all"), default="outliers",
+                   help="which events: every outlier, episodes opening, growing and resolving (a server with "
+                        "--episodes), or both")
+    w.add_argument("--count", type=_int_at_least(1), default=None,
+                   help="exit 0 after this many outliers (and episode events)")
     wg = w.add_argument_group("TLS (a server started with --tls-cert)")
     wg.add_argument("--tls", action="store_true", help="connect over TLS, trusting the system's CAs")
     wg.add_argument("--tls-ca", type=PATH, default=None, help="PEM file of the CA of the server's certificate")

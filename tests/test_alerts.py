@@ -163,3 +163,51 @@ def test_an_otlp_spike_fires_with_its_attributes_as_labels(cli_server, receiver)
         assert alert["annotations"]["value"] == "549.0"
     finally:
         am.stop()
+
+
+def test_an_open_episode_outlives_a_restart_and_resolves_after_it(cli_server, tmp_path):
+    from streamer.pb import outliers_pb2 as pb
+    from test_otlp import Watcher
+    store = f"sqlite:///{tmp_path / 'episodes.db'}"
+    flags = ("--store", store, "--episodes", "on", "--resolve-after", "3")
+    first = cli_server(*flags)
+    w = Watcher(first.addr, kinds=pb.WATCH_EPISODES)
+    try:
+        with Client(first.addr, timeout=30) as client:
+            values = [5.0, 6.0, 5.0, 6.0, 5.0, 6.0, 5.0, 6.0, 5.0, 6.0, 5.0, 90.0]
+            list(client.stream([[("disk.busy", v)] for v in values], session="r1"))
+        [opened] = [e.episode for e in w.until(lambda ev: ev)]
+    finally:
+        w.close()
+    assert opened.kind == pb.EpisodeEvent.OPENED and first.terminate() == 0  # open when the server stops
+    second = cli_server(*flags)
+    w = Watcher(second.addr, kinds=pb.WATCH_EPISODES)
+    try:
+        with Client(second.addr, timeout=30) as client:
+            list(client.stream([[("disk.busy", v)] for v in [5.0, 6.0, 5.0]], session="r1"))
+        [resolved] = [e.episode for e in w.until(lambda ev: ev)]
+    finally:
+        w.close()
+    # the same episode, not a new one: its id, start and count came back with the session's state
+    assert resolved.kind == pb.EpisodeEvent.RESOLVED and resolved.episode == opened.episode
+    assert resolved.started == opened.started and resolved.count == 1 and resolved.peak_value == 90.0
+
+
+def test_streamer_watch_prints_episodes(cli_server):
+    import subprocess
+    import sys
+    server = cli_server("--episodes", "on", "--resolve-after", "2")
+    watch = subprocess.Popen([sys.executable, "-m", "streamer", "watch", "--addr", server.addr, "--kinds", "all",
+                              "--count", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "watching" in watch.stderr.readline()  # the subscription is in place
+        with Client(server.addr, timeout=30) as client:
+            values = [3.0, 4.0, 3.0, 4.0, 3.0, 4.0, 3.0, 4.0, 3.0, 4.0, 50.0, 3.0, 4.0]
+            list(client.stream([[("q.depth", v)] for v in values], session="cli"))
+        out, _ = watch.communicate(timeout=60)
+    finally:
+        watch.kill()
+    lines = out.splitlines()
+    assert len(lines) == 3 and "q.depth value=50" in lines[0]
+    assert " episode opened q.depth count=1 peak=50 " in lines[1] and "(session cli, " in lines[1]
+    assert " episode resolved q.depth count=1 " in lines[2]
