@@ -87,21 +87,28 @@ def make_series(kind: str, n: int, rng: np.random.Generator):
     return base + scale * noise, windows, ignored
 
 
-def judge(values: np.ndarray, options: Options) -> np.ndarray:
-    """The flagged positions of one series streamed with `options` under the server's default settings."""
-    params = resolve(options, Defaults(), "quality")
+DEFAULTS = Defaults(episodes=True)  # the server's defaults, episodes kept (as with an alert sink): resolve_after 10
+
+
+def judge(values: np.ndarray, options: Options) -> tuple[np.ndarray, np.ndarray]:
+    """The flagged positions of one series streamed with `options` under the server's default settings, and
+    the positions where episodes opened (what an alert sink would have been sent)."""
+    params = resolve(options, DEFAULTS, "quality")
     state = SeriesState(params.mode, 1, capacity=1)
     params.use(state)
     r = params.rules()
     n = len(values)
     idx, mean, std, z, tail = np.empty(n, np.int32), np.empty(n), np.empty(n), np.empty(n), np.empty(n)
+    ev, ev_n = np.empty((n, 4), np.int64), np.zeros(1, np.int64)
     k = rules.stream_update(np.zeros(n, np.int64), values, state.count, state.mean, state.spread,
                             params.mode == MODE_EXPONENTIAL, params.alpha, params.threshold, params.warmup,
                             params.exclude_outliers, r.exclude_limit, r.cooldown, state.streak,
                             state.hold, r.likelihood, r.window, r.tail_threshold, r.learning,
                             state.lcount, state.lmean, state.lvar, state.ring, idx, mean, std, z, tail,
-                            r.suppress_array, 0, *rules.NO_EPISODES)
-    return idx[:k].copy()
+                            r.suppress_array, r.resolve_after, np.ones(n, np.int64), 1, state.ep_run, state.ep_start,
+                            state.ep_count, state.ep_peak_z, state.ep_peak_value, ev, np.empty((n, 5)), ev_n)
+    opened = ev[:int(ev_n[0])]
+    return idx[:k].copy(), opened[opened[:, 1] == rules.EPISODE_OPENED, 0].copy()
 
 
 def score(flags: np.ndarray, windows, ignored) -> tuple[int, int, int]:
@@ -122,21 +129,25 @@ def run(mode: str = "quick", seed: int = 15) -> dict:
     for name, options in OPTION_SETS.items():
         for kind in KINDS:
             total = np.zeros(3, dtype=np.int64)
+            episodes = np.zeros(3, dtype=np.int64)  # episodes opened: in a window, -, outside every window
             for j, (values, windows, ignored) in enumerate(series[kind]):
-                flags = judge(values, options)
+                flags, opened = judge(values, options)
                 total += score(flags, windows, ignored)
+                got = score(opened, windows, ignored)
+                episodes += (len(opened) - got[2], 0, got[2])
                 if j == 0 and name in PLOTTED:
                     examples.setdefault(kind, {"values": values, "windows": windows, "flags": {}})
                     examples[kind]["flags"][name] = flags
             results.append({"options": name, "kind": kind, "detected": int(total[0]), "missed": int(total[1]),
-                            "false_alarms": int(total[2]), "values": per_kind * n})
+                            "false_alarms": int(total[2]), "values": per_kind * n,
+                            "episodes": int(episodes[0] + episodes[2]), "false_episodes": int(episodes[2])})
     return {"schema": 1, "mode": mode, "seed": seed, "series_per_kind": per_kind, "values_per_series": n,
             "option_sets": {k: _describe(v) for k, v in OPTION_SETS.items()}, "results": results,
             "_examples": examples}
 
 
 def _describe(o: Options) -> str:
-    params = resolve(o, Defaults(), "quality")
+    params = resolve(o, DEFAULTS, "quality")
     return ", ".join(f"{k}={v}" for k, v in vars(params).items())
 
 
@@ -145,7 +156,8 @@ def format_table(doc: dict) -> str:
     by = {(r["options"], r["kind"]): r for r in doc["results"]}
     lines = [f"Detection quality: {doc['series_per_kind']} seeded series of {doc['values_per_series']} values per "
              f"kind; each cell: anomalies detected / labelled, then false alarms (flags outside every anomaly's "
-             f"window) over all of them.", "",
+             f"window) over all of them; then the episodes they make (resolve_after 10: what an alert sink is "
+             f"sent), of which false (opened outside every window).", "",
              "| options | " + " | ".join(KINDS) + " | false alarms, all kinds |",
              "|---|" + "---|" * (len(KINDS) + 1)]
     for name in OPTION_SETS:
@@ -154,8 +166,9 @@ def format_table(doc: dict) -> str:
             r = by[(name, kind)]
             alarms += r["false_alarms"]
             labelled = r["detected"] + r["missed"]
-            cells.append(f"{r['detected']}/{labelled}, {r['false_alarms']} fa" if labelled else
-                         f"-, {r['false_alarms']} fa")
+            ep = f"; {r['episodes']} ep ({r['false_episodes']} false)"
+            cells.append((f"{r['detected']}/{labelled}, {r['false_alarms']} fa" if labelled else
+                          f"-, {r['false_alarms']} fa") + ep)
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {alarms} |")
     return "\n".join(lines) + "\n"
 
