@@ -82,6 +82,7 @@ lint: $(DEV_STAMP)  ## flake8, go vet and gofmt
 bench: $(BENCH_STAMP)  ## full benchmark run (about 25 minutes): the main run, issue 23's targets, a million series
 	$(BIN)/python -m benchmarks
 	$(BIN)/python -m benchmarks.targets
+	$(BIN)/python -m benchmarks.sink_bench
 	$(BIN)/python -m benchmarks.million_bench
 	$(BIN)/python -m benchmarks.million_load
 

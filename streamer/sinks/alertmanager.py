@@ -8,11 +8,14 @@ was retried are the same alert, never a new one.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from streamer.sinks.episode import RESOLVED, EpisodeEvent, labels, rfc3339
 from streamer.sinks.http import Poster
 
 RESEND_SECONDS = 60.0
 BATCH = 500  # alerts per POST
+PENDING_LIMIT = 10_000  # resolved alerts kept while Alertmanager cannot be reached; older ones are dropped
 
 
 def _annotations(event: EpisodeEvent) -> dict[str, str]:
@@ -35,18 +38,17 @@ class AlertmanagerSink(Poster):
     def __init__(self, url: str, metrics=None, resend_seconds: float = RESEND_SECONDS, **kwargs):
         super().__init__(url, metrics, **kwargs)
         self.resend_seconds = resend_seconds
-        self._open: dict[str, tuple[dict, dict, int]] = {}  # episode -> (labels, annotations, startsAt ns)
+        self._open: dict[str, tuple] = {}  # open episode -> (labels, once built; its latest event; startsAt ns)
 
     def forget(self, episodes) -> None:
         """Stop re-sending these open episodes (their series moved to another server, which sends them now)."""
         self.submit(("forget", tuple(episodes)))
 
-    def _alert(self, lab: dict, notes: dict, started_ns: int, ends: float) -> dict:
-        return {"labels": lab, "annotations": notes, "startsAt": rfc3339(started_ns),
-                "endsAt": rfc3339(int(ends * 1e9))}
-
-    def run(self) -> None:
-        pending: dict[str, dict | None] = {}  # episode -> its alert to post; None: an open one, built when posted
+    def _run(self) -> None:
+        # episode -> the resolved alert to post (its Resolved), or None: an open one, posted as it is then.
+        # Only events are kept here; alerts are built when posted (every retry or resend), so a sink that is
+        # down costs detection one dict assignment an event, never the building of alerts it cannot send.
+        pending: dict[str, _Resolved | None] = {}
         resend_at = self.clock() + self.resend_seconds
         retry_at = 0.0
         while True:
@@ -73,36 +75,64 @@ class AlertmanagerSink(Poster):
                 self._open.pop(episode, None)
                 pending.pop(episode, None)
             return
-        if event.episode in self._open:  # an alert is its labels: an episode keeps those it opened with
-            lab = self._open[event.episode][0]
-        else:
-            lab, collisions = labels(event)
-            if collisions:
-                self.metrics.collisions.labels(self.url).inc(collisions)
-        notes = _annotations(event)
-        # startsAt is the data time of the first outlier, but never after the time it reached this sink:
-        # Alertmanager refuses an alert that ends before it starts, as one stamped by a clock ahead of ours would
-        started = min(event.started_ns, int(now * 1e9))
+        opened = self._open.get(event.episode)
         if event.kind == RESOLVED:
-            # the alert keeps describing its outliers (value, mean, stddev, zscore of the last flagged value),
-            # not the normal value that resolved it; count and peak are the episode's final ones
-            opened = self._open.pop(event.episode, None)
-            if opened is not None:
-                notes = {**opened[1], **{k: notes[k] for k in ("count", "peak_value", "peak_zscore")}}
-                started = opened[2]
-            pending[event.episode] = self._alert(lab, notes, started, now)
+            self._open.pop(event.episode, None)
+            pending.pop(event.episode, None)  # (re-inserted last: the oldest resolved alerts come first)
+            pending[event.episode] = _Resolved(event, opened, now)
+            if len(pending) > PENDING_LIMIT:  # down for long: the oldest resolved alerts go (they expire anyway)
+                oldest = next(e for e, r in pending.items() if r is not None)
+                del pending[oldest]
+                self.metrics.dropped.labels(self.kind, self.url).inc()
         else:
-            self._open[event.episode] = (lab, notes, self._open[event.episode][2] if event.episode in self._open
-                                         else started)
+            # startsAt is the data time of the first outlier, but never after the time it reached this sink:
+            # Alertmanager refuses an alert that ends before it starts, as one stamped by a clock ahead of ours
+            started = opened[2] if opened is not None else min(event.started_ns, int(now * 1e9))
+            self._open[event.episode] = (opened[0] if opened is not None else None, event, started)
             pending[event.episode] = None
+
+    def _label_set(self, event) -> dict:
+        lab, collisions = labels(event)
+        if collisions:
+            self.metrics.collisions.labels(self.url).inc(collisions)
+        return lab
+
+    def _firing(self, episode: str, ends: float) -> dict:
+        lab, event, started = self._open[episode]
+        if lab is None:  # an alert is its labels: an episode keeps those it is first posted with
+            lab = self._label_set(event)
+            self._open[episode] = (lab, event, started)
+        return _alert(lab, _annotations(event), started, ends)
+
+    def _resolved(self, r: "_Resolved") -> dict:
+        if r.opened is None:  # opened before this sink heard of it (another server, or before a restart)
+            return _alert(self._label_set(r.event), _annotations(r.event), min(r.event.started_ns, int(r.at * 1e9)),
+                          r.at)
+        lab, last, started = r.opened
+        # the alert keeps describing its outliers (value, mean, stddev, zscore of the last flagged value), not
+        # the normal value that resolved it; count and peak are the episode's final ones
+        notes = {**_annotations(last), **{k: v for k, v in _annotations(r.event).items()
+                                          if k in ("count", "peak_value", "peak_zscore")}}
+        return _alert(lab if lab is not None else self._label_set(last), notes, started, r.at)
 
     def _send(self, pending: dict, now: float) -> bool:
         """Post every pending alert (open ones with endsAt four resend intervals ahead), BATCH a request."""
         ends = now + 4 * self.resend_seconds
-        alerts = [a if a is not None else self._alert(*self._open[e], ends) for e, a in pending.items()
-                  if a is not None or e in self._open]
+        alerts = [self._resolved(r) if r is not None else self._firing(e, ends) for e, r in pending.items()
+                  if r is not None or e in self._open]
         for i in range(0, len(alerts), BATCH):
             if not self.post("/api/v2/alerts", alerts[i:i + BATCH]):
                 return False
             self.delivered(len(alerts[i:i + BATCH]))
         return True
+
+
+@dataclasses.dataclass(frozen=True)
+class _Resolved:
+    event: EpisodeEvent  # the resolution
+    opened: tuple | None  # what the sink held of the open episode: (labels or None, latest event, startsAt)
+    at: float             # when it reached the sink: the alert's endsAt
+
+
+def _alert(lab: dict, notes: dict, started_ns: int, ends: float) -> dict:
+    return {"labels": lab, "annotations": notes, "startsAt": rfc3339(started_ns), "endsAt": rfc3339(int(ends * 1e9))}

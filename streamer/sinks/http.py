@@ -61,6 +61,23 @@ class Poster(threading.Thread):
         self._failures = 0
         self._labels = (self.kind, url)
 
+    def run(self) -> None:
+        """The sink's loop (_run). A bug in it is logged and the loop starts again, rather than ending the thread
+        and every alert after it: the open episodes a subclass keeps survive (an Alertmanager sink re-sends them),
+        a failed batch in flight may be lost."""
+        while True:
+            try:
+                self._run()
+                return
+            except Exception:
+                log.exception("%s %s: the sink failed; it starts again", self.kind, self.url)
+                self.metrics.posts.labels(*self._labels, "error").inc()
+                if self._stopping.wait(self.retry_delay()):
+                    return
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
     def submit(self, event) -> bool:
         """Queue an event; never blocks. False (and counted) when the queue is full."""
         try:
@@ -68,8 +85,7 @@ class Poster(threading.Thread):
         except queue.Full:
             self.metrics.dropped.labels(*self._labels).inc()
             return False
-        self.metrics.queued.labels(*self._labels).set(self.queue.qsize())
-        return True
+        return True  # (the queue's gauge is set by the sink's thread: this path stays a queue put)
 
     def stop_soon(self) -> None:
         """Ask the thread to end after one last try to deliver what is queued."""

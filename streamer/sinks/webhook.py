@@ -13,7 +13,7 @@ BATCH = 100  # events per POST
 class WebhookSink(Poster):
     kind = "webhook"
 
-    def run(self) -> None:
+    def _run(self) -> None:
         batch: list = []
         retry_at = 0.0
         while True:
