@@ -6,7 +6,7 @@ finite values, then each value judged against its name's mean and population std
 name for the stream, each value scored before it is added, flagged once its name has max(warmup, 2) values;
 exclude_outliers keeps flagged values out, as streamer does (not at stddev 0, nor after max(warmup, 2) excluded in a
 row until a normal one). Defaults as streamer's (threshold 2, warmup 10); sessions, MODE_EXPONENTIAL and the
-options past exclude_outliers (fields 6-12) are refused with UNIMPLEMENTED (the benchmarks never ask).
+options past exclude_outliers (fields 6-17) are refused with UNIMPLEMENTED (the benchmarks never ask).
 """
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ class RiverServicer(outliers_pb2_grpc.OutliersServicer):
             if n == 0:
                 o = request.options
                 optional = ("exclude_limit", "cooldown", "score", "likelihood_short", "likelihood_window",
-                            "likelihood_threshold", "likelihood_learning")
+                            "likelihood_threshold", "likelihood_learning", "series_ttl_seconds", "min_deviation",
+                            "min_relative_deviation", "direction", "resolve_after")
                 if request.session or o.mode == pb.MODE_EXPONENTIAL or any(o.HasField(f) for f in optional):
                     await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the river peer keeps no sessions, only "
                                         "MODE_CUMULATIVE and no options past exclude_outliers")

@@ -9,7 +9,8 @@
 // values (warmup default 10), and with exclude_outliers does not add a flagged value unless its stddev is 0 or
 // the series had max(warmup, 2) excluded values in a row since its last normal one (the server's default
 // exclude_limit). Not implemented (the benchmarks never ask): sessions, MODE_EXPONENTIAL, the series limit and
-// DetectOptions fields 6-12 (cooldown, score, ...); they are refused with UNIMPLEMENTED.
+// DetectOptions fields 6-17 (cooldown, score, series_ttl_seconds, min_deviation, ...); they are refused with
+// UNIMPLEMENTED.
 //
 // Prints "grpc-go ready on HOST:PORT" to stderr once serving; SIGTERM or SIGINT stops it gracefully.
 package main
@@ -206,7 +207,8 @@ func (server) DetectStream(st pb.Outliers_DetectStreamServer) error {
 			}
 			if o := req.Options; o != nil && (o.ExcludeLimit != nil || o.Cooldown != nil || o.Score != nil ||
 				o.LikelihoodShort != nil || o.LikelihoodWindow != nil || o.LikelihoodThreshold != nil ||
-				o.LikelihoodLearning != nil) {
+				o.LikelihoodLearning != nil || o.SeriesTtlSeconds != nil || o.MinDeviation != nil ||
+				o.MinRelativeDeviation != nil || o.Direction != nil || o.ResolveAfter != nil) {
 				return status.Error(codes.Unimplemented, "the grpc-go peer has no options past exclude_outliers")
 			}
 			if s, err = newStream(req.Options); err != nil {
