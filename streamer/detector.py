@@ -483,6 +483,9 @@ class StreamDetector:
             # A session this stream made but never filled (its first batch was rejected) is not kept.
             forget = self._made_session and len(self.session.state.table) == 0
             self.sessions.detach(self.session, forget=forget)
+            if self.params is not None and self.params.resolve_after:
+                # its lease is released: the next owner (any worker or replica) sends its open episodes now
+                self.on_episodes([episodes.released(self._source())])
             self.session = None
         elif self.state is not None:
             self.state.drop()

@@ -13,7 +13,7 @@ import numpy as np
 
 from streamer import rules
 from streamer.series import SeriesTable
-from streamer.sinks.episode import OPENED, RESOLVED, UPDATED, EpisodeEvent
+from streamer.sinks.episode import OPENED, RELEASED, RESOLVED, UPDATED, EpisodeEvent
 
 UPDATE_SECONDS = 10.0
 _KINDS = {rules.EPISODE_OPENED: OPENED, rules.EPISODE_UPDATED: UPDATED, rules.EPISODE_RESOLVED: RESOLVED}
@@ -41,6 +41,12 @@ def events(ev: np.ndarray, stats: np.ndarray, ids: np.ndarray, values: np.ndarra
     return out
 
 
+def released(source: str) -> EpisodeEvent:
+    """A notice for the sinks that this process no longer owns `source`'s series (its session's lease went):
+    they stop re-sending its open episodes, which the next owner sends from the state it loads."""
+    return EpisodeEvent(RELEASED, "", 0, "", source, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
 class Throttle:
     """Lets through every opening and resolution, and an episode's updates at most once per `seconds`. Called
     from the event loop and from the threads that run large batches: the lock guards `_last`."""
@@ -59,7 +65,9 @@ class Throttle:
         now = self.clock()
         out = []
         for e in events:
-            if e.kind == UPDATED:
+            if e.kind == RELEASED:
+                pass
+            elif e.kind == UPDATED:
                 if now - self._last.get(e.episode, -math.inf) < self.seconds:
                     continue
                 self._last[e.episode] = now

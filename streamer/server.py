@@ -29,7 +29,7 @@ from streamer.ops.metrics import Metrics, MetricsInterceptor
 from streamer.pb import outliers_pb2
 from streamer.service import SERVICE_NAME, OutliersService
 from streamer.episodes import UPDATE_SECONDS, Throttle
-from streamer.sinks import SinkConfig, Sinks
+from streamer.sinks import RELEASED, SinkConfig, Sinks
 from streamer.sinks.http import SinkMetrics
 from streamer.state import SeriesBudget, SessionRegistry
 from streamer.store import StoreError, open_store
@@ -245,8 +245,9 @@ class StreamerServer:
             events = throttle(events)
             for event in events:
                 self.sinks.submit(event)
-            if events and hub.active:
-                hub.publish(events)
+            watched = [e for e in events if e.kind != RELEASED]
+            if watched and hub.active:
+                hub.publish(watched)
 
         ingest = otlp.OtlpIngest(self.sessions, params, self.config.defaults.max_series,
                                  self.config.otlp_resource_attributes, hub,

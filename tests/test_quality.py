@@ -201,8 +201,8 @@ def test_snapshot_round_trip_keeps_every_optional_array(store):  # noqa: F811 (t
     for key in ("count", "mean", "spread", *state.optional):
         np.testing.assert_array_equal(getattr(loaded, key)[:3], getattr(state, key)[:3], err_msg=key)
     plain = SeriesState(CUM, 100)  # the default options keep no optional arrays, and snapshot none
-    assert plain.optional == [] and set(Session("p", plain).snapshot(1.0).arrays) == {"count", "mean", "spread",
-                                                                                        "last_seen"}
+    arrays = set(Session("p", plain).snapshot(1.0).arrays)
+    assert plain.optional == [] and arrays == {"count", "mean", "spread", "last_seen"}
 
 
 def test_a_session_stored_before_the_rules_resumes_with_them(make_server, tmp_path):

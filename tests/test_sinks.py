@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from streamer.sinks import OPENED, RESOLVED, UPDATED, AlertmanagerSink, EpisodeEvent, WebhookSink
+from streamer.sinks import OPENED, RELEASED, RESOLVED, UPDATED, AlertmanagerSink, EpisodeEvent, WebhookSink
 from streamer.sinks.episode import label_name, labels
 from streamer.sinks.http import SinkMetrics
 from alertmanager_server import Alertmanager, Receiver, free_port
@@ -74,14 +74,23 @@ def test_open_episodes_are_resent_with_ends_at_ahead(receiver):
     am = Alertmanager(receiver.url)
     sink = AlertmanagerSink(am.url, resend_seconds=0.5, backoff=FAST)
     sink.start()
+    delivered = sink.metrics.events.labels("alertmanager", am.url)._value.get
     try:
-        sink.submit(event())
-        deadline = time.monotonic() + 30
-        while sink.metrics.events.labels("alertmanager", am.url)._value.get() < 3:  # opened, then re-sent
-            assert time.monotonic() < deadline, "the open alert was not re-sent"
-            time.sleep(0.05)
+        for i in range(4):  # an episode that goes on (an update now and then) is re-sent between its events
+            sink.submit(event(UPDATED if i else OPENED, i, count=i + 1))
+            deadline = time.monotonic() + 30
+            while delivered() < 2 * (i + 1):  # its event, then a re-send
+                assert time.monotonic() < deadline, "the open alert was not re-sent"
+                time.sleep(0.02)
         [held] = am.alerts()
-        assert held["status"]["state"] == "active"
+        assert held["status"]["state"] == "active" and held["annotations"]["count"] == "4"
+        # another episode whose session this process gave up: no longer re-sent (its next owner sends it)
+        sink.submit(event(episode="e2", series="other", source="session moved"))
+        sink.submit(EpisodeEvent(RELEASED, "", 0, "", "session moved", 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
+        deadline = time.monotonic() + 30
+        while "e2" in sink._open or "e1" not in sink._open:  # (e2 posted once, then no longer held)
+            assert time.monotonic() < deadline, "the released episode is still re-sent"
+            time.sleep(0.02)
     finally:
         sink.close()
         am.stop()

@@ -14,11 +14,11 @@ import ssl
 import urllib.parse
 
 from streamer.sinks.alertmanager import RESEND_SECONDS, AlertmanagerSink
-from streamer.sinks.episode import OPENED, RESOLVED, UPDATED, EpisodeEvent
+from streamer.sinks.episode import OPENED, RELEASED, RESOLVED, UPDATED, EpisodeEvent
 from streamer.sinks.http import SinkMetrics
 from streamer.sinks.webhook import WebhookSink
 
-__all__ = ["OPENED", "RESOLVED", "UPDATED", "EpisodeEvent", "AlertmanagerSink", "WebhookSink", "SinkConfig",
+__all__ = ["OPENED", "RELEASED", "RESOLVED", "UPDATED", "EpisodeEvent", "AlertmanagerSink", "WebhookSink", "SinkConfig",
            "Sinks", "check_url", "parse_header"]
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP header name (RFC 9110 token)
@@ -93,11 +93,6 @@ class Sinks:
     def submit(self, event: EpisodeEvent) -> None:
         for sink in self.all:
             sink.submit(event)
-
-    def forget(self, episodes) -> None:
-        """Open episodes whose series left this server (their session moved): stop re-sending them."""
-        for sink in self.alertmanagers:
-            sink.forget(episodes)
 
     def close(self, timeout: float = 2.0) -> None:
         """One last try at what is queued, within `timeout` in all."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from streamer.sinks.episode import RESOLVED, EpisodeEvent, labels, rfc3339
+from streamer.sinks.episode import RELEASED, RESOLVED, EpisodeEvent, labels, rfc3339
 from streamer.sinks.http import Poster
 
 RESEND_SECONDS = 60.0
@@ -39,10 +39,8 @@ class AlertmanagerSink(Poster):
         super().__init__(url, metrics, **kwargs)
         self.resend_seconds = resend_seconds
         self._open: dict[str, tuple] = {}  # open episode -> (labels, once built; its latest event; startsAt ns)
-
-    def forget(self, episodes) -> None:
-        """Stop re-sending these open episodes (their series moved to another server, which sends them now)."""
-        self.submit(("forget", tuple(episodes)))
+        self._seen: dict[str, float] = {}  # open episode -> when its latest event reached this sink
+        self._released: set[str] = set()   # open episodes no longer re-sent from here (see RELEASED)
 
     def _run(self) -> None:
         # episode -> the resolved alert to post (its Resolved), or None: an open one, posted as it is then.
@@ -59,6 +57,14 @@ class AlertmanagerSink(Poster):
                 self._apply(event, pending, now)
             now = self.clock()
             if now >= resend_at:
+                # An open episode is re-sent while its series is judged here: one without an event for two
+                # resend intervals (its session went to another process, which sends it now, or its series
+                # went quiet) is left to expire by its endsAt rather than re-fired after another resolves it.
+                quiet = [e for e, seen in self._seen.items() if now - seen > 2 * self.resend_seconds]
+                for e in (*quiet, *(e for e in self._released if e not in pending)):
+                    self._seen.pop(e, None)
+                    self._open.pop(e, None)
+                    self._released.discard(e)
                 pending.update(dict.fromkeys(e for e in self._open if e not in pending))
                 resend_at = now + self.resend_seconds
             if pending and (now >= retry_at or stopping):
@@ -70,14 +76,15 @@ class AlertmanagerSink(Poster):
                 return
 
     def _apply(self, event, pending: dict, now: float) -> None:
-        if isinstance(event, tuple):  # ("forget", episodes)
-            for episode in event[1]:
-                self._open.pop(episode, None)
-                pending.pop(episode, None)
+        if event.kind == RELEASED:  # the source's session may go to another owner, which re-sends these then:
+            # what is pending is still posted once, but they are not re-sent from here
+            self._released.update(e for e, (_, last, _) in self._open.items() if last.source == event.source)
             return
         opened = self._open.get(event.episode)
         if event.kind == RESOLVED:
             self._open.pop(event.episode, None)
+            self._seen.pop(event.episode, None)
+            self._released.discard(event.episode)
             pending.pop(event.episode, None)  # (re-inserted last: the oldest resolved alerts come first)
             pending[event.episode] = _Resolved(event, opened, now)
             if len(pending) > PENDING_LIMIT:  # down for long: the oldest resolved alerts go (they expire anyway)
@@ -89,6 +96,8 @@ class AlertmanagerSink(Poster):
             # Alertmanager refuses an alert that ends before it starts, as one stamped by a clock ahead of ours
             started = opened[2] if opened is not None else min(event.started_ns, int(now * 1e9))
             self._open[event.episode] = (opened[0] if opened is not None else None, event, started)
+            self._seen[event.episode] = now
+            self._released.discard(event.episode)  # judged here again
             pending[event.episode] = None
 
     def _label_set(self, event) -> dict:

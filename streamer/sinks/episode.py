@@ -6,6 +6,7 @@ import datetime
 import re
 
 OPENED, UPDATED, RESOLVED = "opened", "updated", "resolved"
+RELEASED = "released"  # not an episode's change: this process gave up the source's series (sinks only)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,6 +5,7 @@ The body (README: "Webhook JSON"): {"version": 1, "events": [EpisodeEvent.as_jso
 """
 from __future__ import annotations
 
+from streamer.sinks.episode import RELEASED
 from streamer.sinks.http import Poster
 
 BATCH = 100  # events per POST
@@ -21,7 +22,7 @@ class WebhookSink(Poster):
             if len(batch) < BATCH:  # a failed batch is re-sent as it was, with what came after it behind it
                 now = self.clock()
                 wait = 0 if stopping else (min(retry_at - now, 0.5) if batch else 0.5)
-                batch.extend(self.take(BATCH - len(batch), wait))
+                batch.extend(e for e in self.take(BATCH - len(batch), wait) if e.kind != RELEASED)
             now = self.clock()
             if batch and (now >= retry_at or stopping):
                 if self.post("", {"version": 1, "events": [e.as_json() for e in batch]}):
