@@ -26,7 +26,7 @@ GO_TEST  := cd go && STREAMER_BIN=$(CURDIR)/$(BIN)/streamer go test -count=1 ./.
 
 .DEFAULT_GOAL := help
 .PHONY: help serve test proto lint bench bench-quick soak fuzz clean
-.PHONY: go-tools grpcurl go-test redis-server chromium
+.PHONY: go-tools grpcurl go-test redis-server alertmanager chromium
 
 help:  ## list the verbs
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -57,7 +57,7 @@ serve: $(RUNTIME_STAMP)  ## run the service with embedded defaults (port 9999); 
 WIRE_TESTS := tests/test_wire.py tests/test_wire_checked.py tests/test_series.py tests/test_fused.py \
 	tests/test_fuzz.py::test_the_corpus_and_every_regression_read_as_protobuf_reads_them
 
-test: $(DEV_STAMP) $(BENCH_STAMP) go-tools grpcurl redis-server chromium  ## the whole test suite (Python, then Go against the real server)
+test: $(DEV_STAMP) $(BENCH_STAMP) go-tools grpcurl redis-server alertmanager chromium  ## the whole test suite (Python, then Go against the real server)
 	$(BIN)/pytest
 	STREAMER_WIRE_CHECKED=1 $(BIN)/pytest -q $(WIRE_TESTS)
 	$(GO_TEST)
@@ -79,10 +79,14 @@ lint: $(DEV_STAMP)  ## flake8, go vet and gofmt
 	$(BIN)/flake8 streamer tests benchmarks protos
 	cd go && go vet ./... && { unformatted=$$(gofmt -l .); test -z "$$unformatted" || { echo "gofmt -l: $$unformatted"; exit 1; }; }
 
-bench: $(BENCH_STAMP)  ## full benchmark run (about 7 minutes)
+bench: $(BENCH_STAMP)  ## full benchmark run (about 25 minutes): the main run, issue 23's targets, a million series
 	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks.targets
+	$(BIN)/python -m benchmarks.sink_bench
+	$(BIN)/python -m benchmarks.million_bench
+	$(BIN)/python -m benchmarks.million_load
 
-bench-quick: $(BENCH_STAMP)  ## short benchmark run (about 75 s)
+bench-quick: $(BENCH_STAMP)  ## short benchmark run (about 90 s)
 	$(BIN)/python -m benchmarks --quick
 
 soak: $(BENCH_STAMP)  ## the server's RSS under SOAK_MINUTES (30) of mixed load and an idle tail: benchmarks/results/soak/
@@ -103,6 +107,11 @@ $(GO_TOOLS):
 redis-server:  ## install Debian's redis-server when it is missing (the Redis tests start their own on a free port)
 	@command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 	@command -v redis-server >/dev/null || { echo "redis-server could not be installed"; exit 1; }
+
+# A real Alertmanager for tests/test_sinks.py and tests/test_alerts.py (Debian's 0.25; the tests start their own).
+alertmanager:  ## install Debian's prometheus-alertmanager when it is missing (the alert tests start their own)
+	@command -v prometheus-alertmanager >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-alertmanager >/dev/null; }
+	@command -v prometheus-alertmanager >/dev/null || { echo "prometheus-alertmanager could not be installed"; exit 1; }
 
 # A real browser for tests/test_page_browser.py: Debian's chromium, headless, and chromium-driver for Selenium.
 chromium:  ## install Debian's chromium and chromium-driver when missing (the page's browser tests)

@@ -1,7 +1,8 @@
 """`python -m benchmarks [--quick|--tiny] [--scenarios PATTERN ...] [--out DIR]`: measure, print, write results.
 
-Runs the kernel micro-benchmarks (and benchmarks/wire_bench.py when it exists) in-process, then starts the
-ceiling, baseline, peer (river, grpc-go) and streamer servers and drives every scenario against each with
+Runs the kernel micro-benchmarks (and benchmarks/wire_bench.py when it exists) in-process, the detection quality
+script (benchmarks/quality_bench.py: quality.json, quality.md, quality.png), then starts the
+ceiling, baseline, peer (river, grpc-go, tuned-go) and streamer servers and drives every scenario against each with
 the Python load generator (and the Go one when go/cmd/loadgen exists). Progress goes to stderr; the table
 to stdout; latest.json, latest.md and latest.png (plus a timestamped JSON) to the output directory.
 """
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 from benchmarks import golang, report, scenarios
-from benchmarks.servers import DESCRIPTIONS, ROOT, ServerProcess
+from benchmarks.servers import DESCRIPTIONS, GO_PEERS, ROOT, ServerProcess
 
 RESULTS = ROOT / "benchmarks" / "results"
 OVERHEAD_S = 0.5  # per measurement, on top of warm-up + duration: channel setup, process start (Go)
@@ -120,6 +121,21 @@ def run_wire(quick: bool, workdir: Path) -> tuple[dict, str | None]:
     return json.loads(path.read_text()), table.read_text() if table.exists() else None
 
 
+def run_quality(mode: str, out: Path) -> tuple[dict, str | None]:
+    """benchmarks/quality_bench.py in its own process: detections, misses and false alarms per kind of anomaly
+    and option set (quality.json, quality.md, quality.png in `out`), and its table."""
+    command = [sys.executable, "-m", "benchmarks.quality_bench", "--out", str(out)]
+    if mode != "full":
+        command.append(f"--{mode}")
+    try:
+        done = subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL, timeout=600)
+    except subprocess.TimeoutExpired:
+        return {"error": "benchmarks/quality_bench.py did not finish in 10 minutes"}, None
+    if done.returncode != 0:
+        return {"error": f"benchmarks/quality_bench.py exited {done.returncode}"}, None
+    return json.loads((out / "quality.json").read_text()), (out / "quality.md").read_text()
+
+
 def best_of(runs: list[dict]) -> dict:
     """The run with the most metrics/s (what the server can do when the shared machine lets it)."""
     ok = [r for r in runs if "error" not in r]
@@ -196,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[tuple[str, str, str], list[dict]] = {}
     servers: dict[str, ServerProcess] = {}
     worker = None
-    wire_md = None
+    wire_md = quality_md = None
     errors = 0
     with tempfile.TemporaryDirectory(prefix="streamer-bench-") as workdir:
         workdir = Path(workdir)
@@ -210,13 +226,15 @@ def main(argv: list[str] | None = None) -> int:
                 doc["wire"], wire_md = run_wire(mode != "full", workdir)
             elif not wire_path.exists():
                 doc["notes"].append("benchmarks/wire_bench.py not present: no in-process wire figures.")
+            log("detection quality (benchmarks/quality_bench.py) ...")
+            doc["quality"], quality_md = run_quality(mode, out)
 
             for name in args.servers:
                 log(f"starting {name} server ...")
                 try:
                     servers[name] = ServerProcess(name)
                 except RuntimeError as exc:
-                    if name != "grpc-go":  # the only server that needs more than this Python (the Go toolchain)
+                    if name not in GO_PEERS:  # the only servers that need more than this Python (the Go toolchain)
                         raise
                     log(f"note: skipping the {name} peer: {exc}")
                     doc["notes"].append(f"{name} peer skipped: {str(exc).splitlines()[0]}")
@@ -254,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
                                    "server_pid": server.pid}
                             result = worker.run(job, timeout=per_job + 300)
                         else:
-                            result = go.run(server.addr, scenario, timing["duration"], timing["warmup"])
+                            result = go.run(server.addr, scenario, timing["duration"], timing["warmup"],
+                                            server_pid=server.pid)
                         runs.setdefault((scenario.name, name, loadgen), []).append(result)
                         if "error" in result:
                             text = f"ERROR {result['error'][:200]}"
@@ -300,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:
         log(f"no plot: {exc} (pip install -e '.[bench]')")
     print(md)
+    if quality_md:
+        print(quality_md)
     log(f"wrote {out / 'latest.json'}, {out / 'latest.md'}, {out / 'latest.png'} in {_clock(doc['elapsed_s'])}")
     return 1 if errors else 0
 

@@ -40,7 +40,7 @@ class GoLoadGenerator:
         version = subprocess.run(["go", "version"], capture_output=True, text=True)
         self.version = version.stdout.strip().removeprefix("go version ")  # "go1.26.8 linux/amd64"
 
-    def command(self, addr: str, scenario, duration: float, warmup: float = 0.0) -> list[str]:
+    def command(self, addr: str, scenario, duration: float, warmup: float = 0.0, server_pid: int = 0) -> list[str]:
         """The flags for one measurement."""
         command = [str(self.binary), "-addr", addr, "-mode", scenario.rpc, "-batch", str(scenario.batch),
                    "-series", str(scenario.series), "-streams", str(scenario.streams),
@@ -50,12 +50,15 @@ class GoLoadGenerator:
                    "-json"]
         if scenario.load == "pipelined":
             command += ["-window", str(scenario.window)]
+        if server_pid:  # the server's CPU time over the measured window, for metrics per server CPU-second
+            command += ["-server-pid", str(server_pid)]
         return command
 
-    def run(self, addr: str, scenario, duration: float, warmup: float) -> dict:
+    def run(self, addr: str, scenario, duration: float, warmup: float, server_pid: int = 0) -> dict:
         """One measurement (after a warm-up of the same load), read into the Python client's figures."""
         try:
-            done = subprocess.run(self.command(addr, scenario, duration, warmup), capture_output=True, text=True,
+            done = subprocess.run(self.command(addr, scenario, duration, warmup, server_pid), capture_output=True,
+                                  text=True,
                                   timeout=warmup + duration + 120)
         except subprocess.TimeoutExpired:
             return {"error": "the Go load generator did not finish in time"}
@@ -81,4 +84,6 @@ def normalize(stdout: str, latency: bool = True) -> dict:
     result = {"metrics_per_s": raw["metrics_per_s"], "batches_per_s": raw["batches_per_s"], "raw": raw}
     if latency:
         result["latency_ms"] = {"p50": raw["p50_ms"], "p99": raw["p99_ms"]}
+    if raw.get("server_cpu_s") and raw.get("duration_s"):
+        result["cpu"] = {"server_cores": raw["server_cpu_s"] / raw["duration_s"]}
     return result

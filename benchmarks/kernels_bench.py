@@ -1,20 +1,29 @@
 """Kernel micro-benchmarks: updates/s of the numba kernels against plain-Python Welford and numpy recomputation.
 
-Run alone with `python -m benchmarks.kernels_bench [--quick|--tiny] [--json PATH]`; the harness runs it too.
-In-process, no grpc: what the state update costs per metric, after JIT warm-up, at 1 to 100 000 series.
+Run alone with `python -m benchmarks.kernels_bench [--quick|--tiny] [--json PATH] [--against REF]`; the
+harness runs it too. In-process, no grpc: what the state update costs per metric, after JIT warm-up, at 1 to
+100 000 series; stream_update (what the fused pass calls) for every mode and score, its rules given at run
+time as the server gives them. With --against REF (e.g. main), the kernels of that git revision are loaded
+beside this tree's and measured in interleaved rounds against the fused pass's call with SCORE_ZSCORE and
+cooldown 0: the ratio of each round, median (min-max).
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
 from benchmarks.wire_bench import best_seconds
-from streamer import kernels
+from streamer import kernels, rules
 
 SERIES = (1, 100, 10_000, 100_000)
 THRESHOLD = 2.0
@@ -24,6 +33,11 @@ ALPHA = 0.05
 METHODS = {
     "welford_update": "numba, Welford 1962 (MODE_CUMULATIVE)",
     "ewm_update": "numba, Finch 2009 (MODE_EXPONENTIAL)",
+    "stream_cumulative": "numba, stream_update: MODE_CUMULATIVE, SCORE_ZSCORE, cooldown 0 (the fused pass's call)",
+    "stream_exponential": "numba, stream_update: MODE_EXPONENTIAL, SCORE_ZSCORE, cooldown 0",
+    "stream_cooldown": "numba, stream_update: MODE_CUMULATIVE, SCORE_ZSCORE, cooldown 1, exclude_outliers",
+    "stream_likelihood": "numba, stream_update: MODE_CUMULATIVE, SCORE_LIKELIHOOD (short 10), cooldown 1",
+    "stream_likelihood_exp": "numba, stream_update: MODE_EXPONENTIAL, SCORE_LIKELIHOOD (short 10)",
     "detect_batch": "numba, unary batch statistics",
     "python_welford": "plain Python loop, Welford 1962",
     "numpy_recompute": "numpy, mean/std of the whole history per batch",
@@ -64,9 +78,103 @@ def _numba_steps(ids, values, n_series):
                                                  False, idx, *outs),
         "detect_batch": lambda: kernels.detect_batch(ids, values, n_series, THRESHOLD, idx, *outs),
     }
+    for name, (exponential, cooldown, likelihood) in STREAM_VARIANTS.items():
+        steps[name] = _stream_step(ids, values, n_series, exponential, cooldown, likelihood, idx, outs)
     for step in steps.values():
         step()  # compile (or load numba's cache) before anything is timed
     return steps
+
+
+# stream_update variants: (exponential, cooldown, likelihood)
+STREAM_VARIANTS = {"stream_cumulative": (False, 0, False), "stream_exponential": (True, 0, False),
+                   "stream_cooldown": (False, 1, False), "stream_likelihood": (False, 1, True),
+                   "stream_likelihood_exp": (True, 0, True)}
+
+
+def _stream_step(ids, values, n_series, exponential, cooldown, likelihood, idx, outs, module=rules):
+    """stream_update on fresh state with the arrays a SeriesState would keep for these rules."""
+    exclude = cooldown > 0
+    count, mean, spread = np.zeros(n_series, np.int64), np.zeros(n_series), np.zeros(n_series)
+    streak = np.zeros(n_series if exclude else 0, np.int64)
+    hold = np.zeros(n_series if cooldown else 0, np.int64)
+    m = n_series if likelihood else 0
+    lcount, lmean, lvar = np.zeros(m, np.int64), np.zeros(m), np.zeros(m)
+    ring = np.zeros((m, 10 if likelihood else 1))
+    tail = np.empty(len(values) if likelihood else 0)
+    # run-time Python values, as the fused pass passes them (nothing is constant-folded)
+    args = (bool(exponential), float(ALPHA), float(THRESHOLD), int(WARMUP), bool(exclude),
+            int(WARMUP if exclude else 0), int(cooldown))
+    # the alert rules' arguments (off), for the revisions that have them
+    extra = (module.NO_SUPPRESS, 0, *module.NO_EPISODES) if hasattr(module, "NO_EPISODES") else ()
+    return lambda: module.stream_update(ids, values, count, mean, spread, *args, streak, hold, bool(likelihood), 8640,
+                                        1e-5, 300, lcount, lmean, lvar, ring, idx, *outs, tail, *extra)
+
+
+def _load_kernels(ref: str):
+    """streamer/kernels.py as of git revision `ref`, imported as its own module from a temporary copy (so
+    numba's cache for it stays out of the source tree)."""
+    root = Path(__file__).resolve().parent.parent
+    source = subprocess.run(["git", "show", f"{ref}:streamer/kernels.py"], cwd=root, check=True,
+                            capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp(prefix="kernels-")) / f"kernels_{ref.replace('/', '_')}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fastest_call(step, min_time: float) -> float:
+    """Seconds of the fastest single call of step() in about min_time of calls."""
+    best, end = float("inf"), time.perf_counter() + min_time
+    while True:
+        start = time.perf_counter()
+        step()
+        now = time.perf_counter()
+        best = min(best, now - start)
+        if now >= end:
+            return best
+
+
+def against(ref: str, mode: str, progress=None) -> dict:
+    """Interleaved rounds: `ref`'s welford_update / ewm_update (the fused pass's call there) against this tree's
+    stream_update with SCORE_ZSCORE and cooldown 0 given at run time (the fused pass's call here)."""
+    settings = SETTINGS[mode]
+    old = _load_kernels(ref)
+    rounds = {"full": 21, "quick": 11, "tiny": 3}[mode]
+    out = []
+    for n_series in (100, 10_000):
+        ids, values = make_batch(n_series)
+        n = len(values)
+        idx = np.empty(n, dtype=np.int32)
+        outs = [np.empty(n, dtype=np.float64) for _ in range(3)]
+        for exponential in (False, True):
+            state = [np.zeros(n_series, np.int64), np.zeros(n_series), np.zeros(n_series)]
+            if exponential:
+                base = (lambda: old.ewm_update(ids, values, *state, ALPHA, THRESHOLD, WARMUP, False, idx, *outs))
+            else:
+                base = (lambda: old.welford_update(ids, values, *state, THRESHOLD, WARMUP, False, idx, *outs))
+            new = _stream_step(ids, values, n_series, exponential, 0, False, idx, outs)
+            base(), new()
+            ratios, rates = [], {"base": [], "new": []}
+            for r in range(rounds):
+                pair = [("base", base), ("new", new)] if r % 2 == 0 else [("new", new), ("base", base)]
+                # the fastest of many single calls (a batch each): preemption on a shared machine only adds
+                seconds = {name: _fastest_call(step, settings["min_time"]) for name, step in pair}
+                ratios.append(seconds["base"] / seconds["new"])  # > 1: this tree is faster
+                for name in seconds:
+                    rates[name].append(n / seconds[name])
+            row = {"series": n_series, "mode": "exponential" if exponential else "cumulative", "rounds": rounds,
+                   "ref": ref, "new_over_ref": {"median": statistics.median(ratios), "min": min(ratios),
+                                                "max": max(ratios)},
+                   "ref_updates_per_s": statistics.median(rates["base"]),
+                   "new_updates_per_s": statistics.median(rates["new"])}
+            out.append(row)
+            if progress:
+                q = row["new_over_ref"]
+                progress(f"kernels vs {ref}: {row['mode']:<11} {n_series:>6} series  speed ratio "
+                         f"{q['median']:.3f} ({q['min']:.3f}-{q['max']:.3f})")
+    return {"ref": ref, "rows": out}
 
 
 def _python_welford_step(ids, values, n_series):
@@ -157,19 +265,39 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def format_against(doc: dict) -> str:
+    """Markdown: this tree's stream_update (SCORE_ZSCORE, cooldown 0) against REF's kernels, interleaved."""
+    lines = [f"| mode | series | {doc['ref']} M updates/s | this tree M updates/s | speed ratio, median (min-max) |",
+             "|---|---:|---:|---:|---|"]
+    for r in doc["rows"]:
+        q = r["new_over_ref"]
+        lines.append(f"| {r['mode']} | {r['series']:,} | {r['ref_updates_per_s'] / 1e6:.3g} | "
+                     f"{r['new_updates_per_s'] / 1e6:.3g} | {q['median']:.3f} ({q['min']:.3f}-{q['max']:.3f}) |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--quick", action="store_true")
     group.add_argument("--tiny", action="store_true")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--against", metavar="REF",
+                        help="also measure the fused pass's zscore call against the kernels of git revision REF "
+                             "(e.g. main), interleaved")
     args = parser.parse_args(argv)
     mode = "tiny" if args.tiny else "quick" if args.quick else "full"
     report = run(mode, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    if args.against:
+        def say(line):
+            print(line, file=sys.stderr, flush=True)
+        report["against"] = against(args.against, mode, progress=say)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
     print(format_table(report))
+    if "against" in report:
+        print(format_against(report["against"]))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ def measure(seconds: float) -> dict:
     defaults = detector.Defaults()
     for n in SIZES:
         requests = [make_request(n, True, seed) for seed in range(4)]
-        stream = detector.StreamDetector(defaults, SessionRegistry.__new__(SessionRegistry))  # no sessions used
+        stream = detector.StreamDetector(defaults, SessionRegistry(60.0, 1, 100_000))  # a private stream
         for r in requests * 3:
             stream.process(r)
         for name, step in (("stream", stream.process), ("detect", lambda r: detector.detect(r, defaults))):

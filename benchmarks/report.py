@@ -8,11 +8,15 @@ from importlib import metadata
 
 from benchmarks.servers import ROOT
 
-SERVERS = ("ceiling", "baseline", "river", "grpc-go", "streamer")
+SERVERS = ("ceiling", "baseline", "river", "grpc-go", "tuned-go", "streamer")
 COLORS = {"ceiling": "tab:gray", "baseline": "tab:red", "river": "tab:green", "grpc-go": "tab:cyan",
+          "tuned-go": "tab:purple",
           "streamer": "tab:blue"}
 # the ratios each result gets: to the transport's ceiling, to the original approach, to the Go engineer's peer
 REFERENCES = ("ceiling", "baseline", "grpc-go")
+# and per server CPU-second (metrics/s over the server's CPU seconds per second): fair when a server spreads
+# over both cores or is starved of one; against the tuned Go peer (issue 23)
+CPU_REFERENCES = ("tuned-go",)
 
 
 def machine() -> dict:
@@ -63,12 +67,22 @@ def add_ratios(results: list[dict]) -> None:
     rate = {(r["scenario"]["name"], r["loadgen"], r["server"]): r["metrics_per_s"]
             for r in results if "metrics_per_s" in r}
     for r in results:
+        cores = r.get("cpu", {}).get("server_cores")
+        if "metrics_per_s" in r and cores:
+            r["metrics_per_server_cpu_s"] = r["metrics_per_s"] / cores
+    per_cpu = {(r["scenario"]["name"], r["loadgen"], r["server"]): r["metrics_per_server_cpu_s"]
+               for r in results if "metrics_per_server_cpu_s" in r}
+    for r in results:
         if "metrics_per_s" not in r:
             continue
         for other in REFERENCES:
             base = rate.get((r["scenario"]["name"], r["loadgen"], other))
             if base:
                 r[f"ratio_to_{other}"] = r["metrics_per_s"] / base
+        for other in CPU_REFERENCES:
+            base = per_cpu.get((r["scenario"]["name"], r["loadgen"], other))
+            if base and "metrics_per_server_cpu_s" in r:
+                r[f"cpu_ratio_to_{other}"] = r["metrics_per_server_cpu_s"] / base
 
 
 def _si(x: float) -> str:
@@ -89,14 +103,20 @@ def _ratio(x) -> str:
 def _cores(cpu: dict) -> str:
     if "server_cores" not in cpu:
         return "-"
+    if "client_cores" not in cpu:  # the Go load generator reports the server's CPU only
+        return f"{cpu['server_cores']:.2f} / -"
     return f"{cpu['server_cores']:.2f} / {cpu['client_cores']:.2f}"
+
+
+def _per_cpu(x) -> str:
+    return "-" if x is None else _si(x)
 
 
 def table(results: list[dict]) -> str:
     """Markdown table, one row per scenario, server and load generator, in run order."""
     lines = ["| scenario | server | client | metrics/s | batches/s | p50 ms | p99 ms | vs ceiling | vs baseline "
-             "| vs grpc-go | CPU server/client |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| vs grpc-go | metrics per server CPU-s | vs tuned Go, per CPU-s | CPU server/client |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     order = {name: i for i, name in enumerate(SERVERS)}
     seen = []
     for r in results:
@@ -109,14 +129,14 @@ def table(results: list[dict]) -> str:
         for n, r in enumerate(rows):
             label = r["scenario"]["label"] if n == 0 else ""
             if "error" in r:
-                lines.append(f"| {label} | {r['server']} | {loadgen} | error: {r['error'][:80]} | | | | | | | |")
+                lines.append(f"| {label} | {r['server']} | {loadgen} | error: {r['error'][:80]} | | | | | | | | | |")
                 continue
             lat = r.get("latency_ms", {})
             lines.append(f"| {label} | {r['server']} | {loadgen} | {_si(r['metrics_per_s'])} | "
                          f"{_si(r['batches_per_s'])} | {_ms(lat.get('p50'))} | {_ms(lat.get('p99'))} | "
                          f"{_ratio(r.get('ratio_to_ceiling'))} | {_ratio(r.get('ratio_to_baseline'))} | "
-                         f"{_ratio(r.get('ratio_to_grpc-go'))} | "
-                         f"{_cores(r.get('cpu', {}))} |")
+                         f"{_ratio(r.get('ratio_to_grpc-go'))} | {_per_cpu(r.get('metrics_per_server_cpu_s'))} | "
+                         f"{_ratio(r.get('cpu_ratio_to_tuned-go'))} | {_cores(r.get('cpu', {}))} |")
     return "\n".join(lines)
 
 

@@ -4,8 +4,9 @@ Run as `python -m benchmarks.river_server --port 0`; prints `river ready on HOST
 the generated servicer (protobuf messages, read a metric at a time). Detect: per name, a Var over the batch's
 finite values, then each value judged against its name's mean and population stddev. DetectStream: a Var per
 name for the stream, each value scored before it is added, flagged once its name has max(warmup, 2) values;
-exclude_outliers keeps flagged values out. Defaults as streamer's (threshold 2, warmup 10); sessions and
-MODE_EXPONENTIAL are refused with UNIMPLEMENTED (the benchmarks never ask).
+exclude_outliers keeps flagged values out, as streamer does (not at stddev 0, nor after max(warmup, 2) excluded in a
+row until a normal one). Defaults as streamer's (threshold 2, warmup 10); sessions, MODE_EXPONENTIAL and the
+options past exclude_outliers (fields 6-17) are refused with UNIMPLEMENTED (the benchmarks never ask).
 """
 from __future__ import annotations
 
@@ -50,13 +51,17 @@ class RiverServicer(outliers_pb2_grpc.OutliersServicer):
 
     async def DetectStream(self, request_iterator, context):
         series: dict[str, stats.Var] = {}
+        excluded: dict[str, int] = {}  # excluded values in a row since the series' last normal one
         n = 0
         async for request in request_iterator:
             if n == 0:
                 o = request.options
-                if request.session or o.mode == pb.MODE_EXPONENTIAL:
-                    await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                                        "the river peer keeps no sessions and only MODE_CUMULATIVE")
+                optional = ("exclude_limit", "cooldown", "score", "likelihood_short", "likelihood_window",
+                            "likelihood_threshold", "likelihood_learning", "series_ttl_seconds", "min_deviation",
+                            "min_relative_deviation", "direction", "resolve_after")
+                if request.session or o.mode == pb.MODE_EXPONENTIAL or any(o.HasField(f) for f in optional):
+                    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the river peer keeps no sessions, only "
+                                        "MODE_CUMULATIVE and no options past exclude_outliers")
                 k, need, exclude = o.threshold or THRESHOLD, max(o.warmup or WARMUP, 2), o.exclude_outliers
             resp = pb.OutliersResponse(batch=n)
             for i, m in enumerate(request.metrics):
@@ -66,15 +71,19 @@ class RiverServicer(outliers_pb2_grpc.OutliersServicer):
                 var = series.get(m.name)
                 if var is None:
                     var = series[m.name] = stats.Var(ddof=0)
-                flagged = False
+                flagged, std = False, 0.0
                 if var.mean.n >= need:
                     mean, std = var.mean.get(), math.sqrt(var.get())
                     if abs(x - mean) > k * std:
                         flagged = True
                         resp.indices.append(i)
                         resp.outliers.append(_outlier(i, m, mean, std))
-                if not (flagged and exclude):
-                    var.update(x)
+                if flagged and exclude and std > 0 and excluded.get(m.name, 0) < need:
+                    excluded[m.name] = excluded.get(m.name, 0) + 1
+                    continue
+                if not flagged:
+                    excluded[m.name] = 0
+                var.update(x)
             n += 1
             yield resp
 

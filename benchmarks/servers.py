@@ -14,13 +14,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"ready on (\S+):(\d+)")
 
-# name -> command (after the Python interpreter, or GO_PEER's binary for "grpc-go"); every one
+# name -> command (after the Python interpreter, or the Go peer's binary for GO_PEERS); every one
 # listens on 127.0.0.1 with a port the OS picks and logs "... ready on HOST:PORT" to stderr once it answers.
 COMMANDS = {
     "ceiling": ["-m", "benchmarks.ceiling_server", "--host", "127.0.0.1", "--port", "0"],
     "baseline": ["-m", "benchmarks.baseline_server", "--host", "127.0.0.1", "--port", "0"],
     "river": ["-m", "benchmarks.river_server", "--host", "127.0.0.1", "--port", "0"],
     "grpc-go": ["-host", "127.0.0.1", "-port", "0"],
+    "tuned-go": ["-host", "127.0.0.1", "-port", "0"],
     "streamer": ["-m", "streamer", "serve", "--host", "127.0.0.1", "--port", "0", "--store", "memory://",
                  "--metrics-port", "0", "--otlp-port", "0", "--http-port", "0", "--log-level", "info"],
 }
@@ -29,26 +30,30 @@ DESCRIPTIONS = {
     "baseline": "sync grpc thread pool, generated servicer, values read per metric attribute, 2-sigma rule",
     "river": "grpc.aio, generated servicer, one river.stats.Var per series: streamer's rules in plain Python",
     "grpc-go": "grpc-go, generated messages, a Go map of Welford accumulators: streamer's rules in plain Go",
+    "tuned-go": "grpc-go tuned for throughput: raw-bytes codec, one-pass protowire decoder, open-addressing table, "
+                "answers encoded by hand into pooled buffers",
     "streamer": "streamer serve (grpc.aio, numba wire decoder and kernels)",
 }
 
 
-GO_PEER = ROOT / "go" / "cmd" / "peerserver"
-_go_peer_binary: list[str] = []  # built once per process
+GO_PEERS = {"grpc-go": "peerserver", "tuned-go": "tunedpeer"}  # server name -> its command in go/cmd
+GO_MODULE = ROOT / "go"
+_go_peer_binaries: dict[str, str] = {}  # built once per process
 
 
-def go_peer_binary() -> str:
-    """go/cmd/peerserver built into a temporary directory (once); RuntimeError if it cannot be."""
-    if not _go_peer_binary:
+def go_peer_binary(name: str = "grpc-go") -> str:
+    """go/cmd/<peer> built into a temporary directory (once); RuntimeError if it cannot be."""
+    if name not in _go_peer_binaries:
         if shutil.which("go") is None:
-            raise RuntimeError("`go` is not on PATH: no grpc-go peer")
-        binary = Path(tempfile.mkdtemp(prefix="streamer-peer-")) / "peerserver"
-        build = subprocess.run(["go", "build", "-o", str(binary), "./cmd/peerserver"], cwd=GO_PEER.parent.parent,
+            raise RuntimeError(f"`go` is not on PATH: no {name} peer")
+        command = GO_PEERS[name]
+        binary = Path(tempfile.mkdtemp(prefix="streamer-peer-")) / command
+        build = subprocess.run(["go", "build", "-o", str(binary), f"./cmd/{command}"], cwd=GO_MODULE,
                                capture_output=True, text=True, timeout=600)
         if build.returncode != 0:
-            raise RuntimeError(f"go build ./cmd/peerserver failed:\n{build.stderr.strip()[-2000:]}")
-        _go_peer_binary.append(str(binary))
-    return _go_peer_binary[0]
+            raise RuntimeError(f"go build ./cmd/{command} failed:\n{build.stderr.strip()[-2000:]}")
+        _go_peer_binaries[name] = str(binary)
+    return _go_peer_binaries[name]
 
 
 class ServerProcess:
@@ -61,7 +66,7 @@ class ServerProcess:
     def __init__(self, name: str, timeout: float = 180.0, args: tuple[str, ...] = (),
                  env: dict[str, str] | None = None, log_path: Path | None = None):
         self.name = name
-        program = [go_peer_binary()] if name == "grpc-go" else [sys.executable]
+        program = [go_peer_binary(name)] if name in GO_PEERS else [sys.executable]
         self.command = [*program, *COMMANDS[name], *args]  # a flag in `args` overrides COMMANDS' own
         self._keep_log = log_path is not None
         self.log_path = Path(log_path or tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])

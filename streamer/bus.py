@@ -7,6 +7,7 @@ told to the receiving side's subscribers as missed. Events travel as JSON lists 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import mmap
@@ -16,6 +17,7 @@ import socket
 import struct
 import threading
 
+from streamer.sinks.episode import EpisodeEvent
 from streamer.watch import Event
 
 log = logging.getLogger(__name__)
@@ -25,13 +27,19 @@ CHANNEL = "streamer:watch"
 POLL_SECONDS = 0.2   # how often remote subscriber counts are read
 
 
-def _pack(events: list[Event], lost: int, origin: str = "") -> bytes:
-    return json.dumps({"o": origin, "lost": lost, "e": [list(e) for e in events]}).encode()
+def _pack(events: list, lost: int, origin: str = "") -> bytes:
+    # an outlier as the list of its fields, an episode event as the object of its fields
+    items = [list(e) if type(e) is Event else dataclasses.asdict(e) for e in events]
+    return json.dumps({"o": origin, "lost": lost, "e": items}).encode()
 
 
-def _unpack(data: bytes) -> tuple[str, int, list[Event]]:
+def _episode(fields: dict) -> EpisodeEvent:
+    return EpisodeEvent(**{**fields, "attributes": tuple(tuple(a) for a in fields["attributes"])})
+
+
+def _unpack(data: bytes) -> tuple[str, int, list]:
     msg = json.loads(data)
-    return msg["o"], int(msg["lost"]), [Event(*e) for e in msg["e"]]
+    return msg["o"], int(msg["lost"]), [Event(*e) if type(e) is list else _episode(e) for e in msg["e"]]
 
 
 class _Bus:

@@ -14,7 +14,8 @@ import os
 import sys
 
 from streamer import __version__
-from streamer.detector import Defaults
+from streamer.detector import (DIRECTION_BOTH, DIRECTION_DOWN, DIRECTION_UP, MAX_LIKELIHOOD_SHORT, SCORE_LIKELIHOOD,
+                               SCORE_ZSCORE, Defaults)
 from streamer.ops import logs
 from streamer.progress import MODES as PROGRESS_MODES
 from streamer.server import Config, serve
@@ -22,6 +23,8 @@ from streamer.state import MODE_CUMULATIVE, MODE_EXPONENTIAL
 from streamer.wire import Options
 
 MODES = {"cumulative": MODE_CUMULATIVE, "exponential": MODE_EXPONENTIAL}
+DIRECTIONS = {"both": DIRECTION_BOTH, "up": DIRECTION_UP, "down": DIRECTION_DOWN}
+SCORES = {"zscore": SCORE_ZSCORE, "likelihood": SCORE_LIKELIHOOD}
 MAX_MESSAGE_MB = 2047  # grpc's message limits are int32 byte counts: 2047 MiB is the most that fits
 MAX_UINT32 = 2**32 - 1
 MAX_INT32 = 2**31 - 1
@@ -66,10 +69,36 @@ PORT = _int_range(0, 65535)
 THRESHOLD = _finite_above(0)
 WARMUP = _int_range(0, MAX_UINT32)
 ALPHA = _checked(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+TAIL = _checked(float, lambda v: 0 < v < 1, "a number in (0, 1)")
+_LIMIT = _int_range(0, MAX_UINT32)
+
+
+def _exclude_limit(text: str):
+    """--exclude-limit: `warmup` (the stream's warmup, at least 2) or an integer 0-4294967295."""
+    if text == "warmup":
+        return text
+    try:
+        return _LIMIT(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be `warmup` or an integer from 0 to {MAX_UINT32}, got {text!r}") \
+            from None
+
+
 MESSAGE_MB = _int_range(1, MAX_MESSAGE_MB)
 SECONDS = _finite_above(0)
 NOT_EMPTY = _checked(str, lambda v: v.strip() != "", "a non-empty string")
 PATH = NOT_EMPTY
+
+
+def _url(text: str) -> str:
+    from streamer.sinks import check_url
+    try:
+        return check_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+URL = _url
 
 ENV_PREFIX = "STREAMER_"
 # Variables streamer or its test harnesses read that are no `serve` flag: never warned about.
@@ -110,9 +139,58 @@ def _parser() -> argparse.ArgumentParser:
                    help="DetectStream: running statistics when a request leaves options.mode unset")
     s.add_argument("--alpha", type=ALPHA, default=d.alpha,
                    help="exponential mode: weight of the newest value, 0 < alpha <= 1")
+    s.add_argument("--exclude-limit", type=_exclude_limit, default="warmup",
+                   help="with options.exclude_outliers: after this many excluded values in a row a series takes "
+                        "its flagged values in again until one is judged normal (a new level is learned), "
+                        f"0-{MAX_UINT32}, 0 = no limit, or `warmup`: the stream's warmup (at least 2); when a "
+                        "request leaves options.exclude_limit unset")
+    s.add_argument("--cooldown", type=WARMUP, default=d.cooldown,
+                   help="DetectStream: after a flag, values of the series in a row judged normal before it can "
+                        "be flagged again (0 = off, 1 = the first of each run of outliers), when a request "
+                        "leaves options.cooldown unset")
+    s.add_argument("--score", choices=sorted(SCORES), default="zscore",
+                   help="DetectStream: what flags a value when a request leaves options.score unset: the "
+                        "z-score, or the anomaly likelihood (Ahmad et al. 2017)")
+    s.add_argument("--likelihood-short", type=_int_range(1, MAX_LIKELIHOOD_SHORT), default=d.likelihood_short,
+                   help="likelihood score: raw scores averaged (options.likelihood_short)")
+    s.add_argument("--likelihood-window", type=_int_range(1, MAX_UINT32), default=d.likelihood_window,
+                   help="likelihood score: averages the long-term mean and variance weigh "
+                        "(options.likelihood_window)")
+    s.add_argument("--likelihood-threshold", type=TAIL, default=d.likelihood_threshold,
+                   help="likelihood score: flag when the tail probability is below this, in (0, 1) "
+                        "(options.likelihood_threshold)")
+    s.add_argument("--likelihood-learning", type=WARMUP, default=d.likelihood_learning,
+                   help="likelihood score: values a series takes in before it can be flagged "
+                        "(options.likelihood_learning)")
+    s.add_argument("--min-deviation", type=_finite_above(0, inclusive=True), default=d.min_deviation,
+                   help="DetectStream: a flagged value stays flagged only if also |x - mean| >= this (in the "
+                        "value's unit; 0 = off), when a request leaves options.min_deviation unset")
+    s.add_argument("--min-relative-deviation", type=_finite_above(0, inclusive=True),
+                   default=d.min_relative_deviation,
+                   help="DetectStream: ... and |x - mean| >= this * |mean| (0 = off; "
+                        "options.min_relative_deviation)")
+    s.add_argument("--direction", choices=sorted(DIRECTIONS), default="both",
+                   help="DetectStream: the side of the mean a value may be flagged on (options.direction)")
+    s.add_argument("--episodes", choices=("auto", "on", "off"), default="auto",
+                   help="keep episodes of outliers per series (40 bytes a series), for Watch and the alert "
+                        "sinks: auto = on when --alertmanager or --webhook is set")
+    s.add_argument("--resolve-after", type=_int_range(1, MAX_UINT32), default=d.resolve_after,
+                   help="episodes: normal values in a row that resolve a series' open episode, when a request "
+                        "leaves options.resolve_after unset")
+    s.add_argument("--episode-update-seconds", type=SECONDS, default=Config.episode_update_seconds,
+                   help="seconds (finite, > 0): an open episode's changes are announced at most this often")
     s.add_argument("--max-series", type=_int_range(1, MAX_INT32), default=d.max_series,
-                   help=f"series one stream, session or Detect request may hold, 1-{MAX_INT32}; more is "
+                   help=f"live series one stream, session or Detect request may hold, 1-{MAX_INT32} (expired "
+                        f"ones do not count: --series-ttl); more is "
                         f"RESOURCE_EXHAUSTED")
+    s.add_argument("--series-ttl", type=_finite_above(0, inclusive=True), default=d.series_ttl,
+                   help="DetectStream: seconds (finite, >= 0; 0: never) a series may go without a value before "
+                        "it is dropped (slot reused, state gone from the next snapshot; it comes back fresh), "
+                        "when a request leaves options.series_ttl_seconds unset. Counted in data time "
+                        "(Metric.time) when metrics carry one, arrival time otherwise")
+    s.add_argument("--max-total-series", type=_int_range(0, 2 ** 62), default=Config.max_total_series,
+                   help="series the server holds in all sessions and streams (0: no limit); a batch that would "
+                        "add more is RESOURCE_EXHAUSTED. With --workers N each worker holds a 1/N share")
     s.add_argument("--session-ttl", type=SECONDS, default=Config.session_ttl,
                    help="seconds (finite, > 0) an idle session (no open stream) keeps its baselines, in memory "
                         "and in the store, before it is dropped")
@@ -178,6 +256,21 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--log-format", default="text", choices=logs.FORMATS,
                    help="text lines, or JSON lines (time, level, logger, message, and peer, session, batch, "
                         "code, reason, duration_ms where they apply)")
+    a = s.add_argument_group("alerts (episodes of outliers, see the README's Alerts)")
+    a.add_argument("--alertmanager", type=URL, action="append", default=[], metavar="URL",
+                   help="a Prometheus Alertmanager to post episodes to as alerts (POST URL/api/v2/alerts); "
+                        "repeat for each member of an HA pair, as Prometheus does")
+    a.add_argument("--alert-resend-seconds", type=SECONDS, default=Config.alerts.resend_seconds,
+                   help="seconds (finite, > 0) between re-sends of an open episode's alert, whose endsAt is four "
+                        "of these ahead (an alert whose server died expires by itself)")
+    a.add_argument("--webhook", type=URL, action="append", default=[], metavar="URL",
+                   help="a URL to POST episode events to as JSON (batched, in order, retried; repeatable)")
+    a.add_argument("--webhook-header", action="append", default=[], metavar="NAME=VALUE",
+                   help="an HTTP header of every webhook POST (repeatable); VALUE env:VAR takes the environment "
+                        "variable VAR, for secrets")
+    a.add_argument("--webhook-ca", type=PATH, default=None, metavar="FILE",
+                   help="PEM file of the CA(s) an https:// webhook's certificate is checked against (default: the "
+                        "system's)")
     s.add_argument("--config", type=PATH, default=None, metavar="FILE",
                    help="TOML file of serve settings, one key per flag (see below); a flag or STREAMER_<FLAG> "
                         "wins over it")
@@ -230,6 +323,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="--stream, exponential mode: options.alpha, 0 < alpha <= 1 (default: the server's)")
     g.add_argument("--exclude-outliers", action="store_true", default=None,
                    help="--stream: flagged values do not update their series' state")
+    g.add_argument("--exclude-limit", type=WARMUP, default=None,
+                   help="--stream: options.exclude_limit (default: the server's)")
+    g.add_argument("--cooldown", type=WARMUP, default=None,
+                   help="--stream: options.cooldown (default: the server's)")
+    g.add_argument("--score", choices=sorted(SCORES), default=None,
+                   help="--stream: options.score (default: the server's)")
     t.set_defaults(subparser=t)
 
     q = sub.add_parser("session", help="print a session as the store holds it, as JSON",
@@ -261,7 +360,11 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--session", default="", help="only this session's outliers (OTLP: otlp:{...})")
     w.add_argument("--prefix", default="", help="only series whose key starts with this")
     w.add_argument("--json", action="store_true", help="one JSON object a line")
-    w.add_argument("--count", type=_int_at_least(1), default=None, help="exit 0 after this many outliers")
+    w.add_argument("--kinds", choices=("outliers", "episodes", "all"), default="outliers",
+                   help="which events: every outlier, episodes opening, growing and resolving (a server with "
+                        "--episodes), or both")
+    w.add_argument("--count", type=_int_at_least(1), default=None,
+                   help="exit 0 after this many outliers (and episode events)")
     wg = w.add_argument_group("TLS (a server started with --tls-cert)")
     wg.add_argument("--tls", action="store_true", help="connect over TLS, trusting the system's CAs")
     wg.add_argument("--tls-ca", type=PATH, default=None, help="PEM file of the CA of the server's certificate")
@@ -315,6 +418,17 @@ def _check_tls_pair(parser: argparse.ArgumentParser, args) -> None:
 
 def _check_serve(parser: argparse.ArgumentParser, args) -> None:
     _check_tls_pair(parser, args)
+    from streamer import sinks
+    try:
+        for header in args.webhook_header:  # read again in main(): a secret is never printed (config check)
+            sinks.parse_header(header)
+    except ValueError as exc:
+        parser.error(f"argument --webhook-header: {exc}")
+    if args.webhook_ca is not None:
+        try:
+            sinks.check_ca(args.webhook_ca)
+        except ValueError as exc:
+            parser.error(f"argument --webhook-ca: {exc}")
     if args.tls_client_ca is not None and args.tls_cert is None:
         parser.error("argument --tls-client-ca: needs --tls-cert and --tls-key (client certificates are checked "
                      "only over TLS)")
@@ -323,7 +437,8 @@ def _check_serve(parser: argparse.ArgumentParser, args) -> None:
 def _check_detect(parser: argparse.ArgumentParser, args) -> None:
     """Flags that only DetectStream reads are refused without --stream, rather than silently ignored."""
     if not args.stream:
-        for flag in ("batch_size", "warmup", "mode", "alpha", "exclude_outliers"):
+        for flag in ("batch_size", "warmup", "mode", "alpha", "exclude_outliers", "exclude_limit", "cooldown",
+                     "score"):
             if getattr(args, flag) is not None:
                 parser.error(f"argument --{flag.replace('_', '-')}: only with --stream (Detect judges a batch "
                              f"by its own mean and stddev, with --threshold only)")
@@ -332,10 +447,14 @@ def _check_detect(parser: argparse.ArgumentParser, args) -> None:
         args.batch_size = 10_000
     if args.mode is not None:
         args.mode = MODES[args.mode]
+    if args.score is not None:
+        args.score = SCORES[args.score]
 
 
 def _print_session(url: str, name: str) -> int:
     import json
+
+    import numpy as np
 
     from streamer.store import StoreError, open_store
     if url.startswith("sqlite:///") and not os.path.exists(url[len("sqlite:///"):]):
@@ -354,7 +473,9 @@ def _print_session(url: str, name: str) -> int:
     for n in snap.name_lengths.tolist():
         names.append(snap.names[offsets:offsets + n].decode())
         offsets += n
-    arrays = {k: a.tolist() for k, a in snap.arrays.items()}
+    # the likelihood ring is a row of raw scores per series, stored as one opaque item each (state.py)
+    arrays = {k: (a.view(np.float64).reshape(len(a), -1) if a.dtype.kind == "V" else a).tolist()
+              for k, a in snap.arrays.items()}
     series = [dict(name=n, **{k: arrays[k][i] for k in arrays}) for i, n in enumerate(names)]
     json.dump(dict(session=snap.name, mode=snap.mode, version=snap.version, seq=snap.seq, options=snap.options,
                    last_used=snap.last_used, series=series), sys.stdout)  # floats as repr: exact round trip
@@ -437,14 +558,29 @@ def main(argv: list[str] | None = None, environ=None) -> int:
         logging.getLogger("streamer").warning(
             "ignoring environment variable(s) %s: no `streamer serve` flag has that name (see streamer serve "
             "--help)", ", ".join(unknown))
+    from streamer import sinks
     defaults = Defaults(threshold=args.threshold, warmup=args.warmup, mode=MODES[args.mode], alpha=args.alpha,
-                        max_series=args.max_series)
+                        exclude_limit=None if args.exclude_limit == "warmup" else args.exclude_limit,
+                        cooldown=args.cooldown, score=SCORES[args.score],
+                        likelihood_short=args.likelihood_short, likelihood_window=args.likelihood_window,
+                        likelihood_threshold=args.likelihood_threshold,
+                        likelihood_learning=args.likelihood_learning, max_series=args.max_series,
+                        series_ttl=args.series_ttl,
+                        min_deviation=args.min_deviation, min_relative_deviation=args.min_relative_deviation,
+                        direction=DIRECTIONS[args.direction], resolve_after=args.resolve_after,
+                        episodes=args.episodes == "on" or args.episodes == "auto" and bool(
+                            args.alertmanager or args.webhook))
     config = Config(host=args.host, port=args.port, defaults=defaults, max_message_mb=args.max_message_mb,
                     grace_seconds=args.grace_seconds, drain_seconds=args.drain_seconds,
                     session_ttl=args.session_ttl, store=args.store, snapshot_seconds=args.snapshot_seconds,
                     lease_seconds=args.lease_seconds, max_sessions=args.max_sessions,
+                    max_total_series=args.max_total_series,
                     metrics_port=args.metrics_port, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                    tls_client_ca=args.tls_client_ca, otlp_port=args.otlp_port, http_port=args.http_port,
+                    tls_client_ca=args.tls_client_ca, episode_update_seconds=args.episode_update_seconds,
+                    alerts=sinks.SinkConfig(tuple(args.alertmanager), tuple(args.webhook),
+                                            tuple(sinks.parse_header(h) for h in args.webhook_header),
+                                            args.webhook_ca, args.alert_resend_seconds),
+                    otlp_port=args.otlp_port, http_port=args.http_port,
                     http_max_upload_mb=args.http_max_upload_mb,
                     otlp_resource_attributes=tuple(a.strip() for a in args.otlp_resource_attributes.split(",")
                                                    if a.strip()),

@@ -1,5 +1,6 @@
 """Python client: `Client(addr).detect(metrics)` for one batch, `Client(addr).stream(batches)` for a stream,
-`Client(addr).session_stream(batches, session)` for a stream that survives reconnections with exact state.
+`Client(addr).session_stream(batches, session)` for a stream that survives reconnections with exact state,
+`Client(addr).batcher()` to add metrics one at a time or in small groups (adaptive batching, streamer.batcher).
 
 Metrics may be given as `pb.Metric` messages, as `(name, value)` or `(name, value, time)` tuples (time a
 datetime, or None), or as plain values with one `name=`. A server with --tls-cert takes
@@ -26,6 +27,7 @@ class Outlier(NamedTuple):
     mean: float    # what the value was judged against
     stddev: float
     zscore: float
+    tail_probability: float = 0.0  # SCORE_LIKELIHOOD: what flagged it (the paper's likelihood is 1 minus it)
 
 
 class Result(NamedTuple):
@@ -36,7 +38,8 @@ class Result(NamedTuple):
     @classmethod
     def from_response(cls, resp: pb.OutliersResponse) -> "Result":
         return cls(list(resp.indices),
-                   [Outlier(o.index, o.name, o.value, o.mean, o.stddev, o.zscore) for o in resp.outliers],
+                   [Outlier(o.index, o.name, o.value, o.mean, o.stddev, o.zscore, o.tail_probability)
+                    for o in resp.outliers],
                    resp.batch)
 
 
@@ -67,10 +70,18 @@ def to_metrics(metrics=None, *, values: Iterable[float] | None = None, name: str
 
 
 def make_options(threshold: float | None = None, warmup: int | None = None, mode: int | None = None,
-                 alpha: float | None = None, exclude_outliers: bool = False) -> pb.DetectOptions | None:
-    """DetectOptions with the given fields (None = the server's default), or None if all are defaults."""
+                 alpha: float | None = None, exclude_outliers: bool = False, *, exclude_limit: int | None = None,
+                 cooldown: int | None = None, score: int | None = None, likelihood_short: int | None = None,
+                 likelihood_window: int | None = None, likelihood_threshold: float | None = None,
+                 likelihood_learning: int | None = None, series_ttl: float | None = None) -> pb.DetectOptions | None:
+    """DetectOptions with the given fields (None = the server's default), or None if all are defaults.
+    The keyword-only ones are proto3 `optional`: 0 is sent as 0 (cooldown=0 turns a server's cooldown off).
+    `series_ttl`: seconds a series may be idle before it is dropped (0: never; None: the server's --series-ttl)."""
     fields = dict(threshold=threshold, warmup=warmup, mode=mode, alpha=alpha,
-                  exclude_outliers=exclude_outliers or None)
+                  exclude_outliers=exclude_outliers or None, exclude_limit=exclude_limit, cooldown=cooldown,
+                  score=score, likelihood_short=likelihood_short, likelihood_window=likelihood_window,
+                  likelihood_threshold=likelihood_threshold, likelihood_learning=likelihood_learning,
+                  series_ttl_seconds=series_ttl)
     fields = {k: v for k, v in fields.items() if v is not None}
     return pb.DetectOptions(**fields) if fields else None
 
@@ -172,12 +183,14 @@ class Client:
                                timeout=timeout)
         return stream.results(lambda resp, n: Result.from_response(resp)._replace(batch=n))
 
-    def watch(self, *, session: str = "", prefix: str = "", timeout: float | None = None) -> "Watch":
+    def watch(self, *, session: str = "", prefix: str = "", kinds: int = pb.WATCH_OUTLIERS,
+              timeout: float | None = None) -> "Watch":
         """Subscribe to Watch: every outlier the server finds from now on (any stream, session or OTLP export,
         any worker, and on a shared Redis any replica), filtered by `session` and series-key `prefix`.
         Returns once the subscription is in place; iterate the result for pb.WatchEvent messages (`outlier`,
-        or `dropped`: how many this subscriber missed by reading too slowly). `timeout`: of the whole call."""
-        call = self._stub.Watch(pb.WatchRequest(session=session, prefix=prefix), timeout=timeout)
+        or `dropped`: how many this subscriber missed by reading too slowly; with `kinds` pb.WATCH_EPISODES or
+        pb.WATCH_ALL, `episode` events too). `timeout`: of the whole call."""
+        call = self._stub.Watch(pb.WatchRequest(session=session, prefix=prefix, kinds=kinds), timeout=timeout)
         try:
             call.initial_metadata()  # sent by the server once the subscription is in place
         except grpc.RpcError as exc:
@@ -185,6 +198,11 @@ class Client:
         if call.done() and call.code() != grpc.StatusCode.OK:
             raise ClientError(call.code(), call.details())
         return Watch(call)
+
+    def batcher(self, **settings) -> "Batcher":
+        """A Batcher (streamer.batcher) on this channel: add() metrics one at a time or in small groups, each
+        add's outliers come back as a Future; settings: max_metrics, max_bytes, linger, session, options, ..."""
+        return Batcher(self, **settings)
 
     def detect_bytes(self, request: bytes, *, timeout: float | None = None) -> Result:
         """Detect with an encoded OutliersRequest (see streamer.request_bytes), e.g. one too big for objects."""
@@ -288,3 +306,6 @@ class AsyncClient:
             raise ClientError(exc.code(), exc.details()) from None
         finally:
             call.cancel()
+
+
+from streamer.batcher import Batcher, BatcherClosed  # noqa: E402,F401 (part of this module's API; it imports this one)

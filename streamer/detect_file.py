@@ -128,7 +128,8 @@ def print_answer(answer: Answer, as_json: bool, stream: bool, batch_size: int) -
 def run(args) -> int:
     """The detect verb on parsed flags (see cli.py); the exit status."""
     options = make_options(threshold=args.threshold, warmup=args.warmup, mode=args.mode, alpha=args.alpha,
-                           exclude_outliers=bool(args.exclude_outliers))
+                           exclude_outliers=bool(args.exclude_outliers), exclude_limit=args.exclude_limit,
+                           cooldown=args.cooldown, score=args.score)
     try:
         credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key) if (
             args.tls or args.tls_ca or args.tls_cert) else None

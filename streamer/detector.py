@@ -12,34 +12,55 @@ from typing import Callable
 
 import numpy as np
 
-from streamer import fused, kernels, watch
+from streamer import episodes, fused, kernels, rules, watch
 from streamer.errors import (AlreadyExists, DetectError, FailedPrecondition, InvalidArgument,
                              ResourceExhausted, Unavailable)
 from streamer.series import SeriesLimitError, SeriesTable
+from streamer.sinks.episode import EpisodeEvent
+from streamer import expiry
 from streamer.state import (MODE_CUMULATIVE, MODE_EXPONENTIAL, MODE_NAMES, SeriesState, Session,
-                            SessionError, SessionRegistry)
+                            SessionError, SessionRegistry, TotalSeriesLimitError)
 from streamer.wire import (TRAILER_BYTES, Columns, Options, WireError, decode_request, encode_flagged,
                            encode_trailer)
 
 MAX_NAME_BYTES = fused.MAX_NAME_BYTES
+MAX_LIKELIHOOD_SHORT = 1024  # raw scores a series' likelihood ring holds at most (8 bytes each)
+SCORE_ZSCORE, SCORE_LIKELIHOOD = 1, 2
+SCORE_NAMES = {SCORE_ZSCORE: "SCORE_ZSCORE", SCORE_LIKELIHOOD: "SCORE_LIKELIHOOD"}
+DIRECTION_BOTH, DIRECTION_UP, DIRECTION_DOWN = 1, 2, 3
+DIRECTION_NAMES = {DIRECTION_BOTH: "DIRECTION_BOTH", DIRECTION_UP: "DIRECTION_UP", DIRECTION_DOWN: "DIRECTION_DOWN"}
+_KERNEL_DIRECTION = {DIRECTION_BOTH: 0, DIRECTION_UP: 1, DIRECTION_DOWN: 2}  # rules.stream_update's codes
 
 # Bytes an answer can take per metric if every metric is flagged, besides the name's own bytes: the Outlier's
 # tag and length (1 + 2: an Outlier is under 16 KiB), index (1 + 5), name tag and length (1 + 2: names are
-# at most MAX_NAME_BYTES), four doubles (4 * 9), and its entry in the packed indices (5); per answer, the
-# packed field's tag and length (1 + 5) and the batch number (1 + 10).
-_ANSWER_BYTES_PER_METRIC = 53
+# at most MAX_NAME_BYTES), five doubles (5 * 9: tail_probability too), and its entry in the packed indices (5);
+# per answer, the packed field's tag and length (1 + 5) and the batch number (1 + 10).
+_ANSWER_BYTES_PER_METRIC = 62
 _ANSWER_BYTES_FIXED = 17 + TRAILER_BYTES  # and the sequence fields after the batch number
 
 
 @dataclasses.dataclass(frozen=True)
 class Defaults:
-    """Server-wide defaults, used for every zero field of DetectOptions, and limits."""
+    """Server-wide defaults, used for every zero field (1-5) or unset field (6-12) of DetectOptions, and limits."""
 
     threshold: float = 2.0
     warmup: int = 10
     mode: int = MODE_CUMULATIVE
     alpha: float = 0.05
+    exclude_limit: int | None = None  # None: the stream's warmup (at least 2, as the warmup acts)
+    cooldown: int = 0
+    score: int = SCORE_ZSCORE
+    likelihood_short: int = 10
+    likelihood_window: int = 8640
+    likelihood_threshold: float = 1e-5
+    likelihood_learning: int = 300
+    min_deviation: float = 0.0
+    min_relative_deviation: float = 0.0
+    direction: int = 1  # DIRECTION_BOTH
+    resolve_after: int = 10
+    episodes: bool = False  # whether streams keep episodes at all (--episodes; on when an alert sink is set)
     max_series: int = 100_000
+    series_ttl: float = 0.0  # seconds a series may be idle before it is dropped (0: never); --series-ttl
     max_response_bytes: int = 64 * 1024 * 1024  # what grpc can send; the server sets it from --max-message-mb
 
 
@@ -52,6 +73,40 @@ class Params:
     mode: int
     alpha: float
     exclude_outliers: bool
+    exclude_limit: int = 0
+    cooldown: int = 0
+    score: int = SCORE_ZSCORE
+    likelihood_short: int = 10
+    likelihood_window: int = 8640
+    likelihood_threshold: float = 1e-5
+    likelihood_learning: int = 300
+    min_deviation: float = 0.0
+    min_relative_deviation: float = 0.0
+    direction: int = DIRECTION_BOTH
+    resolve_after: int = 0  # 0: no episodes (the server keeps none, or the stream asked for none)
+    series_ttl: float = 0.0
+
+    def rules(self) -> fused.Rules:
+        """The kernels' arguments for the rules beyond the first five options (made once: a stream's batches
+        all take them)."""
+        made = self.__dict__.get("_rules")
+        if made is None:
+            made = self._make_rules()
+            object.__setattr__(self, "_rules", made)
+        return made
+
+    def _make_rules(self) -> fused.Rules:
+        return fused.Rules(self.exclude_limit if self.exclude_outliers else 0, self.cooldown,
+                           self.score == SCORE_LIKELIHOOD, self.likelihood_window, self.likelihood_threshold,
+                           self.likelihood_learning,
+                           (self.min_deviation, self.min_relative_deviation, float(_KERNEL_DIRECTION[self.direction])),
+                           self.resolve_after)
+
+    def use(self, state: SeriesState) -> None:
+        """Give `state` the arrays these options' rules keep."""
+        rules = self.rules()
+        state.use(rules.exclude_limit > 0, rules.cooldown > 0, self.likelihood_short if rules.likelihood else 0,
+                  episodes=rules.resolve_after > 0)
 
 
 def resolve(options: Options | None, defaults: Defaults, where: str) -> Params:
@@ -63,11 +118,47 @@ def resolve(options: Options | None, defaults: Defaults, where: str) -> Params:
         raise InvalidArgument(f"{where}: options.mode {o.mode} is not a known Mode")
     if o.alpha != 0 and not 0 < o.alpha <= 1:  # also rejects NaN
         raise InvalidArgument(f"{where}: options.alpha must be in (0, 1], got {o.alpha}")
+    if o.score is not None and o.score not in (0, SCORE_ZSCORE, SCORE_LIKELIHOOD):
+        raise InvalidArgument(f"{where}: options.score {o.score} is not a known Score")
+    if o.likelihood_short is not None and not 1 <= o.likelihood_short <= MAX_LIKELIHOOD_SHORT:
+        raise InvalidArgument(f"{where}: options.likelihood_short must be in 1-{MAX_LIKELIHOOD_SHORT}, "
+                              f"got {o.likelihood_short}")
+    if o.likelihood_window is not None and o.likelihood_window < 1:
+        raise InvalidArgument(f"{where}: options.likelihood_window must be >= 1, got {o.likelihood_window}")
+    if o.likelihood_threshold is not None and not 0 < o.likelihood_threshold < 1:  # also rejects NaN
+        raise InvalidArgument(f"{where}: options.likelihood_threshold must be in (0, 1), "
+                              f"got {o.likelihood_threshold}")
+    for name in ("min_deviation", "min_relative_deviation"):
+        value = getattr(o, name)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise InvalidArgument(f"{where}: options.{name} must be a finite number >= 0, got {value}")
+    if o.direction is not None and o.direction not in (0, *DIRECTION_NAMES):
+        raise InvalidArgument(f"{where}: options.direction {o.direction} is not a known Direction")
+    ttl = defaults.series_ttl if o.series_ttl is None else o.series_ttl
+    if math.isnan(ttl) or ttl < 0 or math.isinf(ttl):
+        raise InvalidArgument(f"{where}: options.series_ttl_seconds must be a finite number >= 0, got {ttl}")
+    warmup = o.warmup or defaults.warmup
+
+    def given(value, default):
+        return default if value is None else value
+
     return Params(threshold=o.threshold or defaults.threshold,
-                  warmup=o.warmup or defaults.warmup,
+                  warmup=warmup,
                   mode=o.mode or defaults.mode,
                   alpha=o.alpha or defaults.alpha,
-                  exclude_outliers=o.exclude_outliers)
+                  exclude_outliers=o.exclude_outliers,
+                  exclude_limit=given(o.exclude_limit, given(defaults.exclude_limit, max(warmup, 2))),
+                  cooldown=given(o.cooldown, defaults.cooldown),
+                  score=o.score or defaults.score,
+                  likelihood_short=given(o.likelihood_short, defaults.likelihood_short),
+                  likelihood_window=given(o.likelihood_window, defaults.likelihood_window),
+                  likelihood_threshold=given(o.likelihood_threshold, defaults.likelihood_threshold),
+                  likelihood_learning=given(o.likelihood_learning, defaults.likelihood_learning),
+                  min_deviation=given(o.min_deviation, defaults.min_deviation),
+                  min_relative_deviation=given(o.min_relative_deviation, defaults.min_relative_deviation),
+                  direction=o.direction or defaults.direction,
+                  resolve_after=given(o.resolve_after, defaults.resolve_after) if defaults.episodes else 0,
+                  series_ttl=ttl)
 
 
 def _decode(buf: bytes, where: str) -> Columns:
@@ -86,7 +177,11 @@ def _name_too_long(where: str, i: int, length: int) -> InvalidArgument:
     return InvalidArgument(f"{where}, metric {i}: name is {length} bytes, over the limit of {MAX_NAME_BYTES} bytes")
 
 
-def _series_limit(where: str, exc: SeriesLimitError) -> ResourceExhausted:
+def _series_limit(where: str, exc: SeriesLimitError | TotalSeriesLimitError) -> ResourceExhausted:
+    if isinstance(exc, TotalSeriesLimitError):
+        return ResourceExhausted(f"{where}, metric {exc.index}: the server's limit of {exc.limit} series in all "
+                                 f"sessions and streams (--max-total-series) is reached: it holds {exc.held}; "
+                                 f"the batch was not applied")
     return ResourceExhausted(f"{where}, metric {exc.index}: the series limit of {exc.limit} series "
                              f"(--max-series) is reached; the batch was not applied")
 
@@ -123,13 +218,23 @@ class _Scratch:
         self.mean = np.empty(n, dtype=np.float64)
         self.std = np.empty(n, dtype=np.float64)
         self.z = np.empty(n, dtype=np.float64)
+        self.tail = np.empty(n, dtype=np.float64)
+        self.ev = np.empty((n, 4), dtype=np.int64)  # episode changes (rules.stream_update)
+        self.ev_stats = np.empty((n, 5), dtype=np.float64)
+        self.ev_n = np.zeros(1, dtype=np.int64)
 
     def ensure(self, n: int) -> None:
         if len(self.idx) < n:
             self.resize(max(n, 2 * len(self.idx)))
 
-    def encode(self, batch: int, k: int, cols: Columns, ids: np.ndarray, table: SeriesTable) -> bytes:
-        return encode_flagged(batch, self.idx[:k], ids, cols.values, self.mean, self.std, self.z, table)
+    def encode(self, batch: int, k: int, cols: Columns, ids: np.ndarray, table: SeriesTable,
+               tails: bool = False) -> bytes:
+        return encode_flagged(batch, self.idx[:k], ids, cols.values, self.mean, self.std, self.z, table,
+                              self.tail if tails else self.tail[:0])
+
+
+def unannounced(events: list[EpisodeEvent]) -> None:
+    """The default `on_episodes`: nobody is told (a server that keeps no episodes never calls it)."""
 
 
 def uncounted(metrics: int, outliers: int) -> None:
@@ -144,7 +249,8 @@ def detect(buf: bytes, defaults: Defaults, on_batch: Callable[[int, int], None] 
     # Only the threshold applies to a single batch; the stream options are ignored, as the README says.
     threshold = resolve(Options(threshold=cols.options.threshold) if cols.options else None, defaults,
                         where).threshold
-    table = SeriesTable(defaults.max_series)
+    table = SeriesTable(defaults.max_series, capacity=2 * len(cols), reserve=len(cols), name_bytes=len(buf),
+                        lazy=False)  # the names are spans of the request: its size is room for them all
     ids = _intern(table, cols, where)
     scratch = _Scratch()
     scratch.ensure(len(cols))
@@ -170,10 +276,12 @@ class StreamDetector:
     """
 
     def __init__(self, defaults: Defaults, sessions: SessionRegistry,
-                 on_batch: Callable[[int, int], None] = uncounted):
+                 on_batch: Callable[[int, int], None] = uncounted,
+                 on_episodes: Callable[[list[EpisodeEvent]], None] = unannounced):
         self.defaults = defaults
         self.sessions = sessions
         self.on_batch = on_batch  # (metrics, outliers) of each applied batch: the server's metrics
+        self.on_episodes = on_episodes  # the episode changes of each applied batch (Watch, the alert sinks)
         self.batch = 0
         self.options: Options | None = None
         self.params: Params | None = None
@@ -253,42 +361,58 @@ class StreamDetector:
         if _answer_bound(len(buf), len(cols)) <= limit:
             try:
                 out = self._pass.apply(state, params.mode == MODE_EXPONENTIAL, params.alpha, params.threshold,
-                                       params.warmup, params.exclude_outliers, batch)
-            except SeriesLimitError as exc:
+                                       params.warmup, params.exclude_outliers, batch, params.rules(),
+                                       self.sessions.clock())
+            except (SeriesLimitError, TotalSeriesLimitError) as exc:
                 raise _series_limit(where, exc) from None
             k = self._pass.flagged()
             self.on_batch(len(cols), k)
             if k and self.watch is not None and self.watch.active:
                 self._publish(*self._pass.flagged_rows())
+            if params.resolve_after:
+                ev, stats = self._pass.episodes()
+                if len(ev):
+                    c = self._pass.columns()
+                    self._announce(ev, stats, self._pass.slots(), c.values, c.times)
             if self.taps is not None and self.taps.active:
                 self._tap(self._pass.flagged_rows)
             return out + trailer if trailer else out
         cols = self._pass.columns()
-        known = len(state.table)
-        ids = _intern(state.table, cols, where)
-        state.reserve(len(state.table))
+        now = self.sessions.clock()
+        ids = self._intern_staged(state, cols, now, where)
         self._scratch.ensure(len(cols))
         s = self._scratch
-        saved = state.count[ids], state.mean[ids], state.spread[ids]  # copies (fancy indexing)
-        if params.mode == MODE_EXPONENTIAL:
-            k = kernels.ewm_update(ids, cols.values, state.count, state.mean, state.spread, params.alpha,
-                                   params.threshold, params.warmup, params.exclude_outliers,
-                                   s.idx, s.mean, s.std, s.z)
-        else:
-            k = kernels.welford_update(ids, cols.values, state.count, state.mean, state.spread,
-                                       params.threshold, params.warmup, params.exclude_outliers,
-                                       s.idx, s.mean, s.std, s.z)
-        out = s.encode(batch, k, cols, ids, state.table)
+        saved = state.take(ids)  # copies (fancy indexing)
+        reset = np.empty(len(ids), dtype=np.int64)
+        expired = expiry.touch(ids, cols.times, now, state.ttl, state.clock, state.last_seen, reset)
+        state.reset_slots(reset[:expired])
+        r = params.rules()
+        k = rules.stream_update(ids, cols.values, state.count, state.mean, state.spread,
+                                params.mode == MODE_EXPONENTIAL, params.alpha, params.threshold, params.warmup,
+                                params.exclude_outliers, r.exclude_limit, r.cooldown, state.streak, state.hold,
+                                r.likelihood, r.window, r.tail_threshold, r.learning, state.lcount, state.lmean,
+                                state.lvar, state.ring, s.idx, s.mean, s.std, s.z, s.tail if r.likelihood
+                                else s.tail[:0], r.suppress_array, r.resolve_after,
+                                *((cols.times, int(now * 1e9), state.ep_run, state.ep_start, state.ep_count,
+                                   state.ep_peak_z, state.ep_peak_value, s.ev, s.ev_stats, s.ev_n)
+                                  if r.resolve_after else rules.NO_EPISODES))
+        out = s.encode(batch, k, cols, ids, state.table, r.likelihood)
         if trailer:
             out += trailer
         if len(out) > limit:
-            # Repeated ids restore the same saved values; new series go back to the zeros reserve() gave them.
-            state.count[ids], state.mean[ids], state.spread[ids] = saved
-            state.table.truncate(known)
+            # Repeated ids restore the same saved values; new series go back to the zeros they had.
+            state.put(ids, saved)
+            added = state.table.born()
+            state.table.rollback()
+            state.budget.release(added)
             raise ResourceExhausted(f"{_too_large(where, len(out), k, limit)}; the batch was not applied")
+        state.budget.release(0, expired)
         self.on_batch(len(cols), k)
         if k and self.watch is not None and self.watch.active:
             self._publish(ids, cols.values, cols.times, s.idx[:k], s.mean, s.std, s.z)
+        if r.resolve_after and s.ev_n[0]:
+            e = int(s.ev_n[0])
+            self._announce(s.ev[:e], s.ev_stats[:e], ids, cols.values, cols.times)
         if self.taps is not None and self.taps.active:
             self._tap(lambda: (ids, cols.values, cols.times, s.idx[:k], s.mean, s.std, s.z))
         return out
@@ -304,6 +428,34 @@ class StreamDetector:
         self.watch.publish(watch.flagged(self.state.table.name, ids, values, times, idx, mean, std, z,
                                          watch.ORIGIN_STREAM, session))
 
+    def _source(self) -> str:
+        """Where this stream's episodes come from, as sinks and Watch name it."""
+        return f"session {self._session_name}" if self._session_name else "stream"
+
+    def _announce(self, ev, stats, ids, values, times) -> None:
+        self.on_episodes(episodes.events(ev, stats, ids, values, times, self.state.table, self._source(),
+                                         self._session_name))
+
+    @staticmethod
+    def _intern_staged(state: SeriesState, cols: Columns, now: float, where: str) -> np.ndarray:
+        """The batch's slots, its new series counted in the budget; as the fused pass, a batch over a limit
+        sweeps out expired series and is tried once more."""
+        state.sweep()
+        n = len(cols)
+        for again in (False, True):
+            room = state.budget.grant(n)
+            try:
+                ids = state.table.intern(cols.buf, cols.name_start, cols.name_len, cols.name_hash, room=room)
+            except SeriesLimitError as exc:
+                state.budget.settle(room, 0)
+                if again or not state.make_room(cols.times, now):
+                    raise _series_limit(where, state.limit_error(exc.index, room)) from None
+                continue
+            state.budget.settle(room, state.table.born())
+            state.table.settle()
+            state.reserve(state.table.slots)
+            return ids
+
     def _start(self, cols: fused.Head, where: str) -> None:
         params = resolve(cols.options, self.defaults, where)
         if len(cols.session.encode()) > MAX_NAME_BYTES:
@@ -317,8 +469,13 @@ class StreamDetector:
                          "store": Unavailable}[exc.kind]
                 raise error(f"{where}: {exc}") from None
             self.state = self.session.state
+            with self.session.lock:  # a snapshot may be copying the arrays use() adds to
+                self.state.ttl = params.series_ttl
+                params.use(self.state)
         else:
-            self.state = SeriesState(params.mode, self.defaults.max_series)
+            self.state = SeriesState(params.mode, self.defaults.max_series, ttl=params.series_ttl,
+                                     budget=self.sessions.budget)
+            params.use(self.state)
         self.options, self.params, self._session_name = cols.options, params, cols.session
         self._made_session = self.session is not None and len(self.state.table) == 0
 
@@ -336,8 +493,13 @@ class StreamDetector:
             # A session this stream made but never filled (its first batch was rejected) is not kept.
             forget = self._made_session and len(self.session.state.table) == 0
             self.sessions.detach(self.session, forget=forget)
+            if self.params is not None and self.params.resolve_after:
+                # its lease is released: the next owner (any worker or replica) sends its open episodes now
+                self.on_episodes([episodes.released(self._source())])
             self.session = None
+        elif self.state is not None:
+            self.state.drop()
         self.state = None
 
 
-__all__ = ["Defaults", "Params", "StreamDetector", "detect", "resolve", "DetectError", "MODE_NAMES"]
+__all__ = ["Defaults", "Params", "StreamDetector", "detect", "resolve", "DetectError", "MODE_NAMES", "SCORE_NAMES"]

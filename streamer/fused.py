@@ -15,12 +15,13 @@ returns, Python grows the arrays, and the call resumes where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 from numba import njit
 
-from streamer import kernels
-from streamer.series import SeriesLimitError, _intern
+from streamer import expiry, rules
+from streamer.series import M_HIGH, _intern
 from streamer.wire import Columns, Options, decode
 from streamer.wire.encode import _encode
 from streamer.wire.primitives import HASH_SEED
@@ -28,13 +29,13 @@ from streamer.wire.primitives import HASH_SEED
 MAX_NAME_BYTES = 1024  # detector.MAX_NAME_BYTES is this one
 
 # Slots of the pass's state array after the decoder's own (decode._STATE_SIZE of them).
-_PHASE, _N, _I, _COUNT, _USED, _K, _SIZE, _WHY = range(decode._STATE_SIZE, decode._STATE_SIZE + 8)
-_STATE_SIZE = decode._STATE_SIZE + 8
+_PHASE, _N, _I, _K, _SIZE, _WHY = range(decode._STATE_SIZE, decode._STATE_SIZE + 6)
+_STATE_SIZE = decode._STATE_SIZE + 6
 
-# What the compiled functions return: done; or where they stopped (Python grows an array and calls again,
-# or maps an error); negative: the decoder's error code.
-DONE, FULL, NAME_TOO_LONG, TABLE, STATE, OUT = range(6)
-_INTERN, _JUDGE, _ENCODE = range(3)
+# What the compiled functions return: done; or where they stopped (Python grows an array, zeroes the state of
+# series that come back after expiring, and calls again, or maps an error); negative: the decoder's error code.
+DONE, FULL, NAME_TOO_LONG, TABLE, STATE, OUT, RESET = range(7)
+_INTERN, _TOUCH, _JUDGE, _ENCODE = range(4)
 
 
 @njit(nogil=True, cache=True)
@@ -57,45 +58,77 @@ def _decode_pass(b, cols, st, resume, seed):
 
 
 @njit(nogil=True, cache=True)
-def _apply_pass(b, cols, st, ids, table, shift, hashes, offsets, lengths, arena, limit,
-                hash_mask, count, mean, spread, exponential, alpha, threshold, warmup, exclude,
-                idx, mean_out, std_out, z_out, batch, out):
-    """Intern, judge and encode the batch _decode_pass left in cols and st, from phase st[_PHASE] on.
+def _apply_pass(b, cols, st, ids, m, index, old, hashes, offsets, lengths, arena, free, born,
+                count, mean, spread, last_seen, clock, now, ttl, reset, exponential, alpha, threshold, warmup,
+                exclude, exclude_limit, cooldown, streak, hold, likelihood, window, tail_threshold, learning,
+                lcount, lmean, lvar, ring, idx, mean_out, std_out, z_out, tail_out, suppress, resolve_after,
+                ep_run, ep_start, ep_count, ep_peak_z, ep_peak_value, ev, ev_stats, ev_n, batch, out):
+    """Intern, note times, judge and encode the batch _decode_pass left in cols and st, from phase st[_PHASE] on.
 
-    ids, idx, mean_out, std_out, z_out: at least st[_N] long. The table's arrays, with its count and bytes used
-    in st[_COUNT] and st[_USED], are a SeriesTable's keyed with HASH_SEED; count, mean and spread the series
-    state, updated in place; out receives the answer (st[_SIZE] bytes). Returns DONE, TABLE (st[_WHY]: why
-    _intern stopped, at metric st[_I]), STATE (the state arrays need st[_COUNT] series) or OUT.
+    ids, reset, idx, mean_out, std_out, z_out: at least st[_N] long (tail_out too with the likelihood score, else
+    empty); the rules' arguments and arrays are rules.stream_update's (episodes take `now`, seconds, for metrics
+    without a time). m ... born are a SeriesTable's (keyed with HASH_SEED, begun for this batch); count ... clock
+    the series state, updated in place; out receives the answer (st[_SIZE] bytes). Returns DONE, TABLE (st[_WHY]:
+    why _intern stopped, at metric st[_I]), STATE (the state arrays need m[M_HIGH] slots), RESET (zero the state
+    of reset[:st[_WHY]], then call again) or OUT.
     """
     n = st[_N]
     if st[_PHASE] == _INTERN:
-        why, i, c, used = _intern(b, cols[0, :n], cols[1, :n], cols[4, :n], st[_I], ids, table, shift, hashes,
-                                  offsets, lengths, arena, st[_COUNT], st[_USED], limit, hash_mask)
+        why, i = _intern(b, cols[0, :n], cols[1, :n], cols[4, :n], st[_I], ids, m, index, old, hashes, offsets,
+                         lengths, arena, free, born)
         st[_I] = i
-        st[_COUNT] = c
-        st[_USED] = used
         if why != 0:
             st[_WHY] = why
             return TABLE
-        st[_PHASE] = _JUDGE
+        st[_PHASE] = _TOUCH
     values = cols[2, :n].view(np.float64)
-    if st[_PHASE] == _JUDGE:
-        if st[_COUNT] > min(len(count), len(mean), len(spread)):
+    if st[_PHASE] == _TOUCH:
+        if m[M_HIGH] > min(len(count), len(mean), len(spread), len(last_seen)):
             return STATE
-        if exponential:
-            k = kernels.ewm_update(ids[:n], values, count, mean, spread, alpha, threshold, warmup, exclude,
-                                   idx, mean_out, std_out, z_out)
-        else:
-            k = kernels.welford_update(ids[:n], values, count, mean, spread, threshold, warmup, exclude,
-                                       idx, mean_out, std_out, z_out)
+        k = expiry.touch(ids[:n], cols[3, :n], now, ttl, clock, last_seen, reset)
+        st[_PHASE] = _JUDGE
+        if k:
+            st[_WHY] = k
+            return RESET
+    if st[_PHASE] == _JUDGE:
+        k = rules.stream_update(ids[:n], values, count, mean, spread, exponential, alpha, threshold, warmup,
+                                exclude, exclude_limit, cooldown, streak, hold, likelihood, window,
+                                tail_threshold, learning, lcount, lmean, lvar, ring,
+                                idx, mean_out, std_out, z_out, tail_out, suppress, resolve_after, cols[3, :n],
+                                np.int64(now * 1e9), ep_run, ep_start, ep_count, ep_peak_z, ep_peak_value, ev,
+                                ev_stats, ev_n)
         st[_K] = k
         st[_PHASE] = _ENCODE
     k = st[_K]
-    size = _encode(out, batch, idx[:k], idx[:k], ids, values, mean_out, std_out, z_out, arena, offsets, lengths)
+    size = _encode(out, batch, idx[:k], idx[:k], ids, values, mean_out, std_out, z_out, tail_out, arena, offsets,
+                   lengths)
     st[_SIZE] = size
     if size < 0:
         raise AssertionError("the fused pass flagged a row outside its batch")  # a bug: encode checked it
     return OUT if size > len(out) else DONE
+
+
+_NO_TAIL = np.zeros(0, dtype=np.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rules:
+    """The stream rules beyond mode, alpha, threshold, warmup and exclude (kernels.stream_update's), with the
+    values that turn each off."""
+
+    exclude_limit: int = 0
+    cooldown: int = 0
+    likelihood: bool = False
+    window: int = 8640
+    tail_threshold: float = 1e-5
+    learning: int = 300
+    suppress: tuple[float, float, float] = (0.0, 0.0, 0.0)  # min_deviation, min_relative_deviation, direction
+    resolve_after: int = 0                                     # episodes: 0 = not kept
+
+    @functools.cached_property
+    def suppress_array(self) -> np.ndarray:
+        """`suppress` as the kernel takes it (made once per Rules: a stream keeps its Rules)."""
+        return np.array(self.suppress, dtype=np.float64)
 
 
 class NameTooLong(ValueError):
@@ -134,8 +167,12 @@ class StreamPass:
     def _size(self, n: int) -> None:
         self._cols = np.empty((5, n), dtype=np.int64)
         self._ids = np.empty(n, dtype=np.int64)
+        self._reset = np.empty(n, dtype=np.int64)
         self._idx = np.empty(n, dtype=np.int32)
-        self._mean, self._std, self._z = (np.empty(n, dtype=np.float64) for _ in range(3))
+        self._mean, self._std, self._z, self._tail = (np.empty(n, dtype=np.float64) for _ in range(4))
+        self._ev = np.empty((n, 4), dtype=np.int64)  # episode changes: (metric, kind, start, count), rules.py
+        self._ev_stats = np.empty((n, 5), dtype=np.float64)
+        self._ev_n = np.zeros(1, dtype=np.int64)
 
     def decode(self, buf: bytes) -> Head:
         """Decode and check the request (the wire format, name lengths); raise WireError or NameTooLong."""
@@ -169,6 +206,16 @@ class StreamPass:
         """How many metrics the last apply() flagged."""
         return int(self._st[_K])
 
+    def slots(self) -> np.ndarray:
+        """The series slot of each metric of the last apply() (a view valid until the next decode())."""
+        return self._ids[:int(self._st[_N])]
+
+    def episodes(self) -> tuple[np.ndarray, np.ndarray]:
+        """The episode changes of the last apply() (rules.stream_update's ev and ev_stats rows), views valid
+        until the next decode()."""
+        e = int(self._ev_n[0])
+        return self._ev[:e], self._ev_stats[:e]
+
     def flagged_rows(self) -> tuple:
         """(ids, values, times, idx, mean, std, z) of the last apply(): the batch's slots, values and times
         (ns, 0: none) and, for the flagged rows idx, what they were judged against (Watch's events)."""
@@ -177,31 +224,55 @@ class StreamPass:
                 self._std[:k], self._z[:k])
 
     def apply(self, state, exponential: bool, alpha: float, threshold: float, warmup: int, exclude: bool,
-              batch: int) -> bytes:
-        """Apply the decoded request to `state` (a SeriesState, whose table is keyed with HASH_SEED) and return
-        its answer; raise SeriesLimitError with state and table untouched."""
+              batch: int, rules: Rules = Rules(), now: float = 0.0) -> bytes:
+        """Apply the decoded request to `state` (a SeriesState, whose table is keyed with HASH_SEED, with the
+        arrays `rules` need: SeriesState.use; `now`: the arrival time, seconds) and return its answer; raise
+        SeriesLimitError or TotalSeriesLimitError with state and table untouched (besides expired series swept
+        out)."""
         table, st, b = state.table, self._st, self._buf
-        st[_PHASE], st[_I] = _INTERN, 0  # from the first metric, even if an earlier apply() was rejected
-        known = st[_COUNT] = table._count
-        st[_USED] = table._used
-        while True:
-            why = _apply_pass(b, self._cols, st, self._ids, table._table, table._shift,
-                              table._hashes, table._offsets, table._lengths, table._arena, table.limit,
-                              table._hash_mask, state.count, state.mean, state.spread, exponential, alpha,
-                              threshold, warmup, exclude, self._idx, self._mean, self._std, self._z, batch,
-                              self._out)
-            if why == DONE:
-                table._count, table._used = int(st[_COUNT]), int(st[_USED])
-                return self._out[:int(st[_SIZE])].tobytes()
-            if why == TABLE:
-                table._count, table._used = int(st[_COUNT]), int(st[_USED])
-                if not table._grow(int(st[_WHY]), int(self._cols[1, st[_I]])):
-                    table.truncate(known)
-                    raise SeriesLimitError(int(st[_I]), table.limit)  # _intern checks spans: only the limit
-            elif why == STATE:
-                state.reserve(int(st[_COUNT]))
-            else:  # OUT
-                self._out = np.empty(2 * int(st[_SIZE]), dtype=np.uint8)
+        n = int(st[_N])
+        state.sweep()
+        room = state.budget.grant(n)
+        added, swept = 0, False
+        try:
+            table.begin(n, room)
+            st[_PHASE], st[_I] = _INTERN, 0
+            while True:
+                why = _apply_pass(b, self._cols, st, self._ids, table._m, table._index, table._old, table._hashes,
+                                  table._offsets, table._lengths, table._arena, table._free, table._born,
+                                  state.count, state.mean, state.spread, state.last_seen, state.clock, now,
+                                  state.ttl, self._reset, exponential, alpha, threshold, warmup, exclude,
+                                  rules.exclude_limit, rules.cooldown, state.streak, state.hold, rules.likelihood,
+                                  rules.window, rules.tail_threshold, rules.learning, state.lcount, state.lmean,
+                                  state.lvar, state.ring, self._idx, self._mean, self._std, self._z,
+                                  self._tail if rules.likelihood else _NO_TAIL, rules.suppress_array,
+                                  rules.resolve_after, state.ep_run, state.ep_start, state.ep_count,
+                                  state.ep_peak_z, state.ep_peak_value, self._ev, self._ev_stats, self._ev_n,
+                                  batch, self._out)
+                if why == DONE:
+                    added = table.born()
+                    table.settle()
+                    return self._out[:int(st[_SIZE])].tobytes()
+                if why == TABLE:
+                    i = int(st[_I])
+                    if not table._grow(int(st[_WHY]), int(self._cols[1, i])):
+                        table.rollback()
+                        if swept or not state.make_room(self._cols[3, :n], now):
+                            raise state.limit_error(i, room)  # _intern checks spans: only a limit
+                        swept = True  # expired series made room: once more from the first metric
+                        state.budget.settle(room, 0)
+                        room = state.budget.grant(n)
+                        table.begin(n, room)
+                        st[_PHASE], st[_I] = _INTERN, 0
+                elif why == STATE:
+                    state.reserve(table.slots)
+                elif why == RESET:
+                    state.reset_slots(self._reset[:int(st[_WHY])])
+                    state.budget.release(0, int(st[_WHY]))
+                else:  # OUT
+                    self._out = np.empty(2 * int(st[_SIZE]), dtype=np.uint8)
+        finally:
+            state.budget.settle(room, added)
 
 
 def compile_all() -> None:
@@ -211,7 +282,14 @@ def compile_all() -> None:
     metric = b"\x0a\x04\x08\x01\x10\x02\x12\x01a\x19" + bytes(8)
     request = (b"\x0a" + bytes([len(metric)]) + metric) * 3
     for exponential in (False, True):
-        state = SeriesState(2 if exponential else 1, 10, capacity=1)  # the state grows: every path compiles
+        state = SeriesState(2 if exponential else 1, 10, capacity=1, ttl=5.0)  # it grows: every path compiles
         fast = StreamPass()
         fast.decode(request)
-        fast.apply(state, exponential, 0.05, 2.0, 2, False, 1)
+        fast.apply(state, exponential, 0.05, 2.0, 2, False, 1, Rules(), 100.0)
+        fast.apply(state, exponential, 0.05, 2.0, 2, False, 2, Rules(), 110.0)  # "a" came back after expiring
+        state.use(True, True, 10)
+        fast.decode(request)
+        fast.apply(state, exponential, 0.05, 2.0, 2, True, 1, Rules(10, 1, True), 120.0)
+        state.use(False, False, 0, episodes=True)
+        fast.decode(request)
+        fast.apply(state, exponential, 0.05, 2.0, 2, True, 1, Rules(10, 1, True, resolve_after=10), 130.0)

@@ -1,4 +1,5 @@
-"""Numba kernels: per-series batch statistics, Welford and exponentially weighted running state, Chan merge.
+"""Numba kernels: per-series batch statistics, Welford and (bias-corrected) exponentially weighted running state,
+Chan merge. The rest of DetectStream's rules (exclusion limit, cooldown, anomaly likelihood) are in rules.py.
 
 Arrays and scalars in, arrays and counts out: no grpc, no protobuf, no logging, no per-metric Python objects.
 """
@@ -25,20 +26,6 @@ def _zscore(diff, std):
     if diff < 0.0:
         return -math.inf
     return 0.0
-
-
-@numba.njit(nogil=True, cache=True, inline="always")
-def _judge(i, x, mu, std, threshold, k, idx_out, mean_out, std_out, z_out):
-    # The streaming rule for one value against its series' pre-update mean and stddev: if flagged, write
-    # row k of the out arrays and return True.
-    d = x - mu
-    if abs(d) > threshold * std:
-        idx_out[k] = i
-        mean_out[k] = mu
-        std_out[k] = std
-        z_out[k] = _zscore(d, std)
-        return True
-    return False
 
 
 @numba.njit(nogil=True, cache=True)
@@ -116,13 +103,9 @@ def detect_batch(ids, values, n_series, threshold, idx_out, mean_out, std_out, z
 @numba.njit(nogil=True, cache=True)
 def welford_update(ids, values, count, mean, m2, threshold, warmup, exclude_outliers,
                    idx_out, mean_out, std_out, z_out):
-    """MODE_CUMULATIVE: score each value against its series' running state, then add it (Welford 1962).
-
-    In order, per metric: a finite x is flagged when its series has taken in >= max(warmup, 2) values and
-    |x - mean| > threshold * sqrt(M2 / count) (population stddev); then x is added unless exclude_outliers
-    and x was flagged. Non-finite values are skipped. count (int64), mean and m2 (float64) are the state,
-    indexed by the ids and updated in place. Returns the number flagged; see the module comment.
-    """
+    """MODE_CUMULATIVE with the z-score, no cooldown and no exclusion limit: rules.stream_update's rules in a loop
+    of their own (what it runs for today's options). count (int64), mean and m2 (Welford's M2) are the
+    state, updated in place. Returns the number flagged; see the module comment for the out arrays."""
     _check_batch(ids, values, min(len(count), len(mean), len(m2)), idx_out, mean_out, std_out, z_out)
     need = max(warmup, 2)
     k = 0
@@ -133,11 +116,17 @@ def welford_update(ids, values, count, mean, m2, threshold, warmup, exclude_outl
         s = ids[i]
         c = count[s]
         mu = mean[s]
-        flagged = c >= need and _judge(i, x, mu, math.sqrt(m2[s] / c), threshold, k, idx_out, mean_out,
-                                       std_out, z_out)
-        k += flagged
-        if flagged and exclude_outliers:
-            continue
+        if c >= need:
+            std = math.sqrt(m2[s] / c)
+            d = x - mu
+            if abs(d) > threshold * std:
+                idx_out[k] = i
+                mean_out[k] = mu
+                std_out[k] = std
+                z_out[k] = _zscore(d, std)
+                k += 1
+                if exclude_outliers and std > 0.0:  # never while the stddev is 0: a flat start would freeze
+                    continue
         # Welford's update: M2 grows by delta * (x - new mean), a sum of products of small deviations, so a
         # series on a large offset loses no digits (unlike sum(x^2) - n * mean^2).
         c += 1
@@ -152,15 +141,15 @@ def welford_update(ids, values, count, mean, m2, threshold, warmup, exclude_outl
 @numba.njit(nogil=True, cache=True)
 def ewm_update(ids, values, count, mean, var, alpha, threshold, warmup, exclude_outliers,
                idx_out, mean_out, std_out, z_out):
-    """MODE_EXPONENTIAL: like welford_update, with an exponentially weighted mean and variance (Finch 2009).
-
-    The newest value has weight alpha (0 < alpha <= 1). A series' first value sets mean = x, var = 0; after
-    that diff = x - mean; incr = alpha * diff; mean += incr; var = (1 - alpha) * (var + diff * incr), and
-    stddev = sqrt(var). count (int64) is only the number of values taken in, for the warmup. Returns the
-    number flagged; see the module comment.
-    """
+    """MODE_EXPONENTIAL with the z-score, no cooldown and no exclusion limit, as welford_update: count (int64:
+    values taken in), mean and var are the state; the n-th value taken in has weight max(alpha, 1/n)
+    (0 < alpha <= 1). Returns the number flagged."""
     _check_batch(ids, values, min(len(count), len(mean), len(var)), idx_out, mean_out, std_out, z_out)
     need = max(warmup, 2)
+    # From the start_count-th value on 1/n < alpha by far more than rounding: the weight is alpha, and the
+    # hot loop keeps one integer compare (no division) for the bias correction.
+    start_count = int(math.ceil(1.0 / alpha)) + 1
+    keep = 1.0 - alpha
     k = 0
     for i in range(len(values)):
         x = values[i]
@@ -169,22 +158,31 @@ def ewm_update(ids, values, count, mean, var, alpha, threshold, warmup, exclude_
         s = ids[i]
         c = count[s]
         mu = mean[s]
-        flagged = c >= need and _judge(i, x, mu, math.sqrt(var[s]), threshold, k, idx_out, mean_out,
-                                       std_out, z_out)
-        k += flagged
-        if flagged and exclude_outliers:
-            continue
+        if c >= need:
+            std = math.sqrt(var[s])
+            d = x - mu
+            if abs(d) > threshold * std:
+                idx_out[k] = i
+                mean_out[k] = mu
+                std_out[k] = std
+                z_out[k] = _zscore(d, std)
+                k += 1
+                if exclude_outliers and std > 0.0:
+                    continue
         count[s] = c + 1
         if c == 0:
             mean[s] = x
             var[s] = 0.0
         else:
-            # Finch 2009, "Incremental calculation of weighted mean and variance", section 9: the variance
-            # is updated from deviations, never from E[x^2] - E[x]^2.
+            # Finch 2009 section 9 with the bias-corrected weight, as rules.stream_update
+            w, w_keep = alpha, keep
+            if c < start_count:
+                w = max(alpha, 1.0 / (c + 1))
+                w_keep = 1.0 - w
             diff = x - mu
-            incr = alpha * diff
+            incr = w * diff
             mean[s] = mu + incr
-            var[s] = (1.0 - alpha) * (var[s] + diff * incr)
+            var[s] = w_keep * (var[s] + diff * incr)
     return k
 
 

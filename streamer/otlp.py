@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 from typing import Callable
 
@@ -18,10 +19,10 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as otlp_service
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
-from streamer import kernels, rates
+from streamer import episodes, expiry, rates, rules
 from streamer.detector import MAX_NAME_BYTES, Params
 from streamer.errors import InvalidArgument, Unavailable
-from streamer.series import SeriesLimitError
+from streamer.series import SeriesLimitError, lazy_zeros
 from streamer.state import MODE_EXPONENTIAL, SeriesState, SessionError, SessionRegistry
 from streamer.watch import ORIGIN_OTLP, flagged
 
@@ -41,12 +42,13 @@ class OtlpState(SeriesState):
 
     ARRAYS = SeriesState.ARRAYS + ("last_value", "last_count", "last_time", "last_start")
 
-    def __init__(self, mode: int, max_series: int, capacity: int = 64):
-        super().__init__(mode, max_series, capacity)
-        self.last_value = np.zeros(capacity, dtype=np.float64)
-        self.last_count = np.zeros(capacity, dtype=np.float64)
-        self.last_time = np.zeros(capacity, dtype=np.int64)
-        self.last_start = np.zeros(capacity, dtype=np.int64)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        n = len(self.count)
+        self.last_value = lazy_zeros(n, np.float64)
+        self.last_count = lazy_zeros(n, np.float64)
+        self.last_time = lazy_zeros(n, np.int64)
+        self.last_start = lazy_zeros(n, np.int64)
 
 
 def _text(v) -> str:
@@ -74,6 +76,23 @@ def _text(v) -> str:
 def labels(pairs: dict[str, str]) -> str:
     """`{a="1",b="x"}` from key -> text, sorted by key; "" when there are none."""
     return "{" + ",".join(f"{k}={pairs[k]}" for k in sorted(pairs)) + "}" if pairs else ""
+
+
+_PAIR = re.compile(r'([^{},=]+)=("(?:[^"\\]|\\.)*"|[^,{}\[\]]*)(?:,|}$)')
+
+
+def attributes_of(key: str) -> tuple[tuple[str, str], ...]:
+    """The (name, value) pairs of a series key `metric{a="x",b=1}` (strings unquoted), for alert labels; a value
+    that is an array or a map is left out."""
+    brace = key.find("{")
+    if brace < 0 or not key.endswith("}"):
+        return ()
+    out = []
+    for name, text in _PAIR.findall(key[brace + 1:]):
+        if text.startswith('"'):
+            text = text[1:-1].replace('\\n', "\n").replace('\\"', '"').replace("\\\\", "\\")
+        out.append((name, text))
+    return tuple(out)
 
 
 def resource_identity(resource, keys: tuple[str, ...]) -> dict[str, str]:
@@ -129,13 +148,15 @@ class OtlpIngest:
 
     def __init__(self, sessions: SessionRegistry, params: Params, max_series: int,
                  resource_attributes: tuple[str, ...] = DEFAULT_RESOURCE_ATTRIBUTES, hub=None,
-                 on_batch: Callable[[int, int], None] = lambda metrics, outliers: None):
+                 on_batch: Callable[[int, int], None] = lambda metrics, outliers: None,
+                 on_episodes: Callable[[list], None] = lambda events: None):
         self.sessions = sessions
         self.params = params
         self.max_series = max_series
         self.resource_attributes = tuple(resource_attributes)
         self.hub = hub
         self.on_batch = on_batch
+        self.on_episodes = on_episodes  # each export's episode changes (the server's throttle, sinks, Watch)
         self._keys: dict = {}  # (session, metric, attribute bytes) -> series key; see _key_cache
         self.options = ", ".join(f"{f.name}={getattr(params, f.name)}" for f in dataclasses.fields(params))
 
@@ -299,7 +320,14 @@ class OtlpIngest:
         starts = np.zeros(len(encoded), dtype=np.int64)
         np.cumsum(lengths[:-1], out=starts[1:])
         buf = b"".join(encoded)
-        ids, accepted = _intern_within_limit(state.table, buf, starts, lengths)
+        state.sweep()
+        before = len(state.table)
+        room = state.budget.grant(len(encoded))
+        try:
+            ids, accepted = _intern_within_limit(state.table, buf, starts, lengths, room)
+        finally:
+            state.budget.settle(room, len(state.table) - before)
+            state.table.settle()
         if len(accepted) < len(keep):
             rejected.add(f"were over the series limit of {state.table.limit} series (--max-series) of their "
                          f"resource", res.keys[keep[int(np.flatnonzero(ids < 0)[0])]], len(keep) - len(accepted))
@@ -311,38 +339,57 @@ class OtlpIngest:
         count = np.asarray(res.count, dtype=np.float64)[rows]
         times = np.asarray(res.time, dtype=np.int64)[rows]
         start = np.asarray(res.start, dtype=np.int64)[rows]
+        # series TTL (expiry.py), in data time: a series back after expiring starts fresh
+        reset = np.empty(len(ids), dtype=np.int64)
+        expired = expiry.touch(ids, times, self.sessions.clock(), state.ttl, state.clock, state.last_seen, reset)
+        state.reset_slots(reset[:expired])
         judged = np.empty(len(ids), dtype=np.float64)
         rates.derive(kind, ids, value, count, times, start, state.last_value, state.last_count, state.last_time,
                      state.last_start, judged)
         n = len(ids)
-        idx, mean, std, z = (np.empty(n, dtype=np.int32), np.empty(n), np.empty(n), np.empty(n))
+        idx, mean, std, z, tail = (np.empty(n, dtype=np.int32), np.empty(n), np.empty(n), np.empty(n), np.empty(n))
         p = self.params
-        if p.mode == MODE_EXPONENTIAL:
-            k = kernels.ewm_update(ids, judged, state.count, state.mean, state.spread, p.alpha, p.threshold,
-                                   p.warmup, p.exclude_outliers, idx, mean, std, z)
+        r = p.rules()
+        p.use(state)  # the arrays of the rules the options turn on (episodes too)
+        if r.resolve_after:
+            ev, ev_stats, ev_n = np.empty((n, 4), dtype=np.int64), np.empty((n, 5)), np.zeros(1, dtype=np.int64)
+            kept = (times, time.time_ns(), state.ep_run, state.ep_start, state.ep_count, state.ep_peak_z,
+                    state.ep_peak_value, ev, ev_stats, ev_n)
         else:
-            k = kernels.welford_update(ids, judged, state.count, state.mean, state.spread, p.threshold, p.warmup,
-                                       p.exclude_outliers, idx, mean, std, z)
+            kept = rules.NO_EPISODES
+        # every DetectStream rule (streamer/rules.py), on the values the points give (rates.derive)
+        k = rules.stream_update(ids, judged, state.count, state.mean, state.spread, p.mode == MODE_EXPONENTIAL,
+                                p.alpha, p.threshold, p.warmup, p.exclude_outliers, r.exclude_limit, r.cooldown,
+                                state.streak, state.hold, r.likelihood, r.window, r.tail_threshold, r.learning,
+                                state.lcount, state.lmean, state.lvar, state.ring, idx, mean, std, z,
+                                tail if r.likelihood else tail[:0], r.suppress_array, r.resolve_after, *kept)
         self.on_batch(n, k)
+        if r.resolve_after and ev_n[0]:
+            e = int(ev_n[0])
+            self.on_episodes(episodes.events(ev[:e], ev_stats[:e], ids, judged, times, state.table, res.session,
+                                             res.session, ORIGIN_OTLP, attributes_of))
         if not k or self.hub is None or not self.hub.active:
             return []
         return flagged(state.table.name, ids, judged, times, idx[:k], mean, std, z, ORIGIN_OTLP, res.session)
 
 
-def _intern_within_limit(table, buf: bytes, starts: np.ndarray, lengths: np.ndarray):
-    """Slots of every key (-1 for those past the table's limit), and the positions of the accepted ones. Keys
-    of series the table knows are always accepted; new ones while there is room, in order."""
+def _intern_within_limit(table, buf: bytes, starts: np.ndarray, lengths: np.ndarray, room: int | None = None):
+    """Slots of every key (-1 for those past the table's limit, or past `room` new series: the server-wide
+    limit's share), and the positions of the accepted ones. Keys of series the table knows are always
+    accepted; new ones while there is room, in order."""
+    before = len(table)
     try:
-        ids = table.intern(buf, starts, lengths)
+        ids = table.intern(buf, starts, lengths, room=room)
         return ids, np.arange(len(ids))
     except SeriesLimitError as exc:
         first = exc.index
     ids = np.full(len(starts), -1, dtype=np.int64)
     if first:
-        ids[:first] = table.intern(buf, starts[:first], lengths[:first])
+        ids[:first] = table.intern(buf, starts[:first], lengths[:first], room=room)
     for i in range(first, len(starts)):  # the table is full: only known keys get a slot (rare, and per key)
+        left = None if room is None else max(0, room - (len(table) - before))
         try:
-            ids[i] = table.intern(buf, starts[i:i + 1], lengths[i:i + 1])[0]
+            ids[i] = table.intern(buf, starts[i:i + 1], lengths[i:i + 1], room=left)[0]
         except SeriesLimitError:
             pass
     return ids, np.flatnonzero(ids >= 0)

@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 # for v1 first and fall back to v1alpha when v1 is UNIMPLEMENTED. Serve v1 too once the library has it.
 from grpc_reflection.v1alpha import reflection
 
-from streamer import detector, fused, kernels, otlp, rates, series, wire
+from streamer import detector, fused, kernels, otlp, rates, rules, series, wire
 from streamer.bus import open_bus
 from streamer.ops import tls
 from streamer.ops.metrics import Metrics, MetricsInterceptor
@@ -28,7 +28,10 @@ from streamer.ops.metrics import Metrics, MetricsInterceptor
 # has run. Without it, `grpcurl describe pb.Outliers` from another process gets "Symbol not found".
 from streamer.pb import outliers_pb2
 from streamer.service import SERVICE_NAME, OutliersService
-from streamer.state import SessionRegistry
+from streamer.episodes import UPDATE_SECONDS, Throttle
+from streamer.sinks import RELEASED, SinkConfig, Sinks
+from streamer.sinks.http import SinkMetrics
+from streamer.state import SeriesBudget, SessionRegistry
 from streamer.store import StoreError, open_store
 from streamer.watch import Hub
 from streamer.wire import Options
@@ -50,6 +53,9 @@ class Config:
     drain_seconds: float = 0.0
     session_ttl: float = 600.0
     max_sessions: int = 10_000
+    # series held by the process in all sessions and streams (0: no limit); with --workers N, each worker's
+    # share is max_total_series / N
+    max_total_series: int = 10_000_000
     store: str = "sqlite:///state/streamer.db"  # relative to the working directory (shared/DECISIONS.md)
     snapshot_seconds: float = 5.0
     lease_seconds: float = 10.0
@@ -57,6 +63,8 @@ class Config:
     tls_cert: str | None = None       # PEM files; with both, the port speaks TLS only
     tls_key: str | None = None
     tls_client_ca: str | None = None  # with it, clients must present a certificate this CA signed (mTLS)
+    alerts: SinkConfig = SinkConfig()  # where episodes are posted (Alertmanager, webhooks); none by default
+    episode_update_seconds: float = UPDATE_SECONDS  # an open episode's changes are announced at most this often
     # SO_REUSEPORT. Off: the port is this process's alone, so a second server on it fails at start instead of
     # silently sharing the connections (and its sessions) with the first. On only for several workers of one
     # server that bind the same port (a future --workers N).
@@ -124,7 +132,7 @@ def _jit_functions() -> list:
     """Every numba function of the pipeline (for the compile's cache statistics)."""
     from numba.core.dispatcher import Dispatcher
 
-    modules = (kernels, series, wire.decode, wire.encode, wire.primitives, fused, rates)
+    modules = (kernels, rules, series, wire.decode, wire.encode, wire.options, wire.primitives, fused, rates)
     found = {id(v): v for m in modules for v in vars(m).values() if isinstance(v, Dispatcher)}
     return list(found.values())
 
@@ -132,6 +140,7 @@ def _jit_functions() -> list:
 def _compile_kernels() -> tuple[int, int]:
     """Compile every kernel of the pipeline, or load it from numba's cache: (signatures loaded, compiled)."""
     kernels.compile_all()
+    rules.compile_all()
     wire.compile_all()
     series.compile_all()
     fused.compile_all()
@@ -159,6 +168,8 @@ class StreamerServer:
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task] = []
         self.service: OutliersService | None = None
+        # the alert sinks: threads started with the server, which detection hands episodes to without waiting
+        self.sinks = Sinks(config.alerts, SinkMetrics(self.metrics.registry) if self.metrics is not None else None)
         self.bus = bus  # to other workers of this server (workers.py gives it); a Redis store makes its own
         self.otlp_port: int | None = None
         self.page = None  # streamer/web/pageserver.PageServer when --http-port is set
@@ -226,17 +237,32 @@ class StreamerServer:
                                         self.config.defaults.max_series, clock=self.clock, store=store,
                                         lease_seconds=self.config.lease_seconds, on_store_health=store_health,
                                         snapshot_seconds=self.config.snapshot_seconds,
-                                        on_snapshot=self.metrics.snapshot if self.metrics else lambda s, ok: None)
+                                        on_snapshot=self.metrics.snapshot if self.metrics else lambda s, ok: None,
+                                        series_ttl=self.config.defaults.series_ttl,
+                                        budget=SeriesBudget(self.config.max_total_series))
         params = detector.resolve(self.config.otlp_options, self.config.defaults, "--otlp-* options")
         bus = self.bus if self.bus is not None else open_bus(self.config.store, self.sessions.owner)
         hub = Hub(bus)
+        throttle = Throttle(self.config.episode_update_seconds)
+
+        def on_episodes(events) -> None:  # from a batch or an export: announce, never wait
+            events = throttle(events)
+            for event in events:
+                self.sinks.submit(event)
+            watched = [e for e in events if e.kind != RELEASED]
+            if watched and hub.active:
+                hub.publish(watched)
+
         ingest = otlp.OtlpIngest(self.sessions, params, self.config.defaults.max_series,
                                  self.config.otlp_resource_attributes, hub,
-                                 self.metrics.batch_counter("Export") if self.metrics else detector.uncounted)
-        self.service = OutliersService(self.defaults, self.sessions, self.metrics, hub, ingest)
+                                 self.metrics.batch_counter("Export") if self.metrics else detector.uncounted,
+                                 on_episodes)
+
+        self.service = OutliersService(self.defaults, self.sessions, self.metrics, hub, ingest, on_episodes)
         server.add_generic_rpc_handlers(self.service.handlers())
         if self.metrics is not None:
-            self.metrics.watch(self.service.open_streams, self.sessions.__len__, self.service.series_held)
+            self.metrics.watch(self.service.open_streams, self.sessions.__len__, self.service.series_held,
+                               lambda: self.sessions.budget.expired)
         if self.config.metrics_port:
             try:
                 self._metrics_http = self.metrics.serve(self.config.host, self.config.metrics_port)
@@ -255,6 +281,7 @@ class StreamerServer:
         await server.start()
         hub.start(loop)
         self._server = server
+        self.sinks.start()
         for service in ("", SERVICE_NAME, STORE_HEALTH):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._tasks = [
@@ -371,6 +398,7 @@ class StreamerServer:
                 await task
         # every stream has detached (queuing its snapshot and lease release): write them all, close the store
         await asyncio.to_thread(self.sessions.close)
+        await asyncio.to_thread(self.sinks.close)  # one last try at the queued episode events
         self._stop_metrics()  # last: the drain and the final snapshots can be watched
 
     def _stop_metrics(self) -> None:

@@ -80,12 +80,14 @@ class OutliersService:
     OTLP MetricsService/Export (unary) when given `ingest`."""
 
     def __init__(self, defaults: detector.Defaults, sessions: SessionRegistry, metrics: Metrics | None = None,
-                 hub: Hub | None = None, ingest: otlp.OtlpIngest | None = None):
+                 hub: Hub | None = None, ingest: otlp.OtlpIngest | None = None,
+                 on_episodes=detector.unannounced):
         self.defaults = defaults
         self.sessions = sessions
         self.metrics = metrics
         self.hub = hub if hub is not None else Hub()
         self.ingest = ingest
+        self.on_episodes = on_episodes  # each batch's episode changes (the server's throttle, then the sinks)
         self.taps = None  # the page's viewed series (streamer/web/tap.py), when --http-port serves the page
         self._count_detect = metrics.batch_counter("Detect") if metrics else detector.uncounted
         self._count_stream = metrics.batch_counter("DetectStream") if metrics else detector.uncounted
@@ -128,7 +130,7 @@ class OutliersService:
     async def DetectStream(self, requests: AsyncIterator[bytes],
                            context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         started = time.perf_counter()
-        stream = detector.StreamDetector(self.defaults, self.sessions, self._count_stream)
+        stream = detector.StreamDetector(self.defaults, self.sessions, self._count_stream, self.on_episodes)
         stream.watch = self.hub
         stream.taps = self.taps
         me = _Stream(asyncio.current_task(), stream)
@@ -176,7 +178,11 @@ class OutliersService:
         if self._closing:
             _fail(context, Unavailable("the server is shutting down; watch another replica or reconnect"))
             return
-        sub = self.hub.subscribe(req.session, req.prefix)
+        if req.kinds not in (pb.WATCH_OUTLIERS, pb.WATCH_EPISODES, pb.WATCH_ALL):
+            self._rejected("Watch", InvalidArgument(f"request: kinds {req.kinds} is not a known WatchKinds"),
+                           context, started)
+            return
+        sub = self.hub.subscribe(req.session, req.prefix, kinds=req.kinds)
         try:
             if self.hub.bus is not None:  # until the other workers or replicas know someone watches here
                 await asyncio.sleep(self.hub.bus.settle)

@@ -1,8 +1,6 @@
-"""State that outlives a batch: per-series running statistics, and named sessions that outlive a stream and,
-through a store (streamer/store/), the process: leases say which process may change a session, snapshots
-carry its state across restarts. This module is the only caller of the store.
-
-Arrays only here; the arithmetic on them lives in kernels.py.
+"""Named sessions that outlive a stream and, through a store (streamer/store/), the process: leases say which
+process may change a session, snapshots carry its state across restarts. This module is the only caller of the
+store; the per-series state itself is series_state.py's.
 """
 from __future__ import annotations
 
@@ -14,73 +12,12 @@ import time
 import uuid
 from typing import Callable
 
-import numpy as np
-
 from streamer.answers import Answers
-from streamer.series import SeriesTable
+from streamer.series_state import (MODE_CUMULATIVE, MODE_EXPONENTIAL, MODE_NAMES, Capture, SeriesBudget,  # noqa: F401
+                                   SeriesState, TotalSeriesLimitError)
 from streamer.store import MemoryStore, Snapshot, Store
 
-MODE_CUMULATIVE = 1
-MODE_EXPONENTIAL = 2
-MODE_NAMES = {MODE_CUMULATIVE: "MODE_CUMULATIVE", MODE_EXPONENTIAL: "MODE_EXPONENTIAL"}
-_ARRAYS = ("count", "mean", "spread")  # what a snapshot keeps of a SeriesState, besides the names
-
 log = logging.getLogger(__name__)
-
-
-class SeriesState:
-    """Running statistics of every series of one stream or session, indexed by the table's slots.
-
-    `count` is the number of values each series has taken in; `mean` its mean; `spread` is Welford's M2
-    (sum of squared deviations) in MODE_CUMULATIVE and the exponentially weighted variance in MODE_EXPONENTIAL.
-    Bytes per series: 24 in these arrays, plus the table's 32 and the name's length. A subclass may keep more
-    arrays per series (otlp.OtlpState): ARRAYS names every one that reserve() grows and a snapshot keeps.
-    """
-
-    ARRAYS = _ARRAYS
-
-    def __init__(self, mode: int, max_series: int, capacity: int = 64):
-        self.mode = mode
-        self.table = SeriesTable(max_series)
-        self.count = np.zeros(capacity, dtype=np.int64)
-        self.mean = np.zeros(capacity, dtype=np.float64)
-        self.spread = np.zeros(capacity, dtype=np.float64)
-
-    def reserve(self, n_series: int) -> None:
-        """Grow the arrays (doubling, so appends stay amortised O(1)) to hold `n_series` series."""
-        capacity = len(self.count)
-        if n_series <= capacity:
-            return
-        while capacity < n_series:
-            capacity *= 2
-        for name in self.ARRAYS:
-            old = getattr(self, name)
-            new = np.zeros(capacity, dtype=old.dtype)
-            new[:len(old)] = old
-            setattr(self, name, new)
-
-    def columns(self) -> tuple[bytes, np.ndarray, dict[str, np.ndarray]]:
-        """Copies of (names in slot order, their lengths, the statistics' arrays), for a snapshot."""
-        n = len(self.table)
-        arena, offsets, lengths = self.table.name_arrays()
-        lengths = lengths[:n].copy()
-        if n and not np.array_equal(offsets[1:n], np.cumsum(lengths)[:-1]):
-            raise AssertionError("series names are not packed in slot order")  # SeriesTable appends them
-        used = int(offsets[n - 1] + lengths[n - 1]) if n else 0
-        return arena[:used].tobytes(), lengths, {k: getattr(self, k)[:n].copy() for k in self.ARRAYS}
-
-    @classmethod
-    def from_snapshot(cls, snap: Snapshot, max_series: int) -> SeriesState:
-        n = len(snap)
-        state = cls(snap.mode, max(max_series, n), capacity=max(64, n))
-        offsets = np.zeros(n, dtype=np.int64)
-        np.cumsum(snap.name_lengths[:-1], out=offsets[1:])
-        ids = state.table.intern(snap.names, offsets, snap.name_lengths)
-        if not np.array_equal(ids, np.arange(n)):
-            raise ValueError(f"session {snap.name!r}: the snapshot's series names are not distinct")
-        for key in cls.ARRAYS:
-            getattr(state, key)[:n] = snap.arrays[key]
-        return state
 
 
 @dataclasses.dataclass(eq=False)
@@ -107,20 +44,23 @@ class Session:
     snapshot_at: float = 0.0  # clock() of the last snapshot
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
-    def snapshot(self, now: float, blocking: bool = True) -> Snapshot | None:
+    def snapshot(self, now: float, blocking: bool = True, pack: bool = True) -> Snapshot | Capture | None:
         """A copy of the state between two batches, with the next version number; marks it unchanged.
-        None if not `blocking` and a batch holds the lock."""
+        None if not `blocking` and a batch holds the lock. Not `pack`: the Capture, for the writer thread to
+        pack (the lock is held only for the copy)."""
         if not self.lock.acquire(blocking):
             return None
         try:
-            names, lengths, arrays = self.state.columns()
+            self.state.sweep(force=True)  # expired series are not written
+            raw, m, release = self.state.capture()
             self.version += 1
             self.changed = False
             self.snapshot_at = now
-            return Snapshot(self.name, self.state.mode, self.options, self.version, names, lengths, arrays, now,
-                            self.seq, self.answers.pack())
+            capture = Capture(dict(name=self.name, mode=self.state.mode, options=self.options, version=self.version,
+                                   last_used=now, seq=self.seq, answers=self.answers.pack()), raw, m, release)
         finally:
             self.lock.release()
+        return capture.pack() if pack else capture
 
 
 class SessionError(Exception):
@@ -148,8 +88,11 @@ class SessionRegistry:
                  clock: Callable[[], float] = time.time, store: Store | None = None,
                  lease_seconds: float = 10.0, on_store_health: Callable[[bool], None] = lambda ok: None,
                  snapshot_seconds: float = 5.0,
-                 on_snapshot: Callable[[float, bool], None] = lambda seconds, ok: None):
+                 on_snapshot: Callable[[float, bool], None] = lambda seconds, ok: None,
+                 series_ttl: float = 0.0, budget: SeriesBudget | None = None):
         self.ttl = ttl
+        self.series_ttl = series_ttl  # the default of each new session's series TTL (a stream's options set it)
+        self.budget = budget if budget is not None else SeriesBudget()
         self.max_sessions = max_sessions
         self.max_series = max_series
         self.clock = clock
@@ -186,6 +129,7 @@ class SessionRegistry:
             if session is not None and not session.open and (
                     self.clock() - session.last_used > self.ttl or session.lost):
                 del self._sessions[name]  # expired, though the sweeper has not come by yet
+                session.state.drop()
                 session = None
             if session is not None and session.open:
                 raise SessionError("busy", f"session {name!r} already has an open stream")
@@ -193,7 +137,8 @@ class SessionRegistry:
                 raise SessionError("full", f"session {name!r}: the server holds its limit of "
                                            f"{self.max_sessions} sessions (--max-sessions)")
             if session is None:
-                session = Session(name, state_class(mode, self.max_series), last_used=self.clock())
+                state = state_class(mode, self.max_series, ttl=self.series_ttl, budget=self.budget)
+                session = Session(name, state, last_used=self.clock())
                 self._sessions[name] = session
             session.open = True  # reserved: the store calls run without the registry's lock
         try:
@@ -206,6 +151,7 @@ class SessionRegistry:
                 session.open = False
                 if len(session.state.table) == 0 and self._sessions.get(name) is session:
                     del self._sessions[name]
+                    session.state.drop()
             if session.leased:
                 self._writer.submit(self._release, session)
             raise
@@ -221,7 +167,9 @@ class SessionRegistry:
             session.last_used = self.clock()
             if forget and self._sessions.get(session.name) is session:
                 del self._sessions[session.name]
-        snap = session.snapshot(self.clock()) if session.changed and self.store.durable and not forget else None
+                session.state.drop()
+        snap = session.snapshot(self.clock(), pack=False) if session.changed and self.store.durable and not forget \
+            else None
         return self._writer.submit(self._save_and_release, session, snap)
 
     def snapshot_open(self) -> int:
@@ -238,7 +186,7 @@ class SessionRegistry:
         for session in due:
             if "save" in session.pending:
                 continue  # the writer is behind: one copy a session waits at a time, not a queue of them
-            snap = session.snapshot(self.clock(), blocking=False)
+            snap = session.snapshot(self.clock(), blocking=False, pack=False)
             if snap is not None:
                 self._queue("save", self._save_and_release if not session.open else self._save, session, snap)
                 taken += 1
@@ -251,7 +199,7 @@ class SessionRegistry:
         now = self.clock()
         if now - session.snapshot_at < self.snapshot_seconds or not self.store.durable or "save" in session.pending:
             return
-        snap = session.snapshot(now, blocking=False)
+        snap = session.snapshot(now, blocking=False, pack=False)
         if snap is not None:
             self._queue("save", self._save, session, snap)
 
@@ -271,7 +219,7 @@ class SessionRegistry:
             expired = [n for n, s in self._sessions.items()
                        if not s.open and not (s.leased and s.changed) and now - s.last_used > self.ttl]
             for name in expired:
-                del self._sessions[name]
+                self._sessions.pop(name).state.drop()
         self._writer.submit(self._expire, now - self.ttl, now)
         return len(expired)
 
@@ -284,7 +232,8 @@ class SessionRegistry:
             if session.open:
                 self.detach(session)
             elif session.leased:  # its last write failed: one more try
-                snap = session.snapshot(self.clock()) if session.changed and self.store.durable else None
+                durable = session.changed and self.store.durable
+                snap = session.snapshot(self.clock(), pack=False) if durable else None
                 self._writer.submit(self._save_and_release, session, snap)
         self._writer.shutdown(wait=True)
         self.store.close()
@@ -324,7 +273,7 @@ class SessionRegistry:
         try:
             stored = self.store.version(name)
             snap = self.store.load(name) if stored is not None and stored > session.version else None
-            state = type(session.state).from_snapshot(snap, self.max_series) if snap is not None else None
+            state = type(session.state).from_snapshot(snap, self.max_series, self.budget) if snap is not None else None
         except Exception as exc:  # unreadable or damaged: go on from what this process has
             self._store_failed(f"session {name!r}: cannot load its snapshot; going on from memory", exc)
             return
@@ -334,16 +283,20 @@ class SessionRegistry:
             except ValueError as exc:  # the state is sound; only answers to batches sent again are lost
                 log.error("session %r: %s; batches sent again are answered without their outliers", name, exc)
                 answers = Answers()
+            state.ttl = session.state.ttl
             with session.lock:
-                session.state, session.version, session.changed = state, snap.version, False
+                old, session.state, session.version, session.changed = session.state, state, snap.version, False
+                old.drop()
                 session.seq = session.durable_seq = snap.seq
                 session.answers = answers
             log.info("session %r: resumed from the store (version %d, seq %d, %d series)", name, snap.version,
                      snap.seq, len(snap))
 
-    def _save(self, session: Session, snap: Snapshot) -> bool:
+    def _save(self, session: Session, snap: Snapshot | Capture) -> bool:
         started = time.perf_counter()
         try:
+            if isinstance(snap, Capture):
+                snap = snap.pack()
             saved = self.store.save(snap, self.owner)
             if not saved and self.store.acquire(session.name, self.owner, self.lease_seconds, self.clock()) is None:
                 saved = self.store.save(snap, self.owner)  # the lease had lapsed (store outage) and was free

@@ -17,6 +17,7 @@ from typing import Iterable, NamedTuple
 import numpy as np
 
 from streamer.pb import outliers_pb2 as pb
+from streamer.sinks.episode import EpisodeEvent
 
 ORIGIN_STREAM = pb.ORIGIN_STREAM
 ORIGIN_OTLP = pb.ORIGIN_OTLP
@@ -40,6 +41,25 @@ class Event(NamedTuple):
                             zscore=self.zscore, origin=self.origin, session=self.session)
         o.time.seconds, o.time.nanos = divmod(int(self.time_ns), 1_000_000_000)
         return pb.WatchEvent(outlier=o)
+
+
+_EPISODE_KINDS = {"opened": pb.EpisodeEvent.OPENED, "updated": pb.EpisodeEvent.UPDATED,
+                  "resolved": pb.EpisodeEvent.RESOLVED}
+
+
+def _stamp(ts, ns: int) -> None:
+    ts.seconds, ts.nanos = divmod(int(ns), 1_000_000_000)
+
+
+def episode_message(e: EpisodeEvent) -> pb.WatchEvent:
+    """An episode event (streamer/sinks/episode.py) as Watch sends it."""
+    m = pb.EpisodeEvent(kind=_EPISODE_KINDS[e.kind], id=e.id, episode=e.episode, series=e.series, source=e.source,
+                        session=e.session, origin=e.origin, count=e.count, value=e.value, mean=e.mean,
+                        stddev=e.stddev, zscore=e.zscore, peak_value=e.peak_value, peak_zscore=e.peak_zscore)
+    _stamp(m.started, e.started_ns)
+    if e.ended_ns:
+        _stamp(m.ended, e.ended_ns)
+    return pb.WatchEvent(episode=m)
 
 
 def flagged(names, ids, values, times, idx, mean, std, z, origin: int, session: str) -> list[Event]:
@@ -66,9 +86,11 @@ class _Dropped:
 class Subscriber:
     """One Watch call: its filter and its queue. Touched only on the event loop's thread."""
 
-    def __init__(self, session: str = "", prefix: str = "", limit: int = QUEUE_LIMIT):
+    def __init__(self, session: str = "", prefix: str = "", limit: int = QUEUE_LIMIT, kinds: int = 0):
         self.session = session
         self.prefix = prefix
+        self.outliers = kinds != pb.WATCH_EPISODES  # WatchKinds: outliers (0), episodes (1) or all (2)
+        self.episodes = kinds != pb.WATCH_OUTLIERS
         self.limit = limit
         self.queue: collections.deque = collections.deque()
         self.missed = 0        # dropped since the last notice was queued
@@ -76,7 +98,9 @@ class Subscriber:
         self.wake = asyncio.Event()
         self.closed = False
 
-    def wants(self, e: Event) -> bool:
+    def wants(self, e: Event | EpisodeEvent) -> bool:
+        if not (self.outliers if type(e) is Event else self.episodes):
+            return False
         return (not self.session or e.session == self.session) and e.series.startswith(self.prefix)
 
     def offer(self, events: Iterable[Event], lost: int = 0) -> None:
@@ -106,8 +130,10 @@ class Subscriber:
                 item = self.queue.popleft()
                 if isinstance(item, _Dropped):
                     yield self._notice(item.count, item.total)
-                else:
+                elif type(item) is Event:
                     yield item.message().SerializeToString()
+                else:
+                    yield episode_message(item).SerializeToString()
             if self.missed:
                 count, self.missed = self.missed, 0
                 yield self._notice(count, self.total_missed)
@@ -151,8 +177,8 @@ class Hub:
         with self._lock:
             self.active = bool(self._subs) or (self.bus is not None and self.bus.remote_watchers() > 0)
 
-    def subscribe(self, session: str = "", prefix: str = "", limit: int = QUEUE_LIMIT) -> Subscriber:
-        sub = Subscriber(session, prefix, limit)
+    def subscribe(self, session: str = "", prefix: str = "", limit: int = QUEUE_LIMIT, kinds: int = 0) -> Subscriber:
+        sub = Subscriber(session, prefix, limit, kinds)
         self._subs.add(sub)
         self._changed()
         return sub
@@ -166,8 +192,8 @@ class Hub:
             self.bus.local_watchers(len(self._subs))
         self.refresh()
 
-    def publish(self, events: list[Event]) -> None:
-        """Hand `events` to every subscriber here and to the bus; any thread."""
+    def publish(self, events: list[Event | EpisodeEvent]) -> None:
+        """Hand `events` (outliers, episode events) to every subscriber here and to the bus; any thread."""
         if not events:
             return
         if self.bus is not None:

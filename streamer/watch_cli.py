@@ -11,6 +11,14 @@ from streamer.ops.tls import TLSError, channel_credentials
 from streamer.pb import outliers_pb2 as pb
 
 ORIGINS = {pb.ORIGIN_STREAM: "stream", pb.ORIGIN_OTLP: "otlp"}
+KINDS = {"outliers": pb.WATCH_OUTLIERS, "episodes": pb.WATCH_EPISODES, "all": pb.WATCH_ALL}
+EPISODE_KINDS = {pb.EpisodeEvent.OPENED: "opened", pb.EpisodeEvent.UPDATED: "updated",
+                 pb.EpisodeEvent.RESOLVED: "resolved"}
+
+
+def _stamp(ts) -> str:
+    when = datetime.datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, datetime.timezone.utc)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _number(x: float):
@@ -24,11 +32,20 @@ def line(event: pb.WatchEvent, as_json: bool) -> str | None:
         if as_json:
             return json.dumps({"dropped": d.count, "dropped_total": d.total})
         return f"-- {d.count} outlier(s) missed: this reader was too slow ({d.total} since it started)"
+    if kind == "episode":
+        e = event.episode
+        what = EPISODE_KINDS.get(e.kind, "unknown")
+        if as_json:
+            return json.dumps({"episode": e.episode, "id": e.id, "kind": what, "series": e.series, "source": e.source,
+                               "started": _stamp(e.started), "ended": _stamp(e.ended) if e.HasField("ended") else None,
+                               "count": e.count, "value": _number(e.value), "peak_value": _number(e.peak_value),
+                               "peak_zscore": _number(e.peak_zscore)})
+        return (f"{_stamp(e.ended if e.HasField('ended') else e.started)} episode {what} {e.series} "
+                f"count={e.count} peak={e.peak_value:.6g} |z|={e.peak_zscore:.3f} ({e.source}, {e.episode})")
     if kind != "outlier":
         return None  # a kind of event this version does not know
     o = event.outlier
-    when = datetime.datetime.fromtimestamp(o.time.seconds + o.time.nanos / 1e9, datetime.timezone.utc)
-    stamp = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    stamp = _stamp(o.time)
     if as_json:
         return json.dumps({"time": stamp, "series": o.series, "value": _number(o.value), "mean": _number(o.mean),
                            "stddev": _number(o.stddev), "zscore": _number(o.zscore),
@@ -44,14 +61,14 @@ def run(args) -> int:
             args.tls or args.tls_ca or args.tls_cert) else None
         seen = 0
         with Client(args.addr, credentials=credentials) as client, \
-                client.watch(session=args.session, prefix=args.prefix) as watch:
+                client.watch(session=args.session, prefix=args.prefix, kinds=KINDS[args.kinds]) as watch:
             print(f"watching {args.addr}" + (f", session {args.session!r}" if args.session else "")
                   + (f", series starting {args.prefix!r}" if args.prefix else ""), file=sys.stderr, flush=True)
             for event in watch:
                 text = line(event, args.json)
                 if text is not None:
                     print(text, flush=True)
-                if event.WhichOneof("event") == "outlier":
+                if event.WhichOneof("event") in ("outlier", "episode"):
                     seen += 1
                     if args.count is not None and seen >= args.count:
                         return 0

@@ -1,7 +1,8 @@
 """Slow, obviously correct loop references for streamer/kernels.py, in plain Python floats and lists.
 
 Slot-based versions mirror the kernels' arguments (minus the out arrays) and return (indices, mean, std, z)
-lists; name-based versions (`detect`, `welford_stream`, `ewm_stream`) take a batch of (name, value) pairs.
+lists; name-based versions (`detect`, `stream`) take a batch of (name, value) pairs. `stream_update` and
+`stream` hold every DetectStream rule (issue 15); `welford_update` and `ewm_update` the kernels of that name.
 """
 from __future__ import annotations
 
@@ -37,19 +38,21 @@ def detect_batch(ids, values, n_series, threshold):
 
 
 def welford_update(ids, values, count, mean, m2, threshold, warmup, exclude_outliers):
-    """MODE_CUMULATIVE, one value at a time (Welford 1962); count/mean/m2 are lists, updated in place."""
+    """MODE_CUMULATIVE, one value at a time (Welford 1962); count/mean/m2 are lists, updated in place.
+    With exclude_outliers, a flagged value is not added unless its stddev is 0 (no limit, no cooldown)."""
     out = ([], [], [], [])
     for i, (s, x) in enumerate(zip(ids, values)):
         s, x = int(s), float(x)
         if not math.isfinite(x):
             continue
         flagged = False
+        std = 0.0
         if count[s] >= max(warmup, 2):
             std = math.sqrt(m2[s] / count[s])
             if abs(x - mean[s]) > threshold * std:
                 flagged = True
                 _append(out, i, mean[s], std, zscore(x - mean[s], std))
-        if flagged and exclude_outliers:
+        if flagged and exclude_outliers and std > 0:
             continue
         count[s] += 1
         delta = x - mean[s]
@@ -59,29 +62,163 @@ def welford_update(ids, values, count, mean, m2, threshold, warmup, exclude_outl
 
 
 def ewm_update(ids, values, count, mean, var, alpha, threshold, warmup, exclude_outliers):
-    """MODE_EXPONENTIAL, one value at a time (Finch 2009); count/mean/var are lists, updated in place."""
+    """MODE_EXPONENTIAL, one value at a time (Finch 2009), the n-th value taken in with weight max(alpha, 1/n);
+    count/mean/var are lists, updated in place. Exclusion as welford_update's."""
     out = ([], [], [], [])
     for i, (s, x) in enumerate(zip(ids, values)):
         s, x = int(s), float(x)
         if not math.isfinite(x):
             continue
         flagged = False
+        std = 0.0
         if count[s] >= max(warmup, 2):
             std = math.sqrt(var[s])
             if abs(x - mean[s]) > threshold * std:
                 flagged = True
                 _append(out, i, mean[s], std, zscore(x - mean[s], std))
-        if flagged and exclude_outliers:
+        if flagged and exclude_outliers and std > 0:
             continue
         count[s] += 1
         if count[s] == 1:
             mean[s], var[s] = x, 0.0
         else:
+            weight = max(alpha, 1 / count[s])
             diff = x - mean[s]
-            incr = alpha * diff
+            incr = weight * diff
             mean[s] += incr
-            var[s] = (1 - alpha) * (var[s] + diff * incr)
+            var[s] = (1 - weight) * (var[s] + diff * incr)
     return out
+
+
+class Series:
+    """One series' state for `stream_update`, every rule's, as plain fields."""
+
+    def __init__(self):
+        self.n = 0             # values taken in
+        self.mean = 0.0
+        self.spread = 0.0      # M2 (cumulative) or the variance (exponential)
+        self.excluded_run = 0  # excluded values since the last value judged normal
+        self.hold = 0          # normal values still needed before the next outlier is reported
+        self.raw = []          # likelihood: every raw score so far (the last `short` are averaged)
+        self.averages = 0      # likelihood: short averages taken into the long-term mean and variance
+        self.long_mean = 0.0
+        self.long_var = 0.0
+        self.episode = None    # alerts: the open episode, a dict (start, count, peak_z, peak_value, normal), or None
+
+
+def stream_update(ids, values, series, *, exponential=False, alpha=0.05, threshold=2.0, warmup=10,
+                  exclude=False, exclude_limit=0, cooldown=0, likelihood=False, short=10, window=8640,
+                  tail_threshold=1e-5, learning=300, min_deviation=0.0, min_relative=0.0, direction="both",
+                  resolve_after=0, times=None, episodes=None):
+    """Every DetectStream rule of kernels.stream_update, one value at a time; `series` is a list of Series
+    (indexed by ids, updated in place). Returns (indices, mean, std, z, tail).
+
+    Alerts (issue 20): a value is an outlier only if also |x - mean| >= min_deviation, >= min_relative * |mean|,
+    and on the `direction` ("both", "up": x > mean, "down"); a suppressed value is normal. With resolve_after
+    > 0, `episodes` (a list) receives (i, kind, start, count, peak_z, peak_value) as episodes open ("opened" at
+    an outlier when none is open), grow ("updated" at each further outlier) and resolve ("resolved" at the
+    resolve_after-th normal value in a row); `times` holds each value's time (start is the opening value's)."""
+    out = ([], [], [], [], [])
+    for i, (s, x) in enumerate(zip(ids, values)):
+        x = float(x)
+        if not math.isfinite(x):
+            continue
+        st = series[int(s)]
+        judged = st.n >= max(warmup, 2)
+        std = 0.0
+        if judged:
+            std = math.sqrt(st.spread) if exponential else math.sqrt(st.spread / st.n)
+        z = zscore(x - st.mean, std) if judged else 0.0
+        outlier = judged and abs(x - st.mean) > threshold * std
+        tail = 0.0
+        if likelihood:
+            st.raw.append(math.erf(abs(z) / math.sqrt(2)) if judged else 0.0)
+            recent = st.raw[-short:]
+            average = sum(recent) / len(recent)
+            tail = 1.0
+            if st.averages > 0:
+                m = max(st.long_mean, 0.03)
+                v = max(st.long_var, 0.0003)
+                tail = 0.5 * math.erfc((average - m) / math.sqrt(v) / math.sqrt(2))
+            st.averages += 1
+            if st.averages == 1:
+                st.long_mean, st.long_var = average, 0.0
+            else:
+                weight = max(1 / window, 1 / st.averages)
+                diff = average - st.long_mean
+                st.long_mean += weight * diff
+                st.long_var = (1 - weight) * (st.long_var + diff * weight * diff)
+            outlier = st.n >= max(warmup, 2, learning) and tail < tail_threshold
+        d = x - st.mean
+        if outlier and (abs(d) < min_deviation or abs(d) < min_relative * abs(st.mean)
+                        or direction == "up" and not d > 0 or direction == "down" and not d < 0):
+            outlier = False
+        if resolve_after > 0:
+            ep = st.episode
+            if outlier and ep is None:
+                ep = st.episode = dict(start=times[i], count=1, peak_z=abs(z), peak_value=x, normal=0)
+                episodes.append((i, "opened", ep["start"], 1, ep["peak_z"], x))
+            elif outlier:
+                ep["count"] += 1
+                ep["normal"] = 0
+                if abs(z) > ep["peak_z"]:
+                    ep["peak_z"], ep["peak_value"] = abs(z), x
+                episodes.append((i, "updated", ep["start"], ep["count"], ep["peak_z"], ep["peak_value"]))
+            elif ep is not None:
+                ep["normal"] += 1
+                if ep["normal"] >= resolve_after:
+                    st.episode = None
+                    episodes.append((i, "resolved", ep["start"], ep["count"], ep["peak_z"], ep["peak_value"]))
+        report = outlier
+        if cooldown > 0:
+            if outlier:
+                report = st.hold == 0
+                st.hold = cooldown
+            else:
+                st.hold = max(st.hold - 1, 0)
+        if report:
+            for column, v in zip(out, (i, st.mean, std, z, tail)):
+                column.append(v)
+        if exclude and outlier and std > 0 and (exclude_limit <= 0 or st.excluded_run < exclude_limit):
+            st.excluded_run += 1
+            continue
+        if not outlier:
+            st.excluded_run = 0
+        st.n += 1
+        if exponential:
+            if st.n == 1:
+                st.mean, st.spread = x, 0.0
+            else:
+                weight = max(alpha, 1 / st.n)
+                diff = x - st.mean
+                st.mean += weight * diff
+                st.spread = (1 - weight) * (st.spread + diff * weight * diff)
+        else:
+            delta = x - st.mean
+            st.mean += delta / st.n
+            st.spread += delta * (x - st.mean)
+    return out
+
+
+def stream(batch, state, *, threshold=2.0, warmup=10, exclude=False, alpha=0.05, mode="cumulative",
+           exclude_limit=None, cooldown=0, score="zscore", short=10, window=8640, tail_threshold=1e-5,
+           learning=300):
+    """DetectStream on a batch of (name, value) pairs with every option, the server's defaults as defaults
+    (exclude_limit None: the warmup, at least 2); `state` (a dict) carries over batches. Returns (indices, mean,
+    std, z, tail)."""
+    slots = state.setdefault("slots", {})
+    series = state.setdefault("series", [])
+    ids = []
+    for name, _ in batch:
+        if name not in slots:
+            slots[name] = len(slots)
+            series.append(Series())
+        ids.append(slots[name])
+    return stream_update(ids, [x for _, x in batch], series, exponential=mode == "exponential", alpha=alpha,
+                         threshold=threshold, warmup=warmup, exclude=exclude,
+                         exclude_limit=max(warmup, 2) if exclude_limit is None else exclude_limit, cooldown=cooldown,
+                         likelihood=score == "likelihood", short=short, window=window,
+                         tail_threshold=tail_threshold, learning=learning)
 
 
 def chan_merge(count_a, mean_a, m2_a, count_b, mean_b, m2_b):
@@ -105,31 +242,6 @@ def detect(batch, threshold=2.0):
     slots: dict[str, int] = {}
     ids = [slots.setdefault(name, len(slots)) for name, _ in batch]
     return detect_batch(ids, [x for _, x in batch], len(slots), threshold)
-
-
-def welford_stream(batch, state, *, threshold=2.0, warmup=10, exclude=False, alpha=None):
-    """DetectStream MODE_CUMULATIVE on a batch of (name, value) pairs; `state` (a dict) carries over batches.
-
-    `alpha` is accepted and ignored, so callers can pass the same keywords to both modes.
-    """
-    return _by_name(welford_update, batch, state, (threshold, warmup, exclude))
-
-
-def ewm_stream(batch, state, *, threshold=2.0, warmup=10, exclude=False, alpha=0.05):
-    """DetectStream MODE_EXPONENTIAL on (name, value) pairs; `state` (a dict) carries over batches."""
-    return _by_name(ewm_update, batch, state, (alpha, threshold, warmup, exclude))
-
-
-def _by_name(update, batch, state, params):
-    slots = state.setdefault("slots", {})
-    count, mean, spread = (state.setdefault(k, []) for k in ("count", "mean", "spread"))
-    ids = []
-    for name, _ in batch:
-        if name not in slots:
-            slots[name] = len(slots)
-            count.append(0), mean.append(0.0), spread.append(0.0)
-        ids.append(slots[name])
-    return update(ids, [x for _, x in batch], count, mean, spread, *params)
 
 
 def _append(out, i, mean, std, z):

@@ -11,6 +11,8 @@ from streamer import wire
 from streamer.pb import outliers_pb2 as pb
 
 INT64 = 2 ** 64
+# DetectOptions' proto3 `optional` integer fields (explicit presence), besides likelihood_threshold (a double)
+OPTIONAL_INTS = ("exclude_limit", "cooldown", "score", "likelihood_short", "likelihood_window", "likelihood_learning")
 
 
 def bits(x: float) -> int:
@@ -31,7 +33,9 @@ def reference(buf: bytes):
     options = None
     if req.HasField("options"):
         o = req.options
-        options = (bits(o.threshold), o.warmup, o.mode, bits(o.alpha), o.exclude_outliers)
+        options = (bits(o.threshold), o.warmup, o.mode, bits(o.alpha), o.exclude_outliers,
+                   *(getattr(o, f) if o.HasField(f) else None for f in OPTIONAL_INTS),
+                   bits(o.likelihood_threshold) if o.HasField("likelihood_threshold") else None)
     return {
         "names": [m.name.encode() for m in req.metrics],
         "values": [bits(m.value) for m in req.metrics],
@@ -54,7 +58,9 @@ def ours(buf: bytes):
     options = None
     if cols.options is not None:
         o = cols.options
-        options = (bits(o.threshold), o.warmup, o.mode, bits(o.alpha), o.exclude_outliers)
+        options = (bits(o.threshold), o.warmup, o.mode, bits(o.alpha), o.exclude_outliers,
+                   *(getattr(o, f) for f in OPTIONAL_INTS),
+                   bits(o.likelihood_threshold) if o.likelihood_threshold is not None else None)
     return {
         "names": [cols.buf[s:s + n] for s, n in zip(cols.name_start.tolist(), cols.name_len.tolist())],
         "values": [bits(v) for v in cols.values.tolist()],

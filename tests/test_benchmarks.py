@@ -19,7 +19,7 @@ from benchmarks.baseline_server import outlier_indices  # noqa: E402
 from benchmarks.loadgen import encode_requests  # noqa: E402
 from streamer.pb import outliers_pb2 as pb  # noqa: E402
 
-SERVERS = {"ceiling", "baseline", "river", "grpc-go", "streamer"}
+SERVERS = {"ceiling", "baseline", "river", "grpc-go", "tuned-go", "streamer"}
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,18 @@ def test_writes_json_markdown_png_and_prints_the_table(tiny_run):
     assert "| scenario | server | client | metrics/s |" in md
     assert "| scenario | server | client | metrics/s |" in done.stdout
     assert "[  1/" in done.stderr  # progress lines
+
+
+def test_the_quality_script_writes_its_table_json_and_png(tiny_run):
+    out, done, doc = tiny_run
+    from benchmarks.quality_bench import KINDS, OPTION_SETS
+    assert (out / "quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| options | spike |" in (out / "quality.md").read_text() and "| options | spike |" in done.stdout
+    results = doc["quality"]["results"]
+    assert {(r["options"], r["kind"]) for r in results} == {(o, k) for o in OPTION_SETS for k in KINDS}
+    spikes = [r for r in results if r["kind"] == "spike"]
+    assert all(r["detected"] + r["missed"] == 4 * doc["quality"]["series_per_kind"] for r in spikes)
+    assert any(r["detected"] > 0 for r in spikes) and any(r["false_alarms"] > 0 for r in results)
 
 
 def test_machine_versions_and_settings(tiny_run):

@@ -93,9 +93,9 @@ def state_after(batches, j, names):
     slots = state.get("slots", {})
     if any(n not in slots for n in names):
         return None, 0
-    out = {n: (state["mean"][slots[n]], (state["spread"][slots[n]] / state["count"][slots[n]]) ** 0.5)
-           for n in names}
-    return out, sum(state["count"])
+    series = [state["series"][slots[n]] for n in names]
+    out = {n: (s.mean, (s.spread / s.n) ** 0.5) for n, s in zip(names, series)}
+    return out, sum(s.n for s in state["series"])
 
 
 def test_kill_9_mid_stream_resumes_from_a_whole_batch_at_or_after_the_last_snapshot(tmp_path):

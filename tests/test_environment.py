@@ -22,8 +22,13 @@ UNSET_DEFAULTS = {"--otlp-threshold": "3", "--otlp-warmup": "5", "--otlp-mode": 
 
 def serve_flags() -> dict[str, str]:
     """Every `serve` flag, with a valid value for it (its default)."""
-    return {a.option_strings[0]: UNSET_DEFAULTS.get(a.option_strings[0], "x") if a.default is None else str(a.default)
-            for a in cli._parser().serve._actions
+    def valid(a):
+        if a.default is None:  # a flag that is unset by default: a value of its kind
+            kind = getattr(a.type, "kind", str)
+            return UNSET_DEFAULTS.get(a.option_strings[0], "x" if kind is str else "1")
+        return "" if a.default == [] else str(a.default)
+
+    return {a.option_strings[0]: valid(a) for a in cli._parser().serve._actions
             if a.option_strings and a.option_strings[0].startswith("--") and a.dest != "help"}
 
 

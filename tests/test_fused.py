@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamer import detector, fused, kernels
+from streamer import detector, fused, rules
 from streamer.errors import InvalidArgument, ResourceExhausted
 from streamer.pb import outliers_pb2 as pb
 from streamer.state import MODE_CUMULATIVE, MODE_EXPONENTIAL, SeriesState, SessionRegistry
@@ -23,19 +23,21 @@ class Staged:
         if self.state is None:
             self.params = detector.resolve(cols.options, self.defaults, "")
             self.state = SeriesState(self.params.mode, self.defaults.max_series)
+            self.params.use(self.state)
         p, state = self.params, self.state
         ids = state.table.intern(cols.buf, cols.name_start, cols.name_len, cols.name_hash)
         state.reserve(len(state.table))
         n = len(cols)
-        idx, mean, std, z = np.empty(n, np.int32), np.empty(n), np.empty(n), np.empty(n)
-        if p.mode == MODE_EXPONENTIAL:
-            k = kernels.ewm_update(ids, cols.values, state.count, state.mean, state.spread, p.alpha, p.threshold,
-                                   p.warmup, p.exclude_outliers, idx, mean, std, z)
-        else:
-            k = kernels.welford_update(ids, cols.values, state.count, state.mean, state.spread, p.threshold,
-                                       p.warmup, p.exclude_outliers, idx, mean, std, z)
+        idx, mean, std, z, tail = np.empty(n, np.int32), np.empty(n), np.empty(n), np.empty(n), np.empty(n)
+        r = p.rules()
+        k = rules.stream_update(ids, cols.values, state.count, state.mean, state.spread,
+                                p.mode == MODE_EXPONENTIAL, p.alpha, p.threshold, p.warmup, p.exclude_outliers,
+                                r.exclude_limit, r.cooldown, state.streak, state.hold, r.likelihood, r.window,
+                                r.tail_threshold, r.learning, state.lcount, state.lmean, state.lvar, state.ring,
+                                idx, mean, std, z, tail, r.suppress_array, 0, *rules.NO_EPISODES)
         self.batch += 1
-        return encode_flagged(self.batch - 1, idx[:k], ids, cols.values, mean, std, z, state.table)
+        return encode_flagged(self.batch - 1, idx[:k], ids, cols.values, mean, std, z, state.table,
+                              tail if r.likelihood else tail[:0])
 
 
 def _pair(max_series=100_000):
@@ -64,19 +66,25 @@ def _same_state(a, b):
     assert len(a.state.table) == len(b.state.table)
     assert a.state.table.names(range(len(a.state.table))) == b.state.table.names(range(len(b.state.table)))
     n = len(a.state.table)
-    for name in ("count", "mean", "spread"):
+    assert a.state.optional == b.state.optional
+    for name in ("count", "mean", "spread", *a.state.optional):
         np.testing.assert_array_equal(getattr(a.state, name)[:n], getattr(b.state, name)[:n])
 
 
+RULES = {1: {}, 2: dict(exclude_outliers=True), 3: dict(cooldown=1),
+         4: dict(score=pb.SCORE_LIKELIHOOD, likelihood_learning=20, likelihood_threshold=0.01, exclude_outliers=True,
+                 exclude_limit=4, cooldown=2)}
+
+
 @pytest.mark.parametrize("mode", [MODE_CUMULATIVE, MODE_EXPONENTIAL])
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_every_answer_and_the_state_equal_the_staged_path(seed, mode):
     rng = np.random.default_rng(seed)
     print("seed", seed)
     fast, staged = _pair()
     # batches of growing size and name count: the columns, the table, the state and the answer buffer grow
     names = [f"series.{i}" + "x" * int(rng.integers(0, 40)) for i in range(3000)]
-    options = pb.DetectOptions(mode=mode, warmup=3, exclude_outliers=seed == 2)
+    options = pb.DetectOptions(mode=mode, warmup=3, **RULES[seed])
     shapes = [(5, 3), (200, 10), (1000, 4), (3000, 900), (50, 3000), (20_000, 3000), (0, 1), (7, 2)]
     for b, (n, k) in enumerate(shapes):
         req = _request(rng, n, names[:k], with_time=b % 2 == 0, options=options if b == 0 else None)

@@ -149,7 +149,7 @@ def run_stream(mode, ids, values, slices, *, threshold, warmup, exclude, alpha):
     """Feed one stream through the kernel and the naive loop batch by batch, checking both after each."""
     count, mean, spread = np.zeros(N_SERIES, np.int64), np.zeros(N_SERIES), np.zeros(N_SERIES)
     n_count, n_mean, n_spread = [0] * N_SERIES, [0.0] * N_SERIES, [0.0] * N_SERIES
-    flagged = []
+    flagged, flat = [], []
     for b, sl in enumerate(slices):
         if mode == "cumulative":
             got = call(kernels.welford_update, ids[sl], values[sl], count, mean, spread,
@@ -166,6 +166,8 @@ def run_stream(mode, ids, values, slices, *, threshold, warmup, exclude, alpha):
         np.testing.assert_allclose(mean, n_mean, rtol=1e-12, atol=0, err_msg=f"batch {b}")
         np.testing.assert_allclose(spread, n_spread, rtol=1e-12, atol=1e-300, err_msg=f"batch {b}")
         flagged += [sl.start + i for i in got[0]]
+        flat += [sl.start + i for i, sd in zip(got[0], got[2]) if sd == 0]
+    run_stream.flat = flat  # flagged at stddev 0: taken in even with exclude
     return flagged, (count, mean, spread)
 
 
@@ -186,15 +188,16 @@ def test_stream_kernels_match_naive(seed, offset, exclude, warmup, mode, alpha):
     assert len(flagged) > 10 and finite.sum() - len(flagged) > 100, "want some outliers and many inliers"
     added = np.bincount(ids[finite], minlength=N_SERIES)
     if exclude:
-        assert count.sum() == finite.sum() - len(flagged)
+        assert count.sum() == finite.sum() - len(flagged) + len(run_stream.flat)
     else:
         assert count.tolist() == added.tolist()
 
 
 def two_pass_stream_flags(mode, ids, values, *, threshold, warmup, exclude, alpha):
     """Stream flags from a float64 two-pass over each series' values so far: numpy's mean and std for
-    MODE_CUMULATIVE; for MODE_EXPONENTIAL the weighted mean and variance with Finch's weights (newest a,
-    each older one (1 - a) times the next, the first value the remainder), which his recurrence equals."""
+    MODE_CUMULATIVE; for MODE_EXPONENTIAL the weighted mean and variance with Finch's weights: the j-th value
+    (1-based) enters with a_j = max(alpha, 1/j) and ends with a_j times the product of (1 - a_i) for i > j,
+    which his recurrence equals."""
     seen = [[] for _ in range(N_SERIES)]
     flags = []
     for i, (s, x) in enumerate(zip(ids.tolist(), values.tolist())):
@@ -206,14 +209,15 @@ def two_pass_stream_flags(mode, ids, values, *, threshold, warmup, exclude, alph
             if mode == "cumulative":
                 mean, std = past.mean(), past.std()
             else:
-                w = alpha * (1 - alpha) ** np.arange(len(past) - 1, -1, -1.0)
-                w[0] = (1 - alpha) ** (len(past) - 1)
+                a = np.maximum(alpha, 1.0 / np.arange(1, len(past) + 1))
+                keep = np.append(np.cumprod((1 - a[1:])[::-1])[::-1], 1.0)  # prod over i > j of (1 - a_i)
+                w = a * keep
                 mean = past[0] + np.dot(w, past - past[0])
                 std = math.sqrt(np.dot(w, (past - mean) ** 2))
             flagged = abs(x - mean) > threshold * std
             if flagged:
                 flags.append(i)
-        if not (flagged and exclude):
+        if not (flagged and exclude and std > 0):
             seen[s].append(x)
     return flags
 
@@ -238,7 +242,7 @@ def test_stream_on_large_offset_flags_like_a_two_pass_reference(seed, exclude, m
                     var = max(s2 / n - (s1 / n) ** 2, 0.0)
                     if abs(x - s1 / n) > 2.0 * math.sqrt(var):
                         textbook.append(i)
-                        if exclude:
+                        if exclude and var > 0:
                             continue
                 sums[s] = [n + 1, s1 + x, s2 + x * x]
         assert textbook != flagged
@@ -253,13 +257,9 @@ def test_stream_constant_series_flags_any_change_with_infinite_z(mode, alpha):
         args = (alpha, 2.0, 2, exclude) if mode == "exponential" else (2.0, 2, exclude)
         kernel = kernels.ewm_update if mode == "exponential" else kernels.welford_update
         idx, mu, std, z = call(kernel, ids, values, count, mean, spread, *args)
-        if exclude:
-            assert idx == [7, 8]
-            assert z.tolist() == [math.inf, -math.inf]
-            assert (count[0], mean[0], spread[0]) == (8, 5.0, 0.0)
-        else:
-            assert idx[0] == 7 and z[0] == math.inf and std[0] == 0.0 and mu[0] == 5.0
-            assert spread[0] > 0
+        # with exclude too: a value is never excluded while the stddev is 0, so a flat start cannot freeze
+        assert idx[0] == 7 and z[0] == math.inf and std[0] == 0.0 and mu[0] == 5.0
+        assert count[0] == (9 if exclude else 10) and spread[0] > 0  # 4.0 then excluded (stddev > 0)
 
 
 @pytest.mark.parametrize("threshold", [0.0, -1.0, math.inf])
@@ -271,7 +271,8 @@ def test_stream_value_equal_to_a_zero_stddev_mean_is_never_flagged(threshold):
     ids = np.zeros(len(values), dtype=np.int64)
     state = np.zeros(1, np.int64), np.zeros(1), np.zeros(1)
     idx, mean, std, z = call(kernels.welford_update, ids, values, *state, threshold, 0, True)
-    assert idx == ([] if threshold == math.inf else [3])
+    # 6.0 is taken in (stddev 0: never excluded), so the 5.0 after it differs from the mean
+    assert idx == ([] if threshold == math.inf else [3, 4])
     assert not np.isnan(z).any()
 
 

@@ -47,10 +47,8 @@ def generated(seed: int = SEED, n: int = 400):
 
 def naive_flags(rows, threshold, warmup, exclude=False, mode=MODE_CUMULATIVE, alpha=0.05):
     state: dict = {}
-    stream = naive.ewm_stream if mode == MODE_EXPONENTIAL else naive.welford_stream
-    idx = stream([(n, v) for _, n, v in rows], state, threshold=threshold, warmup=warmup, exclude=exclude,
-                 alpha=alpha)[0]
-    return idx
+    return naive.stream([(n, v) for _, n, v in rows], state, threshold=threshold, warmup=warmup, exclude=exclude,
+                        alpha=alpha, mode="exponential" if mode == MODE_EXPONENTIAL else "cumulative")[0]
 
 
 @pytest.mark.parametrize("mode, exclude", [(MODE_CUMULATIVE, False), (MODE_CUMULATIVE, True),
@@ -243,11 +241,10 @@ def test_a_sampled_tap_judges_sampled_batches_as_the_stream(exclude):
         if b in (15, 21, 33):
             values[1] = 50.0
         for v in values:
-            c = state.get("count", [0])[0] if state else 0
-            if c >= 10:
-                m2 = state["spread"][0]
-                expect[v] = (state["mean"][0], (m2 / c) ** 0.5)
-            naive.welford_stream([("x", v)], state, threshold=2.0, warmup=10, exclude=exclude)
+            x = state["series"][0] if state else None
+            if x is not None and x.n >= 10:
+                expect[v] = (x.mean, (x.spread / x.n) ** 0.5)
+            naive.stream([("x", v)], state, threshold=2.0, warmup=10, exclude=exclude)
     for p in whole:
         if p[2] is not None:
             assert (p[2], p[3]) == pytest.approx(expect[p[1]], rel=1e-9)

@@ -34,3 +34,14 @@ def test_session_stream_example_runs(server):
     lines = out.stdout.splitlines()
     assert [line.split(" ", 1)[0] for line in lines] == [str(i) for i in range(100)]
     assert all(line.split(" ", 1)[1] == "[]" for line in lines)  # three values repeating: nothing stands out
+
+
+def test_batcher_example_runs(server):
+    """The third Python example: the Batcher hands the last add its own outlier, at index 0 of that add."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    code = blocks[2].replace("localhost:9999", server.addr)
+    assert "batcher" in code
+    out = subprocess.run([sys.executable, "-c", "from streamer.client import Client\n" + code], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("[Outlier(index=0, name='cpu', value=400.0, "), out.stdout

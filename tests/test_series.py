@@ -190,19 +190,19 @@ def test_hashes_from_the_decoder_give_the_same_slots(hash_mask):
 
 
 @pytest.mark.parametrize("hash_mask", [-1, 0])
-def test_truncate_forgets_the_newest_names(hash_mask):
+def test_rollback_forgets_the_batchs_new_names(hash_mask):
     rng = random.Random(SEED)
-    table = SeriesTable(limit=10 ** 6, capacity=4, seed=SEED, _hash_mask=hash_mask)
+    table = SeriesTable(limit=10 ** 6, capacity=4, seed=SEED, _hash_mask=hash_mask, reserve=16)
     reference = DictTable(10 ** 6)
     pool: list[bytes] = []
-    truncated = 0
+    rolled = 0
     for _ in range(40):
         known = len(table)
         names = random_names(rng, pool, rng.randrange(1, 40), fresh=0.3)
-        ids = table.intern(*spans(names))  # may grow the table, slots and arena
+        ids = table.intern(*spans(names))  # may grow the index, slots and arena
         if rng.random() < 0.5:  # this batch is not applied: its new names go
-            table.truncate(known)
-            truncated += 1
+            table.rollback()
+            rolled += 1
             assert len(table) == known
             pool[:] = [name for name in pool if name in reference.slots]
         else:
@@ -210,20 +210,95 @@ def test_truncate_forgets_the_newest_names(hash_mask):
         known_names = list(reference.slots)
         assert table.intern(*spans(known_names)).tolist() == list(range(len(known_names)))
         assert table.names(range(len(table))) == known_names
-    print(f"{len(table)} series kept, {truncated} batches truncated")
-    assert len(table) > 40 and truncated > 10
+    print(f"{len(table)} series kept, {rolled} batches rolled back")
+    assert len(table) > 40 and rolled > 10
 
 
-def test_truncate_bounds():
+def test_rollback_of_nothing_and_after_a_lookup_only_batch():
     table = SeriesTable(limit=100, seed=SEED)
     table.intern(*spans([b"a", b"bb", b"ccc"]))
-    table.truncate(3)  # nothing newer: a no-op
+    table.intern(*spans([b"bb"]))
+    table.rollback()  # that batch added nothing: a no-op
+    assert len(table) == 3 and table.names(range(3)) == [b"a", b"bb", b"ccc"]
+    table.intern(*spans([b"dddd", b"bb", b"a"]))
+    table.rollback()
     assert len(table) == 3
-    for bad in (-1, 4):
-        with pytest.raises(ValueError, match="truncate"):
-            table.truncate(bad)
-    table.truncate(1)
-    assert table.intern(*spans([b"dddd", b"bb", b"a"])).tolist() == [1, 2, 0]
-    assert table.names(range(3)) == [b"a", b"dddd", b"bb"]
-    table.truncate(0)
-    assert len(table) == 0 and table.intern(*spans([b"bb"])).tolist() == [0]
+    assert table.intern(*spans([b"eeeee", b"dddd"])).tolist() == [3, 4]
+    assert table.names(range(5)) == [b"a", b"bb", b"ccc", b"eeeee", b"dddd"]
+
+
+@pytest.mark.parametrize("hash_mask", [-1, 0])
+def test_expiry_reuses_slots_through_growth_and_rollback(hash_mask):
+    """Churn: names come, some expire (their slots freed and reused), some batches are rolled back, while the
+    index grows incrementally; the live names always match a set, each with one slot of its own."""
+    rng = random.Random(SEED)
+    table = SeriesTable(limit=300, capacity=4, seed=SEED, _hash_mask=hash_mask, reserve=16)
+    seen = np.zeros(1024, dtype=np.float64)
+    live: dict[bytes, int] = {}  # name -> slot
+    clock = 0.0
+    for step in range(300):
+        clock += 1.0
+        names = [b"n%d" % rng.randrange(600 if hash_mask else 2000) for _ in range(rng.randrange(1, 25))]
+        try:
+            ids = table.intern(*spans(names))
+        except SeriesLimitError:
+            assert len(table) == len(live)
+            continue
+        if rng.random() < 0.2:
+            table.rollback()
+            assert len(table) == len(live)
+            continue
+        for name, slot in zip(names, ids.tolist()):
+            assert live.setdefault(name, slot) == slot
+            if slot >= len(seen):
+                seen = np.concatenate([seen, np.zeros(len(seen))])
+            seen[slot] = clock
+        if step % 7 == 0:  # expire what was not seen in the last 20 steps
+            gone = table.expire(seen, clock - 20)
+            assert sorted(gone.tolist()) == sorted(s for n, s in live.items() if seen[s] < clock - 20)
+            live = {n: s for n, s in live.items() if s not in set(gone.tolist())}
+            assert (seen[gone] == 0).all()
+        assert len(table) == len(live)
+        assert len(set(live.values())) == len(live)
+    names, lens, slots = table.live()
+    packed = np.frombuffer(names, dtype=np.uint8)
+    offs = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(int)
+    got = {packed[o:o + n].tobytes(): int(s) for o, n, s in zip(offs, lens, slots)}
+    assert got == live
+    assert table.slots <= 300
+    print(f"{len(live)} live, {table.slots} slots, index {len(table._index)}")
+    assert len(table._index) >= 64  # it grew
+
+
+def test_a_returning_name_after_expiry_takes_a_slot_again():
+    table = SeriesTable(limit=2, seed=SEED)
+    seen = np.zeros(16)
+    ids = table.intern(*spans([b"a", b"b"]))
+    seen[ids] = [1.0, 2.0]
+    with pytest.raises(SeriesLimitError):
+        table.intern(*spans([b"c"]))
+    assert table.expire(seen, 1.5).tolist() == [0]
+    assert table.intern(*spans([b"c", b"b"])).tolist() == [0, 1]  # c reuses a's slot (and its bytes)
+    assert table.names([0, 1]) == [b"c", b"b"]
+    with pytest.raises(IndexError):
+        SeriesTable(limit=1).name(0)
+    seen[:2] = 3.0
+    assert table.expire(seen, 4.0).tolist() == [0, 1]
+    assert len(table) == 0 and table.intern(*spans([b"longer name", b"a"])).tolist() == [1, 0]
+    assert table.names([0, 1]) == [b"a", b"longer name"]
+
+
+def test_compaction_keeps_names():
+    table = SeriesTable(limit=100_000, seed=SEED)
+    seen = np.zeros(1 << 17)
+    ids = table.intern(*spans([b"name-%06d-with-some-length" % i for i in range(20_000)]))
+    seen[ids] = 1.0
+    seen[ids[::4]] = 5.0
+    assert len(table.expire(seen, 2.0)) == 15_000
+    table.intern(*spans([b"x" * 40 for _ in range(1)]))  # longer than the freed names: appended
+    table.begin(0)  # half the arena is freed bytes: packed here
+    assert table._m[3] == 0  # M_GARBAGE
+    assert table.names(ids[::4][:3]) == [b"name-000000-with-some-length", b"name-000004-with-some-length",
+                                         b"name-000008-with-some-length"]
+    assert table.intern(*spans([b"name-019996-with-some-length"])).tolist() == [int(ids[-4])]
+    assert table.names([int(ids[-1])]) == [b"x" * 40]  # the newest freed slot, reused

@@ -160,11 +160,13 @@ def test_forget_of_a_stale_session_leaves_its_successor(registry, fake_clock):
 
 
 def test_reserve_grows_and_keeps_values():
-    state = SeriesState(MODE_CUMULATIVE, max_series=1000)
+    state = SeriesState(MODE_CUMULATIVE, max_series=1000, capacity=64)  # slots reserved: the table's 64
+    assert len(state.count) == 64
+    assert len(SeriesState(MODE_CUMULATIVE, max_series=1000).count) == 1000  # default: up to the limit
     state.count[:64] = np.arange(64)
     state.mean[:64] = np.arange(64) * 0.5
     state.reserve(300)
-    assert len(state.count) == len(state.mean) == len(state.spread) == 512
+    assert len(state.count) == len(state.mean) == len(state.spread) == len(state.last_seen) == 512
     assert (state.count[:64] == np.arange(64)).all() and not state.count[64:].any()
     assert (state.mean[:64] == np.arange(64) * 0.5).all()
 
@@ -242,3 +244,40 @@ def test_attaching_while_the_store_is_down_is_refused_not_done_without_a_lease(d
     assert err.value.kind == "store" and len(registry) == 0
     store.down = False
     assert registry.attach("a", MODE_CUMULATIVE).leased
+
+
+def test_snapshot_copies_into_reused_buffers_and_packs_what_was_live():
+    """The copy under the lock goes into buffers kept from the last snapshot (names only when they changed);
+    a second capture before the first is packed gets buffers of its own; each packs the state of its moment."""
+    from streamer.state import Session
+    state = SeriesState(MODE_CUMULATIVE, max_series=100, ttl=5.0)
+    session = Session("s", state)
+
+    def feed(names, t):
+        lens = np.array([len(n) for n in names], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+        ids = state.table.intern(b"".join(names), starts, lens)
+        state.reserve(state.table.slots)
+        state.count[ids] += 1
+        state.last_seen[ids] = t
+        state.clock[0] = max(state.clock[0], t)
+
+    def contents(snap):
+        names, p = [], 0
+        for n in snap.name_lengths.tolist():
+            names.append(snap.names[p:p + n])
+            p += n
+        return dict(zip(names, snap.arrays["count"].tolist()))
+
+    feed([b"a", b"bb", b"ccc"], 1.0)
+    first = session.snapshot(1.0)
+    assert contents(first) == {b"a": 1, b"bb": 1, b"ccc": 1}
+    feed([b"a"], 2.0)  # same names: the names' buffers are reused as they are
+    held = session.snapshot(2.0, pack=False)
+    feed([b"dddd", b"a"], 7.0)  # bb and ccc idle for 6 s > 5: swept out of the next snapshot
+    other = session.snapshot(7.0, pack=False)  # the first capture is not packed yet: buffers of its own
+    assert contents(held.pack()) == {b"a": 2, b"bb": 1, b"ccc": 1}
+    assert contents(other.pack()) == {b"a": 3, b"dddd": 1}
+    feed([b"eeeee"], 7.5)  # reuses a freed slot: the names are copied again
+    assert contents(session.snapshot(8.0)) == {b"a": 3, b"dddd": 1, b"eeeee": 1}
+    assert session.version == 4

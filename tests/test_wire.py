@@ -84,6 +84,13 @@ def pb_requests(draw) -> pb.OutliersRequest:
         o.mode = draw(st.integers(0, 2) | int32s)
         o.alpha = draw(floats)
         o.exclude_outliers = draw(st.booleans())
+        for field in ("exclude_limit", "cooldown", "likelihood_short", "likelihood_window", "likelihood_learning"):
+            if draw(st.booleans()):
+                setattr(o, field, draw(st.integers(0, 2 ** 32 - 1)))
+        if draw(st.booleans()):
+            o.score = draw(st.integers(0, 2) | int32s)
+        if draw(st.booleans()):
+            o.likelihood_threshold = draw(floats)
     req.session = draw(st.text(max_size=8))
     req.seq = draw(st.integers(0, 2 ** 64 - 1))
     return req
@@ -158,7 +165,12 @@ def hand_options(draw) -> list[bytes]:
             fields.append(double(4, draw(floats)))
         if draw(st.booleans()):
             fields.append(record(5, 0, draw(st.integers(0, 2) | st.integers(0, 2 ** 64 - 1))))
-        parts.append(record(2, 2, draw(shuffled(fields, {1: 1, 2: 0, 3: 0, 4: 1, 5: 0}))))
+        for field in range(6, 13):  # the optional fields: uint32s, the enum Score and a double (11)
+            if draw(st.booleans()):
+                fields.append(double(11, draw(floats)) if field == 11 else
+                              record(field, 0, draw(st.integers(0, 3) | st.integers(0, 2 ** 64 - 1))))
+        parts.append(record(2, 2, draw(shuffled(fields, {1: 1, 2: 0, 3: 0, 4: 1, 5: 0, 6: 0, 7: 0, 8: 0, 9: 0,
+                                                         10: 0, 11: 1, 12: 0}))))
     return parts
 
 
@@ -437,6 +449,20 @@ def test_encode_response_is_what_protobuf_writes(case):
 
 
 @WIRE
+@given(responses(), st.lists(floats, min_size=6, max_size=6))
+def test_encode_response_with_tail_probabilities_is_what_protobuf_writes(case, tails):
+    batch, index, rows = case
+    columns = [np.array([r[j] for r in rows], dtype=np.float64) for j in range(1, 5)]
+    tail = np.array(tails[:len(index)], dtype=np.float64)
+    out = wire.encode_response(batch, np.array(index, dtype=np.int32), [r[0].encode() for r in rows], *columns,
+                               tail)
+    expected = expected_response(batch, index, rows)
+    for o, t in zip(expected.outliers, tail.tolist()):
+        o.tail_probability = t
+    assert out == expected.SerializeToString()
+
+
+@WIRE
 @given(responses(), st.randoms(use_true_random=False))
 def test_encode_flagged_reads_names_from_the_table(case, rnd):
     batch, index, rows = case
@@ -466,7 +492,8 @@ def test_compile_all_warms_every_entry_point():
     code = ("from streamer import series, wire; wire.compile_all(); series.compile_all(); "
             "from streamer.wire import decode, encode; "
             "print([f.__name__ for f in (decode._decode, encode._encode, series._intern, series._hash_names, "
-            "series._rehash, series._forget) if not f.signatures])")
+            "series._migrate, series._rollback, series._expire, series._compact, series._gather) "
+            "if not f.signatures])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -98,11 +98,13 @@ func TestDetectClassicSample(t *testing.T) {
 }
 
 // series is the naive reference of one series' running state, kept apart from the server's kernels:
-// Welford (1962) for MODE_CUMULATIVE, Finch (2009) for MODE_EXPONENTIAL.
+// Welford (1962) for MODE_CUMULATIVE, Finch (2009) for MODE_EXPONENTIAL (the n-th value with weight
+// max(alpha, 1/n)).
 type series struct {
 	n           int
 	mean, m2    float64 // cumulative: Welford's mean and sum of squared deviations
 	emean, var_ float64
+	excluded    int // excluded values in a row since the last value judged normal
 }
 
 type reference struct {
@@ -128,10 +130,11 @@ func (r *reference) add(s *series, x float64) {
 			s.emean, s.var_ = x, 0
 			return
 		}
+		w := max(r.alpha, 1/float64(s.n))
 		diff := x - s.emean
-		incr := r.alpha * diff
+		incr := w * diff
 		s.emean += incr
-		s.var_ = (1 - r.alpha) * (s.var_ + diff*incr)
+		s.var_ = (1 - w) * (s.var_ + diff*incr)
 		return
 	}
 	d := x - s.mean
@@ -153,8 +156,10 @@ func (r *reference) batch(metrics []*pb.Metric) []*pb.Outlier {
 			r.series[m.GetName()] = s
 		}
 		flagged := false
+		std := 0.0
 		if s.n >= max(r.warmup, 2) {
-			mean, std := r.stats(s)
+			var mean float64
+			mean, std = r.stats(s)
 			dev := x - mean
 			if std == 0 {
 				flagged = dev != 0
@@ -166,9 +171,16 @@ func (r *reference) batch(metrics []*pb.Metric) []*pb.Outlier {
 					Zscore: dev / std}) // dev / 0 is the signed infinity the contract asks for
 			}
 		}
-		if !(flagged && r.exclude) {
-			r.add(s, x)
+		// exclude_outliers: never while the stddev is 0, and not after exclude_limit (the server's default:
+		// the warmup) excluded values in a row until a value is judged normal again
+		if flagged && r.exclude && std > 0 && s.excluded < max(r.warmup, 2) {
+			s.excluded++
+			continue
 		}
+		if !flagged {
+			s.excluded = 0
+		}
+		r.add(s, x)
 	}
 	return out
 }
@@ -552,5 +564,50 @@ func TestDetectDeadline(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "detect 1 metrics on "+srv.Addr) {
 		t.Errorf("error does not say what was being done: %v", err)
+	}
+}
+
+// TestStreamLikelihoodScoreAndCooldown: the optional DetectOptions fields reach the server from Go (pointers:
+// set, even to small values), the likelihood score flags a level shift with its tail probability, and the
+// cooldown keeps one flag per run of outliers.
+func TestStreamLikelihoodScoreAndCooldown(t *testing.T) {
+	srv := testserver.Shared(t)
+	c := newClient(t, srv.Addr)
+	rng := rand.New(rand.NewPCG(15, 2017))
+	var batches [][]*pb.Metric
+	for b := 0; b < 10; b++ {
+		batch := make([]*pb.Metric, 50)
+		for i := range batch {
+			x := 10 + rng.NormFloat64()
+			if b >= 8 {
+				x += 30 // a level shift in the last 100 values
+			}
+			batch[i] = &pb.Metric{Name: "latency", Value: x}
+		}
+		batches = append(batches, batch)
+	}
+	threshold := 1e-3
+	score := pb.Score_SCORE_LIKELIHOOD
+	cooldown, learning := uint32(1), uint32(50)
+	opts := &pb.DetectOptions{Score: &score, Cooldown: &cooldown, LikelihoodLearning: &learning,
+		LikelihoodThreshold: &threshold}
+	got := runStream(t, c, client.StreamConfig{Options: opts}, batches)
+	var flagged []int
+	for b, resp := range got {
+		for _, o := range resp.GetOutliers() {
+			flagged = append(flagged, b*50+int(o.GetIndex()))
+			if p := o.GetTailProbability(); !(p > 0 && p < threshold) {
+				t.Errorf("batch %d, index %d: tail probability %g, want in (0, %g)", b, o.GetIndex(), p, threshold)
+			}
+		}
+	}
+	if len(flagged) == 0 || flagged[0] < 400 {
+		t.Fatalf("flagged %v, want the level shift at 400 and nothing before it", flagged)
+	}
+	for i := 1; i < len(flagged); i++ {
+		if flagged[i] == flagged[i-1]+1 {
+			t.Errorf("values %d and %d both flagged: cooldown 1 reports one value per run of outliers",
+				flagged[i-1], flagged[i])
+		}
 	}
 }

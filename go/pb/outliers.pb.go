@@ -28,6 +28,113 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Which deviations from the mean can be flagged.
+type Direction int32
+
+const (
+	Direction_DIRECTION_UNSPECIFIED Direction = 0 // the server's default (--direction, itself DIRECTION_BOTH unless set)
+	Direction_DIRECTION_BOTH        Direction = 1 // above and below the mean
+	Direction_DIRECTION_UP          Direction = 2 // only values above the mean
+	Direction_DIRECTION_DOWN        Direction = 3 // only values below the mean
+)
+
+// Enum value maps for Direction.
+var (
+	Direction_name = map[int32]string{
+		0: "DIRECTION_UNSPECIFIED",
+		1: "DIRECTION_BOTH",
+		2: "DIRECTION_UP",
+		3: "DIRECTION_DOWN",
+	}
+	Direction_value = map[string]int32{
+		"DIRECTION_UNSPECIFIED": 0,
+		"DIRECTION_BOTH":        1,
+		"DIRECTION_UP":          2,
+		"DIRECTION_DOWN":        3,
+	}
+)
+
+func (x Direction) Enum() *Direction {
+	p := new(Direction)
+	*p = x
+	return p
+}
+
+func (x Direction) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Direction) Descriptor() protoreflect.EnumDescriptor {
+	return file_outliers_proto_enumTypes[0].Descriptor()
+}
+
+func (Direction) Type() protoreflect.EnumType {
+	return &file_outliers_proto_enumTypes[0]
+}
+
+func (x Direction) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Direction.Descriptor instead.
+func (Direction) EnumDescriptor() ([]byte, []int) {
+	return file_outliers_proto_rawDescGZIP(), []int{0}
+}
+
+// What flags a value in DetectStream.
+type Score int32
+
+const (
+	Score_SCORE_UNSPECIFIED Score = 0 // the server's default (--score, itself SCORE_ZSCORE unless set)
+	Score_SCORE_ZSCORE      Score = 1 // |value - mean| > threshold * stddev, value by value
+	// Anomaly likelihood (Ahmad, Lavin, Purdy & Agha, Neurocomputing 2017): the raw score erf(|z| / sqrt 2) of
+	// each value (0 in the warmup) is averaged over the last likelihood_short values; the tail probability of
+	// that average under a normal fitted to the earlier averages (weight max(1/likelihood_window, 1/n), mean
+	// floored at 0.03, variance at 0.0003) is Q((average - mean) / stddev), flagged below likelihood_threshold.
+	Score_SCORE_LIKELIHOOD Score = 2
+)
+
+// Enum value maps for Score.
+var (
+	Score_name = map[int32]string{
+		0: "SCORE_UNSPECIFIED",
+		1: "SCORE_ZSCORE",
+		2: "SCORE_LIKELIHOOD",
+	}
+	Score_value = map[string]int32{
+		"SCORE_UNSPECIFIED": 0,
+		"SCORE_ZSCORE":      1,
+		"SCORE_LIKELIHOOD":  2,
+	}
+)
+
+func (x Score) Enum() *Score {
+	p := new(Score)
+	*p = x
+	return p
+}
+
+func (x Score) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Score) Descriptor() protoreflect.EnumDescriptor {
+	return file_outliers_proto_enumTypes[1].Descriptor()
+}
+
+func (Score) Type() protoreflect.EnumType {
+	return &file_outliers_proto_enumTypes[1]
+}
+
+func (x Score) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Score.Descriptor instead.
+func (Score) EnumDescriptor() ([]byte, []int) {
+	return file_outliers_proto_rawDescGZIP(), []int{1}
+}
+
 // How DetectStream keeps each series' mean and variance.
 type Mode int32
 
@@ -62,11 +169,11 @@ func (x Mode) String() string {
 }
 
 func (Mode) Descriptor() protoreflect.EnumDescriptor {
-	return file_outliers_proto_enumTypes[0].Descriptor()
+	return file_outliers_proto_enumTypes[2].Descriptor()
 }
 
 func (Mode) Type() protoreflect.EnumType {
-	return &file_outliers_proto_enumTypes[0]
+	return &file_outliers_proto_enumTypes[2]
 }
 
 func (x Mode) Number() protoreflect.EnumNumber {
@@ -75,7 +182,57 @@ func (x Mode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Mode.Descriptor instead.
 func (Mode) EnumDescriptor() ([]byte, []int) {
-	return file_outliers_proto_rawDescGZIP(), []int{0}
+	return file_outliers_proto_rawDescGZIP(), []int{2}
+}
+
+// The kinds of event a Watch subscriber receives (Dropped notices always).
+type WatchKinds int32
+
+const (
+	WatchKinds_WATCH_OUTLIERS WatchKinds = 0 // every flagged value (OutlierEvent)
+	WatchKinds_WATCH_EPISODES WatchKinds = 1 // episodes opening, growing and resolving (EpisodeEvent), on a server with --episodes
+	WatchKinds_WATCH_ALL      WatchKinds = 2 // both
+)
+
+// Enum value maps for WatchKinds.
+var (
+	WatchKinds_name = map[int32]string{
+		0: "WATCH_OUTLIERS",
+		1: "WATCH_EPISODES",
+		2: "WATCH_ALL",
+	}
+	WatchKinds_value = map[string]int32{
+		"WATCH_OUTLIERS": 0,
+		"WATCH_EPISODES": 1,
+		"WATCH_ALL":      2,
+	}
+)
+
+func (x WatchKinds) Enum() *WatchKinds {
+	p := new(WatchKinds)
+	*p = x
+	return p
+}
+
+func (x WatchKinds) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (WatchKinds) Descriptor() protoreflect.EnumDescriptor {
+	return file_outliers_proto_enumTypes[3].Descriptor()
+}
+
+func (WatchKinds) Type() protoreflect.EnumType {
+	return &file_outliers_proto_enumTypes[3]
+}
+
+func (x WatchKinds) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use WatchKinds.Descriptor instead.
+func (WatchKinds) EnumDescriptor() ([]byte, []int) {
+	return file_outliers_proto_rawDescGZIP(), []int{3}
 }
 
 // Where an outlier was found.
@@ -112,11 +269,11 @@ func (x Origin) String() string {
 }
 
 func (Origin) Descriptor() protoreflect.EnumDescriptor {
-	return file_outliers_proto_enumTypes[1].Descriptor()
+	return file_outliers_proto_enumTypes[4].Descriptor()
 }
 
 func (Origin) Type() protoreflect.EnumType {
-	return &file_outliers_proto_enumTypes[1]
+	return &file_outliers_proto_enumTypes[4]
 }
 
 func (x Origin) Number() protoreflect.EnumNumber {
@@ -125,7 +282,59 @@ func (x Origin) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Origin.Descriptor instead.
 func (Origin) EnumDescriptor() ([]byte, []int) {
-	return file_outliers_proto_rawDescGZIP(), []int{1}
+	return file_outliers_proto_rawDescGZIP(), []int{4}
+}
+
+type EpisodeEvent_Kind int32
+
+const (
+	EpisodeEvent_KIND_UNSPECIFIED EpisodeEvent_Kind = 0
+	EpisodeEvent_OPENED           EpisodeEvent_Kind = 1 // at the episode's first flagged value
+	EpisodeEvent_UPDATED          EpisodeEvent_Kind = 2 // at a later flagged value
+	EpisodeEvent_RESOLVED         EpisodeEvent_Kind = 3 // at the resolve_after-th normal value in a row
+)
+
+// Enum value maps for EpisodeEvent_Kind.
+var (
+	EpisodeEvent_Kind_name = map[int32]string{
+		0: "KIND_UNSPECIFIED",
+		1: "OPENED",
+		2: "UPDATED",
+		3: "RESOLVED",
+	}
+	EpisodeEvent_Kind_value = map[string]int32{
+		"KIND_UNSPECIFIED": 0,
+		"OPENED":           1,
+		"UPDATED":          2,
+		"RESOLVED":         3,
+	}
+)
+
+func (x EpisodeEvent_Kind) Enum() *EpisodeEvent_Kind {
+	p := new(EpisodeEvent_Kind)
+	*p = x
+	return p
+}
+
+func (x EpisodeEvent_Kind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (EpisodeEvent_Kind) Descriptor() protoreflect.EnumDescriptor {
+	return file_outliers_proto_enumTypes[5].Descriptor()
+}
+
+func (EpisodeEvent_Kind) Type() protoreflect.EnumType {
+	return &file_outliers_proto_enumTypes[5]
+}
+
+func (x EpisodeEvent_Kind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use EpisodeEvent_Kind.Descriptor instead.
+func (EpisodeEvent_Kind) EnumDescriptor() ([]byte, []int) {
+	return file_outliers_proto_rawDescGZIP(), []int{9, 0}
 }
 
 // One observation of one series.
@@ -189,16 +398,52 @@ func (x *Metric) GetValue() float64 {
 	return 0
 }
 
-// How values are judged. A zero field means "use the server's default" (proto3 cannot tell 0 from unset).
+// How values are judged. Fields 1-5: a zero field means "use the server's default" (proto3 cannot tell 0
+// from unset). Fields 6 on are `optional` (explicit presence): unset means the server's default, and 0 is 0.
 type DetectOptions struct {
-	state           protoimpl.MessageState `protogen:"open.v1"`
-	Threshold       float64                `protobuf:"fixed64,1,opt,name=threshold,proto3" json:"threshold,omitempty"`                                   // k: flag |x - mean| > k * stddev; must be >= 0 and finite; server default 2.0
-	Warmup          uint32                 `protobuf:"varint,2,opt,name=warmup,proto3" json:"warmup,omitempty"`                                          // DetectStream: values a series must have seen before it can be flagged (at least 2)
-	Mode            Mode                   `protobuf:"varint,3,opt,name=mode,proto3,enum=pb.Mode" json:"mode,omitempty"`                                 // DetectStream: how the running mean and variance are kept
-	Alpha           float64                `protobuf:"fixed64,4,opt,name=alpha,proto3" json:"alpha,omitempty"`                                           // MODE_EXPONENTIAL: weight of the newest value, 0 < alpha <= 1
-	ExcludeOutliers bool                   `protobuf:"varint,5,opt,name=exclude_outliers,json=excludeOutliers,proto3" json:"exclude_outliers,omitempty"` // DetectStream: flagged values do not update the series' state
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Threshold float64                `protobuf:"fixed64,1,opt,name=threshold,proto3" json:"threshold,omitempty"`   // k: flag |x - mean| > k * stddev; must be >= 0 and finite; server default 2.0
+	Warmup    uint32                 `protobuf:"varint,2,opt,name=warmup,proto3" json:"warmup,omitempty"`          // DetectStream: values a series must have seen before it can be flagged (at least 2)
+	Mode      Mode                   `protobuf:"varint,3,opt,name=mode,proto3,enum=pb.Mode" json:"mode,omitempty"` // DetectStream: how the running mean and variance are kept
+	Alpha     float64                `protobuf:"fixed64,4,opt,name=alpha,proto3" json:"alpha,omitempty"`           // MODE_EXPONENTIAL: weight of the newest value, 0 < alpha <= 1 (the n-th value
+	// a series takes in has weight max(alpha, 1/n): an exact start, no bias to 0)
+	ExcludeOutliers bool `protobuf:"varint,5,opt,name=exclude_outliers,json=excludeOutliers,proto3" json:"exclude_outliers,omitempty"` // DetectStream: flagged values do not update the series' state, except while its
+	// stddev is 0 and after exclude_limit excluded values in a row (see below)
+	// DetectStream, with exclude_outliers: once a series has had this many excluded values in a row, its
+	// flagged values are taken in again until one of its values is judged normal, so a new level is learned
+	// (0: no limit). Server default: --exclude-limit, itself the stream's warmup (at least 2) unless set.
+	ExcludeLimit *uint32 `protobuf:"varint,6,opt,name=exclude_limit,json=excludeLimit,proto3,oneof" json:"exclude_limit,omitempty"`
+	// DetectStream: after a series is flagged, it is not flagged again until this many of its values in a row
+	// were judged normal (0: off, the server's default; 1: only the first of each run of outliers). Values held
+	// back are still judged and update the state as without it.
+	Cooldown         *uint32 `protobuf:"varint,7,opt,name=cooldown,proto3,oneof" json:"cooldown,omitempty"`
+	Score            *Score  `protobuf:"varint,8,opt,name=score,proto3,enum=pb.Score,oneof" json:"score,omitempty"`                                  // DetectStream: what flags a value (server default --score)
+	LikelihoodShort  *uint32 `protobuf:"varint,9,opt,name=likelihood_short,json=likelihoodShort,proto3,oneof" json:"likelihood_short,omitempty"`     // SCORE_LIKELIHOOD: raw scores averaged, 1-1024 (default 10)
+	LikelihoodWindow *uint32 `protobuf:"varint,10,opt,name=likelihood_window,json=likelihoodWindow,proto3,oneof" json:"likelihood_window,omitempty"` // SCORE_LIKELIHOOD: averages the long-term mean and variance
+	// weigh, >= 1 (default 8640, the paper's)
+	LikelihoodThreshold *float64 `protobuf:"fixed64,11,opt,name=likelihood_threshold,json=likelihoodThreshold,proto3,oneof" json:"likelihood_threshold,omitempty"` // SCORE_LIKELIHOOD: flag when tail_probability < this, in (0, 1)
+	// (default 1e-5, the paper's "red" level)
+	LikelihoodLearning *uint32 `protobuf:"varint,12,opt,name=likelihood_learning,json=likelihoodLearning,proto3,oneof" json:"likelihood_learning,omitempty"` // SCORE_LIKELIHOOD: values a series must have taken in before
+	// it can be flagged (default 300)
+	// DetectStream: seconds a series may go without a value before it is dropped (its slot reused, its state
+	// gone from the next snapshot; a name that comes back starts fresh). Counted in the session's clock: the
+	// latest Metric.time seen, or the arrival time for metrics without one. Unset: the server's --series-ttl;
+	// 0: never. Must be finite and >= 0.
+	SeriesTtlSeconds *float64 `protobuf:"fixed64,13,opt,name=series_ttl_seconds,json=seriesTtlSeconds,proto3,oneof" json:"series_ttl_seconds,omitempty"`
+	// What does not matter is normal: a flagged value stays flagged only if also |value - mean| >=
+	// min_deviation (in the value's unit; 0 = off, the server's default unless --min-deviation), >=
+	// min_relative_deviation * |mean| (0 = off), and on the side `direction` names. A suppressed value is
+	// judged normal everywhere (cooldown, exclusion, episodes) and updates the state as any normal value.
+	MinDeviation         *float64   `protobuf:"fixed64,14,opt,name=min_deviation,json=minDeviation,proto3,oneof" json:"min_deviation,omitempty"`
+	MinRelativeDeviation *float64   `protobuf:"fixed64,15,opt,name=min_relative_deviation,json=minRelativeDeviation,proto3,oneof" json:"min_relative_deviation,omitempty"`
+	Direction            *Direction `protobuf:"varint,16,opt,name=direction,proto3,enum=pb.Direction,oneof" json:"direction,omitempty"`
+	// Episodes (sent to Watch and the alert sinks): per series, an episode opens at a flagged value, counts the
+	// flagged values that follow, and resolves after this many normal values in a row (server default 10,
+	// --resolve-after; 0 = no episodes for this stream). Kept only on a server that tracks episodes
+	// (--episodes, on when an alert sink is set).
+	ResolveAfter  *uint32 `protobuf:"varint,17,opt,name=resolve_after,json=resolveAfter,proto3,oneof" json:"resolve_after,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DetectOptions) Reset() {
@@ -264,6 +509,90 @@ func (x *DetectOptions) GetExcludeOutliers() bool {
 		return x.ExcludeOutliers
 	}
 	return false
+}
+
+func (x *DetectOptions) GetExcludeLimit() uint32 {
+	if x != nil && x.ExcludeLimit != nil {
+		return *x.ExcludeLimit
+	}
+	return 0
+}
+
+func (x *DetectOptions) GetCooldown() uint32 {
+	if x != nil && x.Cooldown != nil {
+		return *x.Cooldown
+	}
+	return 0
+}
+
+func (x *DetectOptions) GetScore() Score {
+	if x != nil && x.Score != nil {
+		return *x.Score
+	}
+	return Score_SCORE_UNSPECIFIED
+}
+
+func (x *DetectOptions) GetLikelihoodShort() uint32 {
+	if x != nil && x.LikelihoodShort != nil {
+		return *x.LikelihoodShort
+	}
+	return 0
+}
+
+func (x *DetectOptions) GetLikelihoodWindow() uint32 {
+	if x != nil && x.LikelihoodWindow != nil {
+		return *x.LikelihoodWindow
+	}
+	return 0
+}
+
+func (x *DetectOptions) GetLikelihoodThreshold() float64 {
+	if x != nil && x.LikelihoodThreshold != nil {
+		return *x.LikelihoodThreshold
+	}
+	return 0
+}
+
+func (x *DetectOptions) GetLikelihoodLearning() uint32 {
+	if x != nil && x.LikelihoodLearning != nil {
+		return *x.LikelihoodLearning
+	}
+	return 0
+}
+
+func (x *DetectOptions) GetSeriesTtlSeconds() float64 {
+	if x != nil && x.SeriesTtlSeconds != nil {
+		return *x.SeriesTtlSeconds
+	}
+	return 0
+}
+
+func (x *DetectOptions) GetMinDeviation() float64 {
+	if x != nil && x.MinDeviation != nil {
+		return *x.MinDeviation
+	}
+	return 0
+}
+
+func (x *DetectOptions) GetMinRelativeDeviation() float64 {
+	if x != nil && x.MinRelativeDeviation != nil {
+		return *x.MinRelativeDeviation
+	}
+	return 0
+}
+
+func (x *DetectOptions) GetDirection() Direction {
+	if x != nil && x.Direction != nil {
+		return *x.Direction
+	}
+	return Direction_DIRECTION_UNSPECIFIED
+}
+
+func (x *DetectOptions) GetResolveAfter() uint32 {
+	if x != nil && x.ResolveAfter != nil {
+		return *x.ResolveAfter
+	}
+	return 0
 }
 
 // A batch of metrics. In Detect, one batch judged on its own; in DetectStream, one batch of the stream.
@@ -340,15 +669,18 @@ func (x *OutliersRequest) GetSeq() uint64 {
 
 // One flagged value and the statistics it was judged against.
 type Outlier struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Index         int32                  `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`    // position of the metric in the request's metrics
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`       // the metric's name (its series)
-	Value         float64                `protobuf:"fixed64,3,opt,name=value,proto3" json:"value,omitempty"`   // the metric's value
-	Mean          float64                `protobuf:"fixed64,4,opt,name=mean,proto3" json:"mean,omitempty"`     // the series' mean it was judged against (Detect: the batch's; stream: before the value)
-	Stddev        float64                `protobuf:"fixed64,5,opt,name=stddev,proto3" json:"stddev,omitempty"` // the population standard deviation it was judged against
-	Zscore        float64                `protobuf:"fixed64,6,opt,name=zscore,proto3" json:"zscore,omitempty"` // signed (value - mean) / stddev; +-Inf when stddev is 0
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Index  int32                  `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`    // position of the metric in the request's metrics
+	Name   string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`       // the metric's name (its series)
+	Value  float64                `protobuf:"fixed64,3,opt,name=value,proto3" json:"value,omitempty"`   // the metric's value
+	Mean   float64                `protobuf:"fixed64,4,opt,name=mean,proto3" json:"mean,omitempty"`     // the series' mean it was judged against (Detect: the batch's; stream: before the value)
+	Stddev float64                `protobuf:"fixed64,5,opt,name=stddev,proto3" json:"stddev,omitempty"` // the population standard deviation it was judged against
+	Zscore float64                `protobuf:"fixed64,6,opt,name=zscore,proto3" json:"zscore,omitempty"` // signed (value - mean) / stddev; +-Inf when stddev is 0
+	// SCORE_LIKELIHOOD: the tail probability that flagged the value (below likelihood_threshold); the paper's
+	// "anomaly likelihood" is 1 minus it. 0 (absent) with SCORE_ZSCORE.
+	TailProbability float64 `protobuf:"fixed64,7,opt,name=tail_probability,json=tailProbability,proto3" json:"tail_probability,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Outlier) Reset() {
@@ -419,6 +751,13 @@ func (x *Outlier) GetStddev() float64 {
 func (x *Outlier) GetZscore() float64 {
 	if x != nil {
 		return x.Zscore
+	}
+	return 0
+}
+
+func (x *Outlier) GetTailProbability() float64 {
+	if x != nil {
+		return x.TailProbability
 	}
 	return 0
 }
@@ -533,7 +872,8 @@ type WatchRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Session string                 `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"` // only outliers of this session: a DetectStream's session name, or an OTLP resource's
 	// session (OutlierEvent.session); empty: every session and every private stream
-	Prefix        string `protobuf:"bytes,2,opt,name=prefix,proto3" json:"prefix,omitempty"` // only series whose key starts with these bytes (e.g. "system.cpu." or "CPU")
+	Prefix        string     `protobuf:"bytes,2,opt,name=prefix,proto3" json:"prefix,omitempty"`                   // only series whose key starts with these bytes (e.g. "system.cpu." or "CPU")
+	Kinds         WatchKinds `protobuf:"varint,3,opt,name=kinds,proto3,enum=pb.WatchKinds" json:"kinds,omitempty"` // which events: outliers (the default, as before this field), episodes, or both
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -580,6 +920,13 @@ func (x *WatchRequest) GetPrefix() string {
 		return x.Prefix
 	}
 	return ""
+}
+
+func (x *WatchRequest) GetKinds() WatchKinds {
+	if x != nil {
+		return x.Kinds
+	}
+	return WatchKinds_WATCH_OUTLIERS
 }
 
 // One flagged value, as it was judged.
@@ -747,6 +1094,7 @@ type WatchEvent struct {
 	//
 	//	*WatchEvent_Outlier
 	//	*WatchEvent_Dropped
+	//	*WatchEvent_Episode
 	Event         isWatchEvent_Event `protobuf_oneof:"event"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -807,6 +1155,15 @@ func (x *WatchEvent) GetDropped() *Dropped {
 	return nil
 }
 
+func (x *WatchEvent) GetEpisode() *EpisodeEvent {
+	if x != nil {
+		if x, ok := x.Event.(*WatchEvent_Episode); ok {
+			return x.Episode
+		}
+	}
+	return nil
+}
+
 type isWatchEvent_Event interface {
 	isWatchEvent_Event()
 }
@@ -819,9 +1176,181 @@ type WatchEvent_Dropped struct {
 	Dropped *Dropped `protobuf:"bytes,2,opt,name=dropped,proto3,oneof"`
 }
 
+type WatchEvent_Episode struct {
+	Episode *EpisodeEvent `protobuf:"bytes,3,opt,name=episode,proto3,oneof"`
+}
+
 func (*WatchEvent_Outlier) isWatchEvent_Event() {}
 
 func (*WatchEvent_Dropped) isWatchEvent_Event() {}
+
+func (*WatchEvent_Episode) isWatchEvent_Event() {}
+
+// A change of an episode: the flagged values of one series from the first until resolve_after normal values
+// in a row (DetectOptions.resolve_after). UPDATED is sent at most once per --episode-update-seconds.
+type EpisodeEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          EpisodeEvent_Kind      `protobuf:"varint,1,opt,name=kind,proto3,enum=pb.EpisodeEvent_Kind" json:"kind,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`           // unique per event ("<episode>-<n>"): a receiver drops repeats
+	Episode       string                 `protobuf:"bytes,3,opt,name=episode,proto3" json:"episode,omitempty"` // the episode's stable id (the same after a restart)
+	Series        string                 `protobuf:"bytes,4,opt,name=series,proto3" json:"series,omitempty"`   // the series key
+	Source        string                 `protobuf:"bytes,5,opt,name=source,proto3" json:"source,omitempty"`   // "session NAME", "stream" (a private DetectStream), or "otlp:{...}"
+	Session       string                 `protobuf:"bytes,6,opt,name=session,proto3" json:"session,omitempty"` // the session ("" for a private stream), as OutlierEvent.session
+	Origin        Origin                 `protobuf:"varint,7,opt,name=origin,proto3,enum=pb.Origin" json:"origin,omitempty"`
+	Started       *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=started,proto3" json:"started,omitempty"` // the data time of its first flagged value
+	Ended         *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=ended,proto3" json:"ended,omitempty"`     // RESOLVED: the data time of the value that resolved it
+	Count         uint64                 `protobuf:"varint,10,opt,name=count,proto3" json:"count,omitempty"`   // flagged values so far
+	Value         float64                `protobuf:"fixed64,11,opt,name=value,proto3" json:"value,omitempty"`  // the value of this event (RESOLVED: the normal value that resolved it)
+	Mean          float64                `protobuf:"fixed64,12,opt,name=mean,proto3" json:"mean,omitempty"`    // what that value was judged against
+	Stddev        float64                `protobuf:"fixed64,13,opt,name=stddev,proto3" json:"stddev,omitempty"`
+	Zscore        float64                `protobuf:"fixed64,14,opt,name=zscore,proto3" json:"zscore,omitempty"`
+	PeakValue     float64                `protobuf:"fixed64,15,opt,name=peak_value,json=peakValue,proto3" json:"peak_value,omitempty"`    // the flagged value of largest |z| so far
+	PeakZscore    float64                `protobuf:"fixed64,16,opt,name=peak_zscore,json=peakZscore,proto3" json:"peak_zscore,omitempty"` // its |z|
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EpisodeEvent) Reset() {
+	*x = EpisodeEvent{}
+	mi := &file_outliers_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EpisodeEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EpisodeEvent) ProtoMessage() {}
+
+func (x *EpisodeEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_outliers_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EpisodeEvent.ProtoReflect.Descriptor instead.
+func (*EpisodeEvent) Descriptor() ([]byte, []int) {
+	return file_outliers_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *EpisodeEvent) GetKind() EpisodeEvent_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return EpisodeEvent_KIND_UNSPECIFIED
+}
+
+func (x *EpisodeEvent) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *EpisodeEvent) GetEpisode() string {
+	if x != nil {
+		return x.Episode
+	}
+	return ""
+}
+
+func (x *EpisodeEvent) GetSeries() string {
+	if x != nil {
+		return x.Series
+	}
+	return ""
+}
+
+func (x *EpisodeEvent) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *EpisodeEvent) GetSession() string {
+	if x != nil {
+		return x.Session
+	}
+	return ""
+}
+
+func (x *EpisodeEvent) GetOrigin() Origin {
+	if x != nil {
+		return x.Origin
+	}
+	return Origin_ORIGIN_UNSPECIFIED
+}
+
+func (x *EpisodeEvent) GetStarted() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Started
+	}
+	return nil
+}
+
+func (x *EpisodeEvent) GetEnded() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Ended
+	}
+	return nil
+}
+
+func (x *EpisodeEvent) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *EpisodeEvent) GetValue() float64 {
+	if x != nil {
+		return x.Value
+	}
+	return 0
+}
+
+func (x *EpisodeEvent) GetMean() float64 {
+	if x != nil {
+		return x.Mean
+	}
+	return 0
+}
+
+func (x *EpisodeEvent) GetStddev() float64 {
+	if x != nil {
+		return x.Stddev
+	}
+	return 0
+}
+
+func (x *EpisodeEvent) GetZscore() float64 {
+	if x != nil {
+		return x.Zscore
+	}
+	return 0
+}
+
+func (x *EpisodeEvent) GetPeakValue() float64 {
+	if x != nil {
+		return x.PeakValue
+	}
+	return 0
+}
+
+func (x *EpisodeEvent) GetPeakZscore() float64 {
+	if x != nil {
+		return x.PeakZscore
+	}
+	return 0
+}
 
 var File_outliers_proto protoreflect.FileDescriptor
 
@@ -831,26 +1360,54 @@ const file_outliers_proto_rawDesc = "" +
 	"\x06Metric\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
-	"\x05value\x18\x03 \x01(\x01R\x05value\"\xa4\x01\n" +
+	"\x05value\x18\x03 \x01(\x01R\x05value\"\xc2\a\n" +
 	"\rDetectOptions\x12\x1c\n" +
 	"\tthreshold\x18\x01 \x01(\x01R\tthreshold\x12\x16\n" +
 	"\x06warmup\x18\x02 \x01(\rR\x06warmup\x12\x1c\n" +
 	"\x04mode\x18\x03 \x01(\x0e2\b.pb.ModeR\x04mode\x12\x14\n" +
 	"\x05alpha\x18\x04 \x01(\x01R\x05alpha\x12)\n" +
-	"\x10exclude_outliers\x18\x05 \x01(\bR\x0fexcludeOutliers\"\x90\x01\n" +
+	"\x10exclude_outliers\x18\x05 \x01(\bR\x0fexcludeOutliers\x12(\n" +
+	"\rexclude_limit\x18\x06 \x01(\rH\x00R\fexcludeLimit\x88\x01\x01\x12\x1f\n" +
+	"\bcooldown\x18\a \x01(\rH\x01R\bcooldown\x88\x01\x01\x12$\n" +
+	"\x05score\x18\b \x01(\x0e2\t.pb.ScoreH\x02R\x05score\x88\x01\x01\x12.\n" +
+	"\x10likelihood_short\x18\t \x01(\rH\x03R\x0flikelihoodShort\x88\x01\x01\x120\n" +
+	"\x11likelihood_window\x18\n" +
+	" \x01(\rH\x04R\x10likelihoodWindow\x88\x01\x01\x126\n" +
+	"\x14likelihood_threshold\x18\v \x01(\x01H\x05R\x13likelihoodThreshold\x88\x01\x01\x124\n" +
+	"\x13likelihood_learning\x18\f \x01(\rH\x06R\x12likelihoodLearning\x88\x01\x01\x121\n" +
+	"\x12series_ttl_seconds\x18\r \x01(\x01H\aR\x10seriesTtlSeconds\x88\x01\x01\x12(\n" +
+	"\rmin_deviation\x18\x0e \x01(\x01H\bR\fminDeviation\x88\x01\x01\x129\n" +
+	"\x16min_relative_deviation\x18\x0f \x01(\x01H\tR\x14minRelativeDeviation\x88\x01\x01\x120\n" +
+	"\tdirection\x18\x10 \x01(\x0e2\r.pb.DirectionH\n" +
+	"R\tdirection\x88\x01\x01\x12(\n" +
+	"\rresolve_after\x18\x11 \x01(\rH\vR\fresolveAfter\x88\x01\x01B\x10\n" +
+	"\x0e_exclude_limitB\v\n" +
+	"\t_cooldownB\b\n" +
+	"\x06_scoreB\x13\n" +
+	"\x11_likelihood_shortB\x14\n" +
+	"\x12_likelihood_windowB\x17\n" +
+	"\x15_likelihood_thresholdB\x16\n" +
+	"\x14_likelihood_learningB\x15\n" +
+	"\x13_series_ttl_secondsB\x10\n" +
+	"\x0e_min_deviationB\x19\n" +
+	"\x17_min_relative_deviationB\f\n" +
+	"\n" +
+	"_directionB\x10\n" +
+	"\x0e_resolve_after\"\x90\x01\n" +
 	"\x0fOutliersRequest\x12$\n" +
 	"\ametrics\x18\x01 \x03(\v2\n" +
 	".pb.MetricR\ametrics\x12+\n" +
 	"\aoptions\x18\x02 \x01(\v2\x11.pb.DetectOptionsR\aoptions\x12\x18\n" +
 	"\asession\x18\x03 \x01(\tR\asession\x12\x10\n" +
-	"\x03seq\x18\x04 \x01(\x04R\x03seq\"\x8d\x01\n" +
+	"\x03seq\x18\x04 \x01(\x04R\x03seq\"\xb8\x01\n" +
 	"\aOutlier\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x05R\x05index\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
 	"\x05value\x18\x03 \x01(\x01R\x05value\x12\x12\n" +
 	"\x04mean\x18\x04 \x01(\x01R\x04mean\x12\x16\n" +
 	"\x06stddev\x18\x05 \x01(\x01R\x06stddev\x12\x16\n" +
-	"\x06zscore\x18\x06 \x01(\x01R\x06zscore\"\x87\x02\n" +
+	"\x06zscore\x18\x06 \x01(\x01R\x06zscore\x12)\n" +
+	"\x10tail_probability\x18\a \x01(\x01R\x0ftailProbability\"\x87\x02\n" +
 	"\x10OutliersResponse\x12\x18\n" +
 	"\aindices\x18\x01 \x03(\x05R\aindices\x12'\n" +
 	"\boutliers\x18\x02 \x03(\v2\v.pb.OutlierR\boutliers\x12\x14\n" +
@@ -861,10 +1418,11 @@ const file_outliers_proto_rawDesc = "" +
 	"\vdurable_seq\x18\x06 \x01(\x04R\n" +
 	"durableSeq\x12\x1c\n" +
 	"\tephemeral\x18\a \x01(\bR\tephemeral\x12\x1c\n" +
-	"\tforgotten\x18\b \x01(\bR\tforgotten\"@\n" +
+	"\tforgotten\x18\b \x01(\bR\tforgotten\"f\n" +
 	"\fWatchRequest\x12\x18\n" +
 	"\asession\x18\x01 \x01(\tR\asession\x12\x16\n" +
-	"\x06prefix\x18\x02 \x01(\tR\x06prefix\"\xee\x01\n" +
+	"\x06prefix\x18\x02 \x01(\tR\x06prefix\x12$\n" +
+	"\x05kinds\x18\x03 \x01(\x0e2\x0e.pb.WatchKindsR\x05kinds\"\xee\x01\n" +
 	"\fOutlierEvent\x12\x16\n" +
 	"\x06series\x18\x01 \x01(\tR\x06series\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value\x12.\n" +
@@ -877,16 +1435,58 @@ const file_outliers_proto_rawDesc = "" +
 	"\asession\x18\b \x01(\tR\asession\"5\n" +
 	"\aDropped\x12\x14\n" +
 	"\x05count\x18\x01 \x01(\x04R\x05count\x12\x14\n" +
-	"\x05total\x18\x02 \x01(\x04R\x05total\"l\n" +
+	"\x05total\x18\x02 \x01(\x04R\x05total\"\x9a\x01\n" +
 	"\n" +
 	"WatchEvent\x12,\n" +
 	"\aoutlier\x18\x01 \x01(\v2\x10.pb.OutlierEventH\x00R\aoutlier\x12'\n" +
-	"\adropped\x18\x02 \x01(\v2\v.pb.DroppedH\x00R\adroppedB\a\n" +
-	"\x05event*G\n" +
+	"\adropped\x18\x02 \x01(\v2\v.pb.DroppedH\x00R\adropped\x12,\n" +
+	"\aepisode\x18\x03 \x01(\v2\x10.pb.EpisodeEventH\x00R\aepisodeB\a\n" +
+	"\x05event\"\xae\x04\n" +
+	"\fEpisodeEvent\x12)\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x15.pb.EpisodeEvent.KindR\x04kind\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x18\n" +
+	"\aepisode\x18\x03 \x01(\tR\aepisode\x12\x16\n" +
+	"\x06series\x18\x04 \x01(\tR\x06series\x12\x16\n" +
+	"\x06source\x18\x05 \x01(\tR\x06source\x12\x18\n" +
+	"\asession\x18\x06 \x01(\tR\asession\x12\"\n" +
+	"\x06origin\x18\a \x01(\x0e2\n" +
+	".pb.OriginR\x06origin\x124\n" +
+	"\astarted\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\astarted\x120\n" +
+	"\x05ended\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x05ended\x12\x14\n" +
+	"\x05count\x18\n" +
+	" \x01(\x04R\x05count\x12\x14\n" +
+	"\x05value\x18\v \x01(\x01R\x05value\x12\x12\n" +
+	"\x04mean\x18\f \x01(\x01R\x04mean\x12\x16\n" +
+	"\x06stddev\x18\r \x01(\x01R\x06stddev\x12\x16\n" +
+	"\x06zscore\x18\x0e \x01(\x01R\x06zscore\x12\x1d\n" +
+	"\n" +
+	"peak_value\x18\x0f \x01(\x01R\tpeakValue\x12\x1f\n" +
+	"\vpeak_zscore\x18\x10 \x01(\x01R\n" +
+	"peakZscore\"C\n" +
+	"\x04Kind\x12\x14\n" +
+	"\x10KIND_UNSPECIFIED\x10\x00\x12\n" +
+	"\n" +
+	"\x06OPENED\x10\x01\x12\v\n" +
+	"\aUPDATED\x10\x02\x12\f\n" +
+	"\bRESOLVED\x10\x03*`\n" +
+	"\tDirection\x12\x19\n" +
+	"\x15DIRECTION_UNSPECIFIED\x10\x00\x12\x12\n" +
+	"\x0eDIRECTION_BOTH\x10\x01\x12\x10\n" +
+	"\fDIRECTION_UP\x10\x02\x12\x12\n" +
+	"\x0eDIRECTION_DOWN\x10\x03*F\n" +
+	"\x05Score\x12\x15\n" +
+	"\x11SCORE_UNSPECIFIED\x10\x00\x12\x10\n" +
+	"\fSCORE_ZSCORE\x10\x01\x12\x14\n" +
+	"\x10SCORE_LIKELIHOOD\x10\x02*G\n" +
 	"\x04Mode\x12\x14\n" +
 	"\x10MODE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fMODE_CUMULATIVE\x10\x01\x12\x14\n" +
-	"\x10MODE_EXPONENTIAL\x10\x02*D\n" +
+	"\x10MODE_EXPONENTIAL\x10\x02*C\n" +
+	"\n" +
+	"WatchKinds\x12\x12\n" +
+	"\x0eWATCH_OUTLIERS\x10\x00\x12\x12\n" +
+	"\x0eWATCH_EPISODES\x10\x01\x12\r\n" +
+	"\tWATCH_ALL\x10\x02*D\n" +
 	"\x06Origin\x12\x16\n" +
 	"\x12ORIGIN_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rORIGIN_STREAM\x10\x01\x12\x0f\n" +
@@ -908,43 +1508,56 @@ func file_outliers_proto_rawDescGZIP() []byte {
 	return file_outliers_proto_rawDescData
 }
 
-var file_outliers_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_outliers_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_outliers_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_outliers_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_outliers_proto_goTypes = []any{
-	(Mode)(0),                     // 0: pb.Mode
-	(Origin)(0),                   // 1: pb.Origin
-	(*Metric)(nil),                // 2: pb.Metric
-	(*DetectOptions)(nil),         // 3: pb.DetectOptions
-	(*OutliersRequest)(nil),       // 4: pb.OutliersRequest
-	(*Outlier)(nil),               // 5: pb.Outlier
-	(*OutliersResponse)(nil),      // 6: pb.OutliersResponse
-	(*WatchRequest)(nil),          // 7: pb.WatchRequest
-	(*OutlierEvent)(nil),          // 8: pb.OutlierEvent
-	(*Dropped)(nil),               // 9: pb.Dropped
-	(*WatchEvent)(nil),            // 10: pb.WatchEvent
-	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
+	(Direction)(0),                // 0: pb.Direction
+	(Score)(0),                    // 1: pb.Score
+	(Mode)(0),                     // 2: pb.Mode
+	(WatchKinds)(0),               // 3: pb.WatchKinds
+	(Origin)(0),                   // 4: pb.Origin
+	(EpisodeEvent_Kind)(0),        // 5: pb.EpisodeEvent.Kind
+	(*Metric)(nil),                // 6: pb.Metric
+	(*DetectOptions)(nil),         // 7: pb.DetectOptions
+	(*OutliersRequest)(nil),       // 8: pb.OutliersRequest
+	(*Outlier)(nil),               // 9: pb.Outlier
+	(*OutliersResponse)(nil),      // 10: pb.OutliersResponse
+	(*WatchRequest)(nil),          // 11: pb.WatchRequest
+	(*OutlierEvent)(nil),          // 12: pb.OutlierEvent
+	(*Dropped)(nil),               // 13: pb.Dropped
+	(*WatchEvent)(nil),            // 14: pb.WatchEvent
+	(*EpisodeEvent)(nil),          // 15: pb.EpisodeEvent
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
 }
 var file_outliers_proto_depIdxs = []int32{
-	11, // 0: pb.Metric.time:type_name -> google.protobuf.Timestamp
-	0,  // 1: pb.DetectOptions.mode:type_name -> pb.Mode
-	2,  // 2: pb.OutliersRequest.metrics:type_name -> pb.Metric
-	3,  // 3: pb.OutliersRequest.options:type_name -> pb.DetectOptions
-	5,  // 4: pb.OutliersResponse.outliers:type_name -> pb.Outlier
-	11, // 5: pb.OutlierEvent.time:type_name -> google.protobuf.Timestamp
-	1,  // 6: pb.OutlierEvent.origin:type_name -> pb.Origin
-	8,  // 7: pb.WatchEvent.outlier:type_name -> pb.OutlierEvent
-	9,  // 8: pb.WatchEvent.dropped:type_name -> pb.Dropped
-	4,  // 9: pb.Outliers.Detect:input_type -> pb.OutliersRequest
-	4,  // 10: pb.Outliers.DetectStream:input_type -> pb.OutliersRequest
-	7,  // 11: pb.Outliers.Watch:input_type -> pb.WatchRequest
-	6,  // 12: pb.Outliers.Detect:output_type -> pb.OutliersResponse
-	6,  // 13: pb.Outliers.DetectStream:output_type -> pb.OutliersResponse
-	10, // 14: pb.Outliers.Watch:output_type -> pb.WatchEvent
-	12, // [12:15] is the sub-list for method output_type
-	9,  // [9:12] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	16, // 0: pb.Metric.time:type_name -> google.protobuf.Timestamp
+	2,  // 1: pb.DetectOptions.mode:type_name -> pb.Mode
+	1,  // 2: pb.DetectOptions.score:type_name -> pb.Score
+	0,  // 3: pb.DetectOptions.direction:type_name -> pb.Direction
+	6,  // 4: pb.OutliersRequest.metrics:type_name -> pb.Metric
+	7,  // 5: pb.OutliersRequest.options:type_name -> pb.DetectOptions
+	9,  // 6: pb.OutliersResponse.outliers:type_name -> pb.Outlier
+	3,  // 7: pb.WatchRequest.kinds:type_name -> pb.WatchKinds
+	16, // 8: pb.OutlierEvent.time:type_name -> google.protobuf.Timestamp
+	4,  // 9: pb.OutlierEvent.origin:type_name -> pb.Origin
+	12, // 10: pb.WatchEvent.outlier:type_name -> pb.OutlierEvent
+	13, // 11: pb.WatchEvent.dropped:type_name -> pb.Dropped
+	15, // 12: pb.WatchEvent.episode:type_name -> pb.EpisodeEvent
+	5,  // 13: pb.EpisodeEvent.kind:type_name -> pb.EpisodeEvent.Kind
+	4,  // 14: pb.EpisodeEvent.origin:type_name -> pb.Origin
+	16, // 15: pb.EpisodeEvent.started:type_name -> google.protobuf.Timestamp
+	16, // 16: pb.EpisodeEvent.ended:type_name -> google.protobuf.Timestamp
+	8,  // 17: pb.Outliers.Detect:input_type -> pb.OutliersRequest
+	8,  // 18: pb.Outliers.DetectStream:input_type -> pb.OutliersRequest
+	11, // 19: pb.Outliers.Watch:input_type -> pb.WatchRequest
+	10, // 20: pb.Outliers.Detect:output_type -> pb.OutliersResponse
+	10, // 21: pb.Outliers.DetectStream:output_type -> pb.OutliersResponse
+	14, // 22: pb.Outliers.Watch:output_type -> pb.WatchEvent
+	20, // [20:23] is the sub-list for method output_type
+	17, // [17:20] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_outliers_proto_init() }
@@ -952,17 +1565,19 @@ func file_outliers_proto_init() {
 	if File_outliers_proto != nil {
 		return
 	}
+	file_outliers_proto_msgTypes[1].OneofWrappers = []any{}
 	file_outliers_proto_msgTypes[8].OneofWrappers = []any{
 		(*WatchEvent_Outlier)(nil),
 		(*WatchEvent_Dropped)(nil),
+		(*WatchEvent_Episode)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_outliers_proto_rawDesc), len(file_outliers_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   9,
+			NumEnums:      6,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -85,6 +85,7 @@ class Metrics:
         self.snapshot_failures = Counter("streamer_snapshot_failures_total", "Snapshot writes that failed (each is "
                                          "retried at the next round).", registry=registry)
 
+        self._series_expired: Callable[[], int] = lambda: 0
         registry.register(self)  # collect(), below
 
     def batch_counter(self, rpc: str) -> Callable[[int, int], None]:
@@ -108,7 +109,10 @@ class Metrics:
         for rpc, batches in sorted(self._batches.items()):
             judged.add_metric((rpc,), batches.judged)
             flagged.add_metric((rpc,), batches.flagged)
-        return [received, sent, judged, flagged]
+        expired = CounterMetricFamily("streamer_series_expired_total", "Series dropped after --series-ttl (or "
+                                      "options.series_ttl_seconds) without a value: slot reused, state gone.")
+        expired.add_metric((), self._series_expired())
+        return [received, sent, judged, flagged, expired]
 
     def snapshot(self, seconds: float, ok: bool) -> None:
         """What the session registry calls after each snapshot write."""
@@ -118,8 +122,9 @@ class Metrics:
             self.snapshot_failures.inc()
 
     def watch(self, open_streams: Callable[[], int], sessions_held: Callable[[], int],
-              series_held: Callable[[], int]) -> None:
+              series_held: Callable[[], int], series_expired: Callable[[], int] = lambda: 0) -> None:
         """Gauges read when scraped (from the HTTP server's thread), so they cost nothing per batch."""
+        self._series_expired = series_expired
         self.open_streams.set_function(open_streams)
         self.sessions_held.set_function(sessions_held)
         self.series_held.set_function(series_held)

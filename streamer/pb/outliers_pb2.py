@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0eoutliers.proto\x12\x02pb\x1a\x1fgoogle/protobuf/timestamp.proto\"O\n\x06Metric\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\"s\n\rDetectOptions\x12\x11\n\tthreshold\x18\x01 \x01(\x01\x12\x0e\n\x06warmup\x18\x02 \x01(\r\x12\x16\n\x04mode\x18\x03 \x01(\x0e\x32\x08.pb.Mode\x12\r\n\x05\x61lpha\x18\x04 \x01(\x01\x12\x18\n\x10\x65xclude_outliers\x18\x05 \x01(\x08\"p\n\x0fOutliersRequest\x12\x1b\n\x07metrics\x18\x01 \x03(\x0b\x32\n.pb.Metric\x12\"\n\x07options\x18\x02 \x01(\x0b\x32\x11.pb.DetectOptions\x12\x0f\n\x07session\x18\x03 \x01(\t\x12\x0b\n\x03seq\x18\x04 \x01(\x04\"c\n\x07Outlier\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x0c\n\x04mean\x18\x04 \x01(\x01\x12\x0e\n\x06stddev\x18\x05 \x01(\x01\x12\x0e\n\x06zscore\x18\x06 \x01(\x01\"\xb4\x01\n\x10OutliersResponse\x12\x0f\n\x07indices\x18\x01 \x03(\x05\x12\x1d\n\x08outliers\x18\x02 \x03(\x0b\x32\x0b.pb.Outlier\x12\r\n\x05\x62\x61tch\x18\x03 \x01(\x04\x12\x11\n\tduplicate\x18\x04 \x01(\x08\x12\x13\n\x0b\x61pplied_seq\x18\x05 \x01(\x04\x12\x13\n\x0b\x64urable_seq\x18\x06 \x01(\x04\x12\x11\n\tephemeral\x18\x07 \x01(\x08\x12\x11\n\tforgotten\x18\x08 \x01(\x08\"/\n\x0cWatchRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\"\xb2\x01\n\x0cOutlierEvent\x12\x0e\n\x06series\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04mean\x18\x04 \x01(\x01\x12\x0e\n\x06stddev\x18\x05 \x01(\x01\x12\x0e\n\x06zscore\x18\x06 \x01(\x01\x12\x1a\n\x06origin\x18\x07 \x01(\x0e\x32\n.pb.Origin\x12\x0f\n\x07session\x18\x08 \x01(\t\"\'\n\x07\x44ropped\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\r\n\x05total\x18\x02 \x01(\x04\"Z\n\nWatchEvent\x12#\n\x07outlier\x18\x01 \x01(\x0b\x32\x10.pb.OutlierEventH\x00\x12\x1e\n\x07\x64ropped\x18\x02 \x01(\x0b\x32\x0b.pb.DroppedH\x00\x42\x07\n\x05\x65vent*G\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0fMODE_CUMULATIVE\x10\x01\x12\x14\n\x10MODE_EXPONENTIAL\x10\x02*D\n\x06Origin\x12\x16\n\x12ORIGIN_UNSPECIFIED\x10\x00\x12\x11\n\rORIGIN_STREAM\x10\x01\x12\x0f\n\x0bORIGIN_OTLP\x10\x02\x32\xab\x01\n\x08Outliers\x12\x33\n\x06\x44\x65tect\x12\x13.pb.OutliersRequest\x1a\x14.pb.OutliersResponse\x12=\n\x0c\x44\x65tectStream\x12\x13.pb.OutliersRequest\x1a\x14.pb.OutliersResponse(\x01\x30\x01\x12+\n\x05Watch\x12\x10.pb.WatchRequest\x1a\x0e.pb.WatchEvent0\x01\x42(Z&github.com/streamer-dev/streamer/go/pbb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0eoutliers.proto\x12\x02pb\x1a\x1fgoogle/protobuf/timestamp.proto\"O\n\x06Metric\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\"\xd7\x05\n\rDetectOptions\x12\x11\n\tthreshold\x18\x01 \x01(\x01\x12\x0e\n\x06warmup\x18\x02 \x01(\r\x12\x16\n\x04mode\x18\x03 \x01(\x0e\x32\x08.pb.Mode\x12\r\n\x05\x61lpha\x18\x04 \x01(\x01\x12\x18\n\x10\x65xclude_outliers\x18\x05 \x01(\x08\x12\x1a\n\rexclude_limit\x18\x06 \x01(\rH\x00\x88\x01\x01\x12\x15\n\x08\x63ooldown\x18\x07 \x01(\rH\x01\x88\x01\x01\x12\x1d\n\x05score\x18\x08 \x01(\x0e\x32\t.pb.ScoreH\x02\x88\x01\x01\x12\x1d\n\x10likelihood_short\x18\t \x01(\rH\x03\x88\x01\x01\x12\x1e\n\x11likelihood_window\x18\n \x01(\rH\x04\x88\x01\x01\x12!\n\x14likelihood_threshold\x18\x0b \x01(\x01H\x05\x88\x01\x01\x12 \n\x13likelihood_learning\x18\x0c \x01(\rH\x06\x88\x01\x01\x12\x1f\n\x12series_ttl_seconds\x18\r \x01(\x01H\x07\x88\x01\x01\x12\x1a\n\rmin_deviation\x18\x0e \x01(\x01H\x08\x88\x01\x01\x12#\n\x16min_relative_deviation\x18\x0f \x01(\x01H\t\x88\x01\x01\x12%\n\tdirection\x18\x10 \x01(\x0e\x32\r.pb.DirectionH\n\x88\x01\x01\x12\x1a\n\rresolve_after\x18\x11 \x01(\rH\x0b\x88\x01\x01\x42\x10\n\x0e_exclude_limitB\x0b\n\t_cooldownB\x08\n\x06_scoreB\x13\n\x11_likelihood_shortB\x14\n\x12_likelihood_windowB\x17\n\x15_likelihood_thresholdB\x16\n\x14_likelihood_learningB\x15\n\x13_series_ttl_secondsB\x10\n\x0e_min_deviationB\x19\n\x17_min_relative_deviationB\x0c\n\n_directionB\x10\n\x0e_resolve_after\"p\n\x0fOutliersRequest\x12\x1b\n\x07metrics\x18\x01 \x03(\x0b\x32\n.pb.Metric\x12\"\n\x07options\x18\x02 \x01(\x0b\x32\x11.pb.DetectOptions\x12\x0f\n\x07session\x18\x03 \x01(\t\x12\x0b\n\x03seq\x18\x04 \x01(\x04\"}\n\x07Outlier\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x0c\n\x04mean\x18\x04 \x01(\x01\x12\x0e\n\x06stddev\x18\x05 \x01(\x01\x12\x0e\n\x06zscore\x18\x06 \x01(\x01\x12\x18\n\x10tail_probability\x18\x07 \x01(\x01\"\xb4\x01\n\x10OutliersResponse\x12\x0f\n\x07indices\x18\x01 \x03(\x05\x12\x1d\n\x08outliers\x18\x02 \x03(\x0b\x32\x0b.pb.Outlier\x12\r\n\x05\x62\x61tch\x18\x03 \x01(\x04\x12\x11\n\tduplicate\x18\x04 \x01(\x08\x12\x13\n\x0b\x61pplied_seq\x18\x05 \x01(\x04\x12\x13\n\x0b\x64urable_seq\x18\x06 \x01(\x04\x12\x11\n\tephemeral\x18\x07 \x01(\x08\x12\x11\n\tforgotten\x18\x08 \x01(\x08\"N\n\x0cWatchRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\x12\x1d\n\x05kinds\x18\x03 \x01(\x0e\x32\x0e.pb.WatchKinds\"\xb2\x01\n\x0cOutlierEvent\x12\x0e\n\x06series\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04mean\x18\x04 \x01(\x01\x12\x0e\n\x06stddev\x18\x05 \x01(\x01\x12\x0e\n\x06zscore\x18\x06 \x01(\x01\x12\x1a\n\x06origin\x18\x07 \x01(\x0e\x32\n.pb.Origin\x12\x0f\n\x07session\x18\x08 \x01(\t\"\'\n\x07\x44ropped\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\r\n\x05total\x18\x02 \x01(\x04\"\x7f\n\nWatchEvent\x12#\n\x07outlier\x18\x01 \x01(\x0b\x32\x10.pb.OutlierEventH\x00\x12\x1e\n\x07\x64ropped\x18\x02 \x01(\x0b\x32\x0b.pb.DroppedH\x00\x12#\n\x07\x65pisode\x18\x03 \x01(\x0b\x32\x10.pb.EpisodeEventH\x00\x42\x07\n\x05\x65vent\"\xaf\x03\n\x0c\x45pisodeEvent\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.pb.EpisodeEvent.Kind\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0f\n\x07\x65pisode\x18\x03 \x01(\t\x12\x0e\n\x06series\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x0f\n\x07session\x18\x06 \x01(\t\x12\x1a\n\x06origin\x18\x07 \x01(\x0e\x32\n.pb.Origin\x12+\n\x07started\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05\x65nded\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x63ount\x18\n \x01(\x04\x12\r\n\x05value\x18\x0b \x01(\x01\x12\x0c\n\x04mean\x18\x0c \x01(\x01\x12\x0e\n\x06stddev\x18\r \x01(\x01\x12\x0e\n\x06zscore\x18\x0e \x01(\x01\x12\x12\n\npeak_value\x18\x0f \x01(\x01\x12\x13\n\x0bpeak_zscore\x18\x10 \x01(\x01\"C\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\n\n\x06OPENED\x10\x01\x12\x0b\n\x07UPDATED\x10\x02\x12\x0c\n\x08RESOLVED\x10\x03*`\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44IRECTION_BOTH\x10\x01\x12\x10\n\x0c\x44IRECTION_UP\x10\x02\x12\x12\n\x0e\x44IRECTION_DOWN\x10\x03*F\n\x05Score\x12\x15\n\x11SCORE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSCORE_ZSCORE\x10\x01\x12\x14\n\x10SCORE_LIKELIHOOD\x10\x02*G\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0fMODE_CUMULATIVE\x10\x01\x12\x14\n\x10MODE_EXPONENTIAL\x10\x02*C\n\nWatchKinds\x12\x12\n\x0eWATCH_OUTLIERS\x10\x00\x12\x12\n\x0eWATCH_EPISODES\x10\x01\x12\r\n\tWATCH_ALL\x10\x02*D\n\x06Origin\x12\x16\n\x12ORIGIN_UNSPECIFIED\x10\x00\x12\x11\n\rORIGIN_STREAM\x10\x01\x12\x0f\n\x0bORIGIN_OTLP\x10\x02\x32\xab\x01\n\x08Outliers\x12\x33\n\x06\x44\x65tect\x12\x13.pb.OutliersRequest\x1a\x14.pb.OutliersResponse\x12=\n\x0c\x44\x65tectStream\x12\x13.pb.OutliersRequest\x1a\x14.pb.OutliersResponse(\x01\x30\x01\x12+\n\x05Watch\x12\x10.pb.WatchRequest\x1a\x0e.pb.WatchEvent0\x01\x42(Z&github.com/streamer-dev/streamer/go/pbb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,28 +33,38 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'outliers_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z&github.com/streamer-dev/streamer/go/pb'
-  _globals['_MODE']._serialized_start=1014
-  _globals['_MODE']._serialized_end=1085
-  _globals['_ORIGIN']._serialized_start=1087
-  _globals['_ORIGIN']._serialized_end=1155
+  _globals['_DIRECTION']._serialized_start=2155
+  _globals['_DIRECTION']._serialized_end=2251
+  _globals['_SCORE']._serialized_start=2253
+  _globals['_SCORE']._serialized_end=2323
+  _globals['_MODE']._serialized_start=2325
+  _globals['_MODE']._serialized_end=2396
+  _globals['_WATCHKINDS']._serialized_start=2398
+  _globals['_WATCHKINDS']._serialized_end=2465
+  _globals['_ORIGIN']._serialized_start=2467
+  _globals['_ORIGIN']._serialized_end=2535
   _globals['_METRIC']._serialized_start=55
   _globals['_METRIC']._serialized_end=134
-  _globals['_DETECTOPTIONS']._serialized_start=136
-  _globals['_DETECTOPTIONS']._serialized_end=251
-  _globals['_OUTLIERSREQUEST']._serialized_start=253
-  _globals['_OUTLIERSREQUEST']._serialized_end=365
-  _globals['_OUTLIER']._serialized_start=367
-  _globals['_OUTLIER']._serialized_end=466
-  _globals['_OUTLIERSRESPONSE']._serialized_start=469
-  _globals['_OUTLIERSRESPONSE']._serialized_end=649
-  _globals['_WATCHREQUEST']._serialized_start=651
-  _globals['_WATCHREQUEST']._serialized_end=698
-  _globals['_OUTLIEREVENT']._serialized_start=701
-  _globals['_OUTLIEREVENT']._serialized_end=879
-  _globals['_DROPPED']._serialized_start=881
-  _globals['_DROPPED']._serialized_end=920
-  _globals['_WATCHEVENT']._serialized_start=922
-  _globals['_WATCHEVENT']._serialized_end=1012
-  _globals['_OUTLIERS']._serialized_start=1158
-  _globals['_OUTLIERS']._serialized_end=1329
+  _globals['_DETECTOPTIONS']._serialized_start=137
+  _globals['_DETECTOPTIONS']._serialized_end=864
+  _globals['_OUTLIERSREQUEST']._serialized_start=866
+  _globals['_OUTLIERSREQUEST']._serialized_end=978
+  _globals['_OUTLIER']._serialized_start=980
+  _globals['_OUTLIER']._serialized_end=1105
+  _globals['_OUTLIERSRESPONSE']._serialized_start=1108
+  _globals['_OUTLIERSRESPONSE']._serialized_end=1288
+  _globals['_WATCHREQUEST']._serialized_start=1290
+  _globals['_WATCHREQUEST']._serialized_end=1368
+  _globals['_OUTLIEREVENT']._serialized_start=1371
+  _globals['_OUTLIEREVENT']._serialized_end=1549
+  _globals['_DROPPED']._serialized_start=1551
+  _globals['_DROPPED']._serialized_end=1590
+  _globals['_WATCHEVENT']._serialized_start=1592
+  _globals['_WATCHEVENT']._serialized_end=1719
+  _globals['_EPISODEEVENT']._serialized_start=1722
+  _globals['_EPISODEEVENT']._serialized_end=2153
+  _globals['_EPISODEEVENT_KIND']._serialized_start=2086
+  _globals['_EPISODEEVENT_KIND']._serialized_end=2153
+  _globals['_OUTLIERS']._serialized_start=2538
+  _globals['_OUTLIERS']._serialized_end=2709
 # @@protoc_insertion_point(module_scope)

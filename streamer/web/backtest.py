@@ -35,15 +35,26 @@ class BacktestError(ValueError):
     """The upload or an option set cannot be used; str() says which and why (HTTP 400)."""
 
 
+PROTO_NAMES = {"series_ttl": "series_ttl_seconds"}  # wire.Options' names that differ from DetectOptions'
+
+
+def _kind(f) -> str:
+    """bool, int or float: a field's type as wire.Options declares it (an optional field: `int | None`)."""
+    text = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    return next(k for k in ("bool", "int", "float") if k in text)
+
+
 def option_fields() -> list[dict]:
     """The fields an option set may give: DetectOptions as the pipeline reads it (wire.Options), so a new option
     appears in the page's form without a change here."""
-    out = []
-    for f in dataclasses.fields(Options):
-        kind = type(f.default).__name__ if f.default is not None else "float"
-        out.append({"name": f.name, "type": kind, "default": f.default,
-                    "choices": list(MODES) if f.name == "mode" else None})
-    return out
+    return [{"name": f.name, "type": _kind(f), "default": f.default,
+             "choices": list(MODES) if f.name == "mode" else None} for f in dataclasses.fields(Options)]
+
+
+def _proto(options: Options) -> pb.DetectOptions:
+    """The DetectOptions message of `options` (its unset optional fields left unset)."""
+    return pb.DetectOptions(**{PROTO_NAMES.get(k, k): v for k, v in dataclasses.asdict(options).items()
+                               if v is not None})
 
 
 def parse_options(raw: dict, where: str) -> Options:
@@ -64,14 +75,14 @@ def parse_options(raw: dict, where: str) -> Options:
                 if v.lower() not in MODES:
                     raise ValueError(v)
                 v = MODES[v.lower()]
-            elif isinstance(f.default, bool):
+            elif _kind(f) == "bool":
                 v = v if isinstance(v, bool) else str(v).lower() in ("1", "true", "on", "yes")
-            elif isinstance(f.default, int):
+            elif _kind(f) == "int":
                 v = int(v)
             else:
                 v = float(v)
         except (TypeError, ValueError):
-            raise BacktestError(f"{where}: option {name} = {v!r} is not a {type(f.default).__name__}") from None
+            raise BacktestError(f"{where}: option {name} = {v!r} is not a {_kind(f)}") from None
         values[name] = v
     return Options(**values)
 
@@ -166,7 +177,7 @@ def _run_set(names, values, times, options: Options, params, defaults: detector.
     stream = detector.StreamDetector(defaults, registry)
     flagged = np.zeros(len(names), dtype=bool)
     judged: dict[int, tuple] = {}
-    tail = options_field(pb.DetectOptions(**dataclasses.asdict(options)))
+    tail = options_field(_proto(options))
     try:
         for start in range(0, len(names), BATCH_ROWS):
             b = RequestBuilder()

@@ -20,6 +20,7 @@ import urllib.parse
 from importlib import resources
 
 from streamer import detector
+from streamer.pb import outliers_pb2 as pb
 from streamer.web.backtest import BacktestError, Backtests, option_fields
 from streamer.web.tap import DELIVER_SECONDS, Taps, points_json
 
@@ -64,10 +65,15 @@ def event_json(e) -> dict:
         d["time"] = d.pop("time_ns") / 1e9
         d["source"] = ORIGIN_NAMES.get(d.pop("origin"), "stream")
         return d
-    if dataclasses.is_dataclass(e):
+    if dataclasses.is_dataclass(e):  # sinks/episode.py EpisodeEvent
         d = dataclasses.asdict(e)
         d["state"] = d.pop("kind", "")
         d["kind"] = "episode"
+        d["id"] = d.get("episode", "")
+        where = str(d.get("source", ""))
+        d["session"] = getattr(e, "session", where[8:] if where.startswith("session ") else "")
+        d["source"] = "otlp" if where.startswith("otlp") else "stream"
+        d["source_name"] = where
         return d
     return {"kind": "dropped", "count": getattr(e, "count", 0), "total": getattr(e, "total", 0)}
 
@@ -254,7 +260,7 @@ class PageServer:
         if source and source not in ORIGINS:
             return await self._send(writer, 400, {"error": f"source {source!r}: one of {', '.join(ORIGINS)}"})
         hub = self.service.hub
-        sub = hub.subscribe(q.get("session", ""), q.get("prefix", ""), EVENTS_QUEUE)
+        sub = hub.subscribe(q.get("session", ""), q.get("prefix", ""), EVENTS_QUEUE, pb.WATCH_ALL)
         gone = asyncio.ensure_future(reader.read(1))  # a page sends nothing more: EOF when it goes away
         try:
             await self._sse_head(writer)

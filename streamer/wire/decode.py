@@ -14,8 +14,7 @@ one byte (primitives.advanced), so positions never move backwards, never pass th
 costs at most n iterations. Every load is checked against the end of its record first.
 
 Deliberate differences from the protobuf library:
-- `times` is seconds * 10**9 + nanos in int64, wrapping outside the years 1678-2262 (the library keeps
-  the two fields; `time` is carried, not scored).
+- `times` is seconds * 10**9 + nanos in int64, wrapping outside 1678-2262 (used for the series TTL only).
 - Messages of 2 GiB or more are not rejected here (grpc's --max-message-mb stops them long before).
 """
 from __future__ import annotations
@@ -25,24 +24,14 @@ import dataclasses
 import numpy as np
 from numba import njit
 
+from streamer.wire.options import _HAS_OPTIONS, OPTION_SLOTS, Options, _int32, _option_field, options_of  # noqa: F401
 from streamer.wire.primitives import (E_DEPTH, E_GROUP, E_NAME_UTF8, E_SESSION_UTF8, E_TAG, E_TRUNCATED,
                                       E_WIRETYPE, ERRORS, HASH_SEED, HOT, INLINE, advanced, byte_at, f64_bits,
-                                      hash_utf8, load_f64, load_i64, name_hash, utf8_valid, varint, varint32)
+                                      hash_utf8, load_f64, name_hash, utf8_valid, varint, varint32)
 
 
 class WireError(ValueError):
     """The bytes are not a valid OutliersRequest."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-    """DetectOptions as sent; zero fields mean "the server's default" (resolved in detector.py)."""
-
-    threshold: float = 0.0
-    warmup: int = 0
-    mode: int = 0
-    alpha: float = 0.0
-    exclude_outliers: bool = False
 
 
 @dataclasses.dataclass
@@ -63,13 +52,12 @@ class Columns:
         return len(self.values)
 
 
-_MAX_DEPTH = 100          # upb's default nesting limit; each sub-message and each group takes one level
-_NS = np.int64(1_000_000_000)
+_MAX_DEPTH, _NS = 100, np.int64(1_000_000_000)  # upb's nesting limit (a level each sub-message and group); ns/s
 
 # The decoder's state, one int64 array: the request's options and session as read so far, where to resume
 # when the columns are full, and the stack of open groups.
-_HAS_OPTIONS, _WARMUP, _MODE, _EXCLUDE, _THRESHOLD, _ALPHA = 0, 1, 2, 3, 4, 5  # doubles kept as their bits
-_SESSION_START, _SESSION_LEN, _POS, _COUNT, _BAD_METRIC, _SEED, _SEQ, _STACK = 6, 7, 8, 9, 10, 11, 12, 13
+# Options take slots 0 .. OPTION_SLOTS - 1 (options.py); _HAS_OPTIONS is slot 0.
+_SESSION_START, _SESSION_LEN, _POS, _COUNT, _BAD_METRIC, _SEED, _SEQ, _STACK = range(OPTION_SLOTS, OPTION_SLOTS + 8)
 _STATE_SIZE = _STACK + _MAX_DEPTH
 _FULL = 1  # _decode's return when the columns are full: grow them and call again
 
@@ -172,13 +160,6 @@ def _skip(b, p, end, t, depth, st):
 
 
 @njit(**INLINE)
-def _int32(x):
-    """The low 32 bits of int64 x as a signed int32, as upb keeps an int32 or enum field."""
-    x &= 0xFFFFFFFF
-    return x - 0x100000000 if x >= 0x80000000 else x
-
-
-@njit(**INLINE)
 def _decode_timestamp(b, p, end, seconds, nanos, st):
     """Merge the google.protobuf.Timestamp in b[p:end] into (seconds, nanos); returns (s, n, next)."""
     if end - p >= 2 and byte_at(b, p) == 0x08:
@@ -223,23 +204,8 @@ def _decode_options(b, p, end, st):
         t, p = _tag(b, p, end)
         if p < 0:
             return p
-        if t == 0x09 or t == 0x21:  # threshold, alpha: double
-            if end - p < 8:
-                return -E_TRUNCATED
-            st[_THRESHOLD if t == 0x09 else _ALPHA] = load_i64(b, p)
-            p += 8
-        elif t == 0x10 or t == 0x18 or t == 0x28:
-            x, p = varint(b, p, end)
-            if p < 0:
-                return p
-            if t == 0x10:
-                st[_WARMUP] = x & 0xFFFFFFFF  # uint32
-            elif t == 0x18:
-                st[_MODE] = _int32(x)  # enum Mode is int32; open, so any value is kept
-            else:
-                st[_EXCLUDE] = 1 if x != 0 else 0  # bool
-        else:
-            p = _skip(b, p, end, t, _MAX_DEPTH - 1, st)
+        q, known = _option_field(b, p, end, t, st)
+        p = q if known else _skip(b, p, end, t, _MAX_DEPTH - 1, st)
         p = advanced(start, p, "_decode_options")
         if p < 0:
             return p
@@ -359,12 +325,6 @@ def wire_error(st: np.ndarray, code: int) -> WireError:
     pos, bad = int(st[_POS]), int(st[_BAD_METRIC])
     where = f"metric {bad - 1} (at byte {pos})" if bad else f"at byte {pos}"
     return WireError(f"request is not a valid OutliersRequest: {where}: {ERRORS[-code]}")
-
-
-def options_of(st: np.ndarray) -> Options:
-    """The DetectOptions _decode read into st."""
-    threshold, alpha = st[_THRESHOLD:_ALPHA + 1].view(np.float64).tolist()
-    return Options(threshold, int(st[_WARMUP]), int(st[_MODE]), alpha, bool(st[_EXCLUDE]))
 
 
 def session_of(buf: bytes, st: np.ndarray) -> str:

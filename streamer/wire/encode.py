@@ -52,8 +52,8 @@ def _put_double(out, p, tag, x):
 
 
 @njit(**INLINE)
-def _outlier_size(index, name_len, value, mean, std, z):
-    size = 0
+def _outlier_size(index, name_len, value, mean, std, z, tail):
+    size = _double_size(tail)
     if index != 0:
         size += 1 + _varint_size(index)
     if name_len:
@@ -62,16 +62,18 @@ def _outlier_size(index, name_len, value, mean, std, z):
 
 
 @njit(**HOT)
-def _encode(out, batch, index, rows, ids, values, mean, std, z, arena, name_off, name_len):
+def _encode(out, batch, index, rows, ids, values, mean, std, z, tail, arena, name_off, name_len):
     """Write the OutliersResponse for flagged batch positions `index` (int32[k], ascending) into `out`.
 
     Outlier j has series s = ids[rows[j]] and value values[rows[j]], name arena[name_off[s]:][:name_len[s]],
-    and mean[j], std[j], z[j]. Returns the response's size; writes nothing if `out` is shorter than that.
+    and mean[j], std[j], z[j], and tail[j] as its tail_probability (none when `tail` is empty). Returns the
+    response's size; writes nothing if `out` is shorter than that.
     Returns -1 (writing nothing) if a row, series or name lies outside its array: no unchecked reads.
     """
     k = len(index)
-    if len(rows) < k or len(mean) < k or len(std) < k or len(z) < k:
+    if len(rows) < k or len(mean) < k or len(std) < k or len(z) < k or (len(tail) and len(tail) < k):
         return -1
+    tails = len(tail) > 0
     for j in range(k):
         r = rows[j]
         if r < 0 or r >= len(ids) or r >= len(values):
@@ -89,7 +91,8 @@ def _encode(out, batch, index, rows, ids, values, mean, std, z, arena, name_off,
         size += 1 + _varint_size(packed) + packed
     for j in range(k):
         r = rows[j]
-        sub = _outlier_size(np.int64(index[j]), name_len[ids[r]], values[r], mean[j], std[j], z[j])
+        sub = _outlier_size(np.int64(index[j]), name_len[ids[r]], values[r], mean[j], std[j], z[j],
+                            tail[j] if tails else 0.0)
         size += 1 + _varint_size(sub) + sub
     if batch != 0:
         size += 1 + _varint_size(batch)
@@ -106,8 +109,9 @@ def _encode(out, batch, index, rows, ids, values, mean, std, z, arena, name_off,
         r = rows[j]
         s = ids[r]
         nl = name_len[s]
+        t = tail[j] if tails else 0.0
         out[p] = 0x12  # field 2: an Outlier
-        p = _put_varint(out, p + 1, _outlier_size(i, nl, values[r], mean[j], std[j], z[j]))
+        p = _put_varint(out, p + 1, _outlier_size(i, nl, values[r], mean[j], std[j], z[j], t))
         if i != 0:
             out[p] = 0x08
             p = _put_varint(out, p + 1, i)
@@ -122,6 +126,7 @@ def _encode(out, batch, index, rows, ids, values, mean, std, z, arena, name_off,
         p = _put_double(out, p, 0x21, mean[j])
         p = _put_double(out, p, 0x29, std[j])
         p = _put_double(out, p, 0x31, z[j])
+        p = _put_double(out, p, 0x39, t)
     if batch != 0:
         out[p] = 0x18
         p = _put_varint(out, p + 1, batch)
@@ -170,36 +175,41 @@ def encode_trailer(batch: int, applied_seq: int, durable_seq: int, ephemeral: bo
     return bytes(out)
 
 
-def _encoded(batch, index, rows, ids, values, mean, std, z, arena, name_off, name_len) -> bytes:
+_NO_TAIL = np.zeros(0, dtype=np.float64)
+
+
+def _encoded(batch, index, rows, ids, values, mean, std, z, arena, name_off, name_len, tail=_NO_TAIL) -> bytes:
     # room for outliers with names up to ~40 bytes; asked again with the exact size if that is short
     out = np.empty(16 + 96 * len(index), dtype=np.uint8)
-    size = _encode(out, batch, index, rows, ids, values, mean, std, z, arena, name_off, name_len)
+    size = _encode(out, batch, index, rows, ids, values, mean, std, z, tail, arena, name_off, name_len)
     if size < 0:
         raise ValueError("encode: an index, series slot or name is outside its array, or mean/std/z are short")
     if size > len(out):
         out = np.empty(size, dtype=np.uint8)
-        _encode(out, batch, index, rows, ids, values, mean, std, z, arena, name_off, name_len)
+        _encode(out, batch, index, rows, ids, values, mean, std, z, tail, arena, name_off, name_len)
     return out[:size].tobytes()
 
 
 def encode_flagged(batch: int, index: np.ndarray, ids: np.ndarray, values: np.ndarray, mean: np.ndarray,
-                   std: np.ndarray, z: np.ndarray, table) -> bytes:
+                   std: np.ndarray, z: np.ndarray, table, tail: np.ndarray = _NO_TAIL) -> bytes:
     """Encode an OutliersResponse for flagged positions `index` of a batch whose columns are ids and values.
 
     index: int32[k] ascending positions in the batch; ids: int64[n] series slots in `table` (a SeriesTable);
-    values: float64[n]; mean, std, z: float64, aligned with index (only the first k are read).
+    values: float64[n]; mean, std, z and (SCORE_LIKELIHOOD, else empty) tail: float64, aligned with index
+    (only the first k are read).
     """
     k = len(index)
     if k == 0:  # most batches of a stream
         return _batch_only(int(batch))
     arena, name_off, name_len = table.name_arrays()
     # mean/std/z need no slicing: _encode reads the first k (slices cost 0.15 us each, 0.15 ns a metric at 1000)
-    return _encoded(int(batch), index, index, ids, values, mean, std, z, arena, name_off, name_len)
+    return _encoded(int(batch), index, index, ids, values, mean, std, z, arena, name_off, name_len, tail)
 
 
 def encode_response(batch: int, index: np.ndarray, names: list[bytes], values: np.ndarray,
-                    mean: np.ndarray, std: np.ndarray, z: np.ndarray) -> bytes:
-    """Encode an OutliersResponse: `index` ascending, the other columns aligned with it."""
+                    mean: np.ndarray, std: np.ndarray, z: np.ndarray, tail: np.ndarray = _NO_TAIL) -> bytes:
+    """Encode an OutliersResponse: `index` ascending, the other columns aligned with it (tail: empty, or the
+    tail probabilities)."""
     k = len(index)
     if k == 0:
         return _batch_only(int(batch))
@@ -211,4 +221,4 @@ def encode_response(batch: int, index: np.ndarray, names: list[bytes], values: n
     return _encoded(int(batch), np.asarray(index, dtype=np.int32), rows, rows,
                     np.asarray(values, dtype=np.float64), np.asarray(mean, dtype=np.float64),
                     np.asarray(std, dtype=np.float64), np.asarray(z, dtype=np.float64),
-                    arena, name_off, name_len)
+                    arena, name_off, name_len, np.asarray(tail, dtype=np.float64))

@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/signal"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -137,59 +136,47 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) error {
 	// The stream outlives ctx by up to cfg.drain, so that answers already due are still printed.
 	streamCtx, cancelStream := context.WithCancel(context.Background())
 	defer cancelStream()
-	st := c.OpenStream(streamCtx, client.StreamConfig{
+	// Each sample of the source is one Add: the Batcher sends it after its linger, together with any other
+	// samples added meanwhile, and hands back the outliers among its own metrics (indices within the sample).
+	b := c.NewBatcher(streamCtx, client.BatcherConfig{Stream: client.StreamConfig{
 		Session: cfg.session, Options: cfg.options, AnswerTimeout: cfg.answer, MaxRetries: -1,
 		OnRetry: func(n int, delay time.Duration, err error) {
 			fmt.Fprintf(logw, "collector: reconnecting in %v (attempt %d): %v\n", delay.Round(time.Millisecond), n+1, err)
 		},
-	})
+	}})
 	fmt.Fprintf(logw, "collector: streaming %s to %s every %v as session %q\n", what, cfg.addr, cfg.interval, cfg.session)
-
-	var mu sync.Mutex
-	injected := map[uint64][]int{} // seq -> positions of injected spikes, for the printer's annotation
-
-	sendErr := make(chan error, 1)
-	go func() {
-		defer st.CloseSend()
-		sendErr <- produce(ctx, cfg, src, st, func(seq uint64, spikes []int) {
-			mu.Lock()
-			injected[seq] = spikes
-			mu.Unlock()
-		})
-	}()
-	stopDrain := context.AfterFunc(ctx, func() { time.AfterFunc(cfg.drain, cancelStream) })
-	defer stopDrain()
-
-	for r := range st.Results() {
-		mu.Lock()
-		spikes := injected[r.Seq]
-		delete(injected, r.Seq)
-		mu.Unlock()
-		for _, o := range r.Response.GetOutliers() {
-			note := ""
-			for _, i := range spikes {
-				if int32(i) == o.GetIndex() {
-					note = "  [injected spike]"
+	print := func(seq uint64, spikes []int) func([]*pb.Outlier, error) {
+		return func(outliers []*pb.Outlier, err error) { // on the Batcher's goroutine, in the order of the Adds
+			for _, o := range outliers {
+				note := ""
+				for _, i := range spikes {
+					if int32(i) == o.GetIndex() {
+						note = "  [injected spike]"
+					}
 				}
+				fmt.Fprintf(out, "%s batch %d  %-26s value=%-12.6g mean=%-12.6g stddev=%-10.4g z=%+.2f%s\n",
+					time.Now().Format(time.RFC3339), seq, o.GetName(), o.GetValue(), o.GetMean(), o.GetStddev(),
+					o.GetZscore(), note)
 			}
-			fmt.Fprintf(out, "%s batch %d  %-26s value=%-12.6g mean=%-12.6g stddev=%-10.4g z=%+.2f%s\n",
-				time.Now().Format(time.RFC3339), r.Seq, o.GetName(), o.GetValue(), o.GetMean(), o.GetStddev(),
-				o.GetZscore(), note)
 		}
 	}
-	err = st.Err()
+	stopDrain := context.AfterFunc(ctx, func() { time.AfterFunc(cfg.drain, cancelStream) })
+	defer stopDrain()
+	sendErr := produce(ctx, cfg, src, b, print)
+	err = b.Close() // every sample added is answered (or the drain time runs out)
 	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		err = nil // interrupted, and the drain time ran out: not a failure
 	}
-	if serr := <-sendErr; serr != nil && err == nil {
-		err = serr
+	if sendErr != nil && err == nil {
+		err = sendErr
 	}
 	return err
 }
 
-// produce sends a batch from src every cfg.interval until ctx ends (not an error) or cfg.count batches are
-// sent; note records the injected spikes of batch seq before it is sent.
-func produce(ctx context.Context, cfg config, src source, st *client.Stream, note func(seq uint64, spikes []int)) error {
+// produce adds a sample from src every cfg.interval until ctx ends (not an error) or cfg.count samples are
+// added; print(seq, spikes) is what is done with sample seq's outliers (spikes: its injected ones).
+func produce(ctx context.Context, cfg config, src source, b *client.Batcher,
+	print func(seq uint64, spikes []int) func([]*pb.Outlier, error)) error {
 	tick := time.NewTicker(cfg.interval)
 	defer tick.Stop()
 	for seq := uint64(0); cfg.count == 0 || seq < uint64(cfg.count); seq++ {
@@ -197,13 +184,7 @@ func produce(ctx context.Context, cfg config, src source, st *client.Stream, not
 		if err != nil {
 			return err
 		}
-		if len(spikes) > 0 {
-			note(seq, spikes)
-		}
-		if err := st.Send(ctx, batch); err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
+		if err := b.AddFunc(batch, print(seq, spikes)); err != nil {
 			return err
 		}
 		select {

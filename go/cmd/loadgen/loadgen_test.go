@@ -136,3 +136,32 @@ func TestRunOverMutualTLS(t *testing.T) {
 		t.Fatal("a plaintext load generator was answered by an mTLS server")
 	}
 }
+
+// TestPacedNeverExceedsItsRate: -rate spreads each stream's batches over time: the batches answered in the
+// measured time are at most what the rate allows (plus one a stream), each over the stream's own names.
+func TestPacedNeverExceedsItsRate(t *testing.T) {
+	srv := testserver.Shared(t)
+	cfg := config{Addr: srv.Addr, Mode: "stream", Rate: 4000, Window: 8, Batch: 100, Series: 1000, Streams: 2,
+		Sessions: true, Duration: 500 * time.Millisecond, Warmup: 100 * time.Millisecond, Seed: 1, Timeout: 10 * time.Second}
+	if err := cfg.validate(); err != nil {
+		t.Fatal(err)
+	}
+	rep := run(context.Background(), cfg)
+	if rep.Errors != 0 {
+		t.Fatalf("errors: %d, first: %s", rep.Errors, rep.Error)
+	}
+	allowed := int64(cfg.Rate*rep.DurationS)/int64(cfg.Batch) + int64(cfg.Streams)
+	if rep.Batches < 1 || rep.Batches > allowed || rep.Rate != cfg.Rate {
+		t.Errorf("%d batches in %.2f s at %v metrics/s: want 1..%d", rep.Batches, rep.DurationS, cfg.Rate, allowed)
+	}
+	if !(0 < rep.P50Ms && rep.P50Ms <= rep.P99Ms && rep.P99Ms <= rep.P999Ms && rep.P999Ms <= rep.MaxMs) {
+		t.Errorf("latencies out of order: %+v", rep)
+	}
+	frames, err := encodePaced(cfg)
+	if err != nil || len(frames) != 2 || len(frames[1]) != 5 {
+		t.Fatalf("paced frames: %v, %d streams", err, len(frames))
+	}
+	if bad := (config{Mode: "detect", Rate: 10, Batch: 1, Series: 1, Streams: 1, Duration: time.Second}).validate(); bad == nil {
+		t.Error("-rate with -mode detect was accepted")
+	}
+}

@@ -1,5 +1,5 @@
-// Command loadgen drives a streamer server at full speed through Detect or DetectStream and reports
-// metrics/s, batches/s and latency percentiles, as text or as one JSON object (fields in go/README.md).
+// Command loadgen drives a streamer server at full speed (or paced, -rate) through Detect or DetectStream and
+// reports metrics/s, batches/s and latency percentiles, as text or as one JSON object (fields in go/README.md).
 package main
 
 import (
@@ -44,6 +44,8 @@ var (
 	seed       = flag.Uint64("seed", 1, "random seed of the values")
 	timeout    = flag.Duration("timeout", 30*time.Second, "deadline of each Detect call")
 	jsonOut    = flag.Bool("json", false, "print one JSON object instead of text")
+	rate       = flag.Float64("rate", 0, "stream: metrics per second in all, paced (0: flat out); each stream cycles through its own -series/-streams names")
+	sessions   = flag.Bool("sessions", false, "stream -rate: each stream continues its own session loadgen-<n>")
 	tlsFlags   = tlsflag.Register(flag.CommandLine)
 )
 
@@ -62,6 +64,9 @@ type config struct {
 	Seed       uint64
 	Timeout    time.Duration
 	TLS        *tls.Config // nil: plaintext
+	ServerPID  int         // 0: the server's CPU is not read (servercpu.go)
+	Rate       float64     // paced.go; 0: flat out
+	Sessions   bool
 }
 
 // report is the result; its JSON form is the interface of the benchmark harness, documented in go/README.md.
@@ -83,8 +88,11 @@ type report struct {
 	MetricsPerS   float64 `json:"metrics_per_s"`
 	P50Ms         float64 `json:"p50_ms"`
 	P99Ms         float64 `json:"p99_ms"`
+	P999Ms        float64 `json:"p999_ms"`
+	Rate          float64 `json:"rate"`
 	MeanMs        float64 `json:"mean_ms"`
 	MaxMs         float64 `json:"max_ms"`
+	ServerCPUS    float64 `json:"server_cpu_s"` // with -server-pid: its CPU seconds over duration_s
 	Errors        int     `json:"errors"`
 	Error         string  `json:"error"`
 	GoVersion     string  `json:"go_version"`
@@ -94,7 +102,8 @@ type report struct {
 func main() {
 	flag.Parse()
 	cfg := config{Addr: *addr, Mode: *mode, Batch: *batch, Series: *series, Streams: *streams, Duration: *duration,
-		Warmup: *warmup, Pipelined: *pipelined, Window: *window, Timestamps: *timestamps, Seed: *seed, Timeout: *timeout}
+		Warmup: *warmup, Pipelined: *pipelined, Window: *window, Timestamps: *timestamps, Seed: *seed, Timeout: *timeout,
+		ServerPID: *serverPID, Rate: *rate, Sessions: *sessions}
 	var err error
 	if cfg.TLS, err = tlsFlags.Config(); err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
@@ -103,6 +112,10 @@ func main() {
 	if err := cfg.validate(); err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
 		os.Exit(2)
+	}
+	if *adaptive { // adaptive.go
+		adaptiveMain(cfg)
+		return
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -129,8 +142,10 @@ func (c config) validate() error {
 		return errors.New("-batch, -series and -streams must be >= 1")
 	case c.Duration <= 0 || c.Warmup < 0:
 		return errors.New("-duration must be > 0 and -warmup >= 0")
-	case c.Pipelined && c.Window < 1:
+	case (c.Pipelined || c.Rate > 0) && c.Window < 1:
 		return errors.New("-window must be >= 1")
+	case c.Rate < 0 || (c.Rate > 0 && c.Mode != "stream"):
+		return errors.New("-rate must be >= 0, and is for -mode stream")
 	}
 	return nil
 }
@@ -209,22 +224,30 @@ type worker struct {
 func run(ctx context.Context, cfg config) report {
 	rep := report{Mode: cfg.Mode, Pipelined: cfg.Pipelined && cfg.Mode == "stream", Addr: cfg.Addr,
 		Streams: cfg.Streams, Batch: cfg.Batch, Series: cfg.Series, WarmupS: cfg.Warmup.Seconds(),
-		GoVersion: runtime.Version(), GrpcGoVersion: grpc.Version}
-	if rep.Pipelined {
+		GoVersion: runtime.Version(), GrpcGoVersion: grpc.Version, Rate: cfg.Rate}
+	if rep.Pipelined || cfg.Rate > 0 {
 		rep.Window = cfg.Window
 	}
 	frames, err := encodeRequests(cfg)
+	var paced [][][]byte
+	if err == nil && cfg.Rate > 0 {
+		paced, err = encodePaced(cfg)
+	}
 	if err != nil {
 		rep.Errors, rep.Error = 1, err.Error()
 		return rep
 	}
 	rep.RequestBytes = len(frames[0])
+	if paced != nil {
+		rep.RequestBytes = len(paced[0][0])
+	}
 
 	start := time.Now()
 	measureFrom := start.Add(cfg.Warmup)
 	stopAt := measureFrom.Add(cfg.Duration)
 	runCtx, cancel := context.WithDeadline(ctx, stopAt)
 	defer cancel()
+	serverCPU := watchServerCPU(cfg.ServerPID, measureFrom, stopAt)
 
 	workers := make([]*worker, cfg.Streams)
 	var wg sync.WaitGroup
@@ -234,7 +257,11 @@ func run(ctx context.Context, cfg config) report {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			w.err = drive(runCtx, cfg, frames, i, w)
+			if paced != nil {
+				w.err = drive(runCtx, cfg, paced[i], i, w)
+			} else {
+				w.err = drive(runCtx, cfg, frames, i, w)
+			}
 		}()
 	}
 	wg.Wait()
@@ -243,6 +270,9 @@ func run(ctx context.Context, cfg config) report {
 		end = stopAt // answers drained after the end are not counted, nor is the time spent draining
 	}
 
+	if rep.ServerCPUS, err = serverCPU.result(); err != nil {
+		rep.Errors, rep.Error = rep.Errors+1, fmt.Sprintf("server CPU: %v", err)
+	}
 	var lat []time.Duration
 	var sum time.Duration
 	for _, w := range workers {
@@ -274,6 +304,7 @@ func run(ctx context.Context, cfg config) report {
 		slices.Sort(lat)
 		rep.P50Ms = ms(percentile(lat, 50))
 		rep.P99Ms = ms(percentile(lat, 99))
+		rep.P999Ms = ms(percentile(lat, 99.9))
 		rep.MeanMs = ms(sum / time.Duration(len(lat)))
 		rep.MaxMs = ms(lat[len(lat)-1])
 	}
@@ -304,6 +335,8 @@ func drive(ctx context.Context, cfg config, frames [][]byte, id int, w *worker) 
 	switch {
 	case cfg.Mode == "detect":
 		err = driveDetect(ctx, cfg, conn, frames, id, w)
+	case cfg.Rate > 0:
+		err = drivePaced(ctx, cfg, conn, frames, id, w)
 	case cfg.Pipelined:
 		err = drivePipelined(ctx, cfg, conn, frames, id, w)
 	default:
@@ -430,12 +463,16 @@ func printText(out io.Writer, r report) {
 	if r.Pipelined {
 		how += fmt.Sprintf(" (pipelined, window %d)", r.Window)
 	}
+	if r.Rate > 0 {
+		how += fmt.Sprintf(" (paced at %.0f metrics/s, window %d)", r.Rate, r.Window)
+	}
 	fmt.Fprintf(out, "loadgen: %s to %s, %d caller(s), %d metrics/batch over %d series, %d-byte requests\n",
 		how, r.Addr, r.Streams, r.Batch, r.Series, r.RequestBytes)
 	fmt.Fprintf(out, "  measured     %.2f s (after %.2f s warm-up)\n", r.DurationS, r.WarmupS)
 	fmt.Fprintf(out, "  batches/s    %.1f\n", r.BatchesPerS)
 	fmt.Fprintf(out, "  metrics/s    %.0f\n", r.MetricsPerS)
-	fmt.Fprintf(out, "  latency ms   p50 %.3f  p99 %.3f  mean %.3f  max %.3f\n", r.P50Ms, r.P99Ms, r.MeanMs, r.MaxMs)
+	fmt.Fprintf(out, "  latency ms   p50 %.3f  p99 %.3f  p99.9 %.3f  mean %.3f  max %.3f\n", r.P50Ms, r.P99Ms,
+		r.P999Ms, r.MeanMs, r.MaxMs)
 	fmt.Fprintf(out, "  outliers     %d in %d batches\n", r.Outliers, r.Batches)
 	if r.Errors > 0 {
 		fmt.Fprintf(out, "  errors       %d caller(s) stopped; first: %s\n", r.Errors, r.Error)

@@ -6,8 +6,11 @@
 // population standard deviation, non-finite values neither scored nor counted. Detect judges each value
 // against its name's mean and stddev over the batch. DetectStream keeps a Welford count, mean and M2 per name
 // for the stream, scores each value before adding it, flags only once the name has taken in max(warmup, 2)
-// values (warmup default 10), and with exclude_outliers does not add a flagged value. Not implemented (the
-// benchmarks never ask): sessions, MODE_EXPONENTIAL, the series limit; they are refused with UNIMPLEMENTED.
+// values (warmup default 10), and with exclude_outliers does not add a flagged value unless its stddev is 0 or
+// the series had max(warmup, 2) excluded values in a row since its last normal one (the server's default
+// exclude_limit). Not implemented (the benchmarks never ask): sessions, MODE_EXPONENTIAL, the series limit and
+// DetectOptions fields 6-17 (cooldown, score, series_ttl_seconds, min_deviation, ...); they are refused with
+// UNIMPLEMENTED.
 //
 // Prints "grpc-go ready on HOST:PORT" to stderr once serving; SIGTERM or SIGINT stops it gracefully.
 package main
@@ -122,6 +125,7 @@ func (server) Detect(_ context.Context, req *pb.OutliersRequest) (*pb.OutliersRe
 type welford struct {
 	n        int64
 	mean, m2 float64
+	excluded int64 // excluded values in a row since the last value judged normal
 }
 
 func (w *welford) add(x float64) {
@@ -165,17 +169,23 @@ func (s *stream) judge(req *pb.OutliersRequest, batch uint64) *pb.OutliersRespon
 			s.series[m.Name] = w
 		}
 		flagged := false
+		std := 0.0
 		if w.n >= s.need {
-			std := math.Sqrt(w.m2 / float64(w.n))
+			std = math.Sqrt(w.m2 / float64(w.n))
 			if math.Abs(x-w.mean) > s.k*std {
 				flagged = true
 				resp.Indices = append(resp.Indices, int32(i))
 				resp.Outliers = append(resp.Outliers, outlier(i, m, w.mean, std))
 			}
 		}
-		if !flagged || !s.exclude {
-			w.add(x)
+		if flagged && s.exclude && std > 0 && w.excluded < s.need {
+			w.excluded++
+			continue
 		}
+		if !flagged {
+			w.excluded = 0
+		}
+		w.add(x)
 	}
 	return resp
 }
@@ -194,6 +204,12 @@ func (server) DetectStream(st pb.Outliers_DetectStreamServer) error {
 		if batch == 0 {
 			if req.Session != "" || req.Options.GetMode() == pb.Mode_MODE_EXPONENTIAL {
 				return status.Error(codes.Unimplemented, "the grpc-go peer keeps no sessions and only MODE_CUMULATIVE")
+			}
+			if o := req.Options; o != nil && (o.ExcludeLimit != nil || o.Cooldown != nil || o.Score != nil ||
+				o.LikelihoodShort != nil || o.LikelihoodWindow != nil || o.LikelihoodThreshold != nil ||
+				o.LikelihoodLearning != nil || o.SeriesTtlSeconds != nil || o.MinDeviation != nil ||
+				o.MinRelativeDeviation != nil || o.Direction != nil || o.ResolveAfter != nil) {
+				return status.Error(codes.Unimplemented, "the grpc-go peer has no options past exclude_outliers")
 			}
 			if s, err = newStream(req.Options); err != nil {
 				return err

@@ -341,3 +341,6 @@ func (p *Proxy) Close() {
 	p.ln.Close()
 	p.Cut(0)
 }
+
+// Pid is the server's process id (its CPU time is in /proc/PID/stat).
+func (s *Server) Pid() int { return s.cmd.Process.Pid }
