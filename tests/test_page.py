@@ -248,3 +248,25 @@ def test_a_sampled_tap_judges_sampled_batches_as_the_stream(exclude):
     for p in whole:
         if p[2] is not None:
             assert (p[2], p[3]) == pytest.approx(expect[p[1]], rel=1e-9)
+
+
+def test_episodes_reach_the_live_list(make_server):
+    """A server keeping episodes (--episodes on): the page's live stream carries an episode's opening."""
+    from streamer.pb import outliers_pb2 as pb
+    port = free_port()
+    srv = make_server(http_port=port, defaults=detector.Defaults(episodes=True))
+    events: list = []
+    ready = threading.Event()
+    t = threading.Thread(target=_sse, args=(port, "/api/events?session=ep", 3, events, ready))
+    t.start()
+    assert ready.wait(30)
+    rng = random.Random(SEED)
+    batches = [[("lat", 10 + rng.gauss(0, 1))] for _ in range(30)]
+    batches[20] = [("lat", 100.0)]
+    with Client(srv.addr) as c:
+        list(c.stream(batches, session="ep", options=pb.DetectOptions(resolve_after=3)))
+    t.join(60)
+    kinds = [(e["kind"], e.get("state")) for e in events]
+    assert ("outlier", None) in kinds and ("episode", "opened") in kinds, events
+    episode = next(e for e in events if e["kind"] == "episode")
+    assert episode["series"] == "lat" and episode["session"] == "ep" and episode["source"] == "stream"
