@@ -26,7 +26,7 @@ GO_TEST  := cd go && STREAMER_BIN=$(CURDIR)/$(BIN)/streamer go test -count=1 ./.
 
 .DEFAULT_GOAL := help
 .PHONY: help serve test proto lint bench bench-quick soak fuzz clean
-.PHONY: go-tools grpcurl go-test redis-server alertmanager
+.PHONY: go-tools grpcurl go-test redis-server alertmanager chromium
 
 help:  ## list the verbs
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -57,7 +57,7 @@ serve: $(RUNTIME_STAMP)  ## run the service with embedded defaults (port 9999); 
 WIRE_TESTS := tests/test_wire.py tests/test_wire_checked.py tests/test_series.py tests/test_fused.py \
 	tests/test_fuzz.py::test_the_corpus_and_every_regression_read_as_protobuf_reads_them
 
-test: $(DEV_STAMP) $(BENCH_STAMP) go-tools grpcurl redis-server alertmanager  ## the whole test suite (Python, then Go against the real server)
+test: $(DEV_STAMP) $(BENCH_STAMP) go-tools grpcurl redis-server alertmanager chromium  ## the whole test suite (Python, then Go against the real server)
 	$(BIN)/pytest
 	STREAMER_WIRE_CHECKED=1 $(BIN)/pytest -q $(WIRE_TESTS)
 	$(GO_TEST)
@@ -112,6 +112,11 @@ redis-server:  ## install Debian's redis-server when it is missing (the Redis te
 alertmanager:  ## install Debian's prometheus-alertmanager when it is missing (the alert tests start their own)
 	@command -v prometheus-alertmanager >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-alertmanager >/dev/null; }
 	@command -v prometheus-alertmanager >/dev/null || { echo "prometheus-alertmanager could not be installed"; exit 1; }
+
+# A real browser for tests/test_page_browser.py: Debian's chromium, headless, and chromium-driver for Selenium.
+chromium:  ## install Debian's chromium and chromium-driver when missing (the page's browser tests)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { echo "chromium and chromium-driver could not be installed"; exit 1; }
 
 grpcurl: $(GRPCURL)  ## install the pinned grpcurl into ./bin (for the reflection tests)
 

@@ -23,7 +23,7 @@ COMMANDS = {
     "grpc-go": ["-host", "127.0.0.1", "-port", "0"],
     "tuned-go": ["-host", "127.0.0.1", "-port", "0"],
     "streamer": ["-m", "streamer", "serve", "--host", "127.0.0.1", "--port", "0", "--store", "memory://",
-                 "--metrics-port", "0", "--otlp-port", "0", "--log-level", "info"],
+                 "--metrics-port", "0", "--otlp-port", "0", "--http-port", "0", "--log-level", "info"],
 }
 DESCRIPTIONS = {
     "ceiling": "grpc.aio, raw bytes in, b\"\" out, no parsing: what the transport and client allow",

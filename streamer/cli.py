@@ -223,6 +223,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics-port", type=PORT, default=Config.metrics_port,
                    help="port of the Prometheus /metrics endpoint (plaintext HTTP, on --host), 0-65535; 0: not "
                         "served")
+    s.add_argument("--http-port", type=PORT, default=Config.http_port,
+                   help="port of the page (live outliers, series, backtest) and its JSON/SSE API, on --host, HTTPS "
+                        "with the TLS flags; 0-65535; 0: not served (with --workers N, worker i uses port + i)")
+    s.add_argument("--http-max-upload-mb", type=SECONDS, default=Config.http_max_upload_mb,
+                   help="MiB (> 0): the largest file the page's backtest takes (larger: HTTP 413)")
     o = s.add_argument_group("OTLP (opentelemetry.proto.collector.metrics.v1.MetricsService/Export, also on --port)")
     o.add_argument("--otlp-port", type=PORT, default=Config.otlp_port,
                    help="a second port for OTLP exporters' default endpoint (every service is on it), 0-65535; "
@@ -575,7 +580,8 @@ def main(argv: list[str] | None = None, environ=None) -> int:
                     alerts=sinks.SinkConfig(tuple(args.alertmanager), tuple(args.webhook),
                                             tuple(sinks.parse_header(h) for h in args.webhook_header),
                                             args.webhook_ca, args.alert_resend_seconds),
-                    otlp_port=args.otlp_port,
+                    otlp_port=args.otlp_port, http_port=args.http_port,
+                    http_max_upload_mb=args.http_max_upload_mb,
                     otlp_resource_attributes=tuple(a.strip() for a in args.otlp_resource_attributes.split(",")
                                                    if a.strip()),
                     otlp_options=Options(threshold=args.otlp_threshold or 0.0, warmup=args.otlp_warmup or 0,

@@ -294,6 +294,7 @@ class StreamDetector:
         self._ephemeral = not sessions.store.durable  # a session's answers: its state is in no durable store
         self._pass = fused.StreamPass()
         self.watch: watch.Hub | None = None  # where its outliers go when someone watches (service.py sets it)
+        self.taps = None  # the page's viewed series (streamer/web/tap.py Taps; service.py sets it)
 
     def process(self, buf: bytes) -> bytes:
         """Answer one request of the stream; raise DetectError (state untouched) if it cannot be applied.
@@ -373,6 +374,8 @@ class StreamDetector:
                 if len(ev):
                     c = self._pass.columns()
                     self._announce(ev, stats, self._pass.slots(), c.values, c.times)
+            if self.taps is not None and self.taps.active:
+                self._tap(self._pass.flagged_rows)
             return out + trailer if trailer else out
         cols = self._pass.columns()
         now = self.sessions.clock()
@@ -410,7 +413,14 @@ class StreamDetector:
         if r.resolve_after and s.ev_n[0]:
             e = int(s.ev_n[0])
             self._announce(s.ev[:e], s.ev_stats[:e], ids, cols.values, cols.times)
+        if self.taps is not None and self.taps.active:
+            self._tap(lambda: (ids, cols.values, cols.times, s.idx[:k], s.mean, s.std, s.z))
         return out
+
+    def _tap(self, rows) -> None:
+        """Tell the page's taps a batch was applied (streamer/web/tap.py; only called while a page views a series);
+        rows() gives its (ids, values, times, idx, mean, std, z) when a tap records it."""
+        self.taps.observe(self.session.name if self.session is not None else "", self.state, self.params, rows)
 
     def _publish(self, ids, values, times, idx, mean, std, z) -> None:
         """Hand the batch's outliers to Watch (only called when someone watches)."""

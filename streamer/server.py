@@ -73,6 +73,8 @@ class Config:
     otlp_port: int = 4317
     otlp_resource_attributes: tuple[str, ...] = otlp.DEFAULT_RESOURCE_ATTRIBUTES  # those that name a series
     otlp_options: Options = Options()  # --otlp-threshold, ...: how OTLP points are judged; zero: `defaults`
+    http_port: int = 9470  # the page and its API (streamer/web/) on --host; 0: not served
+    http_max_upload_mb: float = 32.0  # the page's backtest upload limit (413 above it)
 
     @property
     def max_message_bytes(self) -> int:
@@ -170,6 +172,8 @@ class StreamerServer:
         self.sinks = Sinks(config.alerts, SinkMetrics(self.metrics.registry) if self.metrics is not None else None)
         self.bus = bus  # to other workers of this server (workers.py gives it); a Redis store makes its own
         self.otlp_port: int | None = None
+        self.page = None  # streamer/web/pageserver.PageServer when --http-port is set
+        self.http_port: int | None = None
 
     async def start(self, stop: asyncio.Event | None = None) -> int | None:
         """Bind, open the store, compile the kernels, start serving; the port, or None if `stop` was set during
@@ -272,6 +276,8 @@ class StreamerServer:
             await asyncio.to_thread(self.sessions.close)
             self._stop_metrics()
             return None
+        if self.config.http_port:
+            await self._start_page(hub)
         await server.start()
         hub.start(loop)
         self._server = server
@@ -284,6 +290,27 @@ class StreamerServer:
             asyncio.create_task(self._every(self.config.lease_seconds / 3, self.sessions.renew_leases)),
         ]
         return self.port
+
+    async def _start_page(self, hub: Hub) -> None:
+        """The page (streamer/web/) on --http-port: its HTTP server shares the event loop, and the detectors
+        hand it the values of the series it views (the taps)."""
+        from streamer.web import tap
+        from streamer.web.pageserver import PageServer
+        from streamer.web.tap import Taps
+
+        await asyncio.to_thread(tap.compile_all)
+
+        self.service.taps = Taps()
+        self.page = PageServer(self.service, self.defaults, int(self.config.http_max_upload_mb * 2**20),
+                               self.service.taps)
+        try:
+            self.http_port = await self.page.start(self.config.host, self.config.http_port, self.config.tls_cert,
+                                                   self.config.tls_key, self.config.tls_client_ca)
+        except OSError as exc:
+            await asyncio.to_thread(self.sessions.close)
+            self._stop_metrics()
+            raise OSError(f"page (--http-port): cannot listen on {self.config.host}:{self.config.http_port}: "
+                          f"{exc.strerror or exc}") from None
 
     async def _compile(self, stop: asyncio.Event | None) -> bool:
         """Compile (or load from numba's cache) on a thread, so a signal meanwhile is acted on at once.
@@ -363,6 +390,8 @@ class StreamerServer:
             log.info("ending %d open stream(s) with UNAVAILABLE; clients reconnect", streams)
         await self._server.stop(grace)
         self._server = None
+        if self.page is not None:  # its live streams ended with the Hub's; now its connections
+            await self.page.close()
         for task in self._tasks:  # only now: leases are renewed while calls may still run
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -391,12 +420,14 @@ async def serve(config: Config, on_ready: Callable[[], object] | None = None, bu
     if port is None:
         log.info("stopped by a signal during the compile, before serving")
         return
-    log.info("streamer %s on %s:%d, %s (threshold %g, warmup %d, mode %s); metrics %s; OTLP %s",
+    log.info("streamer %s on %s:%d, %s (threshold %g, warmup %d, mode %s); metrics %s; OTLP %s; page %s",
              "ready" if on_ready is None else "serving", config.host, port,
              config.security(), config.defaults.threshold, config.defaults.warmup,
              detector.MODE_NAMES[config.defaults.mode],
              f"on {config.host}:{config.metrics_port}/metrics" if config.metrics_port else "off",
-             f"also on {config.host}:{server.otlp_port}" if server.otlp_port else "on this port only")
+             f"also on {config.host}:{server.otlp_port}" if server.otlp_port else "on this port only",
+             f"on {'https' if config.tls_cert else 'http'}://{config.host}:{server.http_port}/" if server.http_port
+             else "off")
     if on_ready is not None:
         on_ready()
     await stop.wait()

@@ -88,6 +88,7 @@ class OutliersService:
         self.hub = hub if hub is not None else Hub()
         self.ingest = ingest
         self.on_episodes = on_episodes  # each batch's episode changes (the server's throttle, then the sinks)
+        self.taps = None  # the page's viewed series (streamer/web/tap.py), when --http-port serves the page
         self._count_detect = metrics.batch_counter("Detect") if metrics else detector.uncounted
         self._count_stream = metrics.batch_counter("DetectStream") if metrics else detector.uncounted
         # The open streams, and whether shutdown has begun; only touched on the event loop's thread (the metrics'
@@ -131,6 +132,7 @@ class OutliersService:
         started = time.perf_counter()
         stream = detector.StreamDetector(self.defaults, self.sessions, self._count_stream, self.on_episodes)
         stream.watch = self.hub
+        stream.taps = self.taps
         me = _Stream(asyncio.current_task(), stream)
         self._streams.add(me)
         try:

@@ -116,7 +116,8 @@ class Supervisor:
                     handler.addFilter(_Prefix(f"worker {i}: "))
                 config = dataclasses.replace(self.config, metrics_port=self.config.metrics_port + i
                                              if self.config.metrics_port else 0,
-                                             max_total_series=-(-self.config.max_total_series // self.n))
+                                             max_total_series=-(-self.config.max_total_series // self.n),
+                                             http_port=self.config.http_port + i if self.config.http_port else 0)
                 from streamer.bus import WorkerBus
                 bus = WorkerBus(i, self.n, self.bus_dir, self.bus_page) if self.bus_dir else None
                 asyncio.run(serve(config, on_ready=lambda: os.write(w, b"r"), bus=bus))

@@ -77,6 +77,7 @@ def make_server():
         fields.setdefault("store", "memory://")
         fields.setdefault("metrics_port", 0)  # auxiliary ports off unless the test is about them
         fields.setdefault("otlp_port", 0)
+        fields.setdefault("http_port", 0)
         server = InProcessServer(dataclasses.replace(Config(), **fields), clock=clock)
         servers.append(server)
         return server
@@ -112,7 +113,7 @@ class CliServer:
             # an in-memory store and no metrics port unless the test names them (a later flag wins): no test shares
             # state or a port
             [sys.executable, "-m", "streamer", "serve", "--host", "127.0.0.1", "--port", "0", "--store", "memory://",
-             "--metrics-port", "0", "--otlp-port", "0", *args],
+             "--metrics-port", "0", "--otlp-port", "0", "--http-port", "0", *args],
             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         self.log: list[str] = []
         deadline = time.monotonic() + 120

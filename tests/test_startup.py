@@ -29,7 +29,7 @@ def test_sigterm_during_a_cold_compile_stops_without_ready(tmp_path):
     end the process with status 0 before the compile would have finished: no "ready", no compile result."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
     proc = subprocess.Popen([sys.executable, "-m", "streamer", "serve", "--host", "127.0.0.1", "--port", "0",
-                             "--metrics-port", "0", "--otlp-port", "0"],
+                             "--metrics-port", "0", "--otlp-port", "0", "--http-port", "0"],
                             stderr=subprocess.PIPE, text=True, env=env)
     log: list[str] = []
     compiling = threading.Event()

@@ -149,7 +149,7 @@ func start(bin string, args ...string) (*Server, error) {
 	// An in-memory store and no metrics port unless the test names them (a later flag wins): no test shares or
 	// leaves state, or needs a fixed port.
 	s.cmd = exec.Command(bin, append([]string{"serve", "--host", "127.0.0.1", "--port", "0", "--store", "memory://",
-		"--metrics-port", "0", "--otlp-port", "0"}, args...)...)
+		"--metrics-port", "0", "--otlp-port", "0", "--http-port", "0"}, args...)...)
 	s.cmd.Env = append(os.Environ(), "PYTHONUNBUFFERED=1")
 	// exec copies stderr into the writer until the process ends, so the server never blocks on a full pipe.
 	s.cmd.Stderr = &logWriter{s: s, ready: addr}

@@ -1,0 +1,219 @@
+"""What an open page costs DetectStream: metrics per second with the page open on a busy series, against no page,
+in interleaved rounds of one run; and the in-process cost per batch of the tap.
+
+    python -m benchmarks.page_bench [--rounds 6] [--duration 3] [--clients 2] [--out DIR]
+
+One `streamer serve` (memory://, --http-port on a free port) for the whole run. `--clients` threads each stream
+pre-encoded batches of 1 000 metrics (100 series, 5 flagged a batch) on their own channel and session, four
+batches in flight. "page open" rounds hold the two connections the page's browser holds while a series is viewed
+(the page's EventSources: /api/events, every outlier of every session; /api/tap on series s0 of the first
+client's session, ten values a batch), read by a thread each; "no page" rounds hold none, and "live list only" and
+"series view only" one of the two, to tell their costs apart. Rounds alternate the order of the variants; medians with min-max over the rounds. In process (CPU time): StreamDetector.process per batch with no
+taps, taps nobody views, and a viewed series. Writes page.json and page.md to --out (default benchmarks/results).
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import socket
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from benchmarks import report
+from benchmarks.servers import ROOT, ServerProcess
+from streamer import detector
+from streamer.pb import outliers_pb2 as pb
+from streamer.state import SessionRegistry
+
+STREAM = "/pb.Outliers/DetectStream"
+WINDOW = 4  # batches in flight per client
+
+
+def batches(session: str, n: int, seed: int) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for b in range(n):
+        values = rng.normal(100, 1, 1000)
+        if b >= 20:
+            values[rng.integers(0, 1000, 5)] = 1000.0
+        req = pb.OutliersRequest(metrics=[pb.Metric(name=f"s{i % 100}", value=v) for i, v in enumerate(values)])
+        if b == 0:
+            req.session = session
+        out.append(req.SerializeToString())
+    return out
+
+
+class Client(threading.Thread):
+    """One DetectStream for the whole run, WINDOW batches in flight; counts metrics answered while `counting`."""
+
+    def __init__(self, addr: str, requests: list[bytes]):
+        super().__init__(daemon=True)
+        self.addr, self.requests = addr, requests
+        self.answered = 0
+        self.stop = threading.Event()
+        self.ready = threading.Event()
+        self._credit = threading.Semaphore(WINDOW)
+
+    def _requests(self):
+        i = 0
+        while not self.stop.is_set():
+            self._credit.acquire()
+            yield self.requests[i if i < 20 else 20 + (i - 20) % (len(self.requests) - 20)]
+            i += 1
+
+    def run(self) -> None:
+        with grpc.insecure_channel(self.addr) as ch:
+            call = ch.stream_stream(STREAM)
+            for _ in call(self._requests()):
+                self.answered += 1000
+                self._credit.release()
+                self.ready.set()
+                if self.stop.is_set():
+                    break
+
+
+def _sse(port: int, path: str, stop: threading.Event, open_: threading.Event, counts: list) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("GET", path)
+    r = conn.getresponse()
+    open_.set()
+    while not stop.is_set():
+        line = r.fp.readline()
+        if not line:
+            break
+        if line.startswith(b"data: "):
+            counts[0] += 1
+    conn.close()
+
+
+PATHS = {"no page": (), "page open": ("/api/events", "/api/tap?session=bench-0&series=s0"),
+         "live list only": ("/api/events",), "series view only": ("/api/tap?session=bench-0&series=s0",)}
+
+
+def page_open(port: int, stop: threading.Event, paths) -> tuple[list[threading.Thread], list]:
+    counts = [0]
+    threads = []
+    for path in paths:
+        opened = threading.Event()
+        t = threading.Thread(target=_sse, args=(port, path, stop, opened, counts), daemon=True)
+        t.start()
+        opened.wait(30)
+        threads.append(t)
+    return threads, counts
+
+
+def in_process(rounds: int = 9, n: int = 300) -> dict:
+    """Microseconds a batch of StreamDetector.process: no taps, taps nobody views, one viewed series."""
+    from streamer.web.tap import Taps
+    reqs = batches("", n + 50, 1)
+    idle, viewed = Taps(), Taps()
+
+    tap = viewed.view("", "s0")
+    variants = {"no taps": None, "taps, nothing viewed": idle, "one viewed series": viewed}
+    dets = {}
+    for name, taps in variants.items():
+        d = detector.StreamDetector(detector.Defaults(), SessionRegistry(600, 10, 10**6))
+        d.taps = taps
+        for r in reqs[:50]:
+            d.process(r)
+        dets[name] = d
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for r in range(rounds):
+        for name in (list(variants) if r % 2 == 0 else list(reversed(variants))):
+            started = time.process_time()
+            for req in reqs[50:]:
+                dets[name].process(req)
+            times[name].append(1e6 * (time.process_time() - started) / n)
+    assert tap.added > 0
+    return {k: {"median": statistics.median(v), "min": min(v), "max": max(v)} for k, v in times.items()}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    started = time.time()
+    local = in_process()
+    print(f"in process, us a batch: {json.dumps(local)}", flush=True)
+    http_port = free_port()
+    server = ServerProcess("streamer", args=("--http-port", str(http_port)))
+    clients = []
+    runs: dict[str, list[float]] = {name: [] for name in PATHS}
+    received = []
+    try:
+        clients = [Client(server.addr, batches(f"bench-{k}", 220, k)) for k in range(args.clients)]
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.ready.wait(60)
+        time.sleep(1.0)  # warm
+        for r in range(args.rounds):
+            order = list(runs) if r % 2 == 0 else list(reversed(runs))
+            for name in order:
+                stop = threading.Event()
+                threads, counts = page_open(http_port, stop, PATHS[name])
+                before, t0 = sum(c.answered for c in clients), time.monotonic()
+                time.sleep(args.duration)
+                rate = (sum(c.answered for c in clients) - before) / (time.monotonic() - t0)
+                stop.set()
+                for t in threads:
+                    t.join(20)  # a heartbeat or the next event wakes the reader
+                runs[name].append(rate)
+                if name == "page open":
+                    received.append(counts[0])
+            print(f"round {r + 1}: " + ", ".join(f"{n} {runs[n][-1] / 1e3:.1f} k metrics/s" for n in runs),
+                  flush=True)
+    finally:
+        for c in clients:
+            c.stop.set()
+        server.stop()
+    ratios = [a / b for a, b in zip(runs["page open"], runs["no page"])]
+    parts = {n: [a / b for a, b in zip(runs[n], runs["no page"])] for n in PATHS if n != "no page"}
+    fig = {n: {"median": statistics.median(v), "min": min(v), "max": max(v)} for n, v in runs.items()}
+    result = {"what": "DetectStream metrics/s with the page open on a busy series (its /api/events and /api/tap "
+                      "connections) and without; interleaved rounds in one run",
+              "clients": args.clients, "rounds": args.rounds, "duration_s": args.duration,
+              "metrics_per_s": fig,
+              "page_over_no_page": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)},
+              "over_no_page": {n: {"median": statistics.median(v), "min": min(v), "max": max(v)}
+                               for n, v in parts.items()},
+              "sse_messages_per_page_round": received,
+              "in_process_us_per_batch": local, "machine": report.machine(), "versions": report.versions(),
+              "seconds": round(time.time() - started, 1)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "page.json").write_text(json.dumps(result, indent=2) + "\n")
+
+    def f(v, scale=1e3, unit=" k"):
+        return f"{v['median'] / scale:.1f}{unit} ({v['min'] / scale:.1f}-{v['max'] / scale:.1f})"
+
+    r = result["page_over_no_page"]
+    md = [f"# The page's cost to DetectStream ({args.clients} clients, 1 000 metrics a batch, {args.rounds} rounds "
+          f"of {args.duration:g} s)", "", "| | metrics/s, median (min-max) |", "| --- | --- |"]
+    md += [f"| {n} | {f(v)} |" for n, v in fig.items()]
+    md += ["", f"page open / no page, per round: {r['median']:.3f} ({r['min']:.3f}-{r['max']:.3f}); SSE messages "
+           f"the page received per round: {received}", "",
+           "Each over no page, per round: " + "; ".join(
+               f"{n} {v['median']:.3f} ({v['min']:.3f}-{v['max']:.3f})" for n, v in result["over_no_page"].items()), "",
+           "In process, microseconds a batch: " + "; ".join(f"{k} {f(v, 1, '')}" for k, v in local.items()), "",
+           f"Machine: {json.dumps(result['machine'])}", "", f"Versions: {json.dumps(result['versions'])}", ""]
+    (args.out / "page.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,298 @@
+"""Taps: the recent values of the series someone views on the page, each with the mean and stddev it was judged
+against, in a bounded ring per viewed series (nothing is kept for series nobody views).
+
+The detector calls `Taps.observe` after each applied batch only while `Taps.active` is true (a plain attribute:
+some page views a series). Values are sampled: at most one batch in SAMPLE_SECONDS is recorded whole, each value
+with the band it was judged against; the page gets every flagged value from the Watch hub besides
+(pageserver.py), which detection publishes anyway while a page is open. The band comes from the stream's own
+kernel (kernels.welford_update / ewm_update) run on a one-series copy of the state taken just before that batch,
+so there is no second implementation of the rule: see `_One`. A page reads the ring every DELIVER_SECONDS
+(pageserver.py), so a busy series costs the detector a few microseconds a sampled batch and a clock read otherwise.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+import numba
+import numpy as np
+
+from streamer import kernels
+from streamer.state import MODE_EXPONENTIAL
+
+RING = 2000  # values kept per viewed series
+DELIVER_SECONDS = 0.1  # how often a page is sent its viewed series' new values
+SAMPLE_SECONDS = 0.05  # a viewed series' batches are recorded whole at most this often (flagged values: always)
+
+
+@numba.njit(nogil=True, cache=True)
+def _rows_of(ids, idx, k, slot, out):
+    """Rows of the batch whose series is `slot` into out, their count: among the k flagged rows idx[:k], or among
+    all rows when k < 0. One compiled call: numpy's mask-and-flatnonzero costs several microseconds a batch."""
+    n = 0
+    if k < 0:
+        for i in range(len(ids)):
+            if ids[i] == slot:
+                out[n] = i
+                n += 1
+    else:
+        for j in range(k):
+            if ids[idx[j]] == slot:
+                out[n] = j
+                n += 1
+    return n
+
+
+def compile_all() -> None:
+    """Compile (or load from numba's cache) what observe() calls, in the types the detector passes."""
+    ids = np.zeros(2, dtype=np.int64)
+    out = np.empty(2, dtype=np.int64)
+    _rows_of(ids, np.zeros(1, dtype=np.int32), 1, 0, out)
+    _rows_of(ids, np.zeros(1, dtype=np.int32), -1, 0, out)
+    one = _One()
+    for mode in (1, 2):
+        p = _CompileParams(mode)
+        one.judge(1.0, p)
+        one.band(np.array([1.0, 2.0]), p)
+
+
+class _CompileParams:
+    def __init__(self, mode):
+        self.mode, self.alpha, self.threshold, self.warmup, self.exclude_outliers = mode, 0.05, 2.0, 2, False
+
+
+class _One:
+    """A one-series state and the kernels' out arrays, for judging values one at a time."""
+
+    def __init__(self, count: int = 0, mean: float = 0.0, spread: float = 0.0):
+        self.count = np.array([count], dtype=np.int64)
+        self.mean = np.array([mean], dtype=np.float64)
+        self.spread = np.array([spread], dtype=np.float64)
+        self.ids = np.zeros(1, dtype=np.int64)
+        self.idx = np.empty(1, dtype=np.int32)
+        self.out = [np.empty(1, dtype=np.float64) for _ in range(3)]
+
+    def set(self, count, mean, spread) -> None:
+        self.count[0], self.mean[0], self.spread[0] = count, mean, spread
+
+    def _run(self, count, mean, spread, value, params, threshold, exclude) -> int:
+        v = np.array([value], dtype=np.float64)
+        if params.mode == MODE_EXPONENTIAL:
+            return kernels.ewm_update(self.ids, v, count, mean, spread, float(params.alpha), float(threshold),
+                                      int(params.warmup), bool(exclude), self.idx, *self.out)
+        return kernels.welford_update(self.ids, v, count, mean, spread, float(threshold), int(params.warmup),
+                                      bool(exclude), self.idx, *self.out)
+
+    def judge(self, value: float, params) -> tuple[float | None, float | None, bool, float]:
+        """(mean, stddev, flagged, zscore) of `value` against this state, then add it as the stream would.
+
+        The band is the kernel's own output: a copy of the state judged with threshold -1 flags every value
+        past the warmup (|x - mean| > -stddev) unless stddev and the difference are both 0, when the mean is x.
+        mean and stddev are None during the warmup.
+        """
+        c, m, s = self.count.copy(), self.mean.copy(), self.spread.copy()
+        if self._run(c, m, s, value, params, -1.0, False):
+            mean, std = float(self.out[0][0]), float(self.out[1][0])
+        elif self.count[0] >= max(int(params.warmup), 2) and np.isfinite(value):
+            mean, std = float(value), 0.0
+        else:
+            mean = std = None
+        flagged = bool(self._run(self.count, self.mean, self.spread, value, params, params.threshold,
+                                 params.exclude_outliers))
+        z = float(self.out[2][0]) if flagged else (0.0 if std is None or std == 0 else (value - mean) / std)
+        return mean, std, flagged, z
+
+    def band(self, values: np.ndarray, params):
+        """(means, stddevs) each of `values` (one series, in order) is judged against from this state, which then
+        holds the state after them. Exact only when flagged values update the state (not exclude_outliers): the
+        whole run is one call of the kernel with threshold -1 (see judge)."""
+        n = len(values)
+        ids = np.zeros(n, dtype=np.int64)
+        idx = np.empty(n, dtype=np.int32)
+        out = [np.full(n, np.nan) for _ in range(3)]
+        need = max(int(params.warmup), 2)
+        seen = self.count[0]
+        if params.mode == MODE_EXPONENTIAL:
+            k = kernels.ewm_update(ids, values, self.count, self.mean, self.spread, float(params.alpha), -1.0,
+                                   int(params.warmup), False, idx, *out)
+        else:
+            k = kernels.welford_update(ids, values, self.count, self.mean, self.spread, -1.0, int(params.warmup),
+                                       False, idx, *out)
+        means, stds = np.full(n, np.nan), np.full(n, np.nan)
+        means[idx[:k]], stds[idx[:k]] = out[0][:k], out[1][:k]
+        # not flagged past the warmup: difference and stddev both 0, so the mean was the value
+        finite = np.isfinite(values)
+        judged = (seen + np.cumsum(finite) - finite) >= need
+        same = judged & finite & np.isnan(means)
+        means[same], stds[same] = values[same], 0.0
+        return means, stds
+
+
+def judge_series(values, params) -> tuple[list, list, list, list]:
+    """Judge one series' values in order from an empty state with the stream's kernel: (means, stddevs, flags,
+    zscores). For the backtest's chart; the backtest's counts come from the real stream (backtest.py)."""
+    one = _One()
+    means, stds, flags, zs = [], [], [], []
+    for v in values:
+        m, s, f, z = one.judge(float(v), params)
+        means.append(m)
+        stds.append(s)
+        flags.append(f)
+        zs.append(z)
+    return means, stds, flags, zs
+
+
+class Tap:
+    """One viewed series of one session: its ring of judged values (tuples t, value, mean, stddev, flagged,
+    zscore, k) and how many were ever added (`added`: a page sends the ones it has not sent)."""
+
+    def __init__(self, session: str, series: str, limit: int = RING):
+        self.session = session
+        self.series = series
+        self.key = series.encode("utf-8")
+        self.ring: collections.deque = collections.deque(maxlen=limit)
+        self.added = 0
+        self.viewers = 0
+        self.slots: dict[int, int] = {}   # id(table) -> the series' slot in that table
+        self.looked: dict[int, int] = {}  # id(table) -> len(table) when the slot was last looked for in vain
+        self.one = _One()
+        self.armed: int | None = None     # id(state) whose state before the next batch `one` holds
+        self.next_sample = 0.0
+        self.rows = np.empty(64, dtype=np.int64)  # _rows_of's out, grown to the batch
+        self.k: float | None = None               # the threshold of the last recorded batch
+
+    def slot(self, table) -> int:
+        """The series' slot in `table`, or -1 (looked for again only once the table has grown)."""
+        key = id(table)
+        s = self.slots.get(key)
+        if s is not None:
+            return s
+        n = len(table)
+        if self.looked.get(key) == n:
+            return -1
+        self.looked[key] = n
+        s = find_slot(table, self.key)
+        if s >= 0:
+            self.slots[key] = s
+        return s
+
+    def add(self, points: list) -> None:
+        self.ring.extend(points)
+        self.added += len(points)
+
+    def since(self, added: int) -> list:
+        """The points added after the first `added` (those still in the ring)."""
+        new = self.added - added
+        if new <= 0:
+            return []
+        ring = list(self.ring)
+        return ring[-new:] if new < len(ring) else ring
+
+
+def find_slot(table, key: bytes) -> int:
+    """The slot of the series named `key` in a SeriesTable, or -1: a scan of the table's name bytes."""
+    arena, offsets, lengths = table.name_arrays()
+    n = len(table)
+    if n == 0:
+        return -1
+    offs = offsets[:n]
+    used = int(offs[-1] + lengths[n - 1])
+    data = arena[:used].tobytes()
+    pos = data.find(key)
+    while pos >= 0:
+        s = int(np.searchsorted(offs, pos, side="right")) - 1
+        if s >= 0 and offs[s] == pos and lengths[s] == len(key):
+            return s
+        pos = data.find(key, pos + 1)
+    return -1
+
+
+class Taps:
+    """Every viewed series of this process. Viewing happens on the event loop; observe() on whatever thread runs
+    the batch (the event loop, or a worker thread for a large batch, under the session's lock)."""
+
+    def __init__(self, limit: int = RING, sample_seconds: float = SAMPLE_SECONDS,
+                 clock=time.monotonic):
+        self.limit = limit
+        self.sample_seconds = sample_seconds
+        self.clock = clock
+        self.active = False  # some page views a series: the detector checks this first
+        self._by_session: dict[str, list[Tap]] = {}
+        self._taps: dict[tuple[str, str], Tap] = {}
+        self._lock = threading.Lock()  # protects the two dicts' changes (observe() only reads them)
+
+    def view(self, session: str, series: str) -> Tap:
+        with self._lock:
+            tap = self._taps.get((session, series))
+            if tap is None:
+                tap = self._taps[(session, series)] = Tap(session, series, self.limit)
+                self._by_session = {**self._by_session,
+                                    session: [*self._by_session.get(session, []), tap]}
+            tap.viewers += 1
+            self.active = True
+        return tap
+
+    def unview(self, tap: Tap) -> None:
+        with self._lock:
+            tap.viewers -= 1
+            if tap.viewers <= 0:
+                self._taps.pop((tap.session, tap.series), None)
+                rest = [t for t in self._by_session.get(tap.session, []) if t is not tap]
+                self._by_session = {k: v for k, v in self._by_session.items() if k != tap.session}
+                if rest:
+                    self._by_session[tap.session] = rest
+            self.active = bool(self._taps)
+
+    def observe(self, session: str, state, params, rows) -> None:
+        """After a batch was applied to `state`: record the viewed series' values of it when sampled (see the
+        module's docstring); rows() gives the batch's (ids, values, times, idx, mean, std, z), idx the flagged rows
+        and mean, std, z what they were judged against. Otherwise a clock read and a comparison per viewed series."""
+        taps = self._by_session.get(session)
+        if not taps:
+            return
+        now = self.clock()
+        for tap in taps:
+            if tap.armed == id(state):
+                s = tap.slot(state.table)
+                ids, values, times, idx, mean, std, z = rows()
+                if len(tap.rows) < len(ids):
+                    tap.rows = np.empty(2 * len(ids), dtype=np.int64)
+                n = _rows_of(ids, idx, -1, s, tap.rows)
+                if not n:
+                    continue  # its state is as it was: still armed for the next batch
+                tap.armed = None
+                tap.next_sample = now + self.sample_seconds
+                self._whole(tap, tap.rows[:n].copy(), params, values, times, idx, z)
+            if tap.armed is None and now >= tap.next_sample:  # the next batch is recorded whole
+                s = tap.slot(state.table)
+                if s >= 0:
+                    tap.one.set(state.count[s], state.mean[s], state.spread[s])
+                    tap.armed = id(state)
+
+    @staticmethod
+    def _whole(tap: Tap, rows, params, values, times, idx, z) -> None:
+        vs = values[rows]
+        flagged_z = dict(zip(idx.tolist(), z[:len(idx)].tolist()))
+        if params.exclude_outliers:  # flagged values leave the state: judge one at a time
+            judged = [tap.one.judge(v, params) for v in vs.tolist()]
+            means = [j[0] for j in judged]
+            stds = [j[1] for j in judged]
+        else:
+            m, d = tap.one.band(vs, params)
+            means = [None if x != x else x for x in m.tolist()]
+            stds = [None if x != x else x for x in d.tolist()]
+        wall = time.time_ns()
+        k = tap.k = params.threshold
+        points = []
+        for r, v, t, mu, sd in zip(rows.tolist(), vs.tolist(), times[rows].tolist(), means, stds):
+            zz = flagged_z.get(r)
+            points.append(((t or wall) / 1e9, v, mu, sd, zz is not None,
+                           zz if zz is not None else (0.0 if not sd else (v - mu) / sd), k))
+        tap.add(points)
+
+
+def points_json(points: list) -> list[dict]:
+    """The ring's tuples as the page reads them."""
+    return [{"t": t, "value": v, "mean": m, "stddev": s, "flagged": f, "zscore": z, "k": k}
+            for t, v, m, s, f, z, k in points]

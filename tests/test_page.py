@@ -1,0 +1,272 @@
+"""The page's server (--http-port) without a browser: the API against a real server, the taps and the backtest
+against tests/naive.py. The browser tests are in tests/test_page_browser.py."""
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import socket
+import threading
+import urllib.parse
+
+import pytest
+
+from streamer import detector
+from streamer.client import Client
+from streamer.state import MODE_CUMULATIVE, MODE_EXPONENTIAL
+from streamer.web.backtest import Backtests, BacktestError
+from streamer.web.tap import judge_series
+from streamer.wire import Options
+from tests import naive
+
+SEED = 21
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def csv_file(rows) -> bytes:
+    return ("time,name,value\n" + "".join(f"{t},{n},{v!r}\n" for t, n, v in rows)).encode()
+
+
+def generated(seed: int = SEED, n: int = 400):
+    """Two series with unit noise and spikes in "a" at rows 100 and 300."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        for name in ("a", "b"):
+            v = rng.gauss(10, 1)
+            if name == "a" and i in (100, 300):
+                v = 30.0
+            rows.append((1764580000 + i, name, v))
+    return rows
+
+
+def naive_flags(rows, threshold, warmup, exclude=False, mode=MODE_CUMULATIVE, alpha=0.05):
+    state: dict = {}
+    return naive.stream([(n, v) for _, n, v in rows], state, threshold=threshold, warmup=warmup, exclude=exclude,
+                        alpha=alpha, mode="exponential" if mode == MODE_EXPONENTIAL else "cumulative")[0]
+
+
+@pytest.mark.parametrize("mode, exclude", [(MODE_CUMULATIVE, False), (MODE_CUMULATIVE, True),
+                                           (MODE_EXPONENTIAL, False), (MODE_EXPONENTIAL, True)])
+def test_backtest_flags_are_the_streams_and_the_band_follows_the_kernel(mode, exclude):
+    """The backtest's counts per option set equal the naive stream's; the chart's band (judge_series, the stream's
+    kernel on one series) gives the flagged values the mean and stddev the pipeline reported."""
+    print("seed", SEED)
+    rows = generated()
+    sets = [{"label": "k3", "threshold": 3, "mode": mode, "exclude_outliers": exclude},
+            {"label": "k2", "threshold": "2", "mode": mode, "exclude_outliers": exclude, "warmup": 20}]
+    result = Backtests(detector.Defaults()).run(csv_file(rows), "gen.csv", sets)
+    summary = result.summary()
+    want = [naive_flags(rows, 3, 10, exclude, mode), naive_flags(rows, 2, 20, exclude, mode)]
+    assert [s["flagged"] for s in summary["sets"]] == [len(w) for w in want]
+    assert len(want[0]) < len(want[1])  # the two sets differ, so the test can tell them apart
+    for s, w in zip(result.sets, want):
+        assert sorted(int(i) for i in s.flagged.nonzero()[0]) == sorted(w)
+    chart = result.chart("a")
+    rows_a = [i for i, r in enumerate(rows) if r[1] == "a"]
+    for s_chart, s in zip(chart["sets"], result.sets):
+        assert s_chart["flagged"] == [bool(s.flagged[r]) for r in rows_a]
+        for j, r in enumerate(rows_a):
+            if s.flagged[r]:
+                mean, std, _ = s.judged[r]
+                assert s_chart["mean"][j] == pytest.approx(mean, rel=1e-12)
+                assert s_chart["stddev"][j] == pytest.approx(std, rel=1e-12)
+            if j < (s.params.warmup if s.params.warmup >= 2 else 2):
+                assert s_chart["mean"][j] is None  # no band during the warmup
+    # judge_series alone flags what the stream flagged (the options of main: no cooldown or rules)
+    values = [rows[r][2] for r in rows_a]
+    flags = judge_series(values, result.sets[1].params)[2]
+    assert flags == [bool(result.sets[1].flagged[r]) for r in rows_a]
+    csv_rows = result.flagged_csv().splitlines()
+    assert csv_rows[0] == "option_set,row,time,name,value,mean,stddev,zscore"
+    assert len(csv_rows) == 1 + sum(len(w) for w in want)
+
+
+def test_backtest_refuses_bad_options_and_files_with_a_message():
+    bt = Backtests(detector.Defaults())
+    with pytest.raises(BacktestError, match=r"option set 2: options.threshold must be a finite number >= 0"):
+        bt.run(csv_file(generated(n=20)), "f.csv", [{}, {"threshold": -1}])
+    with pytest.raises(BacktestError, match=r"option set 1: unknown option 'bogus'"):
+        bt.run(csv_file(generated(n=20)), "f.csv", [{"bogus": 1}])
+    with pytest.raises(BacktestError, match=r"img.png:1: not UTF-8 text"):
+        bt.run(b"\x89PNG\r\n\x1a\n\x00\x00", "img.png", [{}])
+    with pytest.raises(BacktestError, match=r"f.csv"):
+        bt.run(b"hello,world\n1,2\n", "f.csv", [{}])
+
+
+@pytest.fixture
+def page(make_server):
+    port = free_port()
+    srv = make_server(http_port=port, http_max_upload_mb=1)
+    return srv, port
+
+
+def _get(port, path):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", path)
+    r = conn.getresponse()
+    return r.status, r.read()
+
+
+def _post(port, path, body: bytes):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("POST", path, body=body)
+    r = conn.getresponse()
+    return r.status, json.loads(r.read())
+
+
+def _sse(port, path, want: int, got: list, ready: threading.Event):
+    """Read server-sent `data:` events of `path` into `got` until `want` items arrived."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("GET", path)
+    r = conn.getresponse()
+    assert r.status == 200 and r.getheader("Content-Type") == "text/event-stream"
+    event = ""
+    while len(got) < want:
+        line = r.fp.readline().decode()
+        if line.startswith(": streamer"):
+            ready.set()
+        elif line.startswith("event: "):
+            event = line[7:].strip()
+        elif line.startswith("data: "):
+            if event != "ring":
+                got.extend(json.loads(line[6:]))
+            event = ""
+    conn.close()
+
+
+def test_the_api_serves_sessions_search_live_events_and_a_tap(page):
+    srv, port = page
+    status, body = _get(port, "/")
+    assert status == 200 and b"<title>streamer</title>" in body
+    assert _get(port, "/static/uPlot.iife.min.js")[0] == 200
+    assert _get(port, "/static/../../setup.cfg")[0] == 404
+    events, points = [], []
+    ready_e, ready_t = threading.Event(), threading.Event()
+    te = threading.Thread(target=_sse, args=(port, "/api/events?session=s1&source=stream&prefix=cp", 1, events,
+                                             ready_e))
+    tt = threading.Thread(target=_sse, args=(port, "/api/tap?session=s1&series=cpu", 39, points, ready_t))
+    srv.server.service.taps.sample_seconds = 0  # every batch recorded whole (test_a_sampled_tap_...: sampled)
+    te.start(), tt.start()
+    assert ready_e.wait(30) and ready_t.wait(30)
+    rng = random.Random(SEED)
+    batches = [[("cpu", 100 + rng.gauss(0, 1)), ("mem", 5 + rng.gauss(0, 0.1))] for _ in range(40)]
+    batches[30][0] = ("cpu", 200.0)
+    with Client(srv.addr) as c:
+        answers = list(c.stream(batches, session="s1"))
+    te.join(60), tt.join(60)
+    flagged_cpu = [(i, o) for i, a in enumerate(answers) for o in a.outliers if o.name == "cpu"]
+    assert (30, 200.0) in [(i, o.value) for i, o in flagged_cpu]
+    assert events and all(e["series"].startswith("cp") and e["session"] == "s1" for e in events)
+    # the tap: every value of cpu after the first batch, each judged against the mean and stddev the stream used
+    assert [p["value"] for p in points] == [b[0][1] for b in batches[1:]]
+    by_value = {p["value"]: p for p in points}
+    for i, o in flagged_cpu:
+        p = by_value[o.value]
+        assert p["flagged"] and p["mean"] == pytest.approx(o.mean, rel=1e-12)
+        assert p["stddev"] == pytest.approx(o.stddev, rel=1e-12)
+    assert sum(p["flagged"] for p in points) == len([1 for i, _ in flagged_cpu if i >= 1])
+    status, body = _get(port, "/api/sessions")
+    held = json.loads(body)["sessions"][0]
+    assert (held["name"], held["series"], held["open"]) == ("s1", 2, False)
+    assert json.loads(_get(port, "/api/series?session=s1&q=me")[1])["series"] == ["mem"]
+    assert json.loads(_get(port, "/api/series?session=s1&q=")[1])["series"] == ["cpu", "mem"]
+    assert srv.server.service.taps.active is False  # the tap went with its viewer
+
+
+def test_uploads_over_the_limit_get_413_and_bad_ones_400_and_the_server_goes_on(page):
+    srv, port = page
+    status, body = _post(port, "/api/backtest?filename=big.csv", b"x" * (2 << 20))
+    assert status == 413 and "over the upload limit of 1 MiB (--http-max-upload-mb)" in body["error"]
+    status, body = _post(port, "/api/backtest?filename=pic.png", b"\x89PNG\r\n\x1a\n")
+    assert status == 400 and "pic.png:1: not UTF-8 text" in body["error"]
+    status, body = _post(port, "/api/backtest?sets=" + urllib.parse.quote("[{\"threshold\": 3}]"),
+                         csv_file(generated(n=100)))
+    assert status == 200 and body["rows"] == 200
+    assert body["sets"][0]["flagged"] == len(naive_flags(generated(n=100), 3, 10))
+    status, csv_body = _get(port, f"/api/backtest/{body['id']}/flagged.csv")
+    assert status == 200 and csv_body.decode().count("\n") == 1 + body["sets"][0]["flagged"]
+
+
+def test_an_option_set_can_name_any_field_the_pipeline_reads():
+    from streamer.web.backtest import option_fields, parse_options
+    import dataclasses
+    assert [f["name"] for f in option_fields()] == [f.name for f in dataclasses.fields(Options)]
+    assert parse_options({"mode": "exponential", "alpha": "0.1", "exclude_outliers": "on"}, "s") == \
+        Options(mode=MODE_EXPONENTIAL, alpha=0.1, exclude_outliers=True)
+
+
+@pytest.mark.parametrize("exclude", [False, True])
+def test_a_sampled_tap_judges_sampled_batches_as_the_stream(exclude):
+    """With sampling (one batch recorded whole in a long while), each whole batch (three values of the series in
+    it) has the band the kernel judged it against, and its flagged values the stream's mean and stddev."""
+    from streamer.pb import outliers_pb2 as pb
+    from streamer.state import SessionRegistry
+    from streamer.web.tap import Taps
+    clock = [0.0]
+    taps = Taps(sample_seconds=10.0, clock=lambda: clock[0])
+    tap = taps.view("", "x")
+    d = detector.StreamDetector(detector.Defaults(), SessionRegistry(600, 10, 1000))
+    d.taps = taps
+    rng = random.Random(SEED)
+    outliers = []
+    for b in range(60):
+        clock[0] = 11.0 * (b in (20, 40))  # arms after batches 20 and 40: batches 21 and 41 are recorded whole
+        values = [rng.gauss(0, 1) for _ in range(3)]
+        if b in (15, 21, 33):
+            values[1] = 50.0
+        req = pb.OutliersRequest(metrics=[pb.Metric(name="x", value=v) for v in values] + [pb.Metric(name="y")])
+        if b == 0:
+            req.options.CopyFrom(pb.DetectOptions(exclude_outliers=exclude))
+        answer = pb.OutliersResponse.FromString(d.process(req.SerializeToString()))
+        outliers += [(o.value, o.mean, o.stddev) for o in answer.outliers if o.name == "x"]
+    ring = list(tap.ring)
+    flagged = [(p[1], p[2], p[3]) for p in ring if p[4]]
+    # the sampled batches' flags are the stream's (batch 21's spike); the others reach a page from the Watch hub
+    assert outliers and flagged and set(flagged) <= set(outliers)
+    assert (50.0, ) in [(v,) for v, _, _ in flagged]
+    whole = [p for p in ring if not p[4]]
+    assert len(whole) >= 5  # the first batch, 21 and 41 (less their flagged values)
+    # the band of the unflagged values of a whole batch: the naive stream's state before each value
+    state: dict = {}
+    rng = random.Random(SEED)
+    expect = {}
+    for b in range(60):
+        values = [rng.gauss(0, 1) for _ in range(3)]
+        if b in (15, 21, 33):
+            values[1] = 50.0
+        for v in values:
+            x = state["series"][0] if state else None
+            if x is not None and x.n >= 10:
+                expect[v] = (x.mean, (x.spread / x.n) ** 0.5)
+            naive.stream([("x", v)], state, threshold=2.0, warmup=10, exclude=exclude)
+    for p in whole:
+        if p[2] is not None:
+            assert (p[2], p[3]) == pytest.approx(expect[p[1]], rel=1e-9)
+
+
+def test_episodes_reach_the_live_list(make_server):
+    """A server keeping episodes (--episodes on): the page's live stream carries an episode's opening."""
+    from streamer.pb import outliers_pb2 as pb
+    port = free_port()
+    srv = make_server(http_port=port, defaults=detector.Defaults(episodes=True))
+    events: list = []
+    ready = threading.Event()
+    t = threading.Thread(target=_sse, args=(port, "/api/events?session=ep", 3, events, ready))
+    t.start()
+    assert ready.wait(30)
+    rng = random.Random(SEED)
+    batches = [[("lat", 10 + rng.gauss(0, 1))] for _ in range(30)]
+    batches[20] = [("lat", 100.0)]
+    with Client(srv.addr) as c:
+        list(c.stream(batches, session="ep", options=pb.DetectOptions(resolve_after=3)))
+    t.join(60)
+    kinds = [(e["kind"], e.get("state")) for e in events]
+    assert ("outlier", None) in kinds and ("episode", "opened") in kinds, events
+    episode = next(e for e in events if e["kind"] == "episode")
+    assert episode["series"] == "lat" and episode["session"] == "ep" and episode["source"] == "stream"
