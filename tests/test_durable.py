@@ -225,8 +225,8 @@ def test_an_idle_session_expires_from_the_store(tmp_path):
 def test_make_serve_default_store_is_sqlite_under_state(tmp_path):
     # no --store: the file under ./state/ of the working directory (what `make serve` uses)
     proc = subprocess.Popen([sys.executable, "-m", "streamer", "serve", "--host", "127.0.0.1", "--port", "0",
-                             "--metrics-port", "0", "--otlp-port", "0", "--http-port", "0"], cwd=tmp_path, stderr=subprocess.PIPE,
-                            text=True)
+                             "--metrics-port", "0", "--otlp-port", "0", "--http-port", "0"], cwd=tmp_path,
+                            stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and "ready on" not in (line := proc.stderr.readline()):

@@ -112,7 +112,8 @@ def test_streamer_detect_over_tls_and_mtls(cli_server, pki, tmp_path):
 
 def start_fails(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "streamer", "serve", "--host", "127.0.0.1", "--port", "0",
-                           "--metrics-port", "0", "--otlp-port", "0", "--http-port", "0", "--store", "memory://", *args],
+                           "--metrics-port", "0", "--otlp-port", "0", "--http-port", "0", "--store", "memory://",
+                           *args],
                           capture_output=True, text=True, timeout=120)
 
 
