@@ -178,6 +178,7 @@ func grow[T any](a []T, n int) []T {
 type welford struct {
 	n        int64
 	mean, m2 float64
+	excluded int64 // excluded values in a row since the last value judged normal
 }
 
 // stream is one DetectStream call: its rule (from the first message) and each series' state.
@@ -250,10 +251,17 @@ func (s *stream) process(b []byte) (mem.BufferSlice, error) {
 			std := math.Sqrt(w.m2 / float64(c))
 			if d := x - mu; math.Abs(d) > float64(k*std) {
 				f.add(int32(i), sid, x, mu, std, d)
-				if s.exclude {
+				// streamer's exclusion: never while the stddev is 0, and not after max(warmup, 2) excluded
+				// values in a row (its default exclude_limit) until a value is judged normal again
+				if s.exclude && std > 0 && w.excluded < need {
+					w.excluded++
 					continue
 				}
+			} else {
+				w.excluded = 0
 			}
+		} else {
+			w.excluded = 0
 		}
 		c++
 		delta := x - mu

@@ -13,7 +13,8 @@
 //
 // Semantics are streamer's defaults (see go/cmd/peerserver): threshold k (default 2), population stddev,
 // non-finite values neither scored nor counted, Detect per name over the batch, DetectStream per-name Welford
-// scored before the update with warm-up max(warmup, 2) (default 10) and exclude_outliers; names over 1024
+// scored before the update with warm-up max(warmup, 2) (default 10) and exclude_outliers (never at stddev 0,
+// and not after max(warmup, 2) excluded values in a row: streamer's default exclude_limit); names over 1024
 // bytes and bad thresholds are INVALID_ARGUMENT, more than 100 000 series RESOURCE_EXHAUSTED, as streamer.
 // Sessions, numbered batches and MODE_EXPONENTIAL answer UNIMPLEMENTED (the benchmarks never ask).
 //
