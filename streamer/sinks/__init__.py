@@ -83,9 +83,6 @@ class Sinks:
                          for url in config.webhooks]
         self.all = [*self.alertmanagers, *self.webhooks]
 
-    def __bool__(self) -> bool:
-        return bool(self.all)
-
     def start(self) -> None:
         for sink in self.all:
             sink.start()
