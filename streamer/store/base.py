@@ -99,6 +99,11 @@ class Store(abc.ABC):
     def expire(self, idle_before: float, now: float) -> list[str]:
         """Delete the snapshots last used before `idle_before` whose session has no live lease; their names."""
 
+    def tenant(self, name: str) -> str | None:
+        """The tenant of the stored session `name`, or None if there is none (backends read only that field)."""
+        snap = self.load(name)
+        return None if snap is None else snap.tenant
+
     @abc.abstractmethod
     def sessions(self, now: float) -> list[StoredSession]:
         """Every session with a snapshot or a live lease, sorted by name (the admin API's listing)."""

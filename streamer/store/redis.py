@@ -171,6 +171,11 @@ class RedisStore(Store):
         gone = self._expire(keys=[_IDLE], args=[repr(idle_before), repr(now), PREFIX])
         return [g.decode() for g in gone]
 
+    def tenant(self, name: str) -> str | None:
+        session = self._keys(name)[1]
+        tenant, version = self._r.hmget(session, "tenant", "version")
+        return None if version is None else (tenant or b"").decode()
+
     def sessions(self, now: float) -> list[StoredSession]:
         names = set()
         for kind in ("s:", "l:"):

@@ -200,6 +200,11 @@ class SQLiteStore(Store):
                 db.execute("DELETE FROM leases WHERE name=?", (name,))
             return gone
 
+    def tenant(self, name: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT tenant FROM sessions WHERE name=?", (name,)).fetchone()
+        return None if row is None else row[0]
+
     def sessions(self, now: float) -> list[StoredSession]:
         with self._lock:
             rows = self._db.execute(
