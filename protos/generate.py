@@ -1,4 +1,5 @@
-"""Regenerate the committed bindings from protos/outliers.proto and protos/admin.proto (run by `make proto` and the staleness test).
+"""Regenerate the committed bindings from protos/outliers.proto and protos/admin.proto (run by `make proto` and
+the staleness test).
 
 Python: messages, services and .pyi stubs into streamer/pb/, with the import made package-relative, and a copy
 of the .proto itself, which the wheel carries as package data (a pip-only user's contract, for grpcurl -proto or

@@ -276,5 +276,6 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             raise _Refused(grpc.StatusCode.UNAVAILABLE, f"session {name!r}: the store cannot delete it ({exc}); "
                                                         f"retry") from None
         self.sessions.detach(session, forget=True).result()
-        log.info("admin: session %r deleted (%d series%s)", name, n, "" if deleted else "; the store had lost its lease")
+        log.info("admin: session %r deleted (%d series%s)", name, n,
+                 "" if deleted else "; the store had lost its lease")
         return pb.DeleteSessionResponse(series=n)

@@ -55,7 +55,8 @@ def creds(pki, who: str):
 
 
 def tls_args(pki, who: str) -> list[str]:
-    return ["--tls-ca", str(pki / "ca.pem"), "--tls-cert", str(pki / f"{who}.crt"), "--tls-key", str(pki / f"{who}.key")]
+    return ["--tls-ca", str(pki / "ca.pem"), "--tls-cert", str(pki / f"{who}.crt"),
+            "--tls-key", str(pki / f"{who}.key")]
 
 
 @pytest.fixture(scope="module")
@@ -205,4 +206,3 @@ def test_tenants_without_client_certificates_stop_serve_at_start(tmp_path):
                           "--store", "memory://", "--metrics-port", "0", "--otlp-port", "0", "--http-port", "0"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "needs --tls-cert, --tls-key and --tls-client-ca" in out.stderr
-
