@@ -82,6 +82,15 @@ def _stddev(mode: int, count: float, spread: float) -> float:
     return math.sqrt(spread) if spread > 0 else 0.0
 
 
+def _fresh(session: Session, stored_version: int | None, durable: bool) -> bool:
+    """Whether this process's copy of a session is its newest state: open here, the store keeps none (memory://),
+    or the store's version is the copy's (another worker's later write, or a delete, makes an idle copy stale
+    until its next attach)."""
+    if session.open or not durable:
+        return not session.lost
+    return (session.version == 0) if stored_version is None else stored_version == session.version
+
+
 class AdminService(admin_pb2_grpc.AdminServicer):
     """The Admin servicer. `caller(context)` says who calls (tenants.Caller); `reload` is the server's reload
     coroutine (None: this server has none, and Reload answers UNIMPLEMENTED)."""
@@ -148,6 +157,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         except Exception as exc:
             raise _Refused(grpc.StatusCode.UNAVAILABLE, f"the store cannot be read ({exc}); retry") from None
         held = {s.name: s for s in self.sessions.held_sessions()}
+        versions = {s.name: s.version or None for s in stored}
         out = {}
         for s in stored:
             info = pb.SessionInfo(name=s.name, kind=_kind(s.name), tenant=s.tenant, series=s.series,
@@ -157,8 +167,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             _stamp(info.lease_expires, s.lease_expires)
             out[s.name] = info
         for name, session in held.items():
-            if session.lost:
-                continue
+            if not _fresh(session, versions.get(name), self.sessions.store.durable):
+                continue  # stale here: the store's summary stands
             info = out.setdefault(name, pb.SessionInfo(name=name, kind=_kind(name)))
             info.tenant, info.series = session.tenant, len(session.state.table)
             info.mode, info.held_here, info.open_here = MODE_NAMES[session.state.mode], True, session.open
@@ -174,6 +184,13 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "GetSeries needs a session and a series")
         out = pb.GetSeriesResponse(session=name, series=request.series)
         session = self.sessions.held(name)
+        store = self.sessions.store
+        if session is not None and not session.open and store.durable:
+            try:
+                if not _fresh(session, store.version(name), True):
+                    session = None  # another process changed or deleted it since: the store's state stands
+            except Exception:
+                pass  # the store is down: this copy is the best there is
         if session is not None and not session.lost:
             with session.lock:
                 state = session.state

@@ -148,3 +148,28 @@ def test_reload_without_a_reload_is_unimplemented(server):
         assert out.returncode == 1 and "UNIMPLEMENTED" in out.stderr
     else:  # wired: it answers (this server has no --config: a refusal names the reason, never UNIMPLEMENTED)
         assert "UNIMPLEMENTED" not in out.stderr and (out.returncode == 0 or "FAILED_PRECONDITION" in out.stderr)
+
+
+def test_with_workers_every_call_sees_every_workers_sessions_and_a_delete_holds_everywhere(cli_server, tmp_path):
+    """--workers 2 on one SQLite file: a connection lands on either worker. ListSessions reads the store, so
+    every call lists every session whichever worker answers; a session deleted through one worker starts afresh
+    on the other too (its copy in memory gives way to the store, which has it no more)."""
+    s = cli_server("--workers", "2", "--store", f"sqlite:///{tmp_path}/state.db", "--lease-seconds", "3")
+    names = [f"w{i}" for i in range(6)]
+    for name in names:  # a connection each: spread over the workers
+        stream(s.addr, name, [[("x", 1.0)], [("x", 2.0)], [("x", 3.0)]])
+    processes = set()
+    for _ in range(4):  # each call its own process and connection
+        listed = as_json(s.addr, "sessions")
+        assert [x["name"] for x in listed["sessions"]] == names
+        assert all(x["series"] == "1" for x in listed["sessions"])
+        processes.add(listed["process"])
+    admin(s.addr, "delete", "w0")
+    for _ in range(3):
+        stream(s.addr, "w0", [[("x", 10.0)]])  # on any worker: a new session, one value
+        got = as_json(s.addr, "series", "w0", "x")
+        assert got["count"] == str(1) and got["mean"] == 10.0
+        admin(s.addr, "delete", "w0")
+    assert [x["name"] for x in as_json(s.addr, "sessions")["sessions"]] == names[1:]
+    assert s.terminate() == 0
+    print(f"admin calls answered by {len(processes)} of 2 workers")

@@ -5,12 +5,14 @@ caller's tenant; OTLP sources are per tenant; the admin API needs the admin role
 And the [tenants] table's checks."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import grpc
 import pytest
 import trustme
+from test_reflection import grpcurl  # noqa: F401 (the fixture: bin/grpcurl at the Makefile's pin)
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as otlp_service
 
 from streamer.client import Client, ClientError, tls_credentials
@@ -206,3 +208,49 @@ def test_tenants_without_client_certificates_stop_serve_at_start(tmp_path):
                           "--store", "memory://", "--metrics-port", "0", "--otlp-port", "0", "--http-port", "0"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "needs --tls-cert, --tls-key and --tls-client-ca" in out.stderr
+
+
+def test_grpcurl_with_the_admins_certificate_lists_and_calls_the_admin_api(grpcurl, server, pki):  # noqa: F811
+    def run(who: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([grpcurl, "-cacert", str(pki / "ca.pem"), "-cert", str(pki / f"{who}.crt"),
+                               "-key", str(pki / f"{who}.key"), *args], capture_output=True, text=True, timeout=60)
+    listed = run("ops", server.addr, "list")
+    assert listed.returncode == 0 and "streamer.admin.v1.Admin" in listed.stdout.split(), listed.stderr
+    called = run("ops", "-d", '{"prefix": "b-"}', server.addr, "streamer.admin.v1.Admin/ListSessions")
+    assert called.returncode == 0, called.stderr
+    assert {s["tenant"] for s in json.loads(called.stdout)["sessions"]} == {"team-b"}
+    denied = run("b", "-d", "{}", server.addr, "streamer.admin.v1.Admin/ListSessions")
+    assert denied.returncode != 0 and "PermissionDenied" in denied.stderr and "admin role" in denied.stderr
+
+
+def test_config_check_prints_the_tenants_table_as_a_file_that_reads_back(tmp_path):
+    path = tmp_path / "t.toml"
+    path.write_text(CONFIG)
+    out = subprocess.run([sys.executable, "-m", "streamer", "config", "check", str(path)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert '[[tenants.map]]\nidentity = "collector-b.streamer.test"\ntenant = "team-b"' in out.stdout
+    again = tmp_path / "again.toml"
+    again.write_text(out.stdout)
+    second = subprocess.run([sys.executable, "-m", "streamer", "config", "check", str(again)], capture_output=True,
+                            text=True, timeout=60)
+    assert second.returncode == 0 and second.stdout.split("\n", 1)[1] == out.stdout.split("\n", 1)[1].replace(
+        f"file {path}", f"file {again}")
+
+
+def test_the_identity_is_the_subject_cn_or_the_first_mapped_alternative_name():
+    from streamer.tenants import Tenants
+    t = Tenants("subject", (("cn-a", "team-a"),), ("cn-ops",))
+    assert t.caller({"x509_common_name": [b"cn-a"]}) == tenants_caller("cn-a", "team-a", False, True)
+    assert t.caller({"x509_common_name": [b"cn-ops"]}) == tenants_caller("cn-ops", "", True, False)
+    assert not t.caller({}).known  # no certificate identity at all
+    s = Tenants("san", (("b.example", "team-b"),), ())
+    auth = {"x509_common_name": [b"b.example"], "x509_subject_alternative_name": [b"other", b"b.example"]}
+    assert s.caller(auth) == tenants_caller("b.example", "team-b", False, True)
+    assert Tenants("san", (), (), default="shared").caller({"x509_subject_alternative_name": [b"z"]}) == \
+        tenants_caller("z", "shared", False, True)
+
+
+def tenants_caller(*fields):
+    from streamer.tenants import Caller
+    return Caller(*fields)
