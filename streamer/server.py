@@ -284,6 +284,9 @@ class StreamerServer:
             self._stop_metrics()
             return None
         if self.config.http_port:
+            if self.config.tenants is not None:
+                log.warning("the page (--http-port) is not scoped by tenant: it shows every tenant's sessions and "
+                            "outliers to whoever reaches it; keep it on a trusted network, or set --http-port 0")
             await self._start_page(hub)
         await server.start()
         hub.start(loop)
