@@ -480,8 +480,9 @@ def _print_session(url: str, name: str) -> int:
     arrays = {k: (a.view(np.float64).reshape(len(a), -1) if a.dtype.kind == "V" else a).tolist()
               for k, a in snap.arrays.items()}
     series = [dict(name=n, **{k: arrays[k][i] for k in arrays}) for i, n in enumerate(names)]
+    # floats as repr: exact round trip
     json.dump(dict(session=snap.name, tenant=snap.tenant, mode=snap.mode, version=snap.version, seq=snap.seq,
-                   options=snap.options, last_used=snap.last_used, series=series), sys.stdout)  # floats as repr: exact round trip
+                   options=snap.options, last_used=snap.last_used, series=series), sys.stdout)
     sys.stdout.write("\n")
     return 0
 

@@ -154,14 +154,14 @@ class SessionRegistry:
         """
         with self._lock:
             session = self._sessions.get(name)
-            if session is not None and tenant is not None and session.tenant != tenant:
-                # before "busy": whether another tenant's stream has it open is not the caller's business
-                raise SessionError("tenant", f"session {name!r} belongs to another tenant")
             if session is not None and not session.open and (
                     self.clock() - session.last_used > self.ttl or session.lost):
                 del self._sessions[name]  # expired, though the sweeper has not come by yet
                 session.state.drop()
                 session = None
+            if session is not None and tenant is not None and session.tenant != tenant:
+                # before "busy": whether another tenant's stream has it open is not the caller's business
+                raise SessionError("tenant", f"session {name!r} belongs to another tenant")
             if session is not None and session.open:
                 raise SessionError("busy", f"session {name!r} already has an open stream")
             if session is None and len(self._sessions) >= self.max_sessions:
@@ -318,6 +318,8 @@ class SessionRegistry:
             if state is not None:
                 state.drop()
             raise SessionError("tenant", f"session {name!r} belongs to another tenant")
+        if stored is None and session.version > 0 and self.store.durable and tenant is None:
+            raise SessionError("missing", f"no session {name!r}: it was deleted (or expired) in the store")
         if stored is None and session.version > 0 and self.store.durable:
             # it was written, and the store has it no more: deleted (the admin API, from any process) or
             # expired there; this process's copy must not bring it back
