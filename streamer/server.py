@@ -285,8 +285,8 @@ class StreamerServer:
             return None
         if self.config.http_port:
             if self.config.tenants is not None:
-                log.warning("the page (--http-port) is not scoped by tenant: it shows every tenant's sessions and "
-                            "outliers to whoever reaches it; keep it on a trusted network, or set --http-port 0")
+                log.info("the page (--http-port) shows every tenant's sessions and outliers: under [tenants] only "
+                         "the admin identities may open it (403 for the others)")
             await self._start_page(hub)
         await server.start()
         hub.start(loop)
@@ -430,6 +430,8 @@ async def serve(config: Config, on_ready: Callable[[], object] | None = None, bu
     if port is None:
         log.info("stopped by a signal during the compile, before serving")
         return
+    if config.tenants is not None:  # before the ready line, which tests and scripts wait for
+        log.info("%s", config.tenants.describe())
     log.info("streamer %s on %s:%d, %s (threshold %g, warmup %d, mode %s); metrics %s; OTLP %s; page %s",
              "ready" if on_ready is None else "serving", config.host, port,
              config.security(), config.defaults.threshold, config.defaults.warmup,
@@ -438,8 +440,6 @@ async def serve(config: Config, on_ready: Callable[[], object] | None = None, bu
              f"also on {config.host}:{server.otlp_port}" if server.otlp_port else "on this port only",
              f"on {'https' if config.tls_cert else 'http'}://{config.host}:{server.http_port}/" if server.http_port
              else "off")
-    if config.tenants is not None:
-        log.info("%s", config.tenants.describe())
     if on_ready is not None:
         on_ready()
     await stop.wait()

@@ -69,6 +69,14 @@ class Tenants:
         tenant = self.tenant_of(chosen)
         return Caller(chosen, tenant or "", chosen in self.admin, tenant is not None)
 
+    def caller_from_peercert(self, cert: dict | None) -> Caller:
+        """The Caller of an HTTPS connection (the page): ssl's getpeercert() dict, as `caller` takes grpc's."""
+        cert = cert or {}
+        cns = [v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"]
+        sans = [v for kind, v in cert.get("subjectAltName", ()) if kind in ("DNS", "IP Address", "email", "URI")]
+        return self.caller({"x509_common_name": [c.encode() for c in cns],
+                            "x509_subject_alternative_name": [s.encode() for s in sans]})
+
     def describe(self) -> str:
         return (f"tenants by client certificate {self.identity}: {len(self.tenants)} identities in "
                 f"{len({t for _, t in self.tenants})} tenant(s), {len(self.admin)} admin identities, unknown "

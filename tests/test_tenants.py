@@ -6,7 +6,12 @@ And the [tenants] table's checks."""
 from __future__ import annotations
 
 import json
+import re
+import socket
+import ssl
 import subprocess
+import urllib.error
+import urllib.request
 import sys
 
 import grpc
@@ -61,12 +66,19 @@ def tls_args(pki, who: str) -> list[str]:
             "--tls-key", str(pki / f"{who}.key")]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def server(pki, tmp_path_factory):
     from conftest import CliServer
     d = tmp_path_factory.mktemp("tenants")
     (d / "streamer.toml").write_text(CONFIG)
     s = CliServer("--config", str(d / "streamer.toml"), "--store", f"sqlite:///{d}/state.db",
+                  "--http-port", str(free_port()),
                   "--tls-cert", str(pki / "server.crt"), "--tls-key", str(pki / "server.key"),
                   "--tls-client-ca", str(pki / "ca.pem"))
     yield s
@@ -254,3 +266,19 @@ def test_the_identity_is_the_subject_cn_or_the_first_mapped_alternative_name():
 def tenants_caller(*fields):
     from streamer.tenants import Caller
     return Caller(*fields)
+
+
+def test_under_tenants_the_page_is_for_the_admin_role_only(server, pki):
+    """The page shows every tenant's data (no per-tenant view yet): an admin's certificate opens it, a tenant's
+    gets 403 naming its identity."""
+    port = int(re.search(r"page on https://[^:]+:(\d+)/", "".join(server.log)).group(1))
+
+    def get(who: str):
+        context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+        context.load_cert_chain(str(pki / f"{who}.crt"), str(pki / f"{who}.key"))
+        return urllib.request.urlopen(f"https://127.0.0.1:{port}/api/sessions", context=context, timeout=30)
+    with get("ops") as resp:
+        assert resp.status == 200 and "b-session" in {s["name"] for s in json.loads(resp.read())["sessions"]}
+    with pytest.raises(urllib.error.HTTPError) as err:
+        get("a")
+    assert err.value.code == 403 and CLIENTS["a"] in err.value.read().decode()
