@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as otlp_service
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
-from streamer import episodes, expiry, rates, rules
+from streamer import episodes, expiry, rates, rules, tenants
 from streamer.detector import MAX_NAME_BYTES, Params
 from streamer.errors import InvalidArgument, Unavailable
 from streamer.series import SeriesLimitError, lazy_zeros
@@ -160,14 +160,15 @@ class OtlpIngest:
         self._keys: dict = {}  # (session, metric, attribute bytes) -> series key; see _key_cache
         self.options = ", ".join(f"{f.name}={getattr(params, f.name)}" for f in dataclasses.fields(params))
 
-    def export(self, request: bytes) -> bytes:
+    def export(self, request: bytes, tenant: str = "") -> bytes:
+        """`tenant`: the caller's (streamer/tenants.py): its sources are sessions of their own, otlp@TENANT:{...}."""
         try:
             req = otlp_service.ExportMetricsServiceRequest.FromString(request)
         except DecodeError as exc:
             raise InvalidArgument(f"Export: the request is not an ExportMetricsServiceRequest ({exc})") from None
         rejected = _Rejected()
-        resources = [r for r in self._columns(req, rejected) if self._checked(r, rejected)]
-        events = self._judge(resources, rejected)
+        resources = [r for r in self._columns(req, rejected, tenant) if self._checked(r, rejected)]
+        events = self._judge(resources, rejected, tenant)
         if events and self.hub is not None and self.hub.active:
             self.hub.publish(events)
         resp = otlp_service.ExportMetricsServiceResponse()
@@ -176,11 +177,11 @@ class OtlpIngest:
             resp.partial_success.error_message = rejected.message()
         return resp.SerializeToString()
 
-    def _columns(self, req, rejected: _Rejected) -> list[_Resource]:
+    def _columns(self, req, rejected: _Rejected, tenant: str = "") -> list[_Resource]:
         by_session: dict[str, _Resource] = {}
         for rm in req.resource_metrics:
             identity = resource_identity(rm.resource, self.resource_attributes)
-            name = "otlp:" + (labels(identity) or "{}")
+            name = tenants.otlp_session(tenant, "otlp:" + (labels(identity) or "{}"))
             res = by_session.setdefault(name, _Resource(name))
             for sm in rm.scope_metrics:
                 for m in sm.metrics:
@@ -271,14 +272,14 @@ class OtlpIngest:
             rejected.add(f"had a series key over {MAX_NAME_BYTES} bytes", first[:80], len(res.encoded) - len(res.keep))
         return bool(res.keep)
 
-    def _judge(self, resources: list[_Resource], rejected: _Rejected) -> list:
+    def _judge(self, resources: list[_Resource], rejected: _Rejected, tenant: str = "") -> list:
         """Judge every resource's points on its session: take every lease (in name order, so two exports never
         wait on each other) and load what is newer, judge, write through, release. A lease that cannot be had
         fails the whole export with UNAVAILABLE before anything is judged (the exporter sends it again)."""
         attached = []
         try:
             for res in sorted(resources, key=lambda r: r.session):
-                session = self._attach(res.session, rejected, len(res.keys))
+                session = self._attach(res.session, rejected, len(res.keys), tenant)
                 if session is not None:
                     attached.append((res, session))
         except BaseException:
@@ -291,7 +292,7 @@ class OtlpIngest:
             for res, session in attached:
                 with session.lock:  # a snapshot never sees half an export
                     events += self._apply(session.state, res, [res.encoded[i] for i in res.keep], res.keep,
-                                          rejected)
+                                          rejected, tenant)
                     session.changed = True
         finally:
             for _, session in attached:
@@ -300,11 +301,11 @@ class OtlpIngest:
             future.result()  # written through and released: the next export may go to any worker or replica
         return events
 
-    def _attach(self, name: str, rejected: _Rejected, n: int):
+    def _attach(self, name: str, rejected: _Rejected, n: int, tenant: str = ""):
         deadline = time.monotonic() + LEASE_WAIT
         while True:
             try:
-                return self.sessions.attach(name, self.params.mode, self.options, state_class=OtlpState)
+                return self.sessions.attach(name, self.params.mode, self.options, state_class=OtlpState, tenant=tenant)
             except SessionError as exc:
                 if exc.kind == "busy" and time.monotonic() < deadline:
                     time.sleep(0.005)  # another export of this resource is being judged: it takes milliseconds
@@ -315,7 +316,7 @@ class OtlpIngest:
                 return None
 
     def _apply(self, state: OtlpState, res: _Resource, encoded: list[bytes], keep: list[int],
-               rejected: _Rejected) -> list:
+               rejected: _Rejected, tenant: str = "") -> list:
         lengths = np.fromiter((len(k) for k in encoded), dtype=np.int64, count=len(encoded))
         starts = np.zeros(len(encoded), dtype=np.int64)
         np.cumsum(lengths[:-1], out=starts[1:])
@@ -367,10 +368,10 @@ class OtlpIngest:
         if r.resolve_after and ev_n[0]:
             e = int(ev_n[0])
             self.on_episodes(episodes.events(ev[:e], ev_stats[:e], ids, judged, times, state.table, res.session,
-                                             res.session, ORIGIN_OTLP, attributes_of))
+                                             res.session, ORIGIN_OTLP, attributes_of, tenant))
         if not k or self.hub is None or not self.hub.active:
             return []
-        return flagged(state.table.name, ids, judged, times, idx[:k], mean, std, z, ORIGIN_OTLP, res.session)
+        return flagged(state.table.name, ids, judged, times, idx[:k], mean, std, z, ORIGIN_OTLP, res.session, tenant)
 
 
 def _intern_within_limit(table, buf: bytes, starts: np.ndarray, lengths: np.ndarray, room: int | None = None):
