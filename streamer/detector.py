@@ -197,9 +197,9 @@ def _too_large(where: str, size: int, outliers: int, limit: int) -> str:
             f"of {limit / 2**20:g} MiB (--max-message-mb)")
 
 
-def _intern(table: SeriesTable, cols: Columns, where: str) -> np.ndarray:
+def _intern(table: SeriesTable, cols: Columns, where: str, out: np.ndarray | None = None) -> np.ndarray:
     try:
-        return table.intern(cols.buf, cols.name_start, cols.name_len, cols.name_hash)
+        return table.intern(cols.buf, cols.name_start, cols.name_len, cols.name_hash, out=out)
     except SeriesLimitError as exc:
         raise _series_limit(where, exc) from None
 
@@ -249,7 +249,7 @@ def detect(buf: bytes, defaults: Defaults, on_batch: Callable[[int, int], None] 
     threshold = resolve(Options(threshold=head.options.threshold) if head.options else None, defaults,
                         where).threshold
     table = fused.detect_table(defaults.max_series, len(cols), len(buf))
-    ids = _intern(table, cols, where)
+    ids = _intern(table, cols, where, fast.slots())  # the thread's last slots: tried first
     scratch = _Scratch()
     scratch.ensure(len(cols))
     k = kernels.detect_batch(ids, cols.values, len(table), threshold,

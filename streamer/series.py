@@ -331,13 +331,15 @@ class SeriesTable:
             self._next_pages = stop
 
     def intern(self, buf: bytes, name_start: np.ndarray, name_len: np.ndarray,
-               name_hash: np.ndarray | None = None, room: int | None = None) -> np.ndarray:
+               name_hash: np.ndarray | None = None, room: int | None = None,
+               out: np.ndarray | None = None) -> np.ndarray:
         """Slot of each name span buf[name_start[i]:][:name_len[i]], adding new names in order of first use.
 
         name_hash: the spans' wire.name_hash with HASH_SEED, as decode_request gives them (Columns.name_hash);
         computed here when absent (or when this table has its own seed). Raise SeriesLimitError and add none
         if the batch would take the table past its limit (or add more than `room` series); ValueError for a span
-        outside buf.
+        outside buf. `out`: int64[n] to write the slots to (and return); what it holds is tried first, checked
+        against the names (a reused buffer: a sender's series come in the same order each time).
         """
         b = buf if type(buf) is bytes else bytes(buf)  # one jitted signature
         n = len(name_start)
@@ -350,7 +352,7 @@ class SeriesTable:
             if bad:
                 i = -1 - bad
                 raise ValueError(f"name {i}: span [{name_start[i]}, +{name_len[i]}) is outside the buffer")
-        ids = np.empty(n, dtype=np.int64)
+        ids = np.empty(n, dtype=np.int64) if out is None or len(out) != n or out.dtype != np.int64 else out
         self.begin(n, room)
         i = 0
         while True:
