@@ -79,10 +79,11 @@ def _hash_names(b, name_start, name_len, seed, out):
 
 @njit(**HOT)
 def _intern(b, name_start, name_len, name_hashes, i, ids, m, index, old, hashes, offsets, lengths, arena, free,
-            born):
+            born, seed=0, unhashed=False):
     """Look up (and add) the names of metrics i, i+1, ... (their hashes given) writing their slots to ids.
 
     What ids holds on entry is tried first, as a guess checked against the name's bytes (any value is safe).
+    `unhashed`: name_hashes are not given; a name not found that way is hashed here (with `seed`).
 
     New names take a free slot (the newest freed first) or the next unused one; each is logged in born
     (3 int64 each: slot, or -1 - slot for an unused one, and the free slot's former offset and length) for
@@ -106,7 +107,8 @@ def _intern(b, name_start, name_len, name_hashes, i, ids, m, index, old, hashes,
             if m[M_OLD_BITS]:
                 _migrate(m, index, old, hashes, 1)
             continue
-        h = (at(name_hashes, i) & hash_mask) >> 32  # the top 32 bits (the best mixed), as int32
+        full = hash_of_name(b, p, p + ln, seed) if unhashed else at(name_hashes, i)
+        h = (full & hash_mask) >> 32  # the top 32 bits (the best mixed), as int32
         e, slot = _find(index, m[M_BITS], hashes, offsets, lengths, arena, b, p, ln, h)
         if slot < 0 and m[M_OLD_BITS]:
             _, slot = _find(old, m[M_OLD_BITS], hashes, offsets, lengths, arena, b, p, ln, h)

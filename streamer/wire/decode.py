@@ -58,7 +58,9 @@ _MAX_DEPTH, _NS = 100, np.int64(1_000_000_000)  # upb's nesting limit (a level e
 # The decoder's state, one int64 array: the request's options and session as read so far, where to resume
 # when the columns are full, and the stack of open groups.
 # Options take slots 0 .. OPTION_SLOTS - 1 (options.py); _HAS_OPTIONS is slot 0.
-_SESSION_START, _SESSION_LEN, _POS, _COUNT, _BAD_METRIC, _SEED, _SEQ, _STACK = range(OPTION_SLOTS, OPTION_SLOTS + 8)
+# _UNHASHED: 1 if the caller hashes names itself (the fused pass, when a name is not found by its position).
+_SESSION_START, _SESSION_LEN, _POS, _COUNT, _BAD_METRIC, _SEED, _SEQ, _UNHASHED, _STACK = range(
+    OPTION_SLOTS, OPTION_SLOTS + 9)
 _STATE_SIZE = _STACK + _MAX_DEPTH
 _FULL = 1  # _decode's return when the columns are full: grow them and call again
 
@@ -273,11 +275,12 @@ def _decode(b, cols, st):
     i = st[_COUNT]
     capacity = cols.shape[1]
     seed = st[_SEED]
+    hashing = st[_UNHASHED] == 0
     empty_hash = name_hash(b, 0, 0, seed)
     while p < n:
         start = p
         if i < capacity:  # a metric as encoders write it (layout.py), else the general reader below
-            q, ns, nl, h, value, tm = _usual_metric(b, p, n, seed)
+            q, ns, nl, h, value, tm = _usual_metric(b, p, n, seed, hashing)
             if q:
                 cols[0, i] = ns
                 cols[1, i] = nl

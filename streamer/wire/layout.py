@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from streamer.wire.primitives import INLINE, byte_at, hash_utf8, load_f64, varint
+from streamer.wire.primitives import INLINE, byte_at, hash_utf8, load_f64, utf8_valid, varint
 
 _NS = np.int64(1_000_000_000)
 
@@ -25,9 +25,10 @@ def _int32(x):
 
 
 @njit(**INLINE)
-def metric(b, p, n, seed):
+def metric(b, p, n, seed, hashing):
     """(next, name start, name length, name hash, value, time ns) of the metric record (tag 0x0A, field 1)
-    at b[p] of a request of n bytes, if it is in the usual layout with a name; next = 0 if it is not."""
+    at b[p] of a request of n bytes, if it is in the usual layout with a name; next = 0 if it is not.
+    The hash is 0 unless `hashing`."""
     if n - p < 2 or byte_at(b, p) != 0x0A:
         return 0, 0, 0, np.int64(0), 0.0, np.int64(0)
     size = byte_at(b, p + 1)
@@ -65,7 +66,11 @@ def metric(b, p, n, seed):
         if end - q != 9 or byte_at(b, q) != 0x19:
             return 0, 0, 0, np.int64(0), 0.0, np.int64(0)
         value = load_f64(b, q + 1)
-    h, valid = hash_utf8(b, start, start + ln, seed)
+    h = np.int64(0)
+    if hashing:
+        h, valid = hash_utf8(b, start, start + ln, seed)
+    else:
+        valid = utf8_valid(b, start, start + ln)
     if not valid:
         return 0, 0, 0, np.int64(0), 0.0, np.int64(0)
     return end, start, ln, h, value, t
