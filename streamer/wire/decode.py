@@ -6,7 +6,8 @@ included (matched end tags, upb's nesting limit of 100); a known field with the 
 field; a scalar sent twice keeps the last; a sub-message sent twice (`options`, a metric's `time`) is merged;
 absent fields are zero. Varints are at most 10 bytes (tags and lengths 5, tags below 2**32); `mode` is
 kept as read (open enum), integers are truncated to their declared width as upb does. Names and `session`
-must be UTF-8 (every occurrence, as upb checks each). Malformed bytes raise WireError.
+must be UTF-8 (every occurrence, as upb checks each). Malformed bytes raise WireError. A metric in the layout
+encoders write is read by layout.py's fast path, which accepts only what the reader here would, alike.
 
 Safety on hostile bytes rests on two rules, kept by every loop below and asserted by the checked build
 (primitives.py): a reader's error is tested before its value is used, and every loop iteration consumes at least
