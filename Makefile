@@ -54,7 +54,7 @@ serve: $(RUNTIME_STAMP)  ## run the service with embedded defaults (port 9999); 
 # The wire tests and the fuzz targets run twice: in the normal build, then in the checked one, where every load
 # checks its bounds and every decoder loop its progress (streamer/wire/primitives.py), in its own numba cache.
 # (the fuzz run itself is plain Python in both: only the replay through the compiled decoder runs again)
-WIRE_TESTS := tests/test_wire.py tests/test_wire_checked.py tests/test_series.py tests/test_fused.py \
+WIRE_TESTS := tests/test_wire.py tests/test_wire_layout.py tests/test_wire_checked.py tests/test_series.py tests/test_fused.py \
 	tests/test_fuzz.py::test_the_corpus_and_every_regression_read_as_protobuf_reads_them
 
 test: $(DEV_STAMP) $(BENCH_STAMP) go-tools grpcurl redis-server alertmanager chromium  ## the whole test suite (Python, then Go against the real server)

@@ -9,6 +9,10 @@ runs them); "rest" is the whole minus decode and the three stages (the fused app
 detector's bookkeeping). Detect: the whole `detector.detect`, then `wire.decode_request`, a fresh
 `SeriesTable.intern`, `kernels.detect_batch` and the encode. Each figure: the median (min-max) of --rounds
 rounds, each the best of 3 short runs. Writes results/stages.{json,md} and prints the table.
+
+`--series S` (default 2000) sends the collector's layout instead: S series (names of 16-30 bytes, as
+go/cmd/collector's) in the same order in every message, each metric with a timestamp; `--series 0` sends
+wire_bench's 4 interleaved names.
 """
 from __future__ import annotations
 
@@ -37,14 +41,37 @@ def cpu_ns_per_metric(step, n: int, seconds: float) -> float:
     return best
 
 
-def measure(n: int, seconds: float) -> dict:
+KINDS = ("cpu.user", "cpu.system", "cpu.iowait", "mem.used_bytes", "mem.cached_bytes", "disk.io.read_bytes",
+         "disk.io.write_bytes", "net.rx_bytes", "net.tx_bytes", "load.1m")
+
+
+def collector_request(n: int, series: int, seed: int) -> bytes:
+    """n metrics over `series` names in a fixed order (metric i is series i % series), values normal with
+    0.5% spikes, each with a time (seconds and nanos), encoded by the protobuf library."""
+    from streamer.pb import outliers_pb2 as pb
+
+    rng = np.random.default_rng(seed)
+    values = rng.normal(20.0, 3.0, n)
+    spikes = rng.random(n) < 0.005
+    values[spikes] = rng.uniform(100.0, 1000.0, int(spikes.sum()))
+    names = [f"host{s // len(KINDS):04d}.{KINDS[s % len(KINDS)]}" for s in range(series)]
+    req = pb.OutliersRequest()
+    t0 = 1_700_000_000 + 60 * seed
+    for i, x in enumerate(values.tolist()):
+        m = req.metrics.add(name=names[i % series], value=x)
+        m.time.seconds = t0 + i // series
+        m.time.nanos = 1_000_000 * (i % 1000) + 123_456
+    return req.SerializeToString()
+
+
+def measure(n: int, seconds: float, series: int = 0) -> dict:
     from benchmarks.wire_bench import THRESHOLD, NumbaPath, make_request
     from streamer import detector, fused, kernels, wire
     from streamer.series import SeriesTable
     from streamer.state import SessionRegistry
 
     defaults = detector.Defaults()
-    requests = [make_request(n, True, seed) for seed in range(4)]
+    requests = [collector_request(n, series, seed) if series else make_request(n, True, seed) for seed in range(4)]
     out: dict[str, float] = {}
     stream = detector.StreamDetector(defaults, SessionRegistry(60.0, 1, 100_000))  # a private stream
     for r in requests * 3:
@@ -89,18 +116,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=0.6, help="per figure and round")
+    parser.add_argument("--series", type=int, default=2000, help="the collector's layout (0: 4 names)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     load = os.getloadavg()
     rounds = {n: [] for n in args.sizes}
     for i in range(args.rounds):
         for n in args.sizes:
-            rounds[n].append(measure(n, args.seconds))
+            rounds[n].append(measure(n, args.seconds, args.series))
             print(f"round {i + 1} {n}: " + ", ".join(f"{k} {v:.1f}" for k, v in rounds[n][-1].items()),
                   file=sys.stderr, flush=True)
     keys = list(rounds[args.sizes[0]][0])
-    doc = {"sizes": args.sizes, "rounds": rounds, "load_average": [load, list(os.getloadavg())]}
-    lines = [f"CPU ns a metric (this thread's CPU time), median (min-max) of {args.rounds} rounds; load average "
+    doc = {"sizes": args.sizes, "series": args.series, "rounds": rounds, "load_average": [load, list(os.getloadavg())]}
+    layout = f"{args.series} series in a fixed order" if args.series else "4 interleaved names"
+    lines = [f"CPU ns a metric (this thread's CPU time), median (min-max) of {args.rounds} rounds; {layout}, "
+             f"timestamps set; load average "
              f"{load[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end.", "",
              "| stage | " + " | ".join(f"{n:,} a message" for n in args.sizes) + " |",
              "|---|" + "---:|" * len(args.sizes)]

@@ -57,9 +57,10 @@ class NumbaPath:
         self.buf = buf
         self.table = SeriesTable(limit=100_000)
         n = len(wire.decode_request(buf))
-        self.count = np.zeros(64, dtype=np.int64)
-        self.mean = np.zeros(64, dtype=np.float64)
-        self.m2 = np.zeros(64, dtype=np.float64)
+        slots = max(64, n)  # room for as many series as metrics (stage_bench sends thousands)
+        self.count = np.zeros(slots, dtype=np.int64)
+        self.mean = np.zeros(slots, dtype=np.float64)
+        self.m2 = np.zeros(slots, dtype=np.float64)
         self.idx = np.empty(n, dtype=np.int32)
         self.mean_out, self.std_out, self.z_out = (np.empty(n, dtype=np.float64) for _ in range(3))
         self.batch = 0

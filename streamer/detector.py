@@ -20,7 +20,7 @@ from streamer.sinks.episode import EpisodeEvent
 from streamer import expiry
 from streamer.state import (MODE_CUMULATIVE, MODE_EXPONENTIAL, MODE_NAMES, SeriesState, Session,
                             SessionError, SessionRegistry, TotalSeriesLimitError)
-from streamer.wire import (TRAILER_BYTES, Columns, Options, WireError, decode_request, encode_flagged,
+from streamer.wire import (TRAILER_BYTES, Columns, Options, WireError, encode_flagged,
                            encode_trailer)
 
 MAX_NAME_BYTES = fused.MAX_NAME_BYTES
@@ -161,16 +161,13 @@ def resolve(options: Options | None, defaults: Defaults, where: str) -> Params:
                   series_ttl=ttl)
 
 
-def _decode(buf: bytes, where: str) -> Columns:
+def _decode_pass(fast: fused.StreamPass, buf: bytes, where: str) -> fused.Head:
     try:
-        cols = decode_request(buf)
+        return fast.decode(buf)
     except WireError as exc:
         raise InvalidArgument(f"{where}: {exc}") from None
-    too_long = np.flatnonzero(cols.name_len > MAX_NAME_BYTES)
-    if len(too_long):
-        i = int(too_long[0])
-        raise _name_too_long(where, i, int(cols.name_len[i]))
-    return cols
+    except fused.NameTooLong as exc:
+        raise _name_too_long(where, exc.index, exc.length) from None
 
 
 def _name_too_long(where: str, i: int, length: int) -> InvalidArgument:
@@ -200,9 +197,9 @@ def _too_large(where: str, size: int, outliers: int, limit: int) -> str:
             f"of {limit / 2**20:g} MiB (--max-message-mb)")
 
 
-def _intern(table: SeriesTable, cols: Columns, where: str) -> np.ndarray:
+def _intern(table: SeriesTable, cols: Columns, where: str, out: np.ndarray | None = None) -> np.ndarray:
     try:
-        return table.intern(cols.buf, cols.name_start, cols.name_len, cols.name_hash)
+        return table.intern(cols.buf, cols.name_start, cols.name_len, cols.name_hash, out=out)
     except SeriesLimitError as exc:
         raise _series_limit(where, exc) from None
 
@@ -245,13 +242,14 @@ def detect(buf: bytes, defaults: Defaults, on_batch: Callable[[int, int], None] 
     """Unary Detect: judge one batch on its own, per metric name, against that name's batch mean and stddev.
     `on_batch(metrics, outliers)` is called once the answer can be sent (the server's metrics)."""
     where = "request"
-    cols = _decode(buf, where)
+    fast = fused.detect_pass(len(buf))  # the thread's buffers (fused.py says why)
+    head = _decode_pass(fast, buf, where)
+    cols = fast.columns()
     # Only the threshold applies to a single batch; the stream options are ignored, as the README says.
-    threshold = resolve(Options(threshold=cols.options.threshold) if cols.options else None, defaults,
+    threshold = resolve(Options(threshold=head.options.threshold) if head.options else None, defaults,
                         where).threshold
-    table = SeriesTable(defaults.max_series, capacity=2 * len(cols), reserve=len(cols), name_bytes=len(buf),
-                        lazy=False)  # the names are spans of the request: its size is room for them all
-    ids = _intern(table, cols, where)
+    table = fused.detect_table(defaults.max_series, len(cols), len(buf))
+    ids = _intern(table, cols, where, fast.slots())  # the thread's last slots: tried first
     scratch = _Scratch()
     scratch.ensure(len(cols))
     k = kernels.detect_batch(ids, cols.values, len(table), threshold,
@@ -343,12 +341,7 @@ class StreamDetector:
         return out
 
     def _decode(self, buf: bytes, where: str) -> fused.Head:
-        try:
-            return self._pass.decode(buf)
-        except WireError as exc:
-            raise InvalidArgument(f"{where}: {exc}") from None
-        except fused.NameTooLong as exc:
-            raise _name_too_long(where, exc.index, exc.length) from None
+        return _decode_pass(self._pass, buf, where)
 
     def _apply(self, buf: bytes, cols: fused.Head, where: str, batch: int, trailer: bytes = b"") -> bytes:
         """Apply the batch to the state; its answer: the outliers, `batch` as its number (0: none written),

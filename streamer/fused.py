@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 
 import numpy as np
 from numba import njit
 
 from streamer import expiry, rules
-from streamer.series import M_HIGH, _intern
+from streamer.series import M_HIGH, SeriesTable, _hash_names, _intern
 from streamer.wire import Columns, Options, decode
 from streamer.wire.encode import _encode
 from streamer.wire.primitives import HASH_SEED
@@ -39,13 +40,14 @@ _INTERN, _TOUCH, _JUDGE, _ENCODE = range(4)
 
 
 @njit(nogil=True, cache=True)
-def _decode_pass(b, cols, st, resume, seed):
+def _decode_pass(b, cols, st, resume, seed, unhashed):
     """The request in b into cols (int64[5, capacity], as decode._decode) and st (int64[_STATE_SIZE]); set up
-    st when not `resume` (seed: HASH_SEED). Returns DONE with st[_N] metrics, FULL, NAME_TOO_LONG (metric
-    st[_I]) or the decoder's -code."""
+    st when not `resume` (seed: HASH_SEED; unhashed: leave the names' hashes to _apply_pass). Returns DONE with
+    st[_N] metrics, FULL, NAME_TOO_LONG (metric st[_I]) or the decoder's -code."""
     if not resume:
         st[:] = 0
         st[decode._SEED] = seed  # an argument: numba's cache would keep a global's value from another process
+        st[decode._UNHASHED] = unhashed
     code, n, _, _ = decode._decode(b, cols, st)
     if code != 0:
         return FULL if code == decode._FULL else code
@@ -75,7 +77,7 @@ def _apply_pass(b, cols, st, ids, m, index, old, hashes, offsets, lengths, arena
     n = st[_N]
     if st[_PHASE] == _INTERN:
         why, i = _intern(b, cols[0, :n], cols[1, :n], cols[4, :n], st[_I], ids, m, index, old, hashes, offsets,
-                         lengths, arena, free, born)
+                         lengths, arena, free, born, st[decode._SEED], st[decode._UNHASHED] != 0)
         st[_I] = i
         if why != 0:
             st[_WHY] = why
@@ -156,9 +158,13 @@ class Head:
 class StreamPass:
     """One stream's buffers for the fused pass (columns, slots, flagged rows, the answer), grown as batches
     grow and reused across its batches: decode() a request, then apply() it or take columns() for the stages.
-    Not thread-safe: one stream's batches run one at a time."""
+    Not thread-safe: one stream's batches run one at a time.
 
-    def __init__(self) -> None:
+    `hashed`: whether decode() hashes every name. A stream's pass does not: apply() finds most names by the slot
+    their position had in the last batch, and hashes only the others (columns() hashes them all)."""
+
+    def __init__(self, hashed: bool = False) -> None:
+        self._hashed = hashed
         self._st = np.zeros(_STATE_SIZE, dtype=np.int64)
         self._out = np.empty(4096, dtype=np.uint8)
         self._size(0)
@@ -181,12 +187,12 @@ class StreamPass:
             self._size(max(len(b) // 24 + 4, 2 * self._cols.shape[1]))
         st = self._st
         self._buf = b
-        why = _decode_pass(b, self._cols, st, False, HASH_SEED)
+        why = _decode_pass(b, self._cols, st, False, HASH_SEED, not self._hashed)
         while why == FULL:  # smaller metrics than room was made for: twice the columns, the decoded ones kept
             cols = self._cols
             self._size(2 * cols.shape[1])
             self._cols[:, :cols.shape[1]] = cols
-            why = _decode_pass(b, self._cols, st, True, HASH_SEED)
+            why = _decode_pass(b, self._cols, st, True, HASH_SEED, not self._hashed)
         if why == NAME_TOO_LONG:
             i = int(st[_I])
             raise NameTooLong(i, int(self._cols[1, i]))
@@ -199,6 +205,9 @@ class StreamPass:
         """The decoded metrics as decode_request gives them (views of this pass's buffers, valid until the next
         decode(); options and session are the Head's)."""
         n, cols = int(self._st[_N]), self._cols
+        if self._st[decode._UNHASHED]:
+            _hash_names(self._buf, cols[0, :n], cols[1, :n], HASH_SEED, cols[4, :n])  # spans the decoder checked
+            self._st[decode._UNHASHED] = 0
         return Columns(self._buf, cols[0, :n], cols[1, :n], cols[2, :n].view(np.float64), cols[3, :n], None, "",
                        cols[4, :n])
 
@@ -273,6 +282,36 @@ class StreamPass:
                     self._out = np.empty(2 * int(st[_SIZE]), dtype=np.uint8)
         finally:
             state.budget.settle(room, added)
+
+
+# A unary Detect's buffers, one set a thread (grpc runs Detect on executor threads): new ones each call would cost
+# more than the batch's own work (zeroed arrays, page faults: 1 000-1 500 a call of 100 000 metrics, measured).
+_LOCAL = threading.local()
+KEEP_BYTES = 16 << 20   # requests up to this size use their thread's kept buffers; bigger ones get their own
+KEEP_SERIES = 1 << 17   # a kept table that took more series than this is let go after its call
+
+
+def detect_pass(size: int) -> StreamPass:
+    """A StreamPass to decode a unary Detect's request of `size` bytes: this thread's, unless it is big."""
+    if size > KEEP_BYTES:
+        return StreamPass(hashed=True)
+    kept = getattr(_LOCAL, "detect", None)
+    if kept is None:
+        kept = _LOCAL.detect = StreamPass(hashed=True)
+    return kept
+
+
+def detect_table(limit: int, metrics: int, size: int) -> SeriesTable:
+    """An empty SeriesTable (keyed with HASH_SEED) for the names of a unary Detect's request of `metrics` metrics
+    and `size` bytes: this thread's, cleared, unless the request is big."""
+    if size > KEEP_BYTES:  # the names are spans of the request: its size is room for them all
+        return SeriesTable(limit, capacity=2 * metrics, reserve=metrics, name_bytes=size, lazy=False)
+    kept = getattr(_LOCAL, "table", None)
+    if kept is None or kept.limit != limit or kept.slots > KEEP_SERIES:
+        kept = _LOCAL.table = SeriesTable(limit, capacity=1024, reserve=KEEP_SERIES)
+    else:
+        kept.clear()
+    return kept
 
 
 def compile_all() -> None:

@@ -55,6 +55,8 @@ def ours(buf: bytes):
     assert cols.name_start.dtype == cols.name_len.dtype == cols.times.dtype == np.int64
     assert cols.values.dtype == np.float64
     assert len(cols.name_start) == len(cols.name_len) == len(cols.values) == len(cols.times) == len(cols)
+    for i, (s, n) in enumerate(zip(cols.name_start.tolist(), cols.name_len.tolist())):  # two paths hash names
+        assert cols.name_hash[i] == wire.name_hash(cols.buf, s, s + n, wire.HASH_SEED), (i, s, n)
     options = None
     if cols.options is not None:
         o = cols.options

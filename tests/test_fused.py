@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamer import detector, fused, rules
+from streamer import detector, fused, kernels, rules
 from streamer.errors import InvalidArgument, ResourceExhausted
 from streamer.pb import outliers_pb2 as pb
+from streamer.series import SeriesTable
 from streamer.state import MODE_CUMULATIVE, MODE_EXPONENTIAL, SeriesState, SessionRegistry
 from streamer.wire import Options, decode_request, encode_flagged
 
@@ -166,3 +167,53 @@ def test_the_pass_reads_options_and_session_and_gives_the_columns():
     for name in ("name_start", "name_len", "values", "times", "name_hash"):
         np.testing.assert_array_equal(getattr(cols, name), getattr(want, name))
     assert fused.StreamPass().decode(b"").options is None
+
+
+def _ordered(rng, n, names, t0):
+    """A collector's request: the names in their fixed order, again and again, each metric with a time."""
+    req = pb.OutliersRequest()
+    for i, x in enumerate(rng.normal(10.0, 2.0, n).tolist()):
+        m = req.metrics.add(name=names[i % len(names)], value=x if i % 97 else 10 * x)
+        m.time.seconds, m.time.nanos = t0, i
+    return req.SerializeToString()
+
+
+def test_a_fixed_order_of_series_and_its_changes_give_the_staged_answers():
+    # intern tries each position's slot of the last batch first: same order, a rotated one, renamed positions,
+    # names that are new, a batch shorter and one longer than the last
+    rng = np.random.default_rng(5)
+    fast, staged = _pair()
+    names = [f"host{i:03d}.cpu" for i in range(50)]
+    orders = [names, names, names[7:] + names[:7], names[:10] + ["new.a", "new.b"] + names[12:], names[::-1],
+              names[:5], names + [f"more{i}" for i in range(30)], names]
+    for t, order in enumerate(orders):
+        buf = _ordered(rng, 3 * len(order) + 1, order, 1_700_000_000 + t)
+        assert fast.process(buf) == staged.process(buf)
+    _same_state(fast, staged)
+
+
+def test_detect_reuses_its_threads_buffers_and_answers_as_a_fresh_call():
+    rng = np.random.default_rng(6)
+    defaults = detector.Defaults(max_series=60)
+    a = _ordered(rng, 400, [f"a{i}" for i in range(40)], 1)
+    b = _ordered(rng, 300, [f"b{i % 7}.x{i}" for i in range(50)], 2)
+    over = _ordered(rng, 100, [f"c{i}" for i in range(61)], 3)
+    first = detector.detect(a, defaults)
+    assert detector.detect(b, defaults) != first
+    with pytest.raises(ResourceExhausted, match="series limit of 60"):
+        detector.detect(over, defaults)
+    with pytest.raises(InvalidArgument):
+        detector.detect(a[:-3], defaults)
+    assert detector.detect(a, defaults) == first == _detect_fresh(a)
+    assert detector.detect(b, detector.Defaults(max_series=70)) == _detect_fresh(b)  # another limit: a new table
+
+
+def _detect_fresh(buf, threshold=2.0):
+    """Detect as it was before buffers were kept: new columns, a new table, the kernel, the encoder."""
+    cols = decode_request(buf)
+    table = SeriesTable(100)
+    ids = table.intern(cols.buf, cols.name_start, cols.name_len, cols.name_hash)
+    n = len(cols)
+    idx, mean, std, z = np.empty(n, np.int32), np.empty(n), np.empty(n), np.empty(n)
+    k = kernels.detect_batch(ids, cols.values, len(table), threshold, idx, mean, std, z)
+    return encode_flagged(0, idx[:k], ids, cols.values, mean, std, z, table)

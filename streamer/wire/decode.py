@@ -6,7 +6,8 @@ included (matched end tags, upb's nesting limit of 100); a known field with the 
 field; a scalar sent twice keeps the last; a sub-message sent twice (`options`, a metric's `time`) is merged;
 absent fields are zero. Varints are at most 10 bytes (tags and lengths 5, tags below 2**32); `mode` is
 kept as read (open enum), integers are truncated to their declared width as upb does. Names and `session`
-must be UTF-8 (every occurrence, as upb checks each). Malformed bytes raise WireError.
+must be UTF-8 (every occurrence, as upb checks each). Malformed bytes raise WireError. A metric in the layout
+encoders write is read by layout.py's fast path, which accepts only what the reader here would, alike.
 
 Safety on hostile bytes rests on two rules, kept by every loop below and asserted by the checked build
 (primitives.py): a reader's error is tested before its value is used, and every loop iteration consumes at least
@@ -24,6 +25,7 @@ import dataclasses
 import numpy as np
 from numba import njit
 
+from streamer.wire.layout import metric as _usual_metric
 from streamer.wire.options import _HAS_OPTIONS, OPTION_SLOTS, Options, _int32, _option_field, options_of  # noqa: F401
 from streamer.wire.primitives import (E_DEPTH, E_GROUP, E_NAME_UTF8, E_SESSION_UTF8, E_TAG, E_TRUNCATED,
                                       E_WIRETYPE, ERRORS, HASH_SEED, HOT, INLINE, advanced, byte_at, f64_bits,
@@ -57,7 +59,9 @@ _MAX_DEPTH, _NS = 100, np.int64(1_000_000_000)  # upb's nesting limit (a level e
 # The decoder's state, one int64 array: the request's options and session as read so far, where to resume
 # when the columns are full, and the stack of open groups.
 # Options take slots 0 .. OPTION_SLOTS - 1 (options.py); _HAS_OPTIONS is slot 0.
-_SESSION_START, _SESSION_LEN, _POS, _COUNT, _BAD_METRIC, _SEED, _SEQ, _STACK = range(OPTION_SLOTS, OPTION_SLOTS + 8)
+# _UNHASHED: 1 if the caller hashes names itself (the fused pass, when a name is not found by its position).
+_SESSION_START, _SESSION_LEN, _POS, _COUNT, _BAD_METRIC, _SEED, _SEQ, _UNHASHED, _STACK = range(
+    OPTION_SLOTS, OPTION_SLOTS + 9)
 _STATE_SIZE = _STACK + _MAX_DEPTH
 _FULL = 1  # _decode's return when the columns are full: grow them and call again
 
@@ -271,9 +275,22 @@ def _decode(b, cols, st):
     p = st[_POS]
     i = st[_COUNT]
     capacity = cols.shape[1]
-    empty_hash = name_hash(b, 0, 0, st[_SEED])
+    seed = st[_SEED]
+    hashing = st[_UNHASHED] == 0
+    empty_hash = name_hash(b, 0, 0, seed)
     while p < n:
         start = p
+        if i < capacity:  # a metric as encoders write it (layout.py), else the general reader below
+            q, ns, nl, h, value, tm = _usual_metric(b, p, n, seed, hashing)
+            if q:
+                cols[0, i] = ns
+                cols[1, i] = nl
+                cols[4, i] = h
+                cols[2, i] = f64_bits(value)
+                cols[3, i] = tm
+                i += 1
+                p = q
+                continue
         t, p = _tag(b, p, n)
         if p < 0:
             pass
