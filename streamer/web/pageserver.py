@@ -374,10 +374,11 @@ class PageServer:
             result = self.backtests.get(parts[3])
             if parts[4] == "chart":
                 return await self._send(writer, 200, await asyncio.to_thread(result.chart, q.get("series", "")))
-            if parts[4] == "flagged.csv":
-                body = (await asyncio.to_thread(result.flagged_csv)).encode()
+            if parts[4] in ("flagged.csv", "episodes.csv"):
+                what = parts[4][:-4]
+                body = (await asyncio.to_thread(getattr(result, f"{what}_csv"))).encode()
                 return await self._send(writer, 200, body, "text/csv; charset=utf-8",
-                                        f"Content-Disposition: attachment; filename=\"flagged-{result.id}.csv\"\r\n")
+                                        f"Content-Disposition: attachment; filename=\"{what}-{result.id}.csv\"\r\n")
         except BacktestError as exc:
             return await self._send(writer, 400, {"error": str(exc)})
         return await self._send(writer, 404, {"error": f"no such page: {path}"})
