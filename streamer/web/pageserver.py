@@ -194,7 +194,8 @@ class PageServer:
         reg = self.service.sessions
         with reg._lock:
             held = list(reg._sessions.values())
-        out = [{"name": s.name, "series": len(s.state.table), "open": s.open, "options": s.options} for s in held]
+        out = [{"name": s.name, "source": "otlp" if s.name.startswith("otlp:") else "session",
+                "series": len(s.state.table), "open": s.open, "options": s.options} for s in held]
         private = [d for d in (s.detector for s in list(self.service._streams)) if d.session is None and d.state]
         out.sort(key=lambda s: s["name"])
         return {"sessions": out, "private_streams": len(private),
