@@ -366,12 +366,12 @@ class OtlpIngest:
                                 tail if r.likelihood else tail[:0], r.suppress_array, r.resolve_after, *kept)
         self.on_batch(n, k)
         if self.taps is not None and self.taps.active:  # the page views a series (streamer/web/tap.py)
-            self.taps.observe(res.session, state, p, lambda: (ids, judged, times, idx[:k], mean, std, z))
+            self.taps.observe(res.session, state, p, lambda: (ids, judged, times, idx[:k], mean, std, z), k)
         if r.resolve_after and ev_n[0]:
             e = int(ev_n[0])
             self.on_episodes(episodes.events(ev[:e], ev_stats[:e], ids, judged, times, state.table, res.session,
                                              res.session, ORIGIN_OTLP, attributes_of))
-        if not k or self.hub is None or not self.hub.active:
+        if not k or self.hub is None or not self.hub.outliers_active:
             return []
         return flagged(state.table.name, ids, judged, times, idx[:k], mean, std, z, ORIGIN_OTLP, res.session)
 

@@ -302,3 +302,32 @@ def test_episodes_reach_the_live_list(make_server):
     assert ("outlier", None) in kinds and ("episode", "opened") in kinds, events
     episode = next(e for e in events if e["kind"] == "episode")
     assert episode["series"] == "lat" and episode["session"] == "ep" and episode["source"] == "stream"
+
+
+def test_the_live_list_pauses_outliers_past_its_quota_but_never_episodes():
+    """Once LIVE_QUOTA events wait for the page, the live list stops wanting outliers, and with nobody else
+    watching the hub tells detection not to build them; episodes still come; the next delivery resumes."""
+    from streamer import watch
+    from streamer.sinks.episode import OPENED, EpisodeEvent
+    from streamer.web.pageserver import LIVE_QUOTA, LiveList
+    hub = watch.Hub()
+    live = hub.add(LiveList(hub, "", ""))
+    assert hub.outliers_active
+    outlier = watch.Event("cpu", 9.0, 1, 1.0, 1.0, 8.0, 1, "s")
+    live.offer([outlier] * (LIVE_QUOTA - 1))
+    assert hub.outliers_active and live.paused == 0
+    live.offer([outlier] * 3)
+    assert not hub.outliers_active and hub.active and live.paused == 1
+    queued = len(live.queue)
+    live.offer([outlier])  # a publisher that looked before the pause: not queued
+    episode = EpisodeEvent(OPENED, "e1", 0, "cpu", "session s", 1, 1, 9.0, 1.0, 1.0, 8.0, 9.0, 8.0, session="s")
+    live.offer([episode])
+    assert len(live.queue) == queued + 1 and live.queue[-1] is episode
+    live.queue.clear()
+    live.delivered()
+    assert hub.outliers_active
+    other = hub.subscribe()  # someone else watching keeps outliers coming whatever the page's quota
+    live.offer([outlier] * LIVE_QUOTA)
+    assert hub.outliers_active
+    hub.unsubscribe(other)
+    assert not hub.outliers_active

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 
 import grpc
 import pytest
@@ -63,6 +64,9 @@ def test_otlp_sources_are_listed_searched_and_tapped(make_server):
         assert (p["mean"], p["stddev"]) == (pytest.approx(mean, rel=1e-9), pytest.approx(std, rel=1e-9)), j
         if j > 30:
             break  # past the spike the state holds it too; checked up to it
+    deadline = time.monotonic() + 30  # the tap goes once the server reads the page's connection end
+    while srv.server.service.taps.active and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert srv.server.service.taps.active is False
 
 

@@ -8,7 +8,6 @@ flags are set. Live events come from the Watch Hub (streamer/watch.py), a viewed
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import json
 import logging
@@ -19,7 +18,7 @@ import ssl
 import urllib.parse
 from importlib import resources
 
-from streamer import detector
+from streamer import detector, watch
 from streamer.pb import outliers_pb2 as pb
 from streamer.web.backtest import BacktestError, Backtests, option_fields
 from streamer.web.tap import DELIVER_SECONDS, Taps, points_json
@@ -31,7 +30,7 @@ STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; 
           "uPlot.min.css": "text/css; charset=utf-8", "LICENSE.uPlot.txt": "text/plain; charset=utf-8"}
 HEADER_LIMIT = 64 * 1024
 SEARCH_LIMIT = 200
-EVENTS_QUEUE = 256  # events a page's live list is sent per DELIVER_SECONDS at most (the rest: counted as dropped)
+LIVE_QUOTA = 64  # outliers a page's live list is sent per DELIVER_SECONDS at most (640 a second; see LiveList)
 ORIGINS = {"stream": 1, "otlp": 2}
 ORIGIN_NAMES = {v: k for k, v in ORIGINS.items()}
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 411: "Length Required",
@@ -76,6 +75,36 @@ def event_json(e) -> dict:
         d["source_name"] = where
         return d
     return {"kind": "dropped", "count": getattr(e, "count", 0), "total": getattr(e, "total", 0)}
+
+
+class LiveList(watch.Subscriber):
+    """The page's live list: a Watch subscriber that stops wanting outliers once LIVE_QUOTA of them wait unsent,
+    until the page has been sent them (every DELIVER_SECONDS). While it does not want them, and nobody else
+    watches, detection builds no outlier events at all (Hub.outliers_active), so a busy server with a page open
+    pays for 640 outliers a second, not for every one; episodes always reach it. `paused` counts the pauses since
+    the last message (the page says the list is sampled). Touched only on the event loop's thread."""
+
+    def __init__(self, hub: watch.Hub, session: str, prefix: str):
+        super().__init__(session, prefix, LIVE_QUOTA + 4 * LIVE_QUOTA, pb.WATCH_ALL)  # room for episodes beyond
+        self.hub = hub
+        self.paused = 0
+        self._outliers = 0  # events queued since the last delivery
+
+    def offer(self, events, lost: int = 0) -> None:
+        before = len(self.queue)
+        super().offer(events, lost)
+        if self.outliers:
+            self._outliers += len(self.queue) - before  # episodes among them too: they are few
+            if self._outliers >= LIVE_QUOTA:
+                self.outliers = False
+                self.paused += 1
+                self.hub.refresh()
+
+    def delivered(self) -> None:
+        self._outliers = 0
+        if not self.outliers:
+            self.outliers = True
+            self.hub.refresh()
 
 
 class PageServer:
@@ -261,7 +290,7 @@ class PageServer:
         if source and source not in ORIGINS:
             return await self._send(writer, 400, {"error": f"source {source!r}: one of {', '.join(ORIGINS)}"})
         hub = self.service.hub
-        sub = hub.subscribe(q.get("session", ""), q.get("prefix", ""), EVENTS_QUEUE, pb.WATCH_ALL)
+        sub = hub.add(LiveList(hub, q.get("session", ""), q.get("prefix", "")))
         gone = asyncio.ensure_future(reader.read(1))  # a page sends nothing more: EOF when it goes away
         try:
             await self._sse_head(writer)
@@ -274,6 +303,10 @@ class PageServer:
                 if sub.missed:
                     batch.append({"kind": "dropped", "count": sub.missed, "total": sub.total_missed})
                     sub.missed = 0
+                if sub.paused:
+                    batch.append({"kind": "sampled", "pauses": sub.paused, "quota": LIVE_QUOTA / DELIVER_SECONDS})
+                    sub.paused = 0
+                sub.delivered()
                 if batch:
                     writer.write(b"data: " + _json(batch) + b"\n\n")
                     await writer.drain()
@@ -293,37 +326,22 @@ class PageServer:
 
     async def _tap(self, reader, writer, q: dict) -> None:
         """Server-sent events: a series' recent judged values (the ring first), then what is new every
-        DELIVER_SECONDS: the tap's sampled batches, and every flagged value of the series from the Watch hub (the
-        detector only appends to the ring, and publishes to the hub anyway while a page is open)."""
+        DELIVER_SECONDS: the tap's sampled batches and every flagged value of the series (tap.py), in one message
+        per DELIVER_SECONDS at most whatever the batch rate."""
         series = q.get("series", "")
         if not series:
             return await self._send(writer, 400, {"error": "give the series key (series=...)"})
-        session = q.get("session", "")
-        tap = self.taps.view(session, series)
-        sub = self.service.hub.subscribe(session, series, EVENTS_QUEUE)
+        tap = self.taps.view(q.get("session", ""), series)
         gone = asyncio.ensure_future(reader.read(1))
-        # flagged values sent lately: the hub's copy of one the ring had is not sent again (by value: a value
-        # without a data time gets its time where it is recorded, a little apart in the hub and in the tap)
-        sent_flags: collections.deque = collections.deque(maxlen=4 * EVENTS_QUEUE)
         try:
             await self._sse_head(writer)
             sent = tap.added
-            ring = list(tap.ring)
-            sent_flags.extend(p[1] for p in ring if p[4])
-            writer.write(b"event: ring\ndata: " + _json(points_json(ring)) + b"\n\n")
+            writer.write(b"event: ring\ndata: " + _json(points_json(list(tap.ring))) + b"\n\n")
             await writer.drain()
             quiet = 0.0
             while not gone.done():
                 await asyncio.wait({gone}, timeout=DELIVER_SECONDS)
                 new, sent = tap.since(sent), tap.added
-                sent_flags.extend(p[1] for p in new if p[4])
-                while sub.queue:
-                    e = sub.queue.popleft()
-                    if isinstance(e, tuple) and e.series == series and e.session == session:
-                        if e.value not in sent_flags:
-                            sent_flags.append(e.value)
-                            new.append((e.time_ns / 1e9, e.value, e.mean, e.stddev, True, e.zscore, tap.k))
-                sub.missed = 0
                 if new:
                     new.sort(key=lambda p: p[0])
                     writer.write(b"data: " + _json(points_json(new)) + b"\n\n")
@@ -337,7 +355,6 @@ class PageServer:
                 await writer.drain()
         finally:
             gone.cancel()
-            self.service.hub.unsubscribe(sub)
             self.taps.unview(tap)
 
     async def _backtest(self, reader, writer, headers: dict, q: dict) -> None:

@@ -222,38 +222,48 @@ class Taps:
                     self._by_session[tap.session] = rest
             self.active = bool(self._taps)
 
-    def observe(self, session: str, state, params, rows) -> None:
-        """After a batch was applied to `state`: record the viewed series' values of it when sampled (see the
-        module's docstring); rows() gives the batch's (ids, values, times, idx, mean, std, z), idx the flagged rows
-        and mean, std, z what they were judged against. Otherwise a clock read and a comparison per viewed series."""
+    def observe(self, session: str, state, params, rows, k: int = -1) -> None:
+        """After a batch was applied to `state`: record the viewed series' flagged values of it, and all its
+        values when sampled (see the module's docstring); rows() gives the batch's (ids, values, times, idx, mean,
+        std, z), idx the k flagged rows (k < 0: unknown until rows() is called) and mean, std, z what they were
+        judged against. A batch with nothing flagged between samples costs a look-up and a clock read."""
         taps = self._by_session.get(session)
         if not taps:
             return
         now = self.clock()
-        if not self._armed and now < self._due:
-            return  # nearly every batch: no tap is armed and none is due to be
+        if not k and not self._armed and now < self._due:
+            return  # nearly every batch: nothing flagged, no tap armed and none due to be
+        got = rows()
+        ids, values, times, idx, mean, std, z = got
+        k = len(idx)
         for tap in taps:
+            s = tap.slot(state.table)
+            if s < 0:
+                continue
+            if len(tap.rows) < len(ids):
+                tap.rows = np.empty(2 * len(ids), dtype=np.int64)
             if tap.armed == id(state):
-                s = tap.slot(state.table)
-                ids, values, times, idx, mean, std, z = rows()
-                if len(tap.rows) < len(ids):
-                    tap.rows = np.empty(2 * len(ids), dtype=np.int64)
                 n = _rows_of(ids, idx, -1, s, tap.rows)
-                if not n:
-                    continue  # its state is as it was: still armed for the next batch
-                tap.armed = None
-                self._armed -= 1
-                tap.next_sample = now + self.sample_seconds
-                self._due = min(self._due, tap.next_sample) if self._armed else tap.next_sample
-                self._whole(tap, tap.rows[:n].copy(), params, values, times, idx, mean, std, z)
+                if n:
+                    tap.armed = None
+                    self._armed -= 1
+                    tap.next_sample = now + self.sample_seconds
+                    self._whole(tap, tap.rows[:n].copy(), params, values, times, idx, mean, std, z)
+                # else its state is as it was: still armed for the next batch
+            elif k:
+                n = _rows_of(ids, idx, k, s, tap.rows)  # the series' flagged values: j into idx
+                if n:
+                    js = tap.rows[:n]
+                    wall, rs = time.time_ns(), idx[js]
+                    tap.k = params.threshold
+                    tap.add([((t or wall) / 1e9, v, m, d, True, zz, tap.k) for t, v, m, d, zz in
+                             zip(times[rs].tolist(), values[rs].tolist(), mean[js].tolist(), std[js].tolist(),
+                                 z[js].tolist())])
             if tap.armed is None and now >= tap.next_sample:  # the next batch is recorded whole
-                s = tap.slot(state.table)
-                if s >= 0:
-                    tap.one.set(state.count[s], state.mean[s], state.spread[s])
-                    tap.armed = id(state)
-                    self._armed += 1
-        if not self._armed:
-            self._due = min((t.next_sample for t in taps), default=0.0)
+                tap.one.set(state.count[s], state.mean[s], state.spread[s])
+                tap.armed = id(state)
+                self._armed += 1
+        self._due = min((t.next_sample for t in taps), default=0.0)
 
     @staticmethod
     def _whole(tap: Tap, rows, params, values, times, idx, mean, std, z) -> None:

@@ -74,6 +74,10 @@ function connectEvents() {
 }
 
 function addEvent(e) {
+  if (e.kind === "sampled") {  // the server sent its quota of outliers for this moment; the rest were not sent
+    $("events-sampled").textContent = `busy: the list shows up to ${e.quota} outliers a second (every episode)`;
+    return;
+  }
   window.streamer.events.push(e);
   if (window.streamer.events.length > MAX_ROWS) window.streamer.events.shift();
   const tb = $("events").tBodies[0];
