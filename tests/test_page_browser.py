@@ -120,6 +120,9 @@ def test_a_backtest_upload_counts_two_option_sets_and_bad_uploads_say_why(driver
     good.write_bytes(csv_file(rows))
     driver.get(f"http://127.0.0.1:{http_port}/#backtest")
     _wait(driver, "return document.body.dataset.ready === '1'", "the page loads")
+    # what the previous test's page logged as its server went away (its live streams' reconnects) is not this
+    # page's: only this server's entries count
+    assert [e for e in _errors(driver) if f":{http_port}/" in e["message"]] == []
     # the page's two default option sets: k=3 and k=2, the server's other defaults (warmup 10, cumulative)
     driver.find_element("id", "bt-file").send_keys(str(good))
     driver.find_element("id", "bt-run").click()
