@@ -331,3 +331,17 @@ def test_the_live_list_pauses_outliers_past_its_quota_but_never_episodes():
     assert hub.outliers_active
     hub.unsubscribe(other)
     assert not hub.outliers_active
+
+
+def test_the_page_needs_no_network_its_chart_library_and_licence_are_in_the_package():
+    """No CDN: every script, stylesheet and request of the page is the server's own (/static, /api)."""
+    import re
+    from importlib import resources
+    static = resources.files("streamer.web").joinpath("static")
+    for name in ("index.html", "app.js", "app.css"):
+        text = static.joinpath(name).read_text()
+        assert not re.search(r"""(src|href|url)\s*[=(]\s*["']?(https?:)?//""", text), name
+        assert not re.search(r"""(fetch|EventSource)\(\s*[`"']https?://""", text), name
+    html = static.joinpath("index.html").read_text()
+    assert re.findall(r'src="([^"]+)"', html) == ["/static/uPlot.iife.min.js", "/static/app.js"]
+    assert "MIT" in static.joinpath("LICENSE.uPlot.txt").read_text()
