@@ -233,37 +233,47 @@ class Taps:
         now = self.clock()
         if not k and not self._armed and now < self._due:
             return  # nearly every batch: nothing flagged, no tap armed and none due to be
-        got = rows()
-        ids, values, times, idx, mean, std, z = got
-        k = len(idx)
+        ids, values, times, idx, mean, std, z = rows()
+        table = id(state.table)
+        due = False
         for tap in taps:
-            s = tap.slot(state.table)
-            if s < 0:
-                continue
+            s = tap.slots.get(table)
+            if s is None:
+                s = tap.slot(state.table)
+                if s < 0:
+                    continue
             if len(tap.rows) < len(ids):
                 tap.rows = np.empty(2 * len(ids), dtype=np.int64)
-            if tap.armed == id(state):
+            if tap.armed is not None:
+                if tap.armed != id(state):
+                    continue
                 n = _rows_of(ids, idx, -1, s, tap.rows)
-                if n:
-                    tap.armed = None
-                    self._armed -= 1
-                    tap.next_sample = now + self.sample_seconds
-                    self._whole(tap, tap.rows[:n].copy(), params, values, times, idx, mean, std, z)
-                # else its state is as it was: still armed for the next batch
+                if not n:
+                    continue  # its state is as it was: still armed for the next batch
+                tap.armed = None
+                self._armed -= 1
+                tap.next_sample = now + self.sample_seconds
+                due = True
+                self._whole(tap, tap.rows[:n].copy(), params, values, times, idx, mean, std, z)
             elif k:
-                n = _rows_of(ids, idx, k, s, tap.rows)  # the series' flagged values: j into idx
+                n = _rows_of(ids, idx, len(idx), s, tap.rows)  # the series' flagged values: j into idx
                 if n:
-                    js = tap.rows[:n]
-                    wall, rs = time.time_ns(), idx[js]
-                    tap.k = params.threshold
-                    tap.add([((t or wall) / 1e9, v, m, d, True, zz, tap.k) for t, v, m, d, zz in
-                             zip(times[rs].tolist(), values[rs].tolist(), mean[js].tolist(), std[js].tolist(),
-                                 z[js].tolist())])
-            if tap.armed is None and now >= tap.next_sample:  # the next batch is recorded whole
+                    self._flagged(tap, tap.rows[:n], params, values, times, idx, mean, std, z)
+            if now >= tap.next_sample:  # the next batch with the series is recorded whole
                 tap.one.set(state.count[s], state.mean[s], state.spread[s])
                 tap.armed = id(state)
                 self._armed += 1
-        self._due = min((t.next_sample for t in taps), default=0.0)
+                due = True
+        if due:
+            self._due = min(t.next_sample for t in taps)
+
+    @staticmethod
+    def _flagged(tap: Tap, js, params, values, times, idx, mean, std, z) -> None:
+        """Record the flagged rows idx[js] of the tap's series, with what the stream reported."""
+        wall, rs = time.time_ns(), idx[js]
+        tap.k = params.threshold
+        tap.add([((t or wall) / 1e9, v, m, d, True, zz, tap.k) for t, v, m, d, zz in
+                 zip(times[rs].tolist(), values[rs].tolist(), mean[js].tolist(), std[js].tolist(), z[js].tolist())])
 
     @staticmethod
     def _whole(tap: Tap, rows, params, values, times, idx, mean, std, z) -> None:
