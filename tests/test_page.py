@@ -309,7 +309,7 @@ def test_the_live_list_pauses_outliers_past_its_quota_but_never_episodes():
     watching the hub tells detection not to build them; episodes still come; the next delivery resumes."""
     from streamer import watch
     from streamer.sinks.episode import OPENED, EpisodeEvent
-    from streamer.web.pageserver import LIVE_QUOTA, LiveList
+    from streamer.web.live import LIVE_QUOTA, LiveList
     hub = watch.Hub()
     live = hub.add(LiveList(hub, "", ""))
     assert hub.outliers_active

@@ -18,9 +18,9 @@ import ssl
 import urllib.parse
 from importlib import resources
 
-from streamer import detector, watch
-from streamer.pb import outliers_pb2 as pb
+from streamer import detector
 from streamer.web.backtest import BacktestError, Backtests, option_fields
+from streamer.web.live import LIVE_QUOTA, LiveList
 from streamer.web.tap import DELIVER_SECONDS, Taps, points_json
 
 log = logging.getLogger("streamer.web")
@@ -30,7 +30,6 @@ STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; 
           "uPlot.min.css": "text/css; charset=utf-8", "LICENSE.uPlot.txt": "text/plain; charset=utf-8"}
 HEADER_LIMIT = 64 * 1024
 SEARCH_LIMIT = 200
-LIVE_QUOTA = 64  # outliers a page's live list is sent per DELIVER_SECONDS at most (640 a second; see LiveList)
 ORIGINS = {"stream": 1, "otlp": 2}
 ORIGIN_NAMES = {v: k for k, v in ORIGINS.items()}
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 411: "Length Required",
@@ -75,36 +74,6 @@ def event_json(e) -> dict:
         d["source_name"] = where
         return d
     return {"kind": "dropped", "count": getattr(e, "count", 0), "total": getattr(e, "total", 0)}
-
-
-class LiveList(watch.Subscriber):
-    """The page's live list: a Watch subscriber that stops wanting outliers once LIVE_QUOTA of them wait unsent,
-    until the page has been sent them (every DELIVER_SECONDS). While it does not want them, and nobody else
-    watches, detection builds no outlier events at all (Hub.outliers_active), so a busy server with a page open
-    pays for 640 outliers a second, not for every one; episodes always reach it. `paused` counts the pauses since
-    the last message (the page says the list is sampled). Touched only on the event loop's thread."""
-
-    def __init__(self, hub: watch.Hub, session: str, prefix: str):
-        super().__init__(session, prefix, LIVE_QUOTA + 4 * LIVE_QUOTA, pb.WATCH_ALL)  # room for episodes beyond
-        self.hub = hub
-        self.paused = 0
-        self._outliers = 0  # events queued since the last delivery
-
-    def offer(self, events, lost: int = 0) -> None:
-        before = len(self.queue)
-        super().offer(events, lost)
-        if self.outliers:
-            self._outliers += len(self.queue) - before  # episodes among them too: they are few
-            if self._outliers >= LIVE_QUOTA:
-                self.outliers = False
-                self.paused += 1
-                self.hub.refresh()
-
-    def delivered(self) -> None:
-        self._outliers = 0
-        if not self.outliers:
-            self.outliers = True
-            self.hub.refresh()
 
 
 class PageServer:
