@@ -361,7 +361,7 @@ class StreamDetector:
                 raise _series_limit(where, exc) from None
             k = self._pass.flagged()
             self.on_batch(len(cols), k)
-            if k and self.watch is not None and self.watch.active:
+            if k and self.watch is not None and self.watch.outliers_active:
                 self._publish(*self._pass.flagged_rows())
             if params.resolve_after:
                 ev, stats = self._pass.episodes()
@@ -369,7 +369,7 @@ class StreamDetector:
                     c = self._pass.columns()
                     self._announce(ev, stats, self._pass.slots(), c.values, c.times)
             if self.taps is not None and self.taps.active:
-                self._tap(self._pass.flagged_rows)
+                self._tap(self._pass.flagged_rows, k)
             return out + trailer if trailer else out
         cols = self._pass.columns()
         now = self.sessions.clock()
@@ -402,19 +402,19 @@ class StreamDetector:
             raise ResourceExhausted(f"{_too_large(where, len(out), k, limit)}; the batch was not applied")
         state.budget.release(0, expired)
         self.on_batch(len(cols), k)
-        if k and self.watch is not None and self.watch.active:
+        if k and self.watch is not None and self.watch.outliers_active:
             self._publish(ids, cols.values, cols.times, s.idx[:k], s.mean, s.std, s.z)
         if r.resolve_after and s.ev_n[0]:
             e = int(s.ev_n[0])
             self._announce(s.ev[:e], s.ev_stats[:e], ids, cols.values, cols.times)
         if self.taps is not None and self.taps.active:
-            self._tap(lambda: (ids, cols.values, cols.times, s.idx[:k], s.mean, s.std, s.z))
+            self._tap(lambda: (ids, cols.values, cols.times, s.idx[:k], s.mean, s.std, s.z), k)
         return out
 
-    def _tap(self, rows) -> None:
+    def _tap(self, rows, k: int) -> None:
         """Tell the page's taps a batch was applied (streamer/web/tap.py; only called while a page views a series);
         rows() gives its (ids, values, times, idx, mean, std, z) when a tap records it."""
-        self.taps.observe(self.session.name if self.session is not None else "", self.state, self.params, rows)
+        self.taps.observe(self.session.name if self.session is not None else "", self.state, self.params, rows, k)
 
     def _publish(self, ids, values, times, idx, mean, std, z) -> None:
         """Hand the batch's outliers to Watch (only called when someone watches)."""

@@ -157,6 +157,7 @@ class OtlpIngest:
         self.hub = hub
         self.on_batch = on_batch
         self.on_episodes = on_episodes  # each export's episode changes (the server's throttle, sinks, Watch)
+        self.taps = None  # the page's viewed series (streamer/web/tap.py Taps; server.py sets it with --http-port)
         self._keys: dict = {}  # (session, metric, attribute bytes) -> series key; see _key_cache
         self.options = ", ".join(f"{f.name}={getattr(params, f.name)}" for f in dataclasses.fields(params))
 
@@ -365,11 +366,13 @@ class OtlpIngest:
                                 state.lcount, state.lmean, state.lvar, state.ring, idx, mean, std, z,
                                 tail if r.likelihood else tail[:0], r.suppress_array, r.resolve_after, *kept)
         self.on_batch(n, k)
+        if self.taps is not None and self.taps.active:  # the page views a series (streamer/web/tap.py)
+            self.taps.observe(res.session, state, p, lambda: (ids, judged, times, idx[:k], mean, std, z), k)
         if r.resolve_after and ev_n[0]:
             e = int(ev_n[0])
             self.on_episodes(episodes.events(ev[:e], ev_stats[:e], ids, judged, times, state.table, res.session,
                                              res.session, ORIGIN_OTLP, attributes_of, tenant))
-        if not k or self.hub is None or not self.hub.active:
+        if not k or self.hub is None or not self.hub.outliers_active:
             return []
         return flagged(state.table.name, ids, judged, times, idx[:k], mean, std, z, ORIGIN_OTLP, res.session, tenant)
 

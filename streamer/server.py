@@ -311,6 +311,8 @@ class StreamerServer:
         await asyncio.to_thread(tap.compile_all)
 
         self.service.taps = Taps()
+        if self.service.ingest is not None:
+            self.service.ingest.taps = self.service.taps  # OTLP series can be viewed too
         self.page = PageServer(self.service, self.defaults, int(self.config.http_max_upload_mb * 2**20),
                                self.service.taps)
         try:

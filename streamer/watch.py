@@ -165,6 +165,7 @@ class Hub:
         self._loop_thread = 0
         self.bus = bus
         self.active = False   # someone watches, here or (the bus says) elsewhere: detectors check this first
+        self.outliers_active = False  # ... and someone here wants outliers (or watches elsewhere): for outliers
         self._lock = threading.Lock()  # protects `active`'s recomputation from the bus's thread and the loop's
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -179,11 +180,17 @@ class Hub:
     def refresh(self) -> None:
         """Recompute `active` (the bus calls this when the count of remote watchers changes)."""
         with self._lock:
-            self.active = bool(self._subs) or (self.bus is not None and self.bus.remote_watchers() > 0)
+            remote = self.bus is not None and self.bus.remote_watchers() > 0
+            self.active = bool(self._subs) or remote
+            # a subscriber may stop wanting outliers for a while (the page's live list, when its quota is full)
+            self.outliers_active = remote or any(s.outliers for s in self._subs)
 
     def subscribe(self, session: str = "", prefix: str = "", limit: int = QUEUE_LIMIT, kinds: int = 0,
                   tenant: str | None = None) -> Subscriber:
-        sub = Subscriber(session, prefix, limit, kinds, tenant)
+        return self.add(Subscriber(session, prefix, limit, kinds, tenant))
+
+    def add(self, sub: Subscriber) -> Subscriber:
+        """Subscribe `sub`, made by the caller (a Subscriber subclass: the page's live list, web/pageserver.py)."""
         self._subs.add(sub)
         self._changed()
         return sub

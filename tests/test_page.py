@@ -9,13 +9,13 @@ import socket
 import threading
 import urllib.parse
 
+import numpy as np
 import pytest
 
 from streamer import detector
 from streamer.client import Client
 from streamer.state import MODE_CUMULATIVE, MODE_EXPONENTIAL
 from streamer.web.backtest import Backtests, BacktestError
-from streamer.web.tap import judge_series
 from streamer.wire import Options
 from tests import naive
 
@@ -51,40 +51,72 @@ def naive_flags(rows, threshold, warmup, exclude=False, mode=MODE_CUMULATIVE, al
                         alpha=alpha, mode="exponential" if mode == MODE_EXPONENTIAL else "cumulative")[0]
 
 
-@pytest.mark.parametrize("mode, exclude", [(MODE_CUMULATIVE, False), (MODE_CUMULATIVE, True),
-                                           (MODE_EXPONENTIAL, False), (MODE_EXPONENTIAL, True)])
-def test_backtest_flags_are_the_streams_and_the_band_follows_the_kernel(mode, exclude):
-    """The backtest's counts per option set equal the naive stream's; the chart's band (judge_series, the stream's
-    kernel on one series) gives the flagged values the mean and stddev the pipeline reported."""
+SETS = [  # (the page's option set, the naive twin's arguments)
+    ({"threshold": 3}, dict(threshold=3.0)),
+    ({"threshold": "2", "warmup": 20, "exclude_outliers": True}, dict(threshold=2.0, warmup=20, exclude=True,
+                                                                      exclude_limit=20)),
+    ({"mode": "exponential", "alpha": 0.1, "exclude_outliers": "on", "exclude_limit": 3},
+     dict(exponential=True, alpha=0.1, exclude=True, exclude_limit=3)),
+    ({"threshold": 2, "cooldown": 4, "resolve_after": 3}, dict(threshold=2.0, cooldown=4, resolve_after=3)),
+    ({"score": "likelihood", "likelihood_learning": 40, "likelihood_short": 4, "likelihood_threshold": 0.02,
+      "likelihood_window": 100}, dict(likelihood=True, learning=40, short=4, tail_threshold=0.02, window=100)),
+    ({"threshold": 1.5, "min_deviation": 2.5, "direction": "up", "resolve_after": 1},
+     dict(threshold=1.5, min_deviation=2.5, direction="up", resolve_after=1)),
+]
+
+
+def naive_backtest(rows, **kw):
+    """The naive twin (tests/naive.py) one row at a time: (flagged rows, band (mean, std or None) per row,
+    episode changes (row, kind, count))."""
+    kw = {"warmup": 10, "resolve_after": 10, **kw}
+    slots: dict[str, int] = {}
+    series: list = []
+    flagged, band, changes = [], [], []
+    for r, (t, name, v) in enumerate(rows):
+        s = slots.setdefault(name, len(slots))
+        if s == len(series):
+            series.append(naive.Series())
+        st = series[s]
+        judged = st.n >= max(kw["warmup"], 2)
+        std = (st.spread if kw.get("exponential") else st.spread / max(st.n, 1)) ** 0.5
+        band.append((st.mean, std) if judged else None)
+        eps: list = []
+        out = naive.stream_update([s], [v], series, times=[t * 10**9], episodes=eps, **kw)
+        flagged += [r] * len(out[0])
+        changes += [(r, kind, count) for _, kind, _, count, _, _ in eps]
+    return flagged, band, changes
+
+
+@pytest.mark.parametrize("options, twin", SETS, ids=[str(i) for i in range(len(SETS))])
+def test_backtest_flags_band_and_episodes_are_the_naive_streams(options, twin):
+    """Every rule (exclusion with a limit, cooldown, likelihood, min_deviation and direction, episodes): the
+    backtest's flags, the band of every value and its episodes equal the naive twin's of the stream's rules."""
     print("seed", SEED)
     rows = generated()
-    sets = [{"label": "k3", "threshold": 3, "mode": mode, "exclude_outliers": exclude},
-            {"label": "k2", "threshold": "2", "mode": mode, "exclude_outliers": exclude, "warmup": 20}]
-    result = Backtests(detector.Defaults()).run(csv_file(rows), "gen.csv", sets)
-    summary = result.summary()
-    want = [naive_flags(rows, 3, 10, exclude, mode), naive_flags(rows, 2, 20, exclude, mode)]
-    assert [s["flagged"] for s in summary["sets"]] == [len(w) for w in want]
-    assert len(want[0]) < len(want[1])  # the two sets differ, so the test can tell them apart
-    for s, w in zip(result.sets, want):
-        assert sorted(int(i) for i in s.flagged.nonzero()[0]) == sorted(w)
+    result = Backtests(detector.Defaults()).run(csv_file(rows), "gen.csv", [{"label": "x", **options}])
+    s = result.sets[0]
+    flagged, band, changes = naive_backtest(rows, **twin)
+    assert flagged, "nothing flagged: the comparison says nothing"
+    assert np.flatnonzero(s.flagged).tolist() == flagged
+    for r, b in enumerate(band):
+        if b is None:
+            assert np.isnan(s.band_mean[r]) and np.isnan(s.band_std[r]), r
+        else:
+            assert (s.band_mean[r], s.band_std[r]) == pytest.approx(b, rel=1e-9, abs=1e-12), r
+    opened = [(r, c) for r, kind, c in changes if kind == "opened"]
+    resolved = {c_r: (r, c) for c_r, (r, kind, c) in enumerate(changes) if kind == "resolved"}
+    assert [(e.opened_row, 1) for e in s.episodes] == opened
+    assert sorted((e.resolved_row, e.count) for e in s.episodes if e.resolved_row is not None) == \
+        sorted(resolved.values())
     chart = result.chart("a")
     rows_a = [i for i, r in enumerate(rows) if r[1] == "a"]
-    for s_chart, s in zip(chart["sets"], result.sets):
-        assert s_chart["flagged"] == [bool(s.flagged[r]) for r in rows_a]
-        for j, r in enumerate(rows_a):
-            if s.flagged[r]:
-                mean, std, _ = s.judged[r]
-                assert s_chart["mean"][j] == pytest.approx(mean, rel=1e-12)
-                assert s_chart["stddev"][j] == pytest.approx(std, rel=1e-12)
-            if j < (s.params.warmup if s.params.warmup >= 2 else 2):
-                assert s_chart["mean"][j] is None  # no band during the warmup
-    # judge_series alone flags what the stream flagged (the options of main: no cooldown or rules)
-    values = [rows[r][2] for r in rows_a]
-    flags = judge_series(values, result.sets[1].params)[2]
-    assert flags == [bool(result.sets[1].flagged[r]) for r in rows_a]
+    assert chart["sets"][0]["flagged"] == [bool(s.flagged[r]) for r in rows_a]
+    assert len(chart["sets"][0]["episodes"]) == sum(e.series == "a" for e in s.episodes)
     csv_rows = result.flagged_csv().splitlines()
-    assert csv_rows[0] == "option_set,row,time,name,value,mean,stddev,zscore"
-    assert len(csv_rows) == 1 + sum(len(w) for w in want)
+    assert csv_rows[0] == "option_set,row,time,name,value,mean,stddev,zscore,tail_probability"
+    assert len(csv_rows) == 1 + len(flagged)
+    assert len(result.episodes_csv().splitlines()) == 1 + len(s.episodes)
+    assert result.summary()["sets"][0]["episodes"] == len(s.episodes)
 
 
 def test_backtest_refuses_bad_options_and_files_with_a_message():
@@ -270,3 +302,46 @@ def test_episodes_reach_the_live_list(make_server):
     assert ("outlier", None) in kinds and ("episode", "opened") in kinds, events
     episode = next(e for e in events if e["kind"] == "episode")
     assert episode["series"] == "lat" and episode["session"] == "ep" and episode["source"] == "stream"
+
+
+def test_the_live_list_pauses_outliers_past_its_quota_but_never_episodes():
+    """Once LIVE_QUOTA events wait for the page, the live list stops wanting outliers, and with nobody else
+    watching the hub tells detection not to build them; episodes still come; the next delivery resumes."""
+    from streamer import watch
+    from streamer.sinks.episode import OPENED, EpisodeEvent
+    from streamer.web.live import LIVE_QUOTA, LiveList
+    hub = watch.Hub()
+    live = hub.add(LiveList(hub, "", ""))
+    assert hub.outliers_active
+    outlier = watch.Event("cpu", 9.0, 1, 1.0, 1.0, 8.0, 1, "s")
+    live.offer([outlier] * (LIVE_QUOTA - 1))
+    assert hub.outliers_active and live.paused == 0
+    live.offer([outlier] * 3)
+    assert not hub.outliers_active and hub.active and live.paused == 1
+    queued = len(live.queue)
+    live.offer([outlier])  # a publisher that looked before the pause: not queued
+    episode = EpisodeEvent(OPENED, "e1", 0, "cpu", "session s", 1, 1, 9.0, 1.0, 1.0, 8.0, 9.0, 8.0, session="s")
+    live.offer([episode])
+    assert len(live.queue) == queued + 1 and live.queue[-1] is episode
+    live.queue.clear()
+    live.delivered()
+    assert hub.outliers_active
+    other = hub.subscribe()  # someone else watching keeps outliers coming whatever the page's quota
+    live.offer([outlier] * LIVE_QUOTA)
+    assert hub.outliers_active
+    hub.unsubscribe(other)
+    assert not hub.outliers_active
+
+
+def test_the_page_needs_no_network_its_chart_library_and_licence_are_in_the_package():
+    """No CDN: every script, stylesheet and request of the page is the server's own (/static, /api)."""
+    import re
+    from importlib import resources
+    static = resources.files("streamer.web").joinpath("static")
+    for name in ("index.html", "app.js", "app.css"):
+        text = static.joinpath(name).read_text()
+        assert not re.search(r"""(src|href|url)\s*[=(]\s*["']?(https?:)?//""", text), name
+        assert not re.search(r"""(fetch|EventSource)\(\s*[`"']https?://""", text), name
+    html = static.joinpath("index.html").read_text()
+    assert re.findall(r'src="([^"]+)"', html) == ["/static/uPlot.iife.min.js", "/static/app.js"]
+    assert "MIT" in static.joinpath("LICENSE.uPlot.txt").read_text()

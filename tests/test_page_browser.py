@@ -3,7 +3,8 @@
 
 A spike sent by the Go collector (go/cmd/collector -synthetic) appears in the live list and is marked on the
 series' chart; a backtest upload shows the expected flag counts for two option sets; bad uploads show a message
-and the server goes on. Screenshots go to $PAGE_SCREENSHOTS (default: the test's temporary directory).
+and the server goes on; the backtest's episodes are counted per option set and shaded. Screenshots go to
+$PAGE_SCREENSHOTS (default: the test's temporary directory).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from tests.test_page import csv_file, free_port, generated, naive_flags
+from tests.test_page import csv_file, free_port, generated, naive_backtest, naive_flags
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -98,7 +99,8 @@ def test_a_spike_from_the_go_client_appears_in_the_list_and_on_the_chart(driver,
                                    f".map(e => e.value)")
     assert sorted(flagged) == sorted(listed)
     chart = driver.find_element("id", "chart")
-    # values are sampled (one batch in 50 ms of the collector's one in 20 ms), flagged values all there (the hub's)
+    # values are sampled (one batch in 50 ms of the collector's one in 20 ms), flagged values all there (the tap
+    # records every flagged value of its series)
     assert chart.get_attribute("data-flagged") == str(len(flagged)) and int(chart.get_attribute("data-points")) >= 8
     # the band is drawn: the values judged after the warmup have a mean and mean +- k*stddev
     band = driver.execute_script("const l = window.streamer.live; return l.upper.filter(v => v !== null).length")
@@ -118,6 +120,9 @@ def test_a_backtest_upload_counts_two_option_sets_and_bad_uploads_say_why(driver
     good.write_bytes(csv_file(rows))
     driver.get(f"http://127.0.0.1:{http_port}/#backtest")
     _wait(driver, "return document.body.dataset.ready === '1'", "the page loads")
+    # what the previous test's page logged as its server went away (its live streams' reconnects) is not this
+    # page's: only this server's entries count
+    assert [e for e in _errors(driver) if f":{http_port}/" in e["message"]] == []
     # the page's two default option sets: k=3 and k=2, the server's other defaults (warmup 10, cumulative)
     driver.find_element("id", "bt-file").send_keys(str(good))
     driver.find_element("id", "bt-run").click()
@@ -125,7 +130,15 @@ def test_a_backtest_upload_counts_two_option_sets_and_bad_uploads_say_why(driver
                            "return c.length === 2 ? c.map(e => +e.dataset.flagged) : null", "the backtest's counts")
     assert counts == [len(naive_flags(rows, 3, 10)), len(naive_flags(rows, 2, 10))]
     assert counts[0] < counts[1]
+    # episodes side by side (the server's resolve_after, 10): as many as the naive twin opens
+    episodes = driver.execute_script("return [...document.querySelectorAll('.bt-count')].map(e => +e.dataset.episodes)")
+    assert episodes == [sum(kind == "opened" for _, kind, _ in naive_backtest(rows, threshold=k)[2]) for k in (3, 2)]
+    assert episodes[1] > 0
     _wait(driver, "return +document.getElementById('bt-chart').dataset.points > 0", "the series chart")
+    shaded = driver.execute_script("return JSON.parse(document.getElementById('bt-chart').dataset.episodes)")
+    first = driver.execute_script("return window.streamer.backtest.series[0]")
+    assert shaded == first["episodes"]  # the chart's series has its episodes of each set to shade
+    assert driver.find_element("id", "bt-download-episodes").get_attribute("href").endswith("/episodes.csv")
     driver.save_screenshot(str(shots / "page-backtest.png"))
 
     bad = tmp_path / "picture.png"

@@ -1,5 +1,6 @@
 """The page's backtest: a file in `streamer detect`'s formats judged under several option sets by the stream's own
-pipeline (detector.StreamDetector, the code DetectStream runs), with counts side by side and the flagged rows.
+pipeline (detector.StreamDetector, the code DetectStream runs: rules.stream_update with every rule and episodes),
+with flags, bands and episodes per option set side by side, and the flagged rows and episodes as CSV.
 
 Runs on a worker thread (the HTTP server hands it off the event loop). No HTTP here.
 """
@@ -9,6 +10,7 @@ import csv
 import dataclasses
 import io
 import itertools
+import math
 import os
 import tempfile
 import threading
@@ -20,15 +22,21 @@ from streamer.errors import DetectError
 from streamer.metricfile import FileError, MetricFile
 from streamer.pb import outliers_pb2 as pb
 from streamer.request_bytes import RequestBuilder, options_field
+from streamer.sinks.episode import OPENED, RESOLVED
 from streamer.state import MODE_CUMULATIVE, MODE_EXPONENTIAL, SessionRegistry
 from streamer.store.memory import MemoryStore
-from streamer.web.tap import judge_series
 from streamer.wire import Options
 
-BATCH_ROWS = 4096    # rows per DetectStream request of the replay (the rule is per value: any size gives the same)
+# rows per DetectStream request of the replay at most (the rule is per value: any size gives the same flags and
+# episodes; a request never holds two values of one series, see _chunks)
+BATCH_ROWS = 4096
 CHART_VALUES = 20_000  # the chart of one series shows its last values up to this many
 KEEP = 8             # results kept for the page to chart and download (the oldest is forgotten)
+MAX_SETS = 6
 MODES = {"cumulative": MODE_CUMULATIVE, "exponential": MODE_EXPONENTIAL}
+SCORES = {"zscore": detector.SCORE_ZSCORE, "likelihood": detector.SCORE_LIKELIHOOD}
+DIRECTIONS = {"both": detector.DIRECTION_BOTH, "up": detector.DIRECTION_UP, "down": detector.DIRECTION_DOWN}
+CHOICES = {"mode": MODES, "score": SCORES, "direction": DIRECTIONS}  # enum fields: the form offers their names
 
 
 class BacktestError(ValueError):
@@ -48,7 +56,7 @@ def option_fields() -> list[dict]:
     """The fields an option set may give: DetectOptions as the pipeline reads it (wire.Options), so a new option
     appears in the page's form without a change here."""
     return [{"name": f.name, "type": _kind(f), "default": f.default,
-             "choices": list(MODES) if f.name == "mode" else None} for f in dataclasses.fields(Options)]
+             "choices": list(CHOICES[f.name]) if f.name in CHOICES else None} for f in dataclasses.fields(Options)]
 
 
 def _proto(options: Options) -> pb.DetectOptions:
@@ -70,12 +78,13 @@ def parse_options(raw: dict, where: str) -> Options:
         v = raw.get(name)
         if v is None or v == "":
             continue
+        if name in CHOICES and isinstance(v, str) and not v.isdigit():
+            if v.lower() not in CHOICES[name]:
+                raise BacktestError(f"{where}: option {name} = {v!r} is not one of {', '.join(CHOICES[name])}")
+            values[name] = CHOICES[name][v.lower()]
+            continue
         try:
-            if name == "mode" and isinstance(v, str) and not v.isdigit():
-                if v.lower() not in MODES:
-                    raise ValueError(v)
-                v = MODES[v.lower()]
-            elif _kind(f) == "bool":
+            if _kind(f) == "bool":
                 v = v if isinstance(v, bool) else str(v).lower() in ("1", "true", "on", "yes")
             elif _kind(f) == "int":
                 v = int(v)
@@ -88,12 +97,34 @@ def parse_options(raw: dict, where: str) -> Options:
 
 
 @dataclasses.dataclass
+class Episode:
+    """One episode of one series as the stream's kernel kept it (rows are 0-based rows of the file)."""
+
+    id: str
+    series: str
+    opened_row: int
+    started_ns: int
+    count: int
+    peak_value: float
+    peak_zscore: float
+    resolved_row: int | None = None  # None: still open at the end of the file
+    ended_ns: int = 0
+
+
+@dataclasses.dataclass
 class SetResult:
     label: str
     options: Options
     params: detector.Params
-    flagged: np.ndarray              # bool per row
-    judged: dict[int, tuple]         # row -> (mean, stddev, zscore) of each flagged row
+    flagged: np.ndarray              # bool per row: reported in the stream's answer
+    judged: dict[int, tuple]         # row -> (mean, stddev, zscore, tail_probability or None) of each flagged row
+    band_mean: np.ndarray            # per row: the mean it was judged against (NaN in the warmup)
+    band_std: np.ndarray             # per row: the stddev it was judged against (NaN in the warmup)
+    episodes: list[Episode]
+
+
+def _nulls(a: np.ndarray) -> list:
+    return [None if x != x else x for x in a.tolist()]
 
 
 @dataclasses.dataclass
@@ -110,99 +141,201 @@ class Result:
         per_series = []
         for name, rows in sorted(self.series_rows.items()):
             per_series.append({"series": name, "values": int(len(rows)),
-                               "flagged": [int(s.flagged[rows].sum()) for s in self.sets]})
+                               "flagged": [int(s.flagged[rows].sum()) for s in self.sets],
+                               "episodes": [sum(e.series == name for e in s.episodes) for s in self.sets]})
         return {"id": self.id, "file": self.filename, "rows": len(self.names), "series": per_series,
-                "sets": [{"label": s.label, "options": _describe(s.params), "flagged": int(s.flagged.sum())}
-                         for s in self.sets]}
+                "sets": [{"label": s.label, "options": _describe(s.params), "flagged": int(s.flagged.sum()),
+                          "episodes": len(s.episodes)} for s in self.sets]}
+
+    def _x(self, r: int) -> float:
+        return self.times[r] if self.times[r] is not None else float(r)
 
     def chart(self, series: str) -> dict:
         rows = self.series_rows.get(series)
         if rows is None:
             raise BacktestError(f"series {series!r} is not in {self.filename}")
         rows = rows[-CHART_VALUES:]
-        values = self.values[rows]
-        xs = [self.times[r] if self.times[r] is not None else float(r) for r in rows.tolist()]
-        out = {"series": series, "x": xs, "data_time": self.times[int(rows[0])] is not None,
-               "values": values.tolist(), "sets": []}
+        first, last = int(rows[0]), int(rows[-1])
+        out = {"series": series, "x": [self._x(r) for r in rows.tolist()],
+               "data_time": self.times[first] is not None, "values": self.values[rows].tolist(), "sets": []}
         for s in self.sets:
-            # the band from the stream's kernel on this series alone (tap.judge_series); the flags are the stream's
-            means, stds, _, _ = judge_series(values, s.params)
-            out["sets"].append({"label": s.label, "mean": means, "stddev": stds, "k": s.params.threshold,
-                                "flagged": s.flagged[rows].tolist()})
+            eps = [{"id": e.id, "start": self._x(e.opened_row),
+                    "end": None if e.resolved_row is None else self._x(e.resolved_row), "count": e.count,
+                    "peak_value": e.peak_value, "peak_zscore": e.peak_zscore}
+                   for e in s.episodes if e.series == series and (e.resolved_row is None or e.resolved_row >= first)
+                   and e.opened_row <= last]
+            out["sets"].append({"label": s.label, "mean": _nulls(s.band_mean[rows]), "stddev": _nulls(s.band_std[rows]),
+                                "k": s.params.threshold, "flagged": s.flagged[rows].tolist(), "episodes": eps})
         return out
+
+    def _time(self, r) -> str:
+        return "" if r is None or self.times[r] is None else repr(self.times[r])
 
     def flagged_csv(self) -> str:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["option_set", "row", "time", "name", "value", "mean", "stddev", "zscore"])
+        w.writerow(["option_set", "row", "time", "name", "value", "mean", "stddev", "zscore", "tail_probability"])
         for s in self.sets:
             for r in np.flatnonzero(s.flagged).tolist():
-                mean, std, z = s.judged[r]
-                w.writerow([s.label, r + 1, "" if self.times[r] is None else repr(self.times[r]), self.names[r],
-                            repr(float(self.values[r])), repr(mean), repr(std), repr(z)])
+                mean, std, z, tail = s.judged[r]
+                w.writerow([s.label, r + 1, self._time(r), self.names[r], repr(float(self.values[r])), repr(mean),
+                            repr(std), repr(z), "" if tail is None else repr(tail)])
+        return buf.getvalue()
+
+    def episodes_csv(self) -> str:
+        """Every episode of every option set; rows are the file's (1-based, as in flagged.csv)."""
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["option_set", "episode", "series", "opened_row", "resolved_row", "started", "ended", "count",
+                    "peak_value", "peak_zscore"])
+        for s in self.sets:
+            for e in s.episodes:
+                w.writerow([s.label, e.id, e.series, e.opened_row + 1,
+                            "" if e.resolved_row is None else e.resolved_row + 1, self._time(e.opened_row),
+                            self._time(e.resolved_row), e.count, repr(e.peak_value), repr(e.peak_zscore)])
         return buf.getvalue()
 
 
 def _describe(p: detector.Params) -> str:
-    return ", ".join(f"{f.name}={detector.MODE_NAMES[p.mode] if f.name == 'mode' else getattr(p, f.name)}"
+    names = {"mode": detector.MODE_NAMES, "score": detector.SCORE_NAMES, "direction": detector.DIRECTION_NAMES}
+    return ", ".join(f"{f.name}={names[f.name][getattr(p, f.name)] if f.name in names else getattr(p, f.name)}"
                      for f in dataclasses.fields(p))
 
 
 def read_rows(data: bytes, filename: str):
-    """(names, values, times) of an upload in `streamer detect`'s formats; BacktestError naming the line."""
+    """(names, values, stamps) of an upload in `streamer detect`'s formats, stamps (seconds | None, nanos) per
+    row; BacktestError naming the line."""
     fd, path = tempfile.mkstemp(prefix="streamer-backtest-")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        names, values, times = [], [], []
+        names, values, stamps = [], [], []
         try:
             with MetricFile(path) as mf:
                 mf.label = filename
                 for name, value, seconds, nanos in mf.rows():
                     names.append(name)
                     values.append(value)
-                    times.append(None if seconds is None else seconds + nanos / 1e9)
+                    stamps.append((seconds, nanos))
         except FileError as exc:
             raise BacktestError(str(exc)) from None
     finally:
         os.unlink(path)
     if not names:
         raise BacktestError(f"{filename}: no rows (expected a CSV header time,name,value and rows, or JSON lines)")
-    return names, np.array(values, dtype=np.float64), times
+    return names, np.array(values, dtype=np.float64), stamps
 
 
-def _run_set(names, values, times, options: Options, params, defaults: detector.Defaults) -> SetResult:
-    """Send every row through a private DetectStream pipeline (StreamDetector.process), in order."""
+def _chunks(names: list[str]) -> list[tuple[int, int]]:
+    """Consecutive row ranges in which no series has two values (at most BATCH_ROWS rows each): after each request
+    the state holds what each of its series' next value is judged against."""
+    out, seen, start = [], set(), 0
+    for i, name in enumerate(names):
+        if name in seen or i - start >= BATCH_ROWS:
+            out.append((start, i))
+            seen, start = set(), i
+        seen.add(name)
+    out.append((start, len(names)))
+    return out
+
+
+def _previous(names: list[str]) -> np.ndarray:
+    """Per row, the row of the same series' previous value, or -1."""
+    last: dict[str, int] = {}
+    prev = np.full(len(names), -1, dtype=np.int64)
+    for i, name in enumerate(names):
+        prev[i] = last.get(name, -1)
+        last[name] = i
+    return prev
+
+
+class _After:
+    """The detector's tap hook (the shape of tap.Taps): called after every applied request with its rows' slots;
+    keeps the state of each row's series after it, which is what that series' next value is judged against."""
+
+    active = True
+
+    def __init__(self) -> None:
+        self.post: tuple | None = None
+
+    def observe(self, session, state, params, rows, k: int = -1) -> None:
+        ids = rows()[0]
+        self.post = (state.count[ids], state.mean[ids], state.spread[ids])  # copies (fancy indexing)
+
+
+def _run_set(names, values, stamps, chunks, prev, options: Options, params: detector.Params,
+             defaults: detector.Defaults) -> SetResult:
+    """Send every row through a private DetectStream pipeline (StreamDetector.process), in order, keeping its
+    answers (the flags), its episode changes and the state each value was judged against (the band)."""
     registry = SessionRegistry(60.0, 1, defaults.max_series, store=MemoryStore())
-    stream = detector.StreamDetector(defaults, registry)
-    flagged = np.zeros(len(names), dtype=bool)
+    changes: list = []
+    stream = detector.StreamDetector(defaults, registry, on_episodes=changes.extend)
+    after = stream.taps = _After()
+    n = len(names)
+    flagged = np.zeros(n, dtype=bool)
     judged: dict[int, tuple] = {}
+    post_count, post_mean, post_spread = np.zeros(n, dtype=np.int64), np.zeros(n), np.zeros(n)
+    episodes: list[Episode] = []
+    open_episodes: dict[str, Episode] = {}
     tail = options_field(_proto(options))
+    likelihood = params.score == detector.SCORE_LIKELIHOOD
     try:
-        for start in range(0, len(names), BATCH_ROWS):
+        for start, end in chunks:
             b = RequestBuilder()
-            for i in range(start, min(start + BATCH_ROWS, len(names))):
-                t = times[i]
-                seconds, nanos = (None, 0) if t is None else (int(t // 1), int(round((t % 1) * 1e9)) % 1_000_000_000)
-                b.add(names[i], float(values[i]), seconds, nanos)
-            answer = pb.OutliersResponse.FromString(stream.process(b.take(tail)))
+            for i in range(start, end):
+                b.add(names[i], float(values[i]), *stamps[i])
+            answer = pb.OutliersResponse.FromString(stream.process(b.take(tail if start == 0 else b"")))
             for o in answer.outliers:
                 r = start + o.index
                 flagged[r] = True
-                judged[r] = (o.mean, o.stddev, o.zscore)
+                judged[r] = (o.mean, o.stddev, o.zscore, o.tail_probability if likelihood else None)
+            post_count[start:end], post_mean[start:end], post_spread[start:end] = after.post
+            if changes:
+                row_of = {names[r]: r for r in range(start, end)}  # one row per series in a request
+                for e in changes:
+                    _note(e, row_of[e.series], episodes, open_episodes)
+                changes.clear()
     except DetectError as exc:
         raise BacktestError(str(exc)) from None
     finally:
         stream.close()
         registry.close()
-    return SetResult("", options, params, flagged, judged)
+    band_mean, band_std = _band(prev, post_count, post_mean, post_spread, params)
+    return SetResult("", options, params, flagged, judged, band_mean, band_std, episodes)
+
+
+def _note(e, row: int, episodes: list[Episode], open_episodes: dict[str, Episode]) -> None:
+    if e.kind == OPENED:
+        ep = open_episodes[e.series] = Episode(e.episode, e.series, row, e.started_ns, e.count, e.peak_value,
+                                               e.peak_zscore)
+        episodes.append(ep)
+        return
+    ep = open_episodes[e.series]
+    ep.count, ep.peak_value, ep.peak_zscore = e.count, e.peak_value, e.peak_zscore
+    if e.kind == RESOLVED:
+        ep.resolved_row, ep.ended_ns = row, e.ended_ns
+        del open_episodes[e.series]
+
+
+def _band(prev, count, mean, spread, params: detector.Params) -> tuple[np.ndarray, np.ndarray]:
+    """The mean and stddev each row was judged against: its series' state after its previous value, read as
+    rules.stream_update reads it (population stddev: sqrt(M2 / n) cumulative, sqrt(variance) exponential), NaN
+    before the series has max(warmup, 2) values in its state."""
+    has = prev >= 0
+    p = np.where(has, prev, 0)
+    c, m, s = count[p], mean[p], spread[p]
+    judged = has & (c >= max(int(params.warmup), 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        std = np.sqrt(s) if params.mode == MODE_EXPONENTIAL else np.sqrt(s / np.maximum(c, 1))
+    return np.where(judged, m, math.nan), np.where(judged, std, math.nan)
 
 
 class Backtests:
     """The last KEEP results, by id; run() is called on a worker thread."""
 
     def __init__(self, defaults: detector.Defaults):
-        self.defaults = defaults
+        # episodes are kept in a backtest whatever the server keeps (resolve_after 0 in an option set: none)
+        self.defaults = dataclasses.replace(defaults, episodes=True)
         self._results: dict[str, Result] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()  # protects _results (runs on worker threads, reads on the event loop)
@@ -210,8 +343,8 @@ class Backtests:
     def run(self, data: bytes, filename: str, option_sets: list) -> Result:
         if not isinstance(option_sets, list) or not option_sets:
             raise BacktestError("give at least one option set")
-        if len(option_sets) > 6:
-            raise BacktestError(f"{len(option_sets)} option sets: at most 6 at a time")
+        if len(option_sets) > MAX_SETS:
+            raise BacktestError(f"{len(option_sets)} option sets: at most {MAX_SETS} at a time")
         parsed = []
         for i, raw in enumerate(option_sets):
             where = f"option set {i + 1}"
@@ -221,12 +354,14 @@ class Backtests:
             except DetectError as exc:
                 raise BacktestError(str(exc)) from None
             parsed.append((str(raw.get("label") or where), options, params))
-        names, values, times = read_rows(data, filename)
+        names, values, stamps = read_rows(data, filename)
+        chunks, prev = _chunks(names), _previous(names)
         sets = []
         for label, options, params in parsed:
-            s = _run_set(names, values, times, options, params, self.defaults)
+            s = _run_set(names, values, stamps, chunks, prev, options, params, self.defaults)
             s.label = label
             sets.append(s)
+        times = [None if sec is None else sec + nanos / 1e9 for sec, nanos in stamps]
         order = np.argsort(np.array(names, dtype=object), kind="stable")
         series_rows: dict[str, np.ndarray] = {}
         sorted_names = [names[i] for i in order.tolist()]

@@ -8,7 +8,6 @@ flags are set. Live events come from the Watch Hub (streamer/watch.py), a viewed
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import json
 import logging
@@ -20,8 +19,8 @@ import urllib.parse
 from importlib import resources
 
 from streamer import detector
-from streamer.pb import outliers_pb2 as pb
 from streamer.web.backtest import BacktestError, Backtests, option_fields
+from streamer.web.live import LIVE_QUOTA, LiveList
 from streamer.web.tap import DELIVER_SECONDS, Taps, points_json
 
 log = logging.getLogger("streamer.web")
@@ -31,7 +30,6 @@ STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; 
           "uPlot.min.css": "text/css; charset=utf-8", "LICENSE.uPlot.txt": "text/plain; charset=utf-8"}
 HEADER_LIMIT = 64 * 1024
 SEARCH_LIMIT = 200
-EVENTS_QUEUE = 256  # events a page's live list is sent per DELIVER_SECONDS at most (the rest: counted as dropped)
 ORIGINS = {"stream": 1, "otlp": 2}
 ORIGIN_NAMES = {v: k for k, v in ORIGINS.items()}
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 411: "Length Required",
@@ -200,7 +198,8 @@ class PageServer:
         reg = self.service.sessions
         with reg._lock:
             held = list(reg._sessions.values())
-        out = [{"name": s.name, "series": len(s.state.table), "open": s.open, "options": s.options} for s in held]
+        out = [{"name": s.name, "source": "otlp" if s.name.startswith("otlp:") else "session",
+                "series": len(s.state.table), "open": s.open, "options": s.options} for s in held]
         private = [d for d in (s.detector for s in list(self.service._streams)) if d.session is None and d.state]
         out.sort(key=lambda s: s["name"])
         return {"sessions": out, "private_streams": len(private),
@@ -266,7 +265,7 @@ class PageServer:
         if source and source not in ORIGINS:
             return await self._send(writer, 400, {"error": f"source {source!r}: one of {', '.join(ORIGINS)}"})
         hub = self.service.hub
-        sub = hub.subscribe(q.get("session", ""), q.get("prefix", ""), EVENTS_QUEUE, pb.WATCH_ALL)
+        sub = hub.add(LiveList(hub, q.get("session", ""), q.get("prefix", "")))
         gone = asyncio.ensure_future(reader.read(1))  # a page sends nothing more: EOF when it goes away
         try:
             await self._sse_head(writer)
@@ -279,6 +278,10 @@ class PageServer:
                 if sub.missed:
                     batch.append({"kind": "dropped", "count": sub.missed, "total": sub.total_missed})
                     sub.missed = 0
+                if sub.paused:
+                    batch.append({"kind": "sampled", "pauses": sub.paused, "quota": LIVE_QUOTA / DELIVER_SECONDS})
+                    sub.paused = 0
+                sub.delivered()
                 if batch:
                     writer.write(b"data: " + _json(batch) + b"\n\n")
                     await writer.drain()
@@ -298,37 +301,22 @@ class PageServer:
 
     async def _tap(self, reader, writer, q: dict) -> None:
         """Server-sent events: a series' recent judged values (the ring first), then what is new every
-        DELIVER_SECONDS: the tap's sampled batches, and every flagged value of the series from the Watch hub (the
-        detector only appends to the ring, and publishes to the hub anyway while a page is open)."""
+        DELIVER_SECONDS: the tap's sampled batches and every flagged value of the series (tap.py), in one message
+        per DELIVER_SECONDS at most whatever the batch rate."""
         series = q.get("series", "")
         if not series:
             return await self._send(writer, 400, {"error": "give the series key (series=...)"})
-        session = q.get("session", "")
-        tap = self.taps.view(session, series)
-        sub = self.service.hub.subscribe(session, series, EVENTS_QUEUE)
+        tap = self.taps.view(q.get("session", ""), series)
         gone = asyncio.ensure_future(reader.read(1))
-        # flagged values sent lately: the hub's copy of one the ring had is not sent again (by value: a value
-        # without a data time gets its time where it is recorded, a little apart in the hub and in the tap)
-        sent_flags: collections.deque = collections.deque(maxlen=4 * EVENTS_QUEUE)
         try:
             await self._sse_head(writer)
             sent = tap.added
-            ring = list(tap.ring)
-            sent_flags.extend(p[1] for p in ring if p[4])
-            writer.write(b"event: ring\ndata: " + _json(points_json(ring)) + b"\n\n")
+            writer.write(b"event: ring\ndata: " + _json(points_json(list(tap.ring))) + b"\n\n")
             await writer.drain()
             quiet = 0.0
             while not gone.done():
                 await asyncio.wait({gone}, timeout=DELIVER_SECONDS)
                 new, sent = tap.since(sent), tap.added
-                sent_flags.extend(p[1] for p in new if p[4])
-                while sub.queue:
-                    e = sub.queue.popleft()
-                    if isinstance(e, tuple) and e.series == series and e.session == session:
-                        if e.value not in sent_flags:
-                            sent_flags.append(e.value)
-                            new.append((e.time_ns / 1e9, e.value, e.mean, e.stddev, True, e.zscore, tap.k))
-                sub.missed = 0
                 if new:
                     new.sort(key=lambda p: p[0])
                     writer.write(b"data: " + _json(points_json(new)) + b"\n\n")
@@ -342,7 +330,6 @@ class PageServer:
                 await writer.drain()
         finally:
             gone.cancel()
-            self.service.hub.unsubscribe(sub)
             self.taps.unview(tap)
 
     async def _backtest(self, reader, writer, headers: dict, q: dict) -> None:
@@ -380,10 +367,11 @@ class PageServer:
             result = self.backtests.get(parts[3])
             if parts[4] == "chart":
                 return await self._send(writer, 200, await asyncio.to_thread(result.chart, q.get("series", "")))
-            if parts[4] == "flagged.csv":
-                body = (await asyncio.to_thread(result.flagged_csv)).encode()
+            if parts[4] in ("flagged.csv", "episodes.csv"):
+                what = parts[4][:-4]
+                body = (await asyncio.to_thread(getattr(result, f"{what}_csv"))).encode()
                 return await self._send(writer, 200, body, "text/csv; charset=utf-8",
-                                        f"Content-Disposition: attachment; filename=\"flagged-{result.id}.csv\"\r\n")
+                                        f"Content-Disposition: attachment; filename=\"{what}-{result.id}.csv\"\r\n")
         except BacktestError as exc:
             return await self._send(writer, 400, {"error": str(exc)})
         return await self._send(writer, 404, {"error": f"no such page: {path}"})

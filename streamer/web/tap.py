@@ -1,17 +1,22 @@
 """Taps: the recent values of the series someone views on the page, each with the mean and stddev it was judged
 against, in a bounded ring per viewed series (nothing is kept for series nobody views).
 
-The detector calls `Taps.observe` after each applied batch only while `Taps.active` is true (a plain attribute:
-some page views a series). Values are sampled: at most one batch in SAMPLE_SECONDS is recorded whole, each value
-with the band it was judged against; the page gets every flagged value from the Watch hub besides
-(pageserver.py), which detection publishes anyway while a page is open. The band comes from the stream's own
-kernel (kernels.welford_update / ewm_update) run on a one-series copy of the state taken just before that batch,
-so there is no second implementation of the rule: see `_One`. A page reads the ring every DELIVER_SECONDS
-(pageserver.py), so a busy series costs the detector a few microseconds a sampled batch and a clock read otherwise.
+The detector (a stream's batch, an OTLP export) calls `Taps.observe` after each applied batch only while
+`Taps.active` is true (a plain attribute: some page views a series). Values are sampled: at most one batch in
+SAMPLE_SECONDS is recorded whole, each value with the band it was judged against; the page gets every flagged value
+from the Watch hub besides (pageserver.py), which detection publishes anyway while a page is open. The band is read
+from the stream's own state, copied for the viewed series just before that batch (`_One`): the series' first value
+of the batch is judged against exactly that state. Later values of it in the same batch: without exclusion every
+finite value is taken in whatever the rules, so the stream's own kernel (kernels.welford_update / ewm_update) run
+on the copy gives their bands exactly; with exclusion, what is taken in depends on every rule (limit, cooldown,
+min_deviation, direction, score), so they get the stream's band when flagged and none otherwise (not a guess).
+Between samples a batch costs a dictionary look-up and a clock read (observe's fast path); a page reads the ring
+every DELIVER_SECONDS (pageserver.py).
 """
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import time
 
@@ -53,7 +58,6 @@ def compile_all() -> None:
     one = _One()
     for mode in (1, 2):
         p = _CompileParams(mode)
-        one.judge(1.0, p)
         one.band(np.array([1.0, 2.0]), p)
 
 
@@ -63,7 +67,7 @@ class _CompileParams:
 
 
 class _One:
-    """A one-series state and the kernels' out arrays, for judging values one at a time."""
+    """A copy of one series' running state (count, mean, spread) taken before a batch."""
 
     def __init__(self, count: int = 0, mean: float = 0.0, spread: float = 0.0):
         self.count = np.array([count], dtype=np.int64)
@@ -76,37 +80,20 @@ class _One:
     def set(self, count, mean, spread) -> None:
         self.count[0], self.mean[0], self.spread[0] = count, mean, spread
 
-    def _run(self, count, mean, spread, value, params, threshold, exclude) -> int:
-        v = np.array([value], dtype=np.float64)
-        if params.mode == MODE_EXPONENTIAL:
-            return kernels.ewm_update(self.ids, v, count, mean, spread, float(params.alpha), float(threshold),
-                                      int(params.warmup), bool(exclude), self.idx, *self.out)
-        return kernels.welford_update(self.ids, v, count, mean, spread, float(threshold), int(params.warmup),
-                                      bool(exclude), self.idx, *self.out)
-
-    def judge(self, value: float, params) -> tuple[float | None, float | None, bool, float]:
-        """(mean, stddev, flagged, zscore) of `value` against this state, then add it as the stream would.
-
-        The band is the kernel's own output: a copy of the state judged with threshold -1 flags every value
-        past the warmup (|x - mean| > -stddev) unless stddev and the difference are both 0, when the mean is x.
-        mean and stddev are None during the warmup.
-        """
-        c, m, s = self.count.copy(), self.mean.copy(), self.spread.copy()
-        if self._run(c, m, s, value, params, -1.0, False):
-            mean, std = float(self.out[0][0]), float(self.out[1][0])
-        elif self.count[0] >= max(int(params.warmup), 2) and np.isfinite(value):
-            mean, std = float(value), 0.0
-        else:
-            mean = std = None
-        flagged = bool(self._run(self.count, self.mean, self.spread, value, params, params.threshold,
-                                 params.exclude_outliers))
-        z = float(self.out[2][0]) if flagged else (0.0 if std is None or std == 0 else (value - mean) / std)
-        return mean, std, flagged, z
+    def state_band(self, params) -> tuple[float | None, float | None]:
+        """(mean, stddev) the series' next value is judged against from this state, as rules.stream_update
+        reads the state (population stddev), or (None, None) in the warmup."""
+        c = int(self.count[0])
+        if c < max(int(params.warmup), 2):
+            return None, None
+        spread = float(self.spread[0])
+        return float(self.mean[0]), math.sqrt(spread if params.mode == MODE_EXPONENTIAL else spread / c)
 
     def band(self, values: np.ndarray, params):
         """(means, stddevs) each of `values` (one series, in order) is judged against from this state, which then
         holds the state after them. Exact only when flagged values update the state (not exclude_outliers): the
-        whole run is one call of the kernel with threshold -1 (see judge)."""
+        whole run is one call of the kernel with threshold -1, which flags every value past the warmup (|x - mean| >
+        -stddev) unless stddev and the difference are both 0, when the mean is x."""
         n = len(values)
         ids = np.zeros(n, dtype=np.int64)
         idx = np.empty(n, dtype=np.int32)
@@ -127,20 +114,6 @@ class _One:
         same = judged & finite & np.isnan(means)
         means[same], stds[same] = values[same], 0.0
         return means, stds
-
-
-def judge_series(values, params) -> tuple[list, list, list, list]:
-    """Judge one series' values in order from an empty state with the stream's kernel: (means, stddevs, flags,
-    zscores). For the backtest's chart; the backtest's counts come from the real stream (backtest.py)."""
-    one = _One()
-    means, stds, flags, zs = [], [], [], []
-    for v in values:
-        m, s, f, z = one.judge(float(v), params)
-        means.append(m)
-        stds.append(s)
-        flags.append(f)
-        zs.append(z)
-    return means, stds, flags, zs
 
 
 class Tap:
@@ -220,6 +193,8 @@ class Taps:
         self.active = False  # some page views a series: the detector checks this first
         self._by_session: dict[str, list[Tap]] = {}
         self._taps: dict[tuple[str, str], Tap] = {}
+        self._armed = 0     # taps holding the state before their next batch (observe's fast path: none, and
+        self._due = 0.0     # the clock before the earliest next sample)
         self._lock = threading.Lock()  # protects the two dicts' changes (observe() only reads them)
 
     def view(self, session: str, series: str) -> Tap:
@@ -230,6 +205,7 @@ class Taps:
                 self._by_session = {**self._by_session,
                                     session: [*self._by_session.get(session, []), tap]}
             tap.viewers += 1
+            self._due = 0.0  # a new tap is due at once
             self.active = True
         return tap
 
@@ -237,48 +213,82 @@ class Taps:
         with self._lock:
             tap.viewers -= 1
             if tap.viewers <= 0:
-                self._taps.pop((tap.session, tap.series), None)
+                if self._taps.pop((tap.session, tap.series), None) is not None and tap.armed is not None:
+                    tap.armed = None
+                    self._armed -= 1
                 rest = [t for t in self._by_session.get(tap.session, []) if t is not tap]
                 self._by_session = {k: v for k, v in self._by_session.items() if k != tap.session}
                 if rest:
                     self._by_session[tap.session] = rest
             self.active = bool(self._taps)
 
-    def observe(self, session: str, state, params, rows) -> None:
-        """After a batch was applied to `state`: record the viewed series' values of it when sampled (see the
-        module's docstring); rows() gives the batch's (ids, values, times, idx, mean, std, z), idx the flagged rows
-        and mean, std, z what they were judged against. Otherwise a clock read and a comparison per viewed series."""
+    def observe(self, session: str, state, params, rows, k: int = -1) -> None:
+        """After a batch was applied to `state`: record the viewed series' flagged values of it, and all its
+        values when sampled (see the module's docstring); rows() gives the batch's (ids, values, times, idx, mean,
+        std, z), idx the k flagged rows (k < 0: unknown until rows() is called) and mean, std, z what they were
+        judged against. A batch with nothing flagged between samples costs a look-up and a clock read."""
         taps = self._by_session.get(session)
         if not taps:
             return
         now = self.clock()
+        if not k and not self._armed and now < self._due:
+            return  # nearly every batch: nothing flagged, no tap armed and none due to be
+        ids, values, times, idx, mean, std, z = rows()
+        table = id(state.table)
+        due = False
         for tap in taps:
-            if tap.armed == id(state):
+            s = tap.slots.get(table)
+            if s is None:
                 s = tap.slot(state.table)
-                ids, values, times, idx, mean, std, z = rows()
-                if len(tap.rows) < len(ids):
-                    tap.rows = np.empty(2 * len(ids), dtype=np.int64)
+                if s < 0:
+                    continue
+            if len(tap.rows) < len(ids):
+                tap.rows = np.empty(2 * len(ids), dtype=np.int64)
+            if tap.armed is not None:
+                if tap.armed != id(state):
+                    continue
                 n = _rows_of(ids, idx, -1, s, tap.rows)
                 if not n:
                     continue  # its state is as it was: still armed for the next batch
                 tap.armed = None
+                self._armed -= 1
                 tap.next_sample = now + self.sample_seconds
-                self._whole(tap, tap.rows[:n].copy(), params, values, times, idx, z)
-            if tap.armed is None and now >= tap.next_sample:  # the next batch is recorded whole
-                s = tap.slot(state.table)
-                if s >= 0:
-                    tap.one.set(state.count[s], state.mean[s], state.spread[s])
-                    tap.armed = id(state)
+                due = True
+                self._whole(tap, tap.rows[:n].copy(), params, values, times, idx, mean, std, z)
+            elif k:
+                n = _rows_of(ids, idx, len(idx), s, tap.rows)  # the series' flagged values: j into idx
+                if n:
+                    self._flagged(tap, tap.rows[:n], params, values, times, idx, mean, std, z)
+            if now >= tap.next_sample:  # the next batch with the series is recorded whole
+                tap.one.set(state.count[s], state.mean[s], state.spread[s])
+                tap.armed = id(state)
+                self._armed += 1
+                due = True
+        if due:
+            self._due = min(t.next_sample for t in taps)
 
     @staticmethod
-    def _whole(tap: Tap, rows, params, values, times, idx, z) -> None:
+    def _flagged(tap: Tap, js, params, values, times, idx, mean, std, z) -> None:
+        """Record the flagged rows idx[js] of the tap's series, with what the stream reported."""
+        wall, rs = time.time_ns(), idx[js]
+        tap.k = params.threshold
+        tap.add([((t or wall) / 1e9, v, m, d, True, zz, tap.k) for t, v, m, d, zz in
+                 zip(times[rs].tolist(), values[rs].tolist(), mean[js].tolist(), std[js].tolist(), z[js].tolist())])
+
+    @staticmethod
+    def _whole(tap: Tap, rows, params, values, times, idx, mean, std, z) -> None:
         vs = values[rows]
-        flagged_z = dict(zip(idx.tolist(), z[:len(idx)].tolist()))
-        if params.exclude_outliers:  # flagged values leave the state: judge one at a time
-            judged = [tap.one.judge(v, params) for v in vs.tolist()]
-            means = [j[0] for j in judged]
-            stds = [j[1] for j in judged]
-        else:
+        k = len(idx)
+        flagged = {r: (m, d, zz) for r, m, d, zz in zip(idx.tolist(), mean[:k].tolist(), std[:k].tolist(),
+                                                        z[:k].tolist())}
+        if params.exclude_outliers:
+            # Whether a value is taken in depends on every rule (the limit, min_deviation, direction, the score):
+            # the series' first value of the batch has the band of the state before the batch (exact, the
+            # kernel's own state); a later one the stream's band when it was flagged, else none (not guessed).
+            first = tap.one.state_band(params)
+            means = [first[0]] + [flagged[r][0] if r in flagged else None for r in rows.tolist()[1:]]
+            stds = [first[1]] + [flagged[r][1] if r in flagged else None for r in rows.tolist()[1:]]
+        else:  # every finite value is taken in, whatever the rules: the band follows the values alone
             m, d = tap.one.band(vs, params)
             means = [None if x != x else x for x in m.tolist()]
             stds = [None if x != x else x for x in d.tolist()]
@@ -286,9 +296,11 @@ class Taps:
         k = tap.k = params.threshold
         points = []
         for r, v, t, mu, sd in zip(rows.tolist(), vs.tolist(), times[rows].tolist(), means, stds):
-            zz = flagged_z.get(r)
-            points.append(((t or wall) / 1e9, v, mu, sd, zz is not None,
-                           zz if zz is not None else (0.0 if not sd else (v - mu) / sd), k))
+            f = flagged.get(r)
+            if f is not None:
+                mu, sd = f[0], f[1]  # what the stream reported (equal to the band above, by the tests)
+            points.append(((t or wall) / 1e9, v, mu, sd, f is not None,
+                           f[2] if f is not None else (0.0 if not sd else (v - mu) / sd), k))
         tap.add(points)
 
 

@@ -36,8 +36,9 @@ async function loadSessions() {
     const sel = $("search-session"), keep = sel.value;
     sel.replaceChildren(el("option", { value: "", textContent: "(private streams)" }));
     for (const s of d.sessions) {
-      const tr = el("tr", { className: "click" }, [el("td", { textContent: s.name }), el("td", { textContent: s.series }),
-        el("td", { textContent: s.open ? "open" : "idle" })]);
+      const tr = el("tr", { className: "click" }, [el("td", { textContent: s.name }), el("td", { textContent: s.source }),
+        el("td", { textContent: s.series }), el("td", { textContent: s.open ? "open" : "idle" })]);
+      tr.dataset.session = s.name; tr.dataset.source = s.source; tr.dataset.series = s.series;
       tr.onclick = () => { $("search-session").value = s.name; search(); };
       tb.append(tr);
       sel.append(el("option", { value: s.name, textContent: s.name }));
@@ -73,6 +74,10 @@ function connectEvents() {
 }
 
 function addEvent(e) {
+  if (e.kind === "sampled") {  // the server sent its quota of outliers for this moment; the rest were not sent
+    $("events-sampled").textContent = `busy: the list shows up to ${e.quota} outliers a second (every episode)`;
+    return;
+  }
   window.streamer.events.push(e);
   if (window.streamer.events.length > MAX_ROWS) window.streamer.events.shift();
   const tb = $("events").tBodies[0];
@@ -226,13 +231,16 @@ async function runBacktest() {
 function showBacktest(d) {
   window.streamer.backtest = d;
   $("bt-title").textContent = `Results: ${d.file} (${d.rows} rows, ${d.series.length} series)`;
-  $("bt-summary").replaceChildren(...d.sets.flatMap((s, i) => [el("span", { className: "bt-count", textContent: `${s.label}: ${s.flagged} flagged` }, []), el("span", { className: "note", textContent: ` (${s.options})  ` })]));
-  [...$("bt-summary").querySelectorAll(".bt-count")].forEach((e, i) => { e.dataset.set = i; e.dataset.flagged = d.sets[i].flagged; });
+  $("bt-summary").replaceChildren(...d.sets.flatMap((s, i) => [el("span", { className: "bt-count", textContent: `${s.label}: ${s.flagged} flagged, ${s.episodes} episodes` }, []), el("span", { className: "note", textContent: ` (${s.options})  ` })]));
+  [...$("bt-summary").querySelectorAll(".bt-count")].forEach((e, i) => { e.dataset.set = i; e.dataset.flagged = d.sets[i].flagged; e.dataset.episodes = d.sets[i].episodes; });
   const a = $("bt-download"); a.href = `/api/backtest/${d.id}/flagged.csv`; a.hidden = false;
+  const b = $("bt-download-episodes"); b.href = `/api/backtest/${d.id}/episodes.csv`; b.hidden = false;
   const t = $("bt-table");
-  t.tHead.replaceChildren(el("tr", {}, [el("th", { textContent: "series" }), el("th", { textContent: "values" }), ...d.sets.map((s) => el("th", { textContent: `flagged: ${s.label}` }))]));
+  t.tHead.replaceChildren(el("tr", {}, [el("th", { textContent: "series" }), el("th", { textContent: "values" }),
+    ...d.sets.map((s) => el("th", { textContent: `flagged: ${s.label}` })), ...d.sets.map((s) => el("th", { textContent: `episodes: ${s.label}` }))]));
   t.tBodies[0].replaceChildren(...d.series.map((s) => {
-    const tr = el("tr", { className: "click" }, [el("td", { textContent: s.series }), el("td", { textContent: s.values }), ...s.flagged.map((n) => el("td", { textContent: n }))]);
+    const tr = el("tr", { className: "click" }, [el("td", { textContent: s.series }), el("td", { textContent: s.values }),
+      ...s.flagged.map((n) => el("td", { textContent: n })), ...s.episodes.map((n) => el("td", { textContent: n, className: "episode" }))]);
     tr.onclick = () => chartBacktest(d.id, s.series);
     return tr;
   }));
@@ -240,18 +248,32 @@ function showBacktest(d) {
 }
 
 const SET_COLOURS = ["#d00", "#e80", "#a0a", "#080", "#06c", "#555"];
+const SET_SHADES = ["rgba(221,0,0,.10)", "rgba(238,136,0,.12)", "rgba(170,0,170,.10)", "rgba(0,136,0,.10)", "rgba(0,102,204,.10)", "rgba(85,85,85,.10)"];
 async function chartBacktest(id, series) {
   const d = await getJSON(`/api/backtest/${id}/chart?series=${encodeURIComponent(series)}`);
   const s0 = d.sets[0];
   const upper = s0.mean.map((m, i) => m === null ? null : m + s0.k * s0.stddev[i]);
   const lower = s0.mean.map((m, i) => m === null ? null : m - s0.k * s0.stddev[i]);
   const flags = d.sets.map((s) => s.flagged.map((f, i) => f ? d.values[i] : null));
-  $("bt-chart-title").textContent = `${series}: band of ${s0.label}, flags of every set`;
+  $("bt-chart-title").textContent = `${series}: band of ${s0.label}, flags of every set, episodes shaded (one band of colour per set)`;
   const c = $("bt-chart");
   c.dataset.points = d.x.length; c.dataset.series = series;
   c.dataset.flagged = JSON.stringify(flags.map((f) => f.filter((v) => v !== null).length));
+  c.dataset.episodes = JSON.stringify(d.sets.map((s) => s.episodes.length));
+  const shade = (u) => {  // each set's episodes: a strip of its own height, from opening to resolution
+    const ctx = u.ctx, top = u.bbox.top, h = u.bbox.height / d.sets.length;
+    ctx.save();
+    d.sets.forEach((s, i) => {
+      ctx.fillStyle = SET_SHADES[i % SET_SHADES.length];
+      for (const ep of s.episodes) {
+        const x0 = u.valToPos(ep.start, "x", true), x1 = u.valToPos(ep.end ?? u.scales.x.max, "x", true);
+        ctx.fillRect(x0, top + i * h, Math.max(2, x1 - x0), h);
+      }
+    });
+    ctx.restore();
+  };
   bandChart(c, series, {
-    time: d.data_time, data: [d.x, d.values, s0.mean, upper, lower, ...flags],
+    time: d.data_time, data: [d.x, d.values, s0.mean, upper, lower, ...flags], hooks: { drawClear: [shade] },
     lines: [{ label: "value", stroke: "#2d6cdf" }, { label: `mean (${s0.label})`, stroke: "#888", dash: [4, 4] },
       { label: "mean + k·sd", stroke: "#9c9" }, { label: "mean - k·sd", stroke: "#9c9" },
       ...d.sets.map((s, i) => ({ label: `flagged: ${s.label}`, ...POINTS_ONLY(SET_COLOURS[i % SET_COLOURS.length]) }))],

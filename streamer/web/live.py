@@ -1,0 +1,37 @@
+"""The page's live list as a Watch subscriber with a quota (see LiveList); pageserver.py sends what it queues."""
+from __future__ import annotations
+
+from streamer import watch
+from streamer.pb import outliers_pb2 as pb
+
+LIVE_QUOTA = 64  # outliers a page's live list is sent per DELIVER_SECONDS at most (640 a second; see LiveList)
+
+
+class LiveList(watch.Subscriber):
+    """The page's live list: a Watch subscriber that stops wanting outliers once LIVE_QUOTA of them wait unsent,
+    until the page has been sent them (every DELIVER_SECONDS). While it does not want them, and nobody else
+    watches, detection builds no outlier events at all (Hub.outliers_active), so a busy server with a page open
+    pays for 640 outliers a second, not for every one; episodes always reach it. `paused` counts the pauses since
+    the last message (the page says the list is sampled). Touched only on the event loop's thread."""
+
+    def __init__(self, hub: watch.Hub, session: str, prefix: str):
+        super().__init__(session, prefix, LIVE_QUOTA + 4 * LIVE_QUOTA, pb.WATCH_ALL)  # room for episodes beyond
+        self.hub = hub
+        self.paused = 0
+        self._outliers = 0  # events queued since the last delivery
+
+    def offer(self, events, lost: int = 0) -> None:
+        before = len(self.queue)
+        super().offer(events, lost)
+        if self.outliers:
+            self._outliers += len(self.queue) - before  # episodes among them too: they are few
+            if self._outliers >= LIVE_QUOTA:
+                self.outliers = False
+                self.paused += 1
+                self.hub.refresh()
+
+    def delivered(self) -> None:
+        self._outliers = 0
+        if not self.outliers:
+            self.outliers = True
+            self.hub.refresh()
