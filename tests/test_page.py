@@ -17,7 +17,7 @@ from streamer.client import Client
 from streamer.state import MODE_CUMULATIVE, MODE_EXPONENTIAL
 from streamer.web.backtest import Backtests, BacktestError
 from streamer.wire import Options
-from tests import naive
+import naive
 
 SEED = 21
 

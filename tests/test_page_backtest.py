@@ -16,7 +16,7 @@ import urllib.parse
 
 from streamer.client import Client
 from streamer.pb import outliers_pb2 as pb
-from tests.test_page import free_port
+from test_page import free_port
 
 SEED = 2112
 START = 1764580000

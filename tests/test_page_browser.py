@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from tests.test_page import csv_file, free_port, generated, naive_backtest, naive_flags
+from test_page import csv_file, free_port, generated, naive_backtest, naive_flags
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

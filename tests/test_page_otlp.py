@@ -13,8 +13,8 @@ import pytest
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as svc
 
 from streamer.wire import Options
-from tests.test_otlp import EXPORT, gauge, request
-from tests.test_page import SEED, _get, _sse, free_port
+from test_otlp import EXPORT, gauge, request
+from test_page import SEED, _get, _sse, free_port
 
 
 def test_otlp_sources_are_listed_searched_and_tapped(make_server):

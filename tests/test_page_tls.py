@@ -8,8 +8,8 @@ import ssl
 
 import pytest
 
-from tests.test_page import free_port
-from tests.test_tls import pki  # noqa: F401 (the fixture)
+from test_page import free_port
+from test_tls import pki  # noqa: F401 (the fixture)
 
 
 def _get(port: int, context: ssl.SSLContext | None, path: str = "/api/sessions"):
