@@ -385,7 +385,7 @@ class StreamerServer:
     def _reload(self) -> str:
         """reload() for this process only (a thread: it reads files)."""
         from streamer.config_file import ConfigError
-        from streamer.reload import refused
+        from streamer.reload import applied, refused
 
         source = self.config.source
         with self._reloading:
@@ -415,6 +415,10 @@ class StreamerServer:
             # Checked: from here on nothing can fail, so the reload is applied whole.
             if material is not None and self.tls.update(material):
                 changed.append("tls certificate files (contents)")
+            rules = f"; {len(new.rules)} rule(s): {', '.join(r.name for r in new.rules.rules)}" if new.rules else ""
+            if not changed:  # streams keep their resolved options: the settings' version stays
+                log.info("reloaded %s: nothing changed%s", source.path, rules)
+                return f"reloaded {source.path}: nothing changed{rules}"
             self.live.replace(defaults=dataclasses.replace(new.defaults,
                                                            max_response_bytes=self.config.max_message_bytes),
                               rules=new.rules, otlp_options=new.otlp_options)
@@ -425,15 +429,9 @@ class StreamerServer:
             if self.throttle is not None:
                 self.throttle.seconds = new.episode_update_seconds
             logging.getLogger().setLevel(args.log_level.upper())
-            self.config = dataclasses.replace(self.config, defaults=new.defaults, rules=new.rules,
-                                              otlp_options=new.otlp_options, alerts=new.alerts,
-                                              tls_cert=new.tls_cert, tls_key=new.tls_key,
-                                              tls_client_ca=new.tls_client_ca,
-                                              episode_update_seconds=new.episode_update_seconds)
+            self.config = applied(self.config, new)
             source.args, source.config = args, new
-            rules = f"; {len(new.rules)} rule(s): {', '.join(r.name for r in new.rules.rules)}" if new.rules else ""
-            summary = (f"reloaded {source.path}: " + (", ".join(changed) + " changed" if changed else
-                                                     "nothing changed") + rules)
+            summary = f"reloaded {source.path}: {', '.join(changed)} changed{rules}"
             log.info("%s", summary)
             return summary
 

@@ -1,0 +1,179 @@
+"""Rules per series and reload without a restart, on real `streamer serve` processes: a config file's [[rules]]
+judge the series they match and name themselves in outliers and episodes; SIGHUP with a changed rule changes the
+next judgement of an open stream and keeps the series' state; a broken file or a changed port is refused by
+name and the old rules still apply; with --workers 2 on SQLite every worker reloads."""
+from __future__ import annotations
+
+import queue
+import re
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from streamer import cli, series_rules
+from streamer.client import Client
+from streamer.config_file import ConfigError
+from streamer.pb import outliers_pb2 as pb
+from streamer.reload import ConfigSource
+
+WARM = [10.0, 12.0] * 5  # mean 11, stddev 1
+SERIES, PLAIN = "api_latency_ms", "plain_count"
+
+LOOSE = """threshold = 3.0
+warmup = 5
+episodes = "on"
+resolve_after = 2
+
+[[rules]]
+name = "counters"
+prefix = "http_"
+min_deviation = 100.0
+
+[[rules]]
+name = "latency-loose"
+match = "*_latency_*"
+threshold = 3.0
+"""
+TIGHT = LOOSE.replace('name = "latency-loose"\nmatch = "*_latency_*"\nthreshold = 3.0',
+                      'name = "latency-tight"\nmatch = "*_latency_*"\nthreshold = 1.5')
+BROKEN = TIGHT.replace("threshold = 1.5", 'threshold = "x"')
+
+
+def z_of(history: list[float], x: float) -> tuple[float, float, float]:
+    """What the stream judges x against: the population mean and stddev of the series' values before it."""
+    h = np.asarray(history)
+    return float(h.mean()), float(h.std()), float((x - h.mean()) / h.std())
+
+
+def wait_for(log: list[str], text: str, after: int = 0, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log[after:]:
+            if text in line:
+                return line
+        time.sleep(0.02)
+    raise AssertionError(f"no log line with {text!r}:\n" + "".join(log[-30:]))
+
+
+class OpenStream:
+    """One DetectStream kept open across reloads: send(batch) returns its Result."""
+
+    def __init__(self, client: Client, session: str):
+        self.q: queue.Queue = queue.Queue()
+        self.results = client.stream(iter(self.q.get, None), session=session)
+
+    def send(self, batch):
+        self.q.put(batch)
+        return next(self.results)
+
+    def close(self):
+        self.q.put(None)
+        for _ in self.results:
+            pass
+
+
+def test_sighup_changes_the_next_judgement_keeps_state_and_refuses_bad_files(tmp_path, cli_server):
+    path = tmp_path / "streamer.toml"
+    path.write_text("port = 0\n" + LOOSE)  # the file's port: the harness's --port would win over it
+    server = cli_server("--config", str(path), omit=("--port",))
+    events: list = []
+    with Client(server.addr) as c:
+        watch = c.watch(kinds=pb.WATCH_ALL)
+        threading.Thread(target=lambda: [events.append(e) for e in watch], daemon=True).start()
+        stream = OpenStream(c, "s1")
+        for x in WARM:
+            assert stream.send([(SERIES, x), (PLAIN, x)]).indices == []
+        history = list(WARM)
+        mean, std, z = z_of(history, 13.5)
+        assert 1.5 < z < 3.0
+        assert stream.send([(SERIES, 13.5), (PLAIN, 13.5)]).indices == []  # threshold 3: normal
+        history.append(13.5)
+
+        path.write_text("port = 0\n" + TIGHT)
+        mark = len(server.log)
+        server.proc.send_signal(signal.SIGHUP)
+        line = wait_for(server.log, "reloaded", mark)
+        assert "rules changed" in line and "latency-tight" in line
+        mean, std, z = z_of(history, 13.5)
+        assert 1.5 < z < 3.0
+        got = stream.send([(SERIES, 13.5), (PLAIN, 13.5)])  # the same stream, its next batch: the new rule
+        assert got.indices == [0]  # the plain series has no rule: the server's threshold 3 still
+        o = got.outliers[0]
+        assert (o.name, o.rule) == (SERIES, "latency-tight")
+        assert o.mean == pytest.approx(mean, rel=1e-12) and o.stddev == pytest.approx(std, rel=1e-12)  # state kept
+        history.append(13.5)
+
+        path.write_text("port = 0\n" + BROKEN)
+        mark = len(server.log)
+        server.proc.send_signal(signal.SIGHUP)
+        line = wait_for(server.log, "reload refused", mark)
+        assert "rules[1] key threshold" in line and "line 15" in line and "running configuration stays" in line
+        path.write_text("port = 1\n" + TIGHT)
+        mark = len(server.log)
+        server.proc.send_signal(signal.SIGHUP)
+        line = wait_for(server.log, "reload refused", mark)
+        assert "port cannot change while serving" in line
+        mean, std, z = z_of(history, 14.0)
+        assert 1.5 < z < 3.0
+        got = stream.send([(SERIES, 14.0), (PLAIN, 11.0)])  # the tight rule still applies
+        assert [(o.name, o.rule) for o in got.outliers] == [(SERIES, "latency-tight")]
+        stream.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len([e for e in events if e.HasField("episode")]) < 1:
+            time.sleep(0.02)
+        watch.cancel()
+    outliers = [e.outlier for e in events if e.HasField("outlier")]
+    episodes = [e.episode for e in events if e.HasField("episode")]
+    assert [(o.series, o.rule, o.session) for o in outliers] == [(SERIES, "latency-tight", "s1")] * 2
+    assert episodes[0].kind == pb.EpisodeEvent.OPENED and episodes[0].rule == "latency-tight"
+    assert server.terminate() == 0
+
+
+def test_reload_method_keeps_flags_winning_and_names_what_it_refuses(tmp_path, make_server):
+    path = tmp_path / "streamer.toml"
+    path.write_text("threshold = 4.0\nwarmup = 3\n")
+    argv = ["serve", "--config", str(path), "--threshold", "2.5", "--store", "memory://"]
+    args, config = cli.reread(argv, {})
+    server = make_server(defaults=config.defaults, rules=config.rules, source=ConfigSource(argv, {}, args, config))
+    assert server.server.live.current.defaults.threshold == 2.5
+    path.write_text("threshold = 5.0\nwarmup = 4\n[[rules]]\nname = \"cpu\"\nprefix = \"cpu.\"\ncooldown = 2\n")
+    summary = server.call(server.server.reload())
+    assert summary == f"reloaded {path}: warmup, rules changed; 1 rule(s): cpu"
+    live = server.server.live.current
+    assert (live.defaults.threshold, live.defaults.warmup) == (2.5, 4)  # the flag still wins over the file
+    assert live.rules.rules[0] == series_rules.Rule("cpu", prefix="cpu.", values=(("cooldown", 2),),
+                                                    keys=(("cooldown", 2),))
+    assert server.call(server.server.reload()) == f"reloaded {path}: nothing changed; 1 rule(s): cpu"
+    for text, words in [("workers = 2\nmax_series = 7\nstore = \"sqlite:///x.db\"\n",  # --store wins: no change
+                         "max_series, workers (the processes are forked at start) cannot change while serving"),
+                        ("[[rules]]\nname = \"m\"\nmatch = \"*\"\nmode = \"exponential\"\n",
+                         "line 4, rules[0] key mode: a rule cannot set mode"),
+                        ("[[rules]]\nmatch = \"*\"\n", "rules[0] key name: every rule needs a name")]:
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            server.call(server.server.reload())
+        assert server.server.live.current is live  # nothing applied
+
+
+def test_every_worker_reloads_on_sighup(tmp_path, cli_server):
+    path = tmp_path / "streamer.toml"
+    path.write_text(LOOSE)
+    server = cli_server("--config", str(path), "--workers", "2", "--store", f"sqlite:///{tmp_path}/state.db",
+                        "--lease-seconds", "2")
+
+    def judge(session: str):
+        with Client(server.addr) as c:  # a connection per session: the kernel spreads them over the workers
+            results = list(c.stream([[(SERIES, x)] for x in WARM] + [[(SERIES, 13.5)]], session=session))
+        return [(o.name, o.rule) for o in results[-1].outliers]
+
+    assert all(judge(f"before-{i}") == [] for i in range(3))
+    path.write_text(TIGHT)
+    mark = len(server.log)
+    server.proc.send_signal(signal.SIGHUP)
+    for i in range(2):
+        assert "latency-tight" in wait_for(server.log, f"worker {i}: reloaded", mark)
+    assert [judge(f"after-{i}") for i in range(6)] == [[(SERIES, "latency-tight")]] * 6
+    assert server.terminate() == 0
