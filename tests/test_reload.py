@@ -177,3 +177,42 @@ def test_every_worker_reloads_on_sighup(tmp_path, cli_server):
         assert "latency-tight" in wait_for(server.log, f"worker {i}: reloaded", mark)
     assert [judge(f"after-{i}") for i in range(6)] == [[(SERIES, "latency-tight")]] * 6
     assert server.terminate() == 0
+
+
+def test_sighup_serves_rotated_certificate_files_to_new_connections(tmp_path, cli_server):
+    import trustme
+
+    from streamer.client import ClientError, tls_credentials
+    old, new = trustme.CA(), trustme.CA()
+    for name, ca in (("old", old), ("new", new)):
+        ca.cert_pem.write_to_path(str(tmp_path / f"{name}-ca.pem"))
+    cert, key = tmp_path / "server.crt", tmp_path / "server.key"
+
+    def issue(ca) -> None:
+        leaf = ca.issue_cert("localhost", "127.0.0.1")
+        leaf.cert_chain_pems[0].write_to_path(str(cert))
+        leaf.private_key_pem.write_to_path(str(key))
+
+    def works(ca_name: str) -> bool:
+        try:
+            with Client(server.addr, timeout=10, credentials=tls_credentials(ca=str(tmp_path / f"{ca_name}-ca.pem"))) as c:
+                return c.detect(values=[1.0] * 9 + [9.0], name="cpu").indices == [9]
+        except ClientError:
+            return False
+
+    issue(old)
+    path = tmp_path / "streamer.toml"
+    path.write_text(f'tls_cert = "{cert}"\ntls_key = "{key}"\n')
+    server = cli_server("--config", str(path))
+    assert (works("old"), works("new")) == (True, False)
+    issue(new)  # the same paths, new contents: a certificate rotation
+    mark = len(server.log)
+    server.proc.send_signal(signal.SIGHUP)
+    assert "tls certificate files (contents) changed" in wait_for(server.log, "reloaded", mark)
+    assert (works("old"), works("new")) == (False, True)
+    path.write_text(f'tls_cert = "{cert}"\ntls_key = "{key}"\ntls_client_ca = "{tmp_path / "new-ca.pem"}"\n')
+    mark = len(server.log)
+    server.proc.send_signal(signal.SIGHUP)
+    assert "tls_client_ca cannot be turned on or off while serving" in wait_for(server.log, "reload refused", mark)
+    assert works("new")
+    assert server.terminate() == 0
