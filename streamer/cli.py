@@ -111,7 +111,9 @@ ENV_HELP = ("Every flag can also be set in the environment as STREAMER_<FLAG>, t
             "tls_cert = \"server.pem\"). A flag on the command line wins over the environment, which wins over "
             "the file, which wins over the default. An unknown STREAMER_ variable is warned about at start; an "
             "unknown key, a wrong type or a value out of range in the file stops serve (streamer config check "
-            "FILE checks a file).")
+            "FILE checks a file). The file may also hold [[rules]]: option sets for the series whose key matches "
+            "a glob (match) or a prefix, the first that matches winning. SIGHUP reads the file again and applies "
+            "rules, detection defaults, sinks, log level and TLS files, or refuses it whole (logged).")
 
 
 def _parser() -> argparse.ArgumentParser:
