@@ -155,9 +155,9 @@ class OtlpIngest:
         self.params = params
         # the server's settings a reload replaces: with them, params (and each rule's) follow the live settings
         self.live = live
-        self._settings = live.current if live is not None else None
-        self._ruled: list[Params] | None = None  # each rule's Params, then params (series matching none)
-        self._key_rule: dict[str, int] = {}  # series key -> its rule's index under self._settings
+        # (settings, params, each rule's Params then params or None, series key -> rule index): replaced whole,
+        # so an export on another thread reads one consistent set
+        self._judging = (live.current if live is not None else None, params, None, {})
         if live is not None:
             self._use(live.current)
         self.max_series = max_series
@@ -182,11 +182,11 @@ class OtlpIngest:
                 mine = dataclasses.replace(options, **{k: 0 for k in set_here}) if options is not None else None
                 ruled.append(resolve(mine, rule.defaults(settings.defaults), where))
             ruled.append(base)
-        self.params, self._ruled, self._key_rule, self._settings = base, ruled, {}, settings
+        self.params, self._judging = base, (settings, base, ruled, {})
         self.options = ", ".join(f"{f.name}={getattr(base, f.name)}" for f in dataclasses.fields(base))
 
     def export(self, request: bytes) -> bytes:
-        if self.live is not None and self.live.current is not self._settings:  # a reload
+        if self.live is not None and self.live.current is not self._judging[0]:  # a reload
             self._use(self.live.current)
         try:
             req = otlp_service.ExportMetricsServiceRequest.FromString(request)
@@ -375,12 +375,12 @@ class OtlpIngest:
                      state.last_start, judged)
         n = len(ids)
         idx, mean, std, z, tail = (np.empty(n, dtype=np.int32), np.empty(n), np.empty(n), np.empty(n), np.empty(n))
-        p = self.params
+        settings, p, ruled, key_rule = self._judging
         r = p.rules()
-        for q in self._ruled or (p,):
+        for q in ruled or (p,):
             q.use(state)  # the arrays of the rules the options turn on (episodes too)
-        if self._ruled is not None:
-            return self._apply_ruled(state, res, encoded, rows, ids, judged, times)
+        if ruled is not None:
+            return self._apply_ruled(state, res, rows, ids, judged, times, settings.rules, ruled, key_rule)
         if r.resolve_after:
             ev, ev_stats, ev_n = np.empty((n, 4), dtype=np.int64), np.empty((n, 5)), np.zeros(1, dtype=np.int64)
             kept = (times, time.time_ns(), state.ep_run, state.ep_start, state.ep_count, state.ep_peak_z,
@@ -403,10 +403,10 @@ class OtlpIngest:
         return flagged(state.table.name, ids, judged, times, idx[:k], mean, std, z, ORIGIN_OTLP, res.session)
 
 
-    def _apply_ruled(self, state: OtlpState, res: _Resource, encoded: list[bytes], rows: np.ndarray,
-                     ids: np.ndarray, judged: np.ndarray, times: np.ndarray) -> list:
+    def _apply_ruled(self, state: OtlpState, res: _Resource, rows: np.ndarray, ids: np.ndarray,
+                     judged: np.ndarray, times: np.ndarray, ruleset: series_rules.RuleSet, ruled: list[Params],
+                     cache: dict[str, int]) -> list:
         """_apply's judging with rules: each point under its series' rule (series_rules.judge)."""
-        settings, cache = self._settings, self._key_rule
         if len(cache) > KEY_CACHE:
             cache.clear()
         rule_of = np.empty(len(ids), dtype=np.int64)
@@ -414,15 +414,15 @@ class OtlpIngest:
             key = res.keys[i]
             g = cache.get(key)
             if g is None:
-                g = cache[key] = settings.rules.index(key)
+                g = cache[key] = ruleset.index(key)
             rule_of[j] = g
         n = len(ids)
         idx, mean, std, z, tail = (np.empty(n, dtype=np.int32), np.empty(n), np.empty(n), np.empty(n), np.zeros(n))
         ev, ev_stats, ev_n = np.empty((n, 4), dtype=np.int64), np.empty((n, 5)), np.zeros(1, dtype=np.int64)
-        k, rule_out, rule_ev = series_rules.judge(state, self._ruled, rule_of, ids, judged, times, time.time_ns(),
+        k, rule_out, rule_ev = series_rules.judge(state, ruled, rule_of, ids, judged, times, time.time_ns(),
                                                   idx, mean, std, z, tail, ev, ev_stats, ev_n)
         self.on_batch(n, k)
-        names = settings.rules.names
+        names = ruleset.names
         e = int(ev_n[0])
         if e:
             self.on_episodes(episodes.events(ev[:e], ev_stats[:e], ids, judged, times, state.table, res.session,

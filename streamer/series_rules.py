@@ -148,41 +148,51 @@ def judge(state, params: list, rule_of: np.ndarray, ids: np.ndarray, values: np.
     judged value after value as by one call. Writes the reported outliers to idx (ascending rows), mean, std, z,
     tail (zeros where a rule has no likelihood score) and the episode changes to ev, ev_stats, ev_n (rows in
     batch order), as rules.stream_update does. Returns (k, the rule of each outlier, the rule of each change)."""
-    groups = np.unique(rule_of)
+    n = len(values)
+    counts = np.bincount(rule_of, minlength=len(params))
+    groups = np.flatnonzero(counts)
+    tail[:n] = 0.0
     if len(groups) == 1:  # the batch is under one rule: one call, as without rules
         g = int(groups[0])
-        tail[:len(values)] = 0.0
         ev_n[0] = 0
         k = _update(params[g], ids, values, times, now_ns, state, idx, mean, std, z, tail, ev, ev_stats, ev_n)
         return k, np.full(k, g, dtype=np.int64), np.full(int(ev_n[0]), g, dtype=np.int64)
-    found, changes = [], []
+    # The rows grouped by rule (stable: batch order within a group), each group a slice of the sorted columns;
+    # its outputs go to the same slice of scratch arrays, then are put back in batch order.
+    order = np.argsort(rule_of, kind="stable")
+    s_ids, s_values, s_times = ids[order], values[order], times[order]
+    o_idx, o_mean, o_std, o_z, o_tail = (np.empty(n, dtype=np.int32), np.empty(n), np.empty(n), np.empty(n),
+                                         np.zeros(n))
+    o_ev, o_stats, o_n = np.empty((n, 4), dtype=np.int64), np.empty((n, 5)), np.zeros(1, dtype=np.int64)
+    found, changes, a = [], [], 0
     for g in groups.tolist():
-        rows = np.flatnonzero(rule_of == g)
-        m = len(rows)
-        o_idx, o_mean, o_std, o_z, o_tail = (np.empty(m, dtype=np.int32), np.empty(m), np.empty(m), np.empty(m),
-                                             np.zeros(m))
-        o_ev, o_stats, o_n = np.empty((m, 4), dtype=np.int64), np.empty((m, 5)), np.zeros(1, dtype=np.int64)
-        k = _update(params[g], ids[rows], values[rows], times[rows], now_ns, state, o_idx, o_mean, o_std, o_z,
-                    o_tail, o_ev, o_stats, o_n)
-        found.append((rows[o_idx[:k]], o_mean[:k], o_std[:k], o_z[:k], o_tail[:k], np.full(k, g)))
+        b = a + int(counts[g])
+        k = _update(params[g], s_ids[a:b], s_values[a:b], s_times[a:b], now_ns, state, o_idx[a:], o_mean[a:],
+                    o_std[a:], o_z[a:], o_tail[a:], o_ev[a:], o_stats[a:], o_n)
+        found.append((a, k, g))
         e = int(o_n[0])
         if e:
-            moved = o_ev[:e].copy()
-            moved[:, 0] = rows[moved[:, 0]]
-            changes.append((moved, o_stats[:e], np.full(e, g)))
-    at, m_, s_, z_, t_, g_ = (np.concatenate(c) for c in zip(*found))
-    order = np.argsort(at, kind="stable")
+            changes.append((a, e, g))
+        a = b
+    at = np.concatenate([order[a + o_idx[a:a + k]] for a, k, _ in found])
+    where = np.concatenate([np.arange(a, a + k) for a, k, _ in found])  # each outlier's slot in the o_* arrays
+    rule_out = np.concatenate([np.full(k, g) for _, k, g in found])
+    first = np.argsort(at, kind="stable")
     k = len(at)
-    idx[:k], mean[:k], std[:k], z[:k], tail[:k] = at[order], m_[order], s_[order], z_[order], t_[order]
-    rule_out = g_[order]
+    where = where[first]
+    idx[:k], mean[:k], std[:k], z[:k], tail[:k] = at[first], o_mean[where], o_std[where], o_z[where], o_tail[where]
+    rule_out = rule_out[first]
     if not changes:
         ev_n[0] = 0
         return k, rule_out, np.zeros(0, dtype=np.int64)
-    moved, stats, g_ev = (np.concatenate(c) for c in zip(*changes))
-    order = np.argsort(moved[:, 0], kind="stable")
-    e = len(order)
-    ev[:e], ev_stats[:e], ev_n[0] = moved[order], stats[order], e
-    return k, rule_out, g_ev[order]
+    rows = np.concatenate([np.arange(a, a + e) for a, e, _ in changes])
+    moved = o_ev[rows]
+    moved[:, 0] = np.concatenate([order[a + o_ev[a:a + e, 0]] for a, e, _ in changes])
+    rule_ev = np.concatenate([np.full(e, g) for _, e, g in changes])
+    first = np.argsort(moved[:, 0], kind="stable")
+    e = len(first)
+    ev[:e], ev_stats[:e], ev_n[0] = moved[first], o_stats[rows[first]], e
+    return k, rule_out, rule_ev[first]
 
 
 __all__ = ["Rule", "RuleSet", "NO_RULES", "Settings", "Live", "RULE_KEYS", "judge", "rule_of_rows"]
