@@ -402,7 +402,6 @@ class OtlpIngest:
             return []
         return flagged(state.table.name, ids, judged, times, idx[:k], mean, std, z, ORIGIN_OTLP, res.session)
 
-
     def _apply_ruled(self, state: OtlpState, res: _Resource, rows: np.ndarray, ids: np.ndarray,
                      judged: np.ndarray, times: np.ndarray, ruleset: series_rules.RuleSet, ruled: list[Params],
                      cache: dict[str, int]) -> list:

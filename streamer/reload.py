@@ -7,6 +7,9 @@ reload as at start. A key outside LIVE that changed refuses the whole reload, by
 from __future__ import annotations
 
 import argparse
+import logging
+
+log = logging.getLogger("streamer")
 
 # The `serve` settings (argparse dests, which are the file's keys) a reload applies. The rest (ports, host,
 # store, workers, limits, leases, mode, ...) is fixed while serving.
@@ -52,9 +55,75 @@ class ConfigSource:
         return [k for k in keys if getattr(self.args, k, None) != getattr(args, k, None)]
 
 
+def applied(config, new):
+    """`config` (a server.Config) with the settings of `new` that a reload applies."""
+    import dataclasses
+    return dataclasses.replace(config, defaults=new.defaults, rules=new.rules, otlp_options=new.otlp_options,
+                               alerts=new.alerts, tls_cert=new.tls_cert, tls_key=new.tls_key,
+                               tls_client_ca=new.tls_client_ca, episode_update_seconds=new.episode_update_seconds)
+
+
 def refused(changed: list[str]) -> list[str]:
     """The changed keys a reload cannot apply, each with why where it is not plain."""
     return [f"{k} ({WHY[k]})" if k in WHY else k for k in changed if k not in LIVE]
 
 
-__all__ = ["ConfigSource", "LIVE", "refused"]
+def reload_server(server) -> str:
+    """StreamerServer.reload() in one process: read the configuration again, check everything (a refusal raises
+    ConfigError, logged, and nothing changes), then apply rules, detection defaults, OTLP options, sinks, log
+    level and TLS files; the one-line summary. The caller holds the server's reload lock."""
+    import dataclasses
+    import threading
+
+    from streamer.config_file import ConfigError
+    from streamer.ops import tls
+    from streamer.sinks import Sinks
+
+    source = server.config.source
+    try:
+        if source is None:
+            raise ConfigError("this server was not started by `streamer serve`: there is no configuration "
+                              "to read again")
+        args, new = source.read()
+        changed = source.changes(args)
+        fixed = refused(changed)
+        if fixed:
+            raise ConfigError(f"config file {source.path}: {', '.join(fixed)} cannot change while "
+                              f"serving (restart to change {'them' if len(fixed) > 1 else 'it'})")
+        material = None
+        if (new.tls_cert is None) != (server.tls is None):
+            raise ConfigError(f"config file {source.path}: tls_cert cannot turn TLS on or off while "
+                              f"serving (the port was opened {'with' if server.tls else 'without'} it); "
+                              f"restart to change it")
+        if server.tls is not None:
+            try:
+                material = server.tls.read(new.tls_cert, new.tls_key, new.tls_client_ca)
+            except tls.TLSError as exc:
+                raise ConfigError(f"config file {source.path}: tls: {exc}") from None
+    except ConfigError as exc:
+        log.error("reload refused, the running configuration stays: %s", exc)
+        raise
+    # Checked: from here on nothing can fail, so the reload is applied whole.
+    if material is not None and server.tls.update(material):
+        changed.append("tls certificate files (contents)")
+    rules = f"; {len(new.rules)} rule(s): {', '.join(r.name for r in new.rules.rules)}" if new.rules else ""
+    if not changed:  # streams keep their resolved options: the settings' version stays
+        log.info("reloaded %s: nothing changed%s", source.path, rules)
+        return f"reloaded {source.path}: nothing changed{rules}"
+    defaults = dataclasses.replace(new.defaults, max_response_bytes=server.config.max_message_bytes)
+    server.live.replace(defaults=defaults, rules=new.rules, otlp_options=new.otlp_options)
+    if new.alerts != server.config.alerts:
+        old, server.sinks = server.sinks, Sinks(new.alerts, server.sinks.metrics)
+        server.sinks.start()
+        threading.Thread(target=old.close, name="streamer-sinks-close", daemon=True).start()
+    if server.throttle is not None:
+        server.throttle.seconds = new.episode_update_seconds
+    logging.getLogger().setLevel(args.log_level.upper())
+    server.config = applied(server.config, new)
+    source.args, source.config = args, new
+    summary = f"reloaded {source.path}: {', '.join(changed)} changed{rules}"
+    log.info("%s", summary)
+    return summary
+
+
+__all__ = ["ConfigSource", "LIVE", "applied", "refused", "reload_server"]

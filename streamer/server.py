@@ -383,57 +383,10 @@ class StreamerServer:
         return summary
 
     def _reload(self) -> str:
-        """reload() for this process only (a thread: it reads files)."""
-        from streamer.config_file import ConfigError
-        from streamer.reload import applied, refused
-
-        source = self.config.source
+        """reload() for this process only (a thread: it reads files); streamer/reload.py does it."""
+        from streamer.reload import reload_server
         with self._reloading:
-            try:
-                if source is None:
-                    raise ConfigError("this server was not started by `streamer serve`: there is no configuration "
-                                      "to read again")
-                args, new = source.read()
-                changed = source.changes(args)
-                fixed = refused(changed)
-                if fixed:
-                    raise ConfigError(f"config file {source.path}: {', '.join(fixed)} cannot change while "
-                                      f"serving (restart to change {'them' if len(fixed) > 1 else 'it'})")
-                material = None
-                if (new.tls_cert is None) != (self.tls is None):
-                    raise ConfigError(f"config file {source.path}: tls_cert cannot turn TLS on or off while "
-                                      f"serving (the port was opened {'with' if self.tls else 'without'} it); "
-                                      f"restart to change it")
-                if self.tls is not None:
-                    try:
-                        material = self.tls.read(new.tls_cert, new.tls_key, new.tls_client_ca)
-                    except tls.TLSError as exc:
-                        raise ConfigError(f"config file {source.path}: tls: {exc}") from None
-            except ConfigError as exc:
-                log.error("reload refused, the running configuration stays: %s", exc)
-                raise
-            # Checked: from here on nothing can fail, so the reload is applied whole.
-            if material is not None and self.tls.update(material):
-                changed.append("tls certificate files (contents)")
-            rules = f"; {len(new.rules)} rule(s): {', '.join(r.name for r in new.rules.rules)}" if new.rules else ""
-            if not changed:  # streams keep their resolved options: the settings' version stays
-                log.info("reloaded %s: nothing changed%s", source.path, rules)
-                return f"reloaded {source.path}: nothing changed{rules}"
-            self.live.replace(defaults=dataclasses.replace(new.defaults,
-                                                           max_response_bytes=self.config.max_message_bytes),
-                              rules=new.rules, otlp_options=new.otlp_options)
-            if new.alerts != self.config.alerts:
-                old, self.sinks = self.sinks, Sinks(new.alerts, self.sinks.metrics)
-                self.sinks.start()
-                threading.Thread(target=old.close, name="streamer-sinks-close", daemon=True).start()
-            if self.throttle is not None:
-                self.throttle.seconds = new.episode_update_seconds
-            logging.getLogger().setLevel(args.log_level.upper())
-            self.config = applied(self.config, new)
-            source.args, source.config = args, new
-            summary = f"reloaded {source.path}: {', '.join(changed)} changed{rules}"
-            log.info("%s", summary)
-            return summary
+            return reload_server(self)
 
     @staticmethod
     async def _every(seconds: float, work: Callable[[], object]) -> None:

@@ -195,7 +195,8 @@ def test_sighup_serves_rotated_certificate_files_to_new_connections(tmp_path, cl
 
     def works(ca_name: str) -> bool:
         try:
-            with Client(server.addr, timeout=10, credentials=tls_credentials(ca=str(tmp_path / f"{ca_name}-ca.pem"))) as c:
+            credentials = tls_credentials(ca=str(tmp_path / f"{ca_name}-ca.pem"))
+            with Client(server.addr, timeout=10, credentials=credentials) as c:
                 return c.detect(values=[1.0] * 9 + [9.0], name="cpu").indices == [9]
         except ClientError:
             return False

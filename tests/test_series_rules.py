@@ -14,7 +14,8 @@ from streamer.wire import Options
 RULES = series_rules.RuleSet((
     series_rules.Rule("tight", match="*_latency_*", values=(("threshold", 1.5), ("cooldown", 2))),
     series_rules.Rule("counters", prefix="http_", values=(("min_deviation", 0.5), ("direction", 2))),
-    series_rules.Rule("likely", match="q?", values=(("score", 2), ("likelihood_learning", 5), ("likelihood_threshold", 0.2))),
+    series_rules.Rule("likely", match="q?", values=(("score", 2), ("likelihood_learning", 5),
+                                                    ("likelihood_threshold", 0.2))),
     series_rules.Rule("shadowed", prefix="http_", values=(("threshold", 9.0),)),  # never: counters comes first
 ))
 NAMES = ["api_latency_ms", "db_latency_s", "http_requests", "http_errors", "q1", "q2", "plain", "other"]
@@ -83,5 +84,6 @@ def test_judge_by_rule_groups_matches_the_naive_loop_value_by_value(seed, mode, 
         assert len(rule_ev) == e
         seen |= set(want_rule)
         changes += e
-    assert seen == {0, 1, 2, 4} and changes > 10, (seen, changes)  # every live rule flagged something    assert np.allclose(state.mean[slots], [s.mean for s in ref], rtol=1e-12)
+    assert seen == {0, 1, 2, 4} and changes > 10, (seen, changes)  # every live rule flagged something
+    assert np.allclose(state.mean[slots], [s.mean for s in ref], rtol=1e-12)
     assert list(state.count[slots]) == [s.n for s in ref]
