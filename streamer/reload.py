@@ -41,7 +41,7 @@ class ConfigSource:
 
     @property
     def path(self) -> str | None:
-        return getattr(self.args, "config", None)
+        return getattr(self.args, "config", None) or self.environ.get("STREAMER_CONFIG") or None
 
     def read(self):
         """(args, Config) as read now; config_file.ConfigError when the file is refused."""
@@ -84,6 +84,9 @@ def reload_server(server) -> str:
         if source is None:
             raise ConfigError("this server was not started by `streamer serve`: there is no configuration "
                               "to read again")
+        if source.path is None:
+            raise ConfigError("serve was started without --config: there is no file to read again (the command "
+                              "line and the environment do not change)")
         args, new = source.read()
         changed = source.changes(args)
         fixed = refused(changed)

@@ -217,3 +217,16 @@ def test_sighup_serves_rotated_certificate_files_to_new_connections(tmp_path, cl
     assert "tls_client_ca cannot be turned on or off while serving" in wait_for(server.log, "reload refused", mark)
     assert works("new")
     assert server.terminate() == 0
+
+
+def test_a_server_without_a_config_file_refuses_reload_and_keeps_serving(make_server):
+    argv = ["serve", "--store", "memory://"]
+    args, config = cli.reread(argv, {})
+    server = make_server(source=ConfigSource(argv, {}, args, config))
+    with pytest.raises(ConfigError, match="started without --config: there is no file to read again"):
+        server.call(server.server.reload())
+    bare = make_server()  # made in code: nothing to read
+    with pytest.raises(ConfigError, match="not started by `streamer serve`"):
+        bare.call(bare.server.reload())
+    with Client(server.addr) as c:
+        assert c.detect(values=[1.0] * 9 + [9.0], name="cpu").indices == [9]
