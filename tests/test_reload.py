@@ -230,3 +230,19 @@ def test_a_server_without_a_config_file_refuses_reload_and_keeps_serving(make_se
         bare.call(bare.server.reload())
     with Client(server.addr) as c:
         assert c.detect(values=[1.0] * 9 + [9.0], name="cpu").indices == [9]
+
+
+def test_a_reload_called_in_a_worker_asks_for_every_other_worker_only_when_it_applied(tmp_path, make_server):
+    path = tmp_path / "streamer.toml"
+    path.write_text("threshold = 3.0\n")
+    argv = ["serve", "--config", str(path), "--store", "memory://"]
+    args, config = cli.reread(argv, {})
+    server = make_server(source=ConfigSource(argv, {}, args, config))
+    asked: list[int] = []
+    server.server.peers_reload = lambda: asked.append(1)  # workers.py: os.kill(parent, SIGHUP)
+    path.write_text("threshold = 2.0\n")
+    assert server.call(server.server.reload()) == f"reloaded {path}: threshold changed"
+    path.write_text("threshold = 0\n")
+    with pytest.raises(ConfigError, match="line 1, key threshold"):
+        server.call(server.server.reload())
+    assert asked == [1] and server.server.live.current.defaults.threshold == 2.0
