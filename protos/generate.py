@@ -1,4 +1,5 @@
-"""Regenerate the committed bindings from protos/outliers.proto (run by `make proto` and the staleness test).
+"""Regenerate the committed bindings from protos/outliers.proto and protos/admin.proto (run by `make proto` and
+the staleness test).
 
 Python: messages, services and .pyi stubs into streamer/pb/, with the import made package-relative, and a copy
 of the .proto itself, which the wheel carries as package data (a pip-only user's contract, for grpcurl -proto or
@@ -18,7 +19,7 @@ from grpc_tools import protoc
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
-PROTO = "outliers.proto"
+PROTOS = ("outliers.proto", "admin.proto")  # the data plane, and the admin API (streamer.admin.v1)
 GO_PLUGINS = ("protoc-gen-go", "protoc-gen-go-grpc")
 
 
@@ -27,15 +28,17 @@ def generate_python(out: pathlib.Path) -> None:
     include = pathlib.Path(grpc_tools.__file__).parent / "_proto"
     rc = protoc.main([
         "grpc_tools.protoc", f"-I{HERE}", f"-I{include}",
-        f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}", PROTO,
+        f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}", *PROTOS,
     ])
     if rc != 0:
         sys.exit(f"protoc failed with exit code {rc}")
     # protoc writes `import outliers_pb2`, which only works with streamer/pb on sys.path; make it relative.
-    grpc_file = out / "outliers_pb2_grpc.py"
-    text = grpc_file.read_text()
-    grpc_file.write_text(re.sub(r"^import outliers_pb2 as", "from . import outliers_pb2 as", text, flags=re.M))
-    shutil.copyfile(HERE / PROTO, out / PROTO)
+    for proto in PROTOS:
+        stem = proto[:-len(".proto")]
+        grpc_file = out / f"{stem}_pb2_grpc.py"
+        text = grpc_file.read_text()
+        grpc_file.write_text(re.sub(rf"^import {stem}_pb2 as", f"from . import {stem}_pb2 as", text, flags=re.M))
+        shutil.copyfile(HERE / proto, out / proto)
 
 
 def generate_go(out: pathlib.Path, plugins: pathlib.Path = ROOT / "bin") -> None:
@@ -51,7 +54,7 @@ def generate_go(out: pathlib.Path, plugins: pathlib.Path = ROOT / "bin") -> None
         f"--plugin=protoc-gen-go={plugins / 'protoc-gen-go'}",
         f"--plugin=protoc-gen-go-grpc={plugins / 'protoc-gen-go-grpc'}",
         f"--go_out={out}", "--go_opt=paths=source_relative",
-        f"--go-grpc_out={out}", "--go-grpc_opt=paths=source_relative", PROTO,
+        f"--go-grpc_out={out}", "--go-grpc_opt=paths=source_relative", *PROTOS,
     ])
     if rc != 0:
         sys.exit(f"protoc (Go) failed with exit code {rc}")

@@ -1,4 +1,4 @@
 """`python -m streamer`: the same CLI as the `streamer` console script."""
 from streamer.cli import main
 
-main()
+raise SystemExit(main())

@@ -375,6 +375,9 @@ def _parser() -> argparse.ArgumentParser:
     wg.add_argument("--tls-cert", type=PATH, default=None, help="PEM file of this client's certificate (mTLS)")
     wg.add_argument("--tls-key", type=PATH, default=None, help="PEM file of the client certificate's key")
 
+    from streamer import admin_cli
+    admin_cli.add_parser(sub, PATH)
+
     sub.add_parser("proto", help="print the service's contract, protos/outliers.proto (also in the wheel)",
                    description="Print protos/outliers.proto, the contract of the Outliers service, as shipped "
                                "in the package: hand it to grpcurl -proto, or generate a client from it.")
@@ -481,8 +484,9 @@ def _print_session(url: str, name: str) -> int:
     arrays = {k: (a.view(np.float64).reshape(len(a), -1) if a.dtype.kind == "V" else a).tolist()
               for k, a in snap.arrays.items()}
     series = [dict(name=n, **{k: arrays[k][i] for k in arrays}) for i, n in enumerate(names)]
-    json.dump(dict(session=snap.name, mode=snap.mode, version=snap.version, seq=snap.seq, options=snap.options,
-                   last_used=snap.last_used, series=series), sys.stdout)  # floats as repr: exact round trip
+    # floats as repr: exact round trip
+    json.dump(dict(session=snap.name, tenant=snap.tenant, mode=snap.mode, version=snap.version, seq=snap.seq,
+                   options=snap.options, last_used=snap.last_used, series=series), sys.stdout)
     sys.stdout.write("\n")
     return 0
 
@@ -553,6 +557,7 @@ def _config(args) -> Config:
                     otlp_resource_attributes=tuple(a.strip() for a in args.otlp_resource_attributes.split(",")
                                                    if a.strip()),
                     rules=getattr(args, "rules", None) or NO_RULES,
+                    tenants=getattr(args, "tenants", None),  # the config file's [tenants] (no flag)
                     otlp_options=Options(threshold=args.otlp_threshold or 0.0, warmup=args.otlp_warmup or 0,
                                          mode=MODES[args.otlp_mode] if args.otlp_mode else 0,
                                          alpha=args.otlp_alpha or 0.0, exclude_outliers=args.otlp_exclude_outliers))
@@ -595,6 +600,10 @@ def main(argv: list[str] | None = None, environ=None) -> int:
         return 0
     if args.command == "session":
         return _print_session(args.store, args.name)
+    if args.command == "admin":
+        _check_tls_pair(parser, args)
+        from streamer import admin_cli as admin_verb
+        return admin_verb.run(args)
     if args.command == "watch":
         _check_tls_pair(parser, args)
         from streamer import watch_cli

@@ -113,6 +113,9 @@ def load(path: str, parser: argparse.ArgumentParser) -> dict[str, object]:
         if key == "rules":
             values["rules"] = _rules(raw, text, path, known)
             continue
+        if key == "tenants":  # a table of its own (streamer/tenants.py), not a flag
+            values["tenants"] = _tenants(raw, text, path)
+            continue
         where = f"config file {path}, line {_line(text, key)}, key {key}"
         action = known.get(key)
         if action is None:
@@ -190,6 +193,29 @@ def _rules(raw, text: str, path: str, known: dict[str, argparse.Action]):
     return series_rules.RuleSet(tuple(out))
 
 
+def _tenants(raw, text: str, path: str):
+    """The [tenants] table, checked (streamer/tenants.py); ConfigError naming the line and key."""
+    from streamer import tenants
+    header = re.search(r"^[ \t]*\[\[?[ \t]*tenants[ \t.\]]", text, re.MULTILINE)
+    start = header.start() if header else 0
+
+    def where(key: str) -> str:
+        entry = re.fullmatch(r"map\[(\d+)\]", key)
+        if entry:  # the i-th [[tenants.map]]
+            heads = list(re.finditer(r"^[ \t]*\[\[[ \t]*tenants\.map[ \t]*\]\]", text, re.MULTILINE))
+            i = int(entry.group(1))
+            at = heads[i].start() if i < len(heads) else start
+            return f"config file {path}, line {text.count(chr(10), 0, at) + 1}"
+        found = re.compile(rf"^[ \t]*(?:{re.escape(key)}[ \t]*=|\[\[?[ \t]*tenants\.{re.escape(key)}\b)",
+                           re.MULTILINE).search(text, start) if key != "tenants" else None
+        at = found.start() if found else start
+        return f"config file {path}, line {text.count(chr(10), 0, at) + 1}"
+    try:
+        return tenants.parse(raw, where)
+    except tenants.TenantsError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def effective(parser: argparse.ArgumentParser, args: argparse.Namespace, sources: dict[str, str]) -> str:
     """The configuration `serve` would run with, as a TOML file, each key with where its value came from."""
     lines = []
@@ -208,4 +234,10 @@ def effective(parser: argparse.ArgumentParser, args: argparse.Namespace, sources
             lines.append(f"name = {_toml(rule.name)}")
             lines.append(f"match = {_toml(rule.match)}" if rule.match else f"prefix = {_toml(rule.prefix)}")
             lines += [f"{key} = {_toml(value)}" for key, value in rule.keys]
+    tenants = getattr(args, "tenants", None)
+    if tenants is not None:  # the [tenants] table as it reads back
+        lines += ["", "[tenants]", f"identity = {_toml(tenants.identity)}", f"admin = {_toml(tenants.admin)}",
+                  f"default = {_toml(tenants.default)}"]
+        for who, tenant in tenants.tenants:
+            lines += ["", "[[tenants.map]]", f"identity = {_toml(who)}", f"tenant = {_toml(tenant)}"]
     return "\n".join(lines) + "\n"

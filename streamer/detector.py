@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from streamer import episodes, fused, kernels, rules, series_rules, watch
-from streamer.errors import (AlreadyExists, DetectError, FailedPrecondition, InvalidArgument,
+from streamer.errors import (AlreadyExists, DetectError, FailedPrecondition, InvalidArgument, PermissionDenied,
                              ResourceExhausted, Unavailable)
 from streamer.series import SeriesLimitError, SeriesTable
 from streamer.sinks.episode import EpisodeEvent
@@ -303,6 +303,7 @@ class StreamDetector:
         self._pass = fused.StreamPass()
         self.watch: watch.Hub | None = None  # where its outliers go when someone watches (service.py sets it)
         self.taps = None  # the page's viewed series (streamer/web/tap.py Taps; service.py sets it)
+        self.tenant = ""  # the caller's tenant (streamer/tenants.py; service.py sets it): its sessions only
 
     def process(self, buf: bytes) -> bytes:
         """Answer one request of the stream; raise DetectError (state untouched) if it cannot be applied.
@@ -472,7 +473,7 @@ class StreamDetector:
         """Hand the batch's outliers to Watch (only called when someone watches); `rule`: each one's rule."""
         session = self.session.name if self.session is not None else ""
         self.watch.publish(watch.flagged(self.state.table.name, ids, values, times, idx, mean, std, z,
-                                         watch.ORIGIN_STREAM, session, rule))
+                                         watch.ORIGIN_STREAM, session, self.tenant, rule))
 
     def _source(self) -> str:
         """Where this stream's episodes come from, as sinks and Watch name it."""
@@ -480,7 +481,7 @@ class StreamDetector:
 
     def _announce(self, ev, stats, ids, values, times, rule: list[str] | None = None) -> None:
         self.on_episodes(episodes.events(ev, stats, ids, values, times, self.state.table, self._source(),
-                                         self._session_name, rule=rule))
+                                         self._session_name, tenant=self.tenant, rule=rule))
 
     @staticmethod
     def _intern_staged(state: SeriesState, cols: Columns, now: float, where: str) -> np.ndarray:
@@ -526,10 +527,10 @@ class StreamDetector:
                                   f"limit of {MAX_NAME_BYTES} bytes")
         if cols.session:
             try:
-                self.session = self.sessions.attach(cols.session, params.mode, _describe(params))
+                self.session = self.sessions.attach(cols.session, params.mode, _describe(params), tenant=self.tenant)
             except SessionError as exc:
                 error = {"busy": AlreadyExists, "mode": FailedPrecondition, "full": ResourceExhausted,
-                         "store": Unavailable}[exc.kind]
+                         "store": Unavailable, "tenant": PermissionDenied}[exc.kind]
                 raise error(f"{where}: {exc}") from None
             self.state = self.session.state
             with self.session.lock:  # a snapshot may be copying the arrays use() adds to

@@ -21,7 +21,8 @@ _KINDS = {rules.EPISODE_OPENED: OPENED, rules.EPISODE_UPDATED: UPDATED, rules.EP
 
 def events(ev: np.ndarray, stats: np.ndarray, ids: np.ndarray, values: np.ndarray, times: np.ndarray,
            table: SeriesTable, source: str, session: str = "", origin: int = 1,
-           attributes: Callable[[str], tuple] | None = None, rule: list[str] | None = None) -> list[EpisodeEvent]:
+           attributes: Callable[[str], tuple] | None = None, tenant: str = "",
+           rule: list[str] | None = None) -> list[EpisodeEvent]:
     """The episode changes a batch made (rules.stream_update's ev and ev_stats rows) as events. An episode's id
     is a hash of its source, series and start, so it is the same after a restart; its events are numbered by
     its count of flagged values (opened 0, updated count - 1, resolved count), so each id is unique and a
@@ -38,7 +39,7 @@ def events(ev: np.ndarray, stats: np.ndarray, ids: np.ndarray, values: np.ndarra
                                 float(values[row]), mu, std, z, peak_value, peak_z,
                                 ended_ns=int(times[row]) or now if kind == rules.EPISODE_RESOLVED else 0,
                                 attributes=attributes(series) if attributes else (), session=session,
-                                origin=origin, rule=rule[j] if rule is not None else ""))
+                                origin=origin, tenant=tenant, rule=rule[j] if rule is not None else ""))
     return out
 
 

@@ -28,3 +28,11 @@ class FailedPrecondition(DetectError):
 
 class Unavailable(DetectError):
     code = "UNAVAILABLE"
+
+
+class PermissionDenied(DetectError):
+    code = "PERMISSION_DENIED"
+
+
+class NotFound(DetectError):
+    code = "NOT_FOUND"

@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as otlp_service
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
-from streamer import episodes, expiry, rates, rules, series_rules
+from streamer import episodes, expiry, rates, rules, series_rules, tenants
 from streamer.detector import MAX_NAME_BYTES, Params, resolve
 from streamer.errors import InvalidArgument, Unavailable
 from streamer.series import SeriesLimitError, lazy_zeros
@@ -185,7 +185,8 @@ class OtlpIngest:
         self.params, self._judging = base, (settings, base, ruled, {})
         self.options = ", ".join(f"{f.name}={getattr(base, f.name)}" for f in dataclasses.fields(base))
 
-    def export(self, request: bytes) -> bytes:
+    def export(self, request: bytes, tenant: str = "") -> bytes:
+        """`tenant`: the caller's (streamer/tenants.py): its sources are sessions of their own, otlp@TENANT:{...}."""
         if self.live is not None and self.live.current is not self._judging[0]:  # a reload
             self._use(self.live.current)
         try:
@@ -193,8 +194,8 @@ class OtlpIngest:
         except DecodeError as exc:
             raise InvalidArgument(f"Export: the request is not an ExportMetricsServiceRequest ({exc})") from None
         rejected = _Rejected()
-        resources = [r for r in self._columns(req, rejected) if self._checked(r, rejected)]
-        events = self._judge(resources, rejected)
+        resources = [r for r in self._columns(req, rejected, tenant) if self._checked(r, rejected)]
+        events = self._judge(resources, rejected, tenant)
         if events and self.hub is not None and self.hub.active:
             self.hub.publish(events)
         resp = otlp_service.ExportMetricsServiceResponse()
@@ -203,11 +204,11 @@ class OtlpIngest:
             resp.partial_success.error_message = rejected.message()
         return resp.SerializeToString()
 
-    def _columns(self, req, rejected: _Rejected) -> list[_Resource]:
+    def _columns(self, req, rejected: _Rejected, tenant: str = "") -> list[_Resource]:
         by_session: dict[str, _Resource] = {}
         for rm in req.resource_metrics:
             identity = resource_identity(rm.resource, self.resource_attributes)
-            name = "otlp:" + (labels(identity) or "{}")
+            name = tenants.otlp_session(tenant, "otlp:" + (labels(identity) or "{}"))
             res = by_session.setdefault(name, _Resource(name))
             for sm in rm.scope_metrics:
                 for m in sm.metrics:
@@ -298,14 +299,14 @@ class OtlpIngest:
             rejected.add(f"had a series key over {MAX_NAME_BYTES} bytes", first[:80], len(res.encoded) - len(res.keep))
         return bool(res.keep)
 
-    def _judge(self, resources: list[_Resource], rejected: _Rejected) -> list:
+    def _judge(self, resources: list[_Resource], rejected: _Rejected, tenant: str = "") -> list:
         """Judge every resource's points on its session: take every lease (in name order, so two exports never
         wait on each other) and load what is newer, judge, write through, release. A lease that cannot be had
         fails the whole export with UNAVAILABLE before anything is judged (the exporter sends it again)."""
         attached = []
         try:
             for res in sorted(resources, key=lambda r: r.session):
-                session = self._attach(res.session, rejected, len(res.keys))
+                session = self._attach(res.session, rejected, len(res.keys), tenant)
                 if session is not None:
                     attached.append((res, session))
         except BaseException:
@@ -318,7 +319,7 @@ class OtlpIngest:
             for res, session in attached:
                 with session.lock:  # a snapshot never sees half an export
                     events += self._apply(session.state, res, [res.encoded[i] for i in res.keep], res.keep,
-                                          rejected)
+                                          rejected, tenant)
                     session.changed = True
         finally:
             for _, session in attached:
@@ -327,11 +328,11 @@ class OtlpIngest:
             future.result()  # written through and released: the next export may go to any worker or replica
         return events
 
-    def _attach(self, name: str, rejected: _Rejected, n: int):
+    def _attach(self, name: str, rejected: _Rejected, n: int, tenant: str = ""):
         deadline = time.monotonic() + LEASE_WAIT
         while True:
             try:
-                return self.sessions.attach(name, self.params.mode, self.options, state_class=OtlpState)
+                return self.sessions.attach(name, self.params.mode, self.options, state_class=OtlpState, tenant=tenant)
             except SessionError as exc:
                 if exc.kind == "busy" and time.monotonic() < deadline:
                     time.sleep(0.005)  # another export of this resource is being judged: it takes milliseconds
@@ -342,7 +343,7 @@ class OtlpIngest:
                 return None
 
     def _apply(self, state: OtlpState, res: _Resource, encoded: list[bytes], keep: list[int],
-               rejected: _Rejected) -> list:
+               rejected: _Rejected, tenant: str = "") -> list:
         lengths = np.fromiter((len(k) for k in encoded), dtype=np.int64, count=len(encoded))
         starts = np.zeros(len(encoded), dtype=np.int64)
         np.cumsum(lengths[:-1], out=starts[1:])
@@ -380,7 +381,7 @@ class OtlpIngest:
         for q in ruled or (p,):
             q.use(state)  # the arrays of the rules the options turn on (episodes too)
         if ruled is not None:
-            return self._apply_ruled(state, res, rows, ids, judged, times, settings.rules, ruled, key_rule)
+            return self._apply_ruled(state, res, rows, ids, judged, times, settings.rules, ruled, key_rule, tenant)
         if r.resolve_after:
             ev, ev_stats, ev_n = np.empty((n, 4), dtype=np.int64), np.empty((n, 5)), np.zeros(1, dtype=np.int64)
             kept = (times, time.time_ns(), state.ep_run, state.ep_start, state.ep_count, state.ep_peak_z,
@@ -397,14 +398,14 @@ class OtlpIngest:
         if r.resolve_after and ev_n[0]:
             e = int(ev_n[0])
             self.on_episodes(episodes.events(ev[:e], ev_stats[:e], ids, judged, times, state.table, res.session,
-                                             res.session, ORIGIN_OTLP, attributes_of))
+                                             res.session, ORIGIN_OTLP, attributes_of, tenant))
         if not k or self.hub is None or not self.hub.active:
             return []
-        return flagged(state.table.name, ids, judged, times, idx[:k], mean, std, z, ORIGIN_OTLP, res.session)
+        return flagged(state.table.name, ids, judged, times, idx[:k], mean, std, z, ORIGIN_OTLP, res.session, tenant)
 
     def _apply_ruled(self, state: OtlpState, res: _Resource, rows: np.ndarray, ids: np.ndarray,
                      judged: np.ndarray, times: np.ndarray, ruleset: series_rules.RuleSet, ruled: list[Params],
-                     cache: dict[str, int]) -> list:
+                     cache: dict[str, int], tenant: str = "") -> list:
         """_apply's judging with rules: each point under its series' rule (series_rules.judge)."""
         if len(cache) > KEY_CACHE:
             cache.clear()
@@ -425,11 +426,11 @@ class OtlpIngest:
         e = int(ev_n[0])
         if e:
             self.on_episodes(episodes.events(ev[:e], ev_stats[:e], ids, judged, times, state.table, res.session,
-                                             res.session, ORIGIN_OTLP, attributes_of,
+                                             res.session, ORIGIN_OTLP, attributes_of, tenant,
                                              rule=[names[g] for g in rule_ev.tolist()]))
         if not k or self.hub is None or not self.hub.active:
             return []
-        return flagged(state.table.name, ids, judged, times, idx[:k], mean, std, z, ORIGIN_OTLP, res.session,
+        return flagged(state.table.name, ids, judged, times, idx[:k], mean, std, z, ORIGIN_OTLP, res.session, tenant,
                        [names[g] for g in rule_out.tolist()])
 
 

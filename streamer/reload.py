@@ -27,6 +27,7 @@ WHY = {
     "otlp_mode": "an OTLP resource's session has one mode",
     "workers": "the processes are forked at start",
     "store": "sessions are held in it",
+    "tenants": "who may reach which session is fixed while serving",
 }
 
 
@@ -51,7 +52,7 @@ class ConfigSource:
     def changes(self, args: argparse.Namespace) -> list[str]:
         """The keys whose values differ between the last read and `args`, in the flags' order."""
         from streamer import cli, config_file
-        keys = [a.dest for a in config_file.flags(cli._parser().serve).values()] + ["rules"]
+        keys = [a.dest for a in config_file.flags(cli._parser().serve).values()] + ["rules", "tenants"]
         return [k for k in keys if getattr(self.args, k, None) != getattr(args, k, None)]
 
 

@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 # for v1 first and fall back to v1alpha when v1 is UNIMPLEMENTED. Serve v1 too once the library has it.
 from grpc_reflection.v1alpha import reflection
 
-from streamer import detector, fused, kernels, otlp, rates, rules, series, wire
+from streamer import admin, detector, fused, kernels, otlp, rates, rules, series, wire
 from streamer.bus import open_bus
 from streamer.ops import tls
 from streamer.ops.metrics import Metrics, MetricsInterceptor
@@ -80,6 +80,7 @@ class Config:
     # where reload() reads the configuration again (streamer/reload.py ConfigSource: the command line, the
     # environment and the --config file); None: a server made in code, which has nothing to re-read
     source: object = dataclasses.field(default=None, compare=False, repr=False)
+    tenants: object = None  # streamer.tenants.Tenants from the config file's [tenants] (needs tls_client_ca)
 
     @property
     def max_message_bytes(self) -> int:
@@ -200,6 +201,9 @@ class StreamerServer:
                 credentials = self.tls.credentials
             except tls.TLSError as exc:
                 raise OSError(f"tls: {exc}") from None
+        if self.config.tenants is not None and not self.config.tls_client_ca:
+            raise OSError("tenants: [tenants] in the config file names tenants by client certificate, so it needs "
+                          "--tls-cert, --tls-key and --tls-client-ca (mutual TLS)")
         interceptors = [MetricsInterceptor(self.metrics)] if self.metrics is not None else []
         server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", limit),  # larger requests: RESOURCE_EXHAUSTED
@@ -215,8 +219,8 @@ class StreamerServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         assert outliers_pb2.DESCRIPTOR.services_by_name["Outliers"].full_name == SERVICE_NAME
         reflection.enable_server_reflection(
-            (SERVICE_NAME, otlp.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME), server)
+            (SERVICE_NAME, otlp.SERVICE_NAME, admin.SERVICE_NAME,
+             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
         addr = f"{self.config.host}:{self.config.port}"
         # Bind first: a busy port fails at once, not after the compile.
         _check_bindable(self.config.host, self.config.port, self.config.reuse_port)
@@ -273,8 +277,10 @@ class StreamerServer:
                                  on_episodes, live=self.live)
 
         self.service = OutliersService(self.defaults, self.sessions, self.metrics, hub, ingest, on_episodes,
-                                       live=self.live)
+                                       self.config.tenants, live=self.live)
         server.add_generic_rpc_handlers(self.service.handlers())
+        # the admin API; Reload calls this server's reload() where the build has one (issue 22, part 3)
+        admin.AdminService(self.sessions, self.service.caller, getattr(self, "reload", None)).add_to(server)
         if self.metrics is not None:
             self.metrics.watch(self.service.open_streams, self.sessions.__len__, self.service.series_held,
                                lambda: self.sessions.budget.expired)
@@ -292,6 +298,9 @@ class StreamerServer:
             self._stop_metrics()
             return None
         if self.config.http_port:
+            if self.config.tenants is not None:
+                log.info("the page (--http-port) shows every tenant's sessions and outliers: under [tenants] only "
+                         "the admin identities may open it (403 for the others)")
             await self._start_page(hub)
         await server.start()
         hub.start(loop)
@@ -461,6 +470,8 @@ async def serve(config: Config, on_ready: Callable[[], object] | None = None, bu
     if port is None:
         log.info("stopped by a signal during the compile, before serving")
         return
+    if config.tenants is not None:  # before the ready line, which tests and scripts wait for
+        log.info("%s", config.tenants.describe())
     log.info("streamer %s on %s:%d, %s (threshold %g, warmup %d, mode %s); metrics %s; OTLP %s; page %s",
              "ready" if on_ready is None else "serving", config.host, port,
              config.security(), config.defaults.threshold, config.defaults.warmup,

@@ -13,8 +13,8 @@ from typing import AsyncIterator, Callable
 
 import grpc
 
-from streamer import detector, otlp
-from streamer.errors import DetectError, InvalidArgument, Unavailable
+from streamer import detector, otlp, tenants
+from streamer.errors import DetectError, InvalidArgument, PermissionDenied, Unavailable
 from streamer.ops.metrics import Metrics
 from streamer.pb import outliers_pb2 as pb
 from streamer.state import SessionRegistry
@@ -81,9 +81,10 @@ class OutliersService:
 
     def __init__(self, defaults: detector.Defaults, sessions: SessionRegistry, metrics: Metrics | None = None,
                  hub: Hub | None = None, ingest: otlp.OtlpIngest | None = None,
-                 on_episodes=detector.unannounced, live=None):
+                 on_episodes=detector.unannounced, tenancy: tenants.Tenants | None = None, live=None):
         self.defaults = defaults  # the limits; the detection defaults a reload changes are live's
         self.live = live  # series_rules.Live: the server's current defaults and rules (None: `defaults` always)
+        self.tenancy = tenancy  # [tenants] of the config file; None: one tenant, every client in it
         self.sessions = sessions
         self.metrics = metrics
         self.hub = hub if hub is not None else Hub()
@@ -96,6 +97,21 @@ class OutliersService:
         # scrape thread only copies the set).
         self._streams: set[_Stream] = set()
         self._closing = False
+
+    def caller(self, context: grpc.aio.ServicerContext) -> tenants.Caller:
+        """Who makes the call (its client certificate's identity under [tenants]; everyone without)."""
+        if self.tenancy is None:
+            return tenants.EVERYONE
+        return self.tenancy.caller(context.auth_context())
+
+    def _tenant(self, context: grpc.aio.ServicerContext) -> tenants.Caller:
+        """The caller, or PermissionDenied when its identity names no tenant."""
+        caller = self.caller(context)
+        try:
+            tenants.check_tenant_access(caller)
+        except tenants.Denied as exc:
+            raise PermissionDenied(str(exc)) from None
+        return caller
 
     def open_streams(self) -> int:
         return len(self._streams)
@@ -123,6 +139,8 @@ class OutliersService:
     async def Detect(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         started = time.perf_counter()
         try:
+            if self.tenancy is not None:
+                self._tenant(context)
             defaults = self.live.current.defaults if self.live is not None else self.defaults
             return await _run(lambda r: detector.detect(r, defaults, self._count_detect), request)
         except DetectError as exc:
@@ -139,6 +157,12 @@ class OutliersService:
         me = _Stream(asyncio.current_task(), stream)
         self._streams.add(me)
         try:
+            if self.tenancy is not None:
+                try:
+                    stream.tenant = self._tenant(context).tenant
+                except DetectError as exc:
+                    self._rejected("DetectStream", exc, context, started)
+                    return
             next_request = requests.__aiter__().__anext__
             while True:
                 if self._closing:
@@ -185,7 +209,18 @@ class OutliersService:
             self._rejected("Watch", InvalidArgument(f"request: kinds {req.kinds} is not a known WatchKinds"),
                            context, started)
             return
-        sub = self.hub.subscribe(req.session, req.prefix, kinds=req.kinds)
+        tenant = None
+        if self.tenancy is not None:
+            try:
+                tenant = self._tenant(context).tenant
+                if req.session:
+                    owner = await asyncio.to_thread(self.sessions.tenant_of, req.session)
+                    if owner is not None and owner != tenant:
+                        raise PermissionDenied(f"session {req.session!r} belongs to another tenant")
+            except DetectError as exc:
+                self._rejected("Watch", exc, context, started)
+                return
+        sub = self.hub.subscribe(req.session, req.prefix, kinds=req.kinds, tenant=tenant)
         try:
             if self.hub.bus is not None:  # until the other workers or replicas know someone watches here
                 await asyncio.sleep(self.hub.bus.settle)
@@ -200,8 +235,9 @@ class OutliersService:
     async def Export(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         started = time.perf_counter()
         try:
+            tenant = self._tenant(context).tenant if self.tenancy is not None else ""
             # On a thread: taking the lease and writing the state through wait for the store.
-            return await asyncio.to_thread(self.ingest.export, request)
+            return await asyncio.to_thread(self.ingest.export, request, tenant)
         except DetectError as exc:
             self._rejected("Export", exc, context, started)
             return b""

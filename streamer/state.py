@@ -42,6 +42,7 @@ class Session:
     durable_seq: int = 0    # the highest one whose effects are in the store (set on the writer thread)
     answers: Answers = dataclasses.field(default_factory=Answers)  # of the last numbered batches
     snapshot_at: float = 0.0  # clock() of the last snapshot
+    tenant: str = ""        # the tenant that made it (streamer/tenants.py; "" without tenants); kept in the store
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     def snapshot(self, now: float, blocking: bool = True, pack: bool = True) -> Snapshot | Capture | None:
@@ -57,14 +58,16 @@ class Session:
             self.changed = False
             self.snapshot_at = now
             capture = Capture(dict(name=self.name, mode=self.state.mode, options=self.options, version=self.version,
-                                   last_used=now, seq=self.seq, answers=self.answers.pack()), raw, m, release)
+                                   last_used=now, seq=self.seq, answers=self.answers.pack(), tenant=self.tenant),
+                              raw, m, release)
         finally:
             self.lock.release()
         return capture.pack() if pack else capture
 
 
 class SessionError(Exception):
-    """Why a session cannot be attached; `kind` is "busy", "mode", "full" or "store"."""
+    """Why a session cannot be attached; `kind` is "busy", "mode", "full", "store", "tenant" (another tenant's
+    session) or "missing" (an admin call on a session nobody holds)."""
 
     def __init__(self, kind: str, message: str):
         super().__init__(message)
@@ -117,8 +120,33 @@ class SessionRegistry:
         with self._lock:
             return sum(len(s.state.table) for s in self._sessions.values())
 
-    def attach(self, name: str, mode: int, options: str = "", state_class: type = SeriesState) -> Session:
+    def held(self, name: str) -> Session | None:
+        """The session `name` as this process holds it in memory, if it does (the admin API)."""
+        with self._lock:
+            return self._sessions.get(name)
+
+    def tenant_of(self, name: str) -> str | None:
+        """The tenant of session `name` (this process's copy, else the store's; None if neither has it)."""
+        session = self.held(name)
+        if session is not None:
+            return session.tenant
+        return self.store.tenant(name)
+
+    def held_sessions(self) -> list[Session]:
+        with self._lock:
+            return list(self._sessions.values())
+
+    def on_writer(self, job, *args):
+        """Run `job(*args)` on the store's writer thread, after what is queued there; its result (blocks)."""
+        return self._writer.submit(job, *args).result()
+
+    def attach(self, name: str, mode: int | None, options: str | None = "", state_class: type = SeriesState,
+               tenant: str | None = "") -> Session:
         """Open `name` for one stream, making it if new; raise SessionError if it cannot be.
+
+        `tenant`: the caller's; a session another tenant made is refused ("tenant"), and a new one is the
+        caller's. None (the admin API): any tenant's, in any mode (`mode` None), and only one that exists here
+        or in the store ("missing" otherwise).
 
         The lease is taken (and a newer stored state loaded) on the store's writer thread, which this waits
         for: every lease change of this process then happens in one order, so a release queued by an earlier
@@ -131,19 +159,26 @@ class SessionRegistry:
                 del self._sessions[name]  # expired, though the sweeper has not come by yet
                 session.state.drop()
                 session = None
+            if session is not None and tenant is not None and session.tenant != tenant:
+                # before "busy": whether another tenant's stream has it open is not the caller's business
+                raise SessionError("tenant", f"session {name!r} belongs to another tenant")
             if session is not None and session.open:
                 raise SessionError("busy", f"session {name!r} already has an open stream")
             if session is None and len(self._sessions) >= self.max_sessions:
                 raise SessionError("full", f"session {name!r}: the server holds its limit of "
                                            f"{self.max_sessions} sessions (--max-sessions)")
-            if session is None:
-                state = state_class(mode, self.max_series, ttl=self.series_ttl, budget=self.budget)
-                session = Session(name, state, last_used=self.clock())
+            made = session is None
+            if made:
+                state = state_class(mode or MODE_CUMULATIVE, self.max_series, ttl=self.series_ttl, budget=self.budget)
+                session = Session(name, state, last_used=self.clock(), tenant=tenant or "")
                 self._sessions[name] = session
             session.open = True  # reserved: the store calls run without the registry's lock
         try:
-            self._writer.submit(self._take, session).result()
-            if session.state.mode != mode:
+            loaded = self._writer.submit(self._take, session, tenant).result()
+            if made and tenant is None and not loaded:
+                raise SessionError("missing", f"no session {name!r}: neither this server process nor the store "
+                                              f"holds it")
+            if mode is not None and session.state.mode != mode:
                 raise SessionError("mode", f"session {name!r} keeps {MODE_NAMES[session.state.mode]} "
                                            f"state; it cannot continue in {MODE_NAMES[mode]}")
         except BaseException:
@@ -155,7 +190,8 @@ class SessionRegistry:
             if session.leased:
                 self._writer.submit(self._release, session)
             raise
-        session.options = options
+        if options is not None:  # None (the admin API): the options it was last judged with stay
+            session.options = options
         return session
 
     def detach(self, session: Session, forget: bool = False) -> concurrent.futures.Future:
@@ -254,8 +290,9 @@ class SessionRegistry:
 
     # --- on the writer thread -------------------------------------------------------------------------
 
-    def _take(self, session: Session) -> None:
-        """The lease, and the stored state if it is newer than ours."""
+    def _take(self, session: Session, tenant: str | None = None) -> bool:
+        """The lease, and the stored state if it is newer than ours (refused if another `tenant` made it;
+        None: any); whether a state was loaded."""
         name = session.name
         try:
             holder = self.store.acquire(name, self.owner, self.lease_seconds, self.clock())
@@ -276,7 +313,23 @@ class SessionRegistry:
             state = type(session.state).from_snapshot(snap, self.max_series, self.budget) if snap is not None else None
         except Exception as exc:  # unreadable or damaged: go on from what this process has
             self._store_failed(f"session {name!r}: cannot load its snapshot; going on from memory", exc)
-            return
+            return False
+        if snap is not None and tenant is not None and snap.tenant != tenant:
+            if state is not None:
+                state.drop()
+            raise SessionError("tenant", f"session {name!r} belongs to another tenant")
+        if stored is None and session.version > 0 and self.store.durable and tenant is None:
+            raise SessionError("missing", f"no session {name!r}: it was deleted (or expired) in the store")
+        if stored is None and session.version > 0 and self.store.durable:
+            # it was written, and the store has it no more: deleted (the admin API, from any process) or
+            # expired there; this process's copy must not bring it back
+            with session.lock:
+                old = session.state
+                session.state = type(old)(old.mode, self.max_series, ttl=old.ttl, budget=self.budget)
+                old.drop()
+                session.version, session.seq, session.durable_seq, session.answers = 0, 0, 0, Answers()
+                session.tenant = tenant or ""
+            log.info("session %r: gone from the store (deleted or expired there): starting afresh", name)
         if state is not None:
             try:
                 answers = Answers.unpack(snap.answers)
@@ -287,10 +340,14 @@ class SessionRegistry:
             with session.lock:
                 old, session.state, session.version, session.changed = session.state, state, snap.version, False
                 old.drop()
+                session.tenant = snap.tenant
                 session.seq = session.durable_seq = snap.seq
                 session.answers = answers
+                session.options = session.options or snap.options
             log.info("session %r: resumed from the store (version %d, seq %d, %d series)", name, snap.version,
                      snap.seq, len(snap))
+            return True
+        return False
 
     def _save(self, session: Session, snap: Snapshot | Capture) -> bool:
         started = time.perf_counter()

@@ -35,6 +35,7 @@ class Event(NamedTuple):
     zscore: float
     origin: int
     session: str
+    tenant: str = ""  # whose stream or OTLP source found it: Watch is scoped by it (streamer/tenants.py)
     rule: str = ""  # the config file's rule that judged it ("": none matched, the server's defaults)
 
     def message(self) -> pb.WatchEvent:
@@ -63,7 +64,7 @@ def episode_message(e: EpisodeEvent) -> pb.WatchEvent:
     return pb.WatchEvent(episode=m)
 
 
-def flagged(names, ids, values, times, idx, mean, std, z, origin: int, session: str,
+def flagged(names, ids, values, times, idx, mean, std, z, origin: int, session: str, tenant: str = "",
             rule: list[str] | None = None) -> list[Event]:
     """Events of the flagged rows idx[:k] of a batch (the kernels' outputs mean/std/z are per flagged row);
     `names(slot)` gives a series' key as bytes; a time of 0 becomes now; rule[j]: outlier j's rule (None: none)."""
@@ -72,7 +73,7 @@ def flagged(names, ids, values, times, idx, mean, std, z, origin: int, session: 
     slots = np.asarray(ids)[rows].tolist()
     ts = np.asarray(times)[rows].tolist()
     vs = np.asarray(values)[rows].tolist()
-    out = [Event(names(s).decode("utf-8", "replace"), v, t or now, m, d, zz, origin, session)
+    out = [Event(names(s).decode("utf-8", "replace"), v, t or now, m, d, zz, origin, session, tenant)
            for s, v, t, m, d, zz in zip(slots, vs, ts, np.asarray(mean)[:len(rows)].tolist(),
                                         np.asarray(std)[:len(rows)].tolist(), np.asarray(z)[:len(rows)].tolist())]
     if rule is not None:
@@ -91,8 +92,10 @@ class _Dropped:
 class Subscriber:
     """One Watch call: its filter and its queue. Touched only on the event loop's thread."""
 
-    def __init__(self, session: str = "", prefix: str = "", limit: int = QUEUE_LIMIT, kinds: int = 0):
+    def __init__(self, session: str = "", prefix: str = "", limit: int = QUEUE_LIMIT, kinds: int = 0,
+                 tenant: str | None = None):
         self.session = session
+        self.tenant = tenant  # only this tenant's events (None: every event: a server without tenants)
         self.prefix = prefix
         self.outliers = kinds != pb.WATCH_EPISODES  # WatchKinds: outliers (0), episodes (1) or all (2)
         self.episodes = kinds != pb.WATCH_OUTLIERS
@@ -106,7 +109,8 @@ class Subscriber:
     def wants(self, e: Event | EpisodeEvent) -> bool:
         if not (self.outliers if type(e) is Event else self.episodes):
             return False
-        return (not self.session or e.session == self.session) and e.series.startswith(self.prefix)
+        return (not self.session or e.session == self.session) and e.series.startswith(self.prefix) and \
+            (self.tenant is None or e.tenant == self.tenant)
 
     def offer(self, events: Iterable[Event], lost: int = 0) -> None:
         """Queue what this subscriber wants of `events`; `lost`: events the bus lost (told as missed)."""
@@ -182,8 +186,9 @@ class Hub:
         with self._lock:
             self.active = bool(self._subs) or (self.bus is not None and self.bus.remote_watchers() > 0)
 
-    def subscribe(self, session: str = "", prefix: str = "", limit: int = QUEUE_LIMIT, kinds: int = 0) -> Subscriber:
-        sub = Subscriber(session, prefix, limit, kinds)
+    def subscribe(self, session: str = "", prefix: str = "", limit: int = QUEUE_LIMIT, kinds: int = 0,
+                  tenant: str | None = None) -> Subscriber:
+        sub = Subscriber(session, prefix, limit, kinds, tenant)
         self._subs.add(sub)
         self._changed()
         return sub

@@ -15,8 +15,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 GENERATE = ROOT / "protos" / "generate.py"
 COMMITTED = {"python": ROOT / "streamer" / "pb", "go": ROOT / "go" / "pb"}
 # What generate.py writes per language; anything else in the directory (__init__.py, caches) is not generated.
-GENERATED = {"python": ["outliers.proto", "outliers_pb2.py", "outliers_pb2.pyi", "outliers_pb2_grpc.py"],
-             "go": ["outliers.pb.go", "outliers_grpc.pb.go"]}
+GENERATED = {"python": ["outliers.proto", "outliers_pb2.py", "outliers_pb2.pyi", "outliers_pb2_grpc.py",
+                        "admin.proto", "admin_pb2.py", "admin_pb2.pyi", "admin_pb2_grpc.py"],
+             "go": ["outliers.pb.go", "outliers_grpc.pb.go", "admin.pb.go", "admin_grpc.pb.go"]}
 
 
 def _need_go() -> None:

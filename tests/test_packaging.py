@@ -54,6 +54,7 @@ def test_wheel_holds_the_contract_the_license_and_the_classifiers(wheel):
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
         assert z.read("streamer/pb/outliers.proto") == (ROOT / "protos" / "outliers.proto").read_bytes()
+        assert z.read("streamer/pb/admin.proto") == (ROOT / "protos" / "admin.proto").read_bytes()
         (license_name,) = [n for n in names if n.endswith("/LICENSE")]
         assert z.read(license_name) == (ROOT / "LICENSE").read_bytes()
         assert b"MIT License" in z.read(license_name)

@@ -60,7 +60,8 @@ def _grpcurl(grpcurl: str, *args: str, **kw) -> subprocess.CompletedProcess:
 def test_grpcurl_lists_the_services(grpcurl, addr):
     out = _grpcurl(grpcurl, addr, "list")
     assert out.stdout.split() == ["grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
-                                  "opentelemetry.proto.collector.metrics.v1.MetricsService", "pb.Outliers"]
+                                  "opentelemetry.proto.collector.metrics.v1.MetricsService", "pb.Outliers",
+                                  "streamer.admin.v1.Admin"]
 
 
 def test_grpcurl_describes_the_service_and_its_messages(grpcurl, addr):

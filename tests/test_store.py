@@ -201,3 +201,49 @@ def test_the_ttl_counts_from_the_release_not_from_the_last_save(store):
     store.release("a", "p", now=500.0)
     assert store.expire(idle_before=400.0, now=520.0) == []
     assert store.load("a").last_used == 500.0
+
+
+def test_sessions_lists_snapshots_and_live_leases_with_their_tenant_and_holder(store):
+    """The admin API's listing (issue 22): a written session with its tenant and summary, a leased one not yet
+    written, and a lease that expired is not listed as held."""
+    assert store.acquire("a", "p1", 10, now=0) is None
+    assert store.save(dataclasses.replace(snapshot("a", version=2), tenant="team-a"), "p1")
+    assert store.acquire("b", "p2", 10, now=0) is None       # leased, not written yet
+    assert store.acquire("c", "p3", 1, now=0) is None        # leased, then expired
+    listed = {s.name: s for s in store.sessions(now=5)}
+    assert set(listed) == {"a", "b"}
+    a, b = listed["a"], listed["b"]
+    assert (a.tenant, a.mode, a.series, a.version, a.lease_owner, a.lease_expires) == ("team-a", 1, 3, 2, "p1", 10)
+    assert (b.tenant, b.series, b.version, b.lease_owner) == ("", 0, 0, "p2")
+    assert store.load("a").tenant == "team-a"
+    store.release("a", "p1", now=6)
+    assert store.sessions(now=7)[0].lease_owner == ""
+
+
+def test_delete_needs_the_lease_and_removes_the_snapshot(store):
+    assert store.acquire("a", "p1", 10, now=0) is None
+    assert store.save(snapshot("a"), "p1")
+    assert not store.delete("a", "p2")                       # not the holder: nothing deleted
+    assert store.version("a") == 1
+    assert store.delete("a", "p1")
+    assert store.version("a") is None and store.load("a") is None
+    assert [s.name for s in store.sessions(now=1)] == []
+    assert store.acquire("a", "p2", 10, now=1) is None       # the lease went with it
+
+
+def test_a_schema_2_store_is_migrated_forward_and_its_sessions_have_no_tenant(tmp_path):
+    """tests/data/store-v2.db.gz (schema 2, before tenants): opening it adds the tenant column; its session
+    loads with tenant "" (the single tenant of a server without [tenants])."""
+    import gzip
+    fixture = os.path.join(os.path.dirname(__file__), "data", "store-v2.db.gz")
+    path = tmp_path / "v2.db"
+    path.write_bytes(gzip.decompress(open(fixture, "rb").read()))
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta").fetchone() == ("2",)
+    s = SQLiteStore(str(path))
+    snap = s.load("v2-session")
+    assert snap.tenant == "" and len(snap) == 3
+    assert [x.name for x in s.sessions(now=0)] == ["v2-session"]
+    s.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta").fetchone() == (str(SCHEMA_VERSION),)

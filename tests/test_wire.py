@@ -248,7 +248,7 @@ def test_hand_encoded_variants_decode_as_protobuf_reads_them(buf):
     assert same_as_protobuf(buf)
 
 
-@settings(WIRE, max_examples=600)
+@settings(WIRE, max_examples=300)
 @given(mutated())
 def test_mutated_requests_are_read_or_rejected_as_protobuf_does(buf):
     same_as_protobuf(buf)
@@ -260,7 +260,7 @@ def test_random_bytes_are_read_or_rejected_as_protobuf_does(buf):
     same_as_protobuf(buf)
 
 
-@settings(WIRE, max_examples=600)
+@settings(WIRE, max_examples=300)
 @given(overlong_inserted())
 def test_overlong_tags_and_varints_are_read_or_rejected_as_protobuf_does(buf):
     same_as_protobuf(buf)

@@ -39,6 +39,7 @@ class EpisodeEvent:
     attributes: tuple[tuple[str, str], ...] = ()  # an OTLP series' attributes (resource's and point's), sorted
     session: str = ""  # the session ("" for a private stream; an OTLP resource's session)
     origin: int = 1    # ORIGIN_STREAM (1) or ORIGIN_OTLP (2), as Watch's Origin
+    tenant: str = ""   # the tenant whose stream or source it is (Watch is scoped by it; streamer/tenants.py)
     rule: str = ""     # the config file's rule that judged the value ("": none matched, the server's defaults)
 
     @property

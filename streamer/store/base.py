@@ -11,8 +11,9 @@ import dataclasses
 
 import numpy as np
 
-SCHEMA_VERSION = 2  # of every durable backend's layout; a store written by a newer one is refused at start
+SCHEMA_VERSION = 3  # of every durable backend's layout; a store written by a newer one is refused at start
 # 1: the first. 2: a session's applied sequence number and the answers of its last numbered batches.
+# 3: the tenant that owns a session (issue 22; "" without tenants).
 
 
 class StoreError(Exception):
@@ -37,6 +38,7 @@ class Snapshot:
     last_used: float = 0.0          # wall-clock time of the save
     seq: int = 0                    # the highest client sequence number applied to this state
     answers: bytes = b""            # the session's kept answers (state.py packs them; the store only keeps them)
+    tenant: str = ""                # the tenant that made the session (streamer/tenants.py); "" without tenants
 
     def __len__(self) -> int:
         return len(self.name_lengths)
@@ -45,6 +47,21 @@ class Snapshot:
     def nbytes(self) -> int:
         return (len(self.names) + self.name_lengths.nbytes + sum(a.nbytes for a in self.arrays.values())
                 + len(self.answers))
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredSession:
+    """What the admin API lists of a session the store knows: its snapshot's summary and its lease, if any (a
+    session leased but not written yet has version 0 and no series)."""
+
+    name: str
+    tenant: str = ""
+    mode: int = 0
+    series: int = 0
+    version: int = 0
+    last_used: float = 0.0
+    lease_owner: str = ""     # "" when no live lease
+    lease_expires: float = 0.0
 
 
 class Store(abc.ABC):
@@ -81,6 +98,20 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def expire(self, idle_before: float, now: float) -> list[str]:
         """Delete the snapshots last used before `idle_before` whose session has no live lease; their names."""
+
+    def tenant(self, name: str) -> str | None:
+        """The tenant of the stored session `name`, or None if there is none (backends read only that field)."""
+        snap = self.load(name)
+        return None if snap is None else snap.tenant
+
+    @abc.abstractmethod
+    def sessions(self, now: float) -> list[StoredSession]:
+        """Every session with a snapshot or a live lease, sorted by name (the admin API's listing)."""
+
+    @abc.abstractmethod
+    def delete(self, name: str, owner: str) -> bool:
+        """Delete the snapshot and the lease of `name` if `owner` holds its lease (the admin API takes it
+        first); False, deleting nothing, if it does not."""
 
     def close(self) -> None:
         """Release what the store holds open (files, connections)."""

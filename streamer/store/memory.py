@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 
-from streamer.store.base import Snapshot, Store
+from streamer.store.base import Snapshot, Store, StoredSession
 
 
 class MemoryStore(Store):
@@ -67,3 +67,24 @@ class MemoryStore(Store):
             for n in gone:
                 del self._snapshots[n]
             return gone
+
+    def sessions(self, now: float) -> list[StoredSession]:
+        with self._lock:
+            names = sorted(set(self._snapshots) | {n for n, (_, e) in self._leases.items() if e > now})
+            out = []
+            for n in names:
+                s, (owner, expires) = self._snapshots.get(n), self._leases.get(n, ("", 0.0))
+                live = expires > now
+                out.append(StoredSession(n, s.tenant if s else "", s.mode if s else 0, len(s) if s else 0,
+                                         s.version if s else 0, s.last_used if s else 0.0,
+                                         owner if live else "", expires if live else 0.0))
+            return out
+
+    def delete(self, name: str, owner: str) -> bool:
+        with self._lock:
+            held = self._leases.get(name)
+            if held is None or held[0] != owner:
+                return False
+            del self._leases[name]
+            self._snapshots.pop(name, None)
+            return True

@@ -1,9 +1,9 @@
 """`redis://HOST:PORT/DB`: one Redis shared by a fleet of servers (the `redis` client library).
 
-Layout (schema 2, as the SQLite store's), under the prefix `streamer:`:
+Layout (schema 3, as the SQLite store's; a schema-2 session reads with tenant ""), under the prefix `streamer:`:
 - `streamer:meta`: a hash holding `schema_version`;
 - `streamer:s:NAME`: a hash per session, its snapshot as a few blobs (mode, options, version, seq, the series
-  names and their lengths, `a:KEY` and `t:KEY` for each array and its dtype, the kept answers, last_used);
+  names and their lengths, `a:KEY` and `t:KEY` for each array and its dtype, the kept answers, last_used, tenant);
 - `streamer:l:NAME`: a hash per lease (owner, expires in wall-clock seconds), with a key expiry a little past
   it so a dead owner's lease also leaves Redis by itself;
 - `streamer:idle`: a sorted set of session names by last use, which `expire` reads, and each idle session
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamer.store.base import SCHEMA_VERSION, Snapshot, Store, StoreError
+from streamer.store.base import SCHEMA_VERSION, Snapshot, Store, StoredSession, StoreError
 
 PREFIX = "streamer:"
 _META, _IDLE = PREFIX + "meta", PREFIX + "idle"
@@ -78,6 +78,15 @@ return gone
 """
 
 
+# KEYS lease, session, idle; ARGV owner, name. 1 if deleted.
+_DELETE = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+return 1
+"""
+
+
 class RedisStore(Store):
     """The store interface over one Redis database; thread-safe (redis-py's connection pool)."""
 
@@ -101,7 +110,7 @@ class RedisStore(Store):
             # found < SCHEMA_VERSION: schema 1 was never written to Redis (the Redis store began at 2)
             self._acquire, self._renew = self._r.register_script(_ACQUIRE), self._r.register_script(_RENEW)
             self._release, self._save = self._r.register_script(_RELEASE), self._r.register_script(_SAVE)
-            self._expire = self._r.register_script(_EXPIRE)
+            self._expire, self._delete = self._r.register_script(_EXPIRE), self._r.register_script(_DELETE)
         except StoreError:
             raise
         except (ValueError, *self._redis_errors) as exc:
@@ -138,7 +147,8 @@ class RedisStore(Store):
             arrays = {k[2:].decode(): np.frombuffer(v, dtype=h[b"t:" + k[2:]].decode()).copy()
                       for k, v in h.items() if k.startswith(b"a:")}
             snap = Snapshot(name, int(h[b"mode"]), h[b"options"].decode(), int(h[b"version"]), h[b"names"], lengths,
-                            arrays, float(h[b"last_used"]), int(h[b"seq"]), h[b"answers"])
+                            arrays, float(h[b"last_used"]), int(h[b"seq"]), h[b"answers"],
+                            h.get(b"tenant", b"").decode())
         except (KeyError, ValueError, TypeError) as exc:
             raise StoreError(f"{self.url}: session {name!r} is damaged ({exc!r})") from None
         if len(lengths) != series or int(lengths.sum()) != len(snap.names) or \
@@ -152,7 +162,7 @@ class RedisStore(Store):
         lease, session = self._keys(s.name)
         fields = ["mode", s.mode, "options", s.options, "version", s.version, "series", len(s), "names", s.names,
                   "name_lengths", s.name_lengths.astype("<i8").tobytes(), "last_used", repr(s.last_used),
-                  "seq", s.seq, "answers", s.answers]
+                  "seq", s.seq, "answers", s.answers, "tenant", s.tenant]
         for key, a in s.arrays.items():
             fields += ["a:" + key, a.tobytes(), "t:" + key, a.dtype.str]
         return self._save(keys=[lease, session, _IDLE], args=[owner, s.name, repr(s.last_used), *fields]) == 1
@@ -160,6 +170,33 @@ class RedisStore(Store):
     def expire(self, idle_before: float, now: float) -> list[str]:
         gone = self._expire(keys=[_IDLE], args=[repr(idle_before), repr(now), PREFIX])
         return [g.decode() for g in gone]
+
+    def tenant(self, name: str) -> str | None:
+        session = self._keys(name)[1]
+        tenant, version = self._r.hmget(session, "tenant", "version")
+        return None if version is None else (tenant or b"").decode()
+
+    def sessions(self, now: float) -> list[StoredSession]:
+        names = set()
+        for kind in ("s:", "l:"):
+            names |= {k.decode()[len(PREFIX) + 2:] for k in self._r.scan_iter(match=PREFIX + kind + "*", count=1000)}
+        out = []
+        for name in sorted(names):
+            lease, session = self._keys(name)
+            tenant, mode, series, version, last_used = self._r.hmget(session, "tenant", "mode", "series", "version",
+                                                                     "last_used")
+            owner, expires = self._r.hmget(lease, "owner", "expires")
+            live = owner is not None and float(expires or 0) > now
+            if version is None and not live:
+                continue
+            out.append(StoredSession(name, (tenant or b"").decode(), int(mode or 0), int(series or 0),
+                                     int(version or 0), float(last_used or 0), owner.decode() if live else "",
+                                     float(expires) if live else 0.0))
+        return out
+
+    def delete(self, name: str, owner: str) -> bool:
+        lease, session = self._keys(name)
+        return self._delete(keys=[lease, session, _IDLE], args=[owner, name]) == 1
 
     def close(self) -> None:
         self._r.close()

@@ -1,7 +1,8 @@
 """`sqlite:///PATH`: the embedded default. One file in WAL mode, shared safely by every process on the machine.
 
-Layout (schema 2): `meta` (the schema version), `sessions` (a row per session: mode, options, version, the
-series names as one blob and their lengths as another, the applied sequence number and the kept answers),
+Layout (schema 3): `meta` (the schema version), `sessions` (a row per session: mode, options, version, the
+series names as one blob and their lengths as another, the applied sequence number, the kept answers and the
+owning tenant),
 `arrays` (a blob per session and statistic:
 count, mean, spread, ...) and `leases` (owner, expiry). A snapshot is a few blobs, never a row per series.
 Every change is one transaction: BEGIN IMMEDIATE takes the file's write lock first, so the compare-and-set
@@ -16,7 +17,7 @@ import threading
 
 import numpy as np
 
-from streamer.store.base import SCHEMA_VERSION, Snapshot, Store, StoreError
+from streamer.store.base import SCHEMA_VERSION, Snapshot, Store, StoredSession, StoreError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -30,7 +31,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     name_lengths BLOB NOT NULL,   -- int64 little-endian, one per series
     last_used REAL NOT NULL,      -- wall-clock seconds of the last save
     seq INTEGER NOT NULL DEFAULT 0,       -- the highest client sequence number applied (schema 2)
-    answers BLOB NOT NULL DEFAULT x''     -- the answers of the last numbered batches (schema 2)
+    answers BLOB NOT NULL DEFAULT x'',    -- the answers of the last numbered batches (schema 2)
+    tenant TEXT NOT NULL DEFAULT ''       -- the tenant that made it (schema 3)
 );
 CREATE TABLE IF NOT EXISTS arrays (
     session TEXT NOT NULL,
@@ -46,6 +48,7 @@ CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, e
 _MIGRATIONS = {
     1: ["ALTER TABLE sessions ADD COLUMN seq INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE sessions ADD COLUMN answers BLOB NOT NULL DEFAULT x''"],
+    2: ["ALTER TABLE sessions ADD COLUMN tenant TEXT NOT NULL DEFAULT ''"],
 }
 
 _U64 = (1 << 64) - 1
@@ -156,20 +159,20 @@ class SQLiteStore(Store):
             self._db.execute("BEGIN")
             try:
                 row = self._db.execute("SELECT mode, options, version, series, names, name_lengths, last_used, "
-                                       "seq, answers FROM sessions WHERE name=?", (name,)).fetchone()
+                                       "seq, answers, tenant FROM sessions WHERE name=?", (name,)).fetchone()
                 arrays = self._db.execute("SELECT key, dtype, data FROM arrays WHERE session=?", (name,)).fetchall()
             finally:
                 self._db.execute("COMMIT")
         if row is None:
             return None
-        mode, options, version, series, names, lengths, last_used, seq, answers = row
+        mode, options, version, series, names, lengths, last_used, seq, answers, tenant = row
         lengths = np.frombuffer(lengths, dtype="<i8").astype(np.int64)
         loaded = {key: np.frombuffer(data, dtype=dtype).copy() for key, dtype, data in arrays}
         if len(lengths) != series or int(lengths.sum()) != len(names) or any(len(a) != series for a in loaded.values()):
             raise StoreError(f"sqlite:///{self.path}: session {name!r} is damaged ({series} series, "
                              f"{len(lengths)} name lengths, arrays {[len(a) for a in loaded.values()]})")
         return Snapshot(name, mode, options, version, bytes(names), lengths, loaded, last_used,
-                        seq & _U64, bytes(answers))
+                        seq & _U64, bytes(answers), tenant)
 
     def save(self, snapshot: Snapshot, owner: str) -> bool:
         s = snapshot
@@ -177,9 +180,10 @@ class SQLiteStore(Store):
             held = self._holder(db, s.name)
             if held is None or held[0] != owner:
                 return False  # another process took the session: its state wins
-            db.execute("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            db.execute("INSERT OR REPLACE INTO sessions (name, mode, options, version, series, names, name_lengths, "
+                       "last_used, seq, answers, tenant) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (s.name, s.mode, s.options, s.version, len(s), s.names,
-                        s.name_lengths.astype("<i8").tobytes(), s.last_used, _signed(s.seq), s.answers))
+                        s.name_lengths.astype("<i8").tobytes(), s.last_used, _signed(s.seq), s.answers, s.tenant))
             db.execute("DELETE FROM arrays WHERE session=?", (s.name,))
             db.executemany("INSERT INTO arrays VALUES (?, ?, ?, ?)",
                            [(s.name, key, a.dtype.str, a.tobytes()) for key, a in s.arrays.items()])
@@ -195,6 +199,32 @@ class SQLiteStore(Store):
                 db.execute("DELETE FROM sessions WHERE name=?", (name,))
                 db.execute("DELETE FROM leases WHERE name=?", (name,))
             return gone
+
+    def tenant(self, name: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT tenant FROM sessions WHERE name=?", (name,)).fetchone()
+        return None if row is None else row[0]
+
+    def sessions(self, now: float) -> list[StoredSession]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT n.name, s.tenant, s.mode, s.series, s.version, s.last_used, l.owner, l.expires FROM "
+                "(SELECT name FROM sessions UNION SELECT name FROM leases WHERE expires > ?) n "
+                "LEFT JOIN sessions s ON s.name = n.name LEFT JOIN leases l ON l.name = n.name AND l.expires > ? "
+                "ORDER BY n.name", (now, now)).fetchall()
+        return [StoredSession(name, tenant or "", mode or 0, series or 0, version or 0, last_used or 0.0,
+                              owner or "", expires or 0.0)
+                for name, tenant, mode, series, version, last_used, owner, expires in rows]
+
+    def delete(self, name: str, owner: str) -> bool:
+        with self._transaction() as db:
+            held = self._holder(db, name)
+            if held is None or held[0] != owner:
+                return False
+            db.execute("DELETE FROM arrays WHERE session=?", (name,))
+            db.execute("DELETE FROM sessions WHERE name=?", (name,))
+            db.execute("DELETE FROM leases WHERE name=?", (name,))
+            return True
 
     def close(self) -> None:
         with self._lock:

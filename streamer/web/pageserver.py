@@ -154,6 +154,12 @@ class PageServer:
         url = urllib.parse.urlsplit(target)
         path = url.path
         q = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query, keep_blank_values=True).items()}
+        tenancy = getattr(self.service, "tenancy", None)
+        if tenancy is not None:  # [tenants]: the page shows every tenant's data, so it is for the admin role only
+            caller = tenancy.caller_from_peercert(writer.get_extra_info("peercert"))
+            if not caller.admin:
+                return await self._send(writer, 403, {"error": f"under [tenants] the page needs the admin role; "
+                                                               f"identity {caller.identity!r} does not have it"})
         if method == "POST" and path == "/api/backtest":
             return await self._backtest(reader, writer, headers, q)
         if method != "GET":

@@ -25,6 +25,7 @@ type PKI struct {
 	ClientCert, ClientKey     string
 	StrangerCert, StrangerKey string
 	dir                       string
+	ca                        issuer // for IssueClient
 }
 
 // ServerArgs are the `streamer serve` flags for TLS with this PKI's server certificate, and with mTLS
@@ -47,6 +48,7 @@ func NewPKI(t testing.TB) *PKI {
 	t.Helper()
 	p := &PKI{dir: t.TempDir()}
 	ca := p.newCA(t, "streamer test CA")
+	p.ca = ca
 	other := p.newCA(t, "another CA")
 	p.CA = p.writeCert(t, "ca.pem", ca.cert.Raw)
 	server := &x509.Certificate{Subject: pkix.Name{CommonName: "localhost"}, DNSNames: []string{"localhost"},
@@ -123,4 +125,16 @@ func (p *PKI) writeCert(t testing.TB, name string, der []byte) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// IssueClient makes one more client certificate of the CA, with subject CN `name` and `name` as its DNS
+// subject alternative name (the tenants tests tell clients apart by it); its PEM files.
+func (p *PKI) IssueClient(t testing.TB, name string) (certFile, keyFile string) {
+	t.Helper()
+	if p.ca.cert == nil {
+		t.Fatal("IssueClient: the PKI has no CA key (make it with NewPKI)")
+	}
+	tmpl := &x509.Certificate{Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	return p.issue(t, name, p.ca, tmpl)
 }
