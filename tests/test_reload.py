@@ -246,3 +246,26 @@ def test_a_reload_called_in_a_worker_asks_for_every_other_worker_only_when_it_ap
     with pytest.raises(ConfigError, match="line 1, key threshold"):
         server.call(server.server.reload())
     assert asked == [1] and server.server.live.current.defaults.threshold == 2.0
+
+
+def test_streamer_admin_reload_applies_the_file_or_says_why_not(tmp_path, cli_server):
+    import subprocess
+    import sys
+
+    def admin_reload():
+        return subprocess.run([sys.executable, "-m", "streamer", "admin", "reload", "--addr", server.addr],
+                              capture_output=True, text=True, timeout=60)
+
+    path = tmp_path / "streamer.toml"
+    path.write_text(LOOSE)
+    server = cli_server("--config", str(path))
+    path.write_text(TIGHT)
+    out = admin_reload()
+    assert out.returncode == 0 and "rules changed" in out.stdout and "latency-tight" in out.stdout, out.stderr
+    with Client(server.addr) as c:
+        got = list(c.stream([[(SERIES, x)] for x in WARM] + [[(SERIES, 13.5)]], session="admin"))[-1]
+    assert [(o.name, o.rule) for o in got.outliers] == [(SERIES, "latency-tight")]
+    path.write_text(BROKEN)
+    out = admin_reload()
+    assert out.returncode == 1 and "FAILED_PRECONDITION" in out.stderr and "rules[1] key threshold" in out.stderr
+    assert server.terminate() == 0
