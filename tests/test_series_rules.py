@@ -87,3 +87,16 @@ def test_judge_by_rule_groups_matches_the_naive_loop_value_by_value(seed, mode, 
     assert seen == {0, 1, 2, 4} and changes > 10, (seen, changes)  # every live rule flagged something
     assert np.allclose(state.mean[slots], [s.mean for s in ref], rtol=1e-12)
     assert list(state.count[slots]) == [s.n for s in ref]
+
+
+def test_rule_names_are_written_as_protobuf_writes_them():
+    from streamer.pb import outliers_pb2 as pb
+    from streamer.wire.encode import encode_response, with_rules
+    names, rules = [b"a" * 130, b"b", "é".encode()], ["latency", "", "x" * 200]  # lengths over one varint byte
+    body = encode_response(0, np.array([0, 5, 300], dtype=np.int32), names, np.array([1.0, 2.0, 3.0]),
+                           np.zeros(3), np.ones(3), np.array([4.0, -5.0, 6.0]))
+    want = pb.OutliersResponse.FromString(body)
+    for o, rule in zip(want.outliers, rules):
+        o.rule = rule
+    assert with_rules(body, rules) == want.SerializeToString()
+    assert with_rules(body, ["", "", ""]) == body  # no rule matched: the answer without rules, byte for byte
