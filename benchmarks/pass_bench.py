@@ -28,12 +28,25 @@ def measure(seconds: float) -> dict:
 
     out = {}
     defaults = detector.Defaults()
+    try:  # a tree with config-file rules (issue 22): also a stream whose series fall under two rules and none
+        from streamer import series_rules
+        rules = series_rules.RuleSet((series_rules.Rule("cpu", prefix="cpu.", values=(("threshold", 3.0),)),
+                                      series_rules.Rule("mem", match="mem.*", values=(("cooldown", 2),))))
+        ruled = series_rules.Live(series_rules.Settings(0, defaults, rules))
+    except ImportError:
+        ruled = None
     for n in SIZES:
         requests = [make_request(n, True, seed) for seed in range(4)]
         stream = detector.StreamDetector(defaults, SessionRegistry(60.0, 1, 100_000))  # a private stream
+        steps = [("stream", stream.process), ("detect", lambda r: detector.detect(r, defaults))]
+        if ruled is not None:
+            with_rules = detector.StreamDetector(defaults, SessionRegistry(60.0, 1, 100_000), live=ruled)
+            steps.append(("stream-rules", with_rules.process))
+            for r in requests * 3:
+                with_rules.process(r)
         for r in requests * 3:
             stream.process(r)
-        for name, step in (("stream", stream.process), ("detect", lambda r: detector.detect(r, defaults))):
+        for name, step in steps:
             step(requests[0])
             best = float("inf")
             for _ in range(3):
@@ -81,11 +94,14 @@ def main(argv=None) -> int:
     for key in rounds["B"][0]:
         cells, medians = [], {}
         for side in trees:
-            xs = [r[key] for r in rounds[side]]
+            xs = [r[key] for r in rounds[side] if key in r]
+            if not xs:  # a figure the other tree cannot measure
+                cells.append("-")
+                continue
             medians[side] = statistics.median(xs)
             cells.append(f"{medians[side]:.1f} ({min(xs):.1f}-{max(xs):.1f})")
             doc["ns_per_metric"].setdefault(key, {})[side] = {"median": medians[side], "min": min(xs), "max": max(xs)}
-        ratio = f" | {medians['B'] / medians['A']:.2f} |" if args.ab else " |"
+        ratio = f" | {medians['B'] / medians['A']:.2f} |" if len(medians) == 2 else " | - |" if args.ab else " |"
         print(f"| {key} | " + " | ".join(cells) + ratio)
     if args.json:
         args.json.write_text(json.dumps(doc, indent=1))

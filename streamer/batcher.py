@@ -200,7 +200,8 @@ def _deliver(resp: pb.OutliersResponse, pieces: list) -> None:
         end = offset + count
         while j < len(outliers) and outliers[j].index < end:
             o = outliers[j]
-            mine.append(Outlier(o.index - offset, o.name, o.value, o.mean, o.stddev, o.zscore))
+            mine.append(Outlier(o.index - offset, o.name, o.value, o.mean, o.stddev, o.zscore, o.tail_probability,
+                                o.rule))
             j += 1
         future.set_result(mine)
 

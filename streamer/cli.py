@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import math
 import os
@@ -18,6 +19,7 @@ from streamer.detector import (DIRECTION_BOTH, DIRECTION_DOWN, DIRECTION_UP, MAX
                                SCORE_ZSCORE, Defaults)
 from streamer.ops import logs
 from streamer.progress import MODES as PROGRESS_MODES
+from streamer.series_rules import NO_RULES
 from streamer.server import Config, serve
 from streamer.state import MODE_CUMULATIVE, MODE_EXPONENTIAL
 from streamer.wire import Options
@@ -109,7 +111,9 @@ ENV_HELP = ("Every flag can also be set in the environment as STREAMER_<FLAG>, t
             "tls_cert = \"server.pem\"). A flag on the command line wins over the environment, which wins over "
             "the file, which wins over the default. An unknown STREAMER_ variable is warned about at start; an "
             "unknown key, a wrong type or a value out of range in the file stops serve (streamer config check "
-            "FILE checks a file).")
+            "FILE checks a file). The file may also hold [[rules]]: option sets for the series whose key matches "
+            "a glob (match) or a prefix, the first that matches winning. SIGHUP reads the file again and applies "
+            "rules, detection defaults, sinks, log level and TLS files, or refuses it whole (logged).")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -524,6 +528,60 @@ def _check_config(parser: argparse.ArgumentParser, path: str, environ) -> int:
     return 0
 
 
+def _config(args) -> Config:
+    """The server's Config from parsed `serve` arguments."""
+    from streamer import sinks
+    defaults = Defaults(threshold=args.threshold, warmup=args.warmup, mode=MODES[args.mode], alpha=args.alpha,
+                        exclude_limit=None if args.exclude_limit == "warmup" else args.exclude_limit,
+                        cooldown=args.cooldown, score=SCORES[args.score],
+                        likelihood_short=args.likelihood_short, likelihood_window=args.likelihood_window,
+                        likelihood_threshold=args.likelihood_threshold,
+                        likelihood_learning=args.likelihood_learning, max_series=args.max_series,
+                        series_ttl=args.series_ttl,
+                        min_deviation=args.min_deviation, min_relative_deviation=args.min_relative_deviation,
+                        direction=DIRECTIONS[args.direction], resolve_after=args.resolve_after,
+                        episodes=args.episodes == "on" or args.episodes == "auto" and bool(
+                            args.alertmanager or args.webhook))
+    config = Config(host=args.host, port=args.port, defaults=defaults, max_message_mb=args.max_message_mb,
+                    grace_seconds=args.grace_seconds, drain_seconds=args.drain_seconds,
+                    session_ttl=args.session_ttl, store=args.store, snapshot_seconds=args.snapshot_seconds,
+                    lease_seconds=args.lease_seconds, max_sessions=args.max_sessions,
+                    max_total_series=args.max_total_series,
+                    metrics_port=args.metrics_port, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                    tls_client_ca=args.tls_client_ca, episode_update_seconds=args.episode_update_seconds,
+                    alerts=sinks.SinkConfig(tuple(args.alertmanager), tuple(args.webhook),
+                                            tuple(sinks.parse_header(h) for h in args.webhook_header),
+                                            args.webhook_ca, args.alert_resend_seconds),
+                    otlp_port=args.otlp_port, http_port=args.http_port,
+                    http_max_upload_mb=args.http_max_upload_mb,
+                    otlp_resource_attributes=tuple(a.strip() for a in args.otlp_resource_attributes.split(",")
+                                                   if a.strip()),
+                    rules=getattr(args, "rules", None) or NO_RULES,
+                    tenants=getattr(args, "tenants", None),  # the config file's [tenants] (no flag)
+                    otlp_options=Options(threshold=args.otlp_threshold or 0.0, warmup=args.otlp_warmup or 0,
+                                         mode=MODES[args.otlp_mode] if args.otlp_mode else 0,
+                                         alpha=args.otlp_alpha or 0.0, exclude_outliers=args.otlp_exclude_outliers))
+    return config
+
+
+def reread(argv: list[str], environ) -> tuple[argparse.Namespace, Config]:
+    """Read a `serve` command line, its environment and its --config file again, as main() did at start (a
+    reload): the arguments and the Config, or config_file.ConfigError with the message serve would have
+    stopped with."""
+    from streamer.config_file import ConfigError
+
+    def refuse(message: str):
+        raise ConfigError(message)
+
+    parser = _parser()
+    parser.error = parser.serve.error = refuse
+    path = _config_path(argv[1:], environ)
+    _layers(parser.serve, path, environ, {})
+    args = parser.parse_args(argv)
+    _check_serve(args.subparser, args)
+    return args, _config(args)
+
+
 def main(argv: list[str] | None = None, environ=None) -> int:
     parser = _parser()
     environ = os.environ if environ is None else environ
@@ -566,36 +624,9 @@ def main(argv: list[str] | None = None, environ=None) -> int:
         logging.getLogger("streamer").warning(
             "ignoring environment variable(s) %s: no `streamer serve` flag has that name (see streamer serve "
             "--help)", ", ".join(unknown))
-    from streamer import sinks
-    defaults = Defaults(threshold=args.threshold, warmup=args.warmup, mode=MODES[args.mode], alpha=args.alpha,
-                        exclude_limit=None if args.exclude_limit == "warmup" else args.exclude_limit,
-                        cooldown=args.cooldown, score=SCORES[args.score],
-                        likelihood_short=args.likelihood_short, likelihood_window=args.likelihood_window,
-                        likelihood_threshold=args.likelihood_threshold,
-                        likelihood_learning=args.likelihood_learning, max_series=args.max_series,
-                        series_ttl=args.series_ttl,
-                        min_deviation=args.min_deviation, min_relative_deviation=args.min_relative_deviation,
-                        direction=DIRECTIONS[args.direction], resolve_after=args.resolve_after,
-                        episodes=args.episodes == "on" or args.episodes == "auto" and bool(
-                            args.alertmanager or args.webhook))
-    config = Config(host=args.host, port=args.port, defaults=defaults, max_message_mb=args.max_message_mb,
-                    grace_seconds=args.grace_seconds, drain_seconds=args.drain_seconds,
-                    session_ttl=args.session_ttl, store=args.store, snapshot_seconds=args.snapshot_seconds,
-                    lease_seconds=args.lease_seconds, max_sessions=args.max_sessions,
-                    max_total_series=args.max_total_series,
-                    metrics_port=args.metrics_port, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                    tls_client_ca=args.tls_client_ca, episode_update_seconds=args.episode_update_seconds,
-                    alerts=sinks.SinkConfig(tuple(args.alertmanager), tuple(args.webhook),
-                                            tuple(sinks.parse_header(h) for h in args.webhook_header),
-                                            args.webhook_ca, args.alert_resend_seconds),
-                    otlp_port=args.otlp_port, http_port=args.http_port,
-                    http_max_upload_mb=args.http_max_upload_mb,
-                    tenants=getattr(args, "tenants", None),  # the config file's [tenants] (no flag)
-                    otlp_resource_attributes=tuple(a.strip() for a in args.otlp_resource_attributes.split(",")
-                                                   if a.strip()),
-                    otlp_options=Options(threshold=args.otlp_threshold or 0.0, warmup=args.otlp_warmup or 0,
-                                         mode=MODES[args.otlp_mode] if args.otlp_mode else 0,
-                                         alpha=args.otlp_alpha or 0.0, exclude_outliers=args.otlp_exclude_outliers))
+    from streamer.reload import ConfigSource
+    config = _config(args)
+    config = dataclasses.replace(config, source=ConfigSource(argv, environ, args, config))
     try:
         if args.workers == 1:
             asyncio.run(serve(config))

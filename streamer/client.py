@@ -28,6 +28,7 @@ class Outlier(NamedTuple):
     stddev: float
     zscore: float
     tail_probability: float = 0.0  # SCORE_LIKELIHOOD: what flagged it (the paper's likelihood is 1 minus it)
+    rule: str = ""  # the server's config-file rule that judged it ("": none matched, the server's defaults)
 
 
 class Result(NamedTuple):
@@ -38,7 +39,7 @@ class Result(NamedTuple):
     @classmethod
     def from_response(cls, resp: pb.OutliersResponse) -> "Result":
         return cls(list(resp.indices),
-                   [Outlier(o.index, o.name, o.value, o.mean, o.stddev, o.zscore, o.tail_probability)
+                   [Outlier(o.index, o.name, o.value, o.mean, o.stddev, o.zscore, o.tail_probability, o.rule)
                     for o in resp.outliers],
                    resp.batch)
 

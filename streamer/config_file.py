@@ -110,6 +110,9 @@ def load(path: str, parser: argparse.ArgumentParser) -> dict[str, object]:
     known = flags(parser)
     values = {}
     for key, raw in table.items():
+        if key == "rules":
+            values["rules"] = _rules(raw, text, path, known)
+            continue
         if key == "tenants":  # a table of its own (streamer/tenants.py), not a flag
             values["tenants"] = _tenants(raw, text, path)
             continue
@@ -124,6 +127,70 @@ def load(path: str, parser: argparse.ArgumentParser) -> dict[str, object]:
         except argparse.ArgumentTypeError as exc:
             raise ConfigError(f"{where}: {exc}") from None
     return values
+
+
+def _rule_line(text: str, n: int, key: str) -> int:
+    """The line of `key = ...` in the n-th [[rules]] table (0-based), or of its header when the key is not found."""
+    heads = [m.start() for m in re.finditer(r"^[ \t]*\[\[[ \t]*rules[ \t]*\]\]", text, re.MULTILINE)]
+    if n >= len(heads):
+        return _line(text, "rules")
+    end = re.compile(r"^[ \t]*\[", re.MULTILINE).search(text, heads[n] + 2)
+    stop = end.start() if end else len(text)
+    match = re.compile(rf"^[ \t]*{re.escape(key)}[ \t]*=", re.MULTILINE).search(text, heads[n], stop)
+    return text.count("\n", 0, match.start() if match else heads[n]) + 1
+
+
+def _rules(raw, text: str, path: str, known: dict[str, argparse.Action]):
+    """The [[rules]] tables as a series_rules.RuleSet, each key checked as its flag is; raise ConfigError."""
+    from streamer import detector, series_rules
+
+    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+        raise ConfigError(f"config file {path}, line {_line(text, 'rules')}, key rules: must be an array of tables "
+                          f"([[rules]] with name = \"...\" and match = \"GLOB\" or prefix = \"...\")")
+    convert = {"score": {"zscore": detector.SCORE_ZSCORE, "likelihood": detector.SCORE_LIKELIHOOD},
+               "direction": {"both": detector.DIRECTION_BOTH, "up": detector.DIRECTION_UP,
+                             "down": detector.DIRECTION_DOWN}}
+    out, names = [], set()
+    for n, table in enumerate(raw):
+        def where(key: str) -> str:
+            return f"config file {path}, line {_rule_line(text, n, key)}, rules[{n}] key {key}"
+        name = table.get("name")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where('name')}: every rule needs a name = \"...\" (a non-empty string), which its "
+                              f"outliers and episodes carry")
+        if name in names:
+            raise ConfigError(f"{where('name')}: the rule name {name!r} is used twice")
+        names.add(name)
+        patterns = [k for k in ("match", "prefix") if k in table]
+        if len(patterns) != 1:
+            raise ConfigError(f"{where(patterns[1] if patterns else 'name')}: rule {name!r} needs exactly one of "
+                              f"match = \"GLOB\" (fnmatch: * ? [...]) or prefix = \"...\"")
+        pattern = table[patterns[0]]
+        if not isinstance(pattern, str) or not pattern:
+            raise ConfigError(f"{where(patterns[0])}: must be a non-empty string, got {_toml(pattern)}")
+        values, keys = [], []
+        for key, value in table.items():
+            if key in ("name", "match", "prefix"):
+                continue
+            if key in series_rules.NOT_PER_SERIES:
+                raise ConfigError(f"{where(key)}: a rule cannot set {key}: {series_rules.NOT_PER_SERIES[key]}")
+            if key not in series_rules.RULE_KEYS:
+                near = difflib.get_close_matches(key, series_rules.RULE_KEYS, n=1)
+                hint = f"; did you mean {near[0]}?" if near else ""
+                raise ConfigError(f"{where(key)}: a rule takes name, match or prefix, and "
+                                  f"{', '.join(series_rules.RULE_KEYS)}{hint}")
+            try:
+                flag = _value(known[key], value)
+            except argparse.ArgumentTypeError as exc:
+                raise ConfigError(f"{where(key)}: {exc}") from None
+            if key in convert:
+                flag = convert[key][flag]
+            elif key == "exclude_limit" and flag == "warmup":
+                flag = None
+            values.append((key, flag))
+            keys.append((key, value))
+        out.append(series_rules.Rule(name, **{patterns[0]: pattern}, values=tuple(values), keys=tuple(keys)))
+    return series_rules.RuleSet(tuple(out))
 
 
 def _tenants(raw, text: str, path: str):
@@ -152,6 +219,7 @@ def _tenants(raw, text: str, path: str):
 def effective(parser: argparse.ArgumentParser, args: argparse.Namespace, sources: dict[str, str]) -> str:
     """The configuration `serve` would run with, as a TOML file, each key with where its value came from."""
     lines = []
+    rules = getattr(args, "rules", None)
     for key, action in flags(parser).items():
         value = getattr(args, action.dest)
         source = sources.get(action.dest, "default")
@@ -159,6 +227,13 @@ def effective(parser: argparse.ArgumentParser, args: argparse.Namespace, sources
             lines.append(f"# {key} is not set ({source})")
         else:
             lines.append(f"{key} = {_toml(value)}  # {source}")
+    if rules:  # in their order: the first that matches a series key is its rule
+        lines.append(f"# {len(rules)} rule(s), first match wins; a series matching none takes the settings above")
+        for rule in rules.rules:
+            lines.append("[[rules]]")
+            lines.append(f"name = {_toml(rule.name)}")
+            lines.append(f"match = {_toml(rule.match)}" if rule.match else f"prefix = {_toml(rule.prefix)}")
+            lines += [f"{key} = {_toml(value)}" for key, value in rule.keys]
     tenants = getattr(args, "tenants", None)
     if tenants is not None:  # the [tenants] table as it reads back
         lines += ["", "[tenants]", f"identity = {_toml(tenants.identity)}", f"admin = {_toml(tenants.admin)}",

@@ -6,13 +6,14 @@ DetectError subclasses, mapped to status codes by service.py.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Callable
 
 import numpy as np
 
-from streamer import episodes, fused, kernels, rules, watch
+from streamer import episodes, fused, kernels, rules, series_rules, watch
 from streamer.errors import (AlreadyExists, DetectError, FailedPrecondition, InvalidArgument, PermissionDenied,
                              ResourceExhausted, Unavailable)
 from streamer.series import SeriesLimitError, SeriesTable
@@ -22,6 +23,7 @@ from streamer.state import (MODE_CUMULATIVE, MODE_EXPONENTIAL, MODE_NAMES, Serie
                             SessionError, SessionRegistry, TotalSeriesLimitError)
 from streamer.wire import (TRAILER_BYTES, Columns, Options, WireError, encode_flagged,
                            encode_trailer)
+from streamer.wire.encode import with_rules
 
 MAX_NAME_BYTES = fused.MAX_NAME_BYTES
 MAX_LIKELIHOOD_SHORT = 1024  # raw scores a series' likelihood ring holds at most (8 bytes each)
@@ -275,8 +277,14 @@ class StreamDetector:
 
     def __init__(self, defaults: Defaults, sessions: SessionRegistry,
                  on_batch: Callable[[int, int], None] = uncounted,
-                 on_episodes: Callable[[list[EpisodeEvent]], None] = unannounced):
-        self.defaults = defaults
+                 on_episodes: Callable[[list[EpisodeEvent]], None] = unannounced,
+                 live: series_rules.Live | None = None):
+        self.defaults = defaults  # its limits (max_series, max_response_bytes); the detection defaults are live's
+        # the server's settings a reload replaces (series_rules.Live): read at the first request and again at the
+        # first request after they changed
+        self.live = live if live is not None else series_rules.Live(series_rules.Settings(0, defaults))
+        self._settings: series_rules.Settings | None = None
+        self._ruled: list[Params] | None = None  # with rules: each rule's Params, then the no-rule one
         self.sessions = sessions
         self.on_batch = on_batch  # (metrics, outliers) of each applied batch: the server's metrics
         self.on_episodes = on_episodes  # the episode changes of each applied batch (Watch, the alert sinks)
@@ -306,6 +314,8 @@ class StreamDetector:
         if self.state is None:
             self._start(cols, where)
         else:
+            if self.live.current is not self._settings:  # a reload: new defaults and rules from this batch on
+                self._use(self.live.current, self.options, where)
             self._check_same(cols, where)
         seq, session = cols.seq, self.session
         if session is None:
@@ -352,7 +362,7 @@ class StreamDetector:
         # pass interns, judges and encodes in one compiled call. Otherwise the stages run one by one, with the
         # table's length and the batch's slots saved, to be restored if the answer turns out too large.
         limit = self.defaults.max_response_bytes
-        if _answer_bound(len(buf), len(cols)) <= limit:
+        if self._ruled is None and _answer_bound(len(buf), len(cols)) <= limit:
             try:
                 out = self._pass.apply(state, params.mode == MODE_EXPONENTIAL, params.alpha, params.threshold,
                                        params.warmup, params.exclude_outliers, batch, params.rules(),
@@ -381,6 +391,8 @@ class StreamDetector:
         expired = expiry.touch(ids, cols.times, now, state.ttl, state.clock, state.last_seen, reset)
         state.reset_slots(reset[:expired])
         r = params.rules()
+        if self._ruled is not None:
+            return self._apply_ruled(cols, ids, saved, expired, now, where, batch, trailer)
         k = rules.stream_update(ids, cols.values, state.count, state.mean, state.spread,
                                 params.mode == MODE_EXPONENTIAL, params.alpha, params.threshold, params.warmup,
                                 params.exclude_outliers, r.exclude_limit, r.cooldown, state.streak, state.hold,
@@ -411,24 +423,58 @@ class StreamDetector:
             self._tap(lambda: (ids, cols.values, cols.times, s.idx[:k], s.mean, s.std, s.z), k)
         return out
 
+    def _apply_ruled(self, cols: Columns, ids: np.ndarray, saved, expired: int, now: float, where: str,
+                     batch: int, trailer: bytes) -> bytes:
+        """The staged path's judging and answer when rules are configured: each rule's rows judged with its
+        Params (series_rules.judge), each outlier and episode change naming its rule."""
+        state, s, names = self.state, self._scratch, self._settings.rules.names
+        rule_of = series_rules.rule_of_rows(state, self._settings.rules, self._settings.version, ids,
+                                            cols.name_hash)
+        k, rule_out, rule_ev = series_rules.judge(state, self._ruled, rule_of, ids, cols.values, cols.times,
+                                                  int(now * 1e9), s.idx, s.mean, s.std, s.z, s.tail, s.ev,
+                                                  s.ev_stats, s.ev_n)
+        tails = any(p.score == SCORE_LIKELIHOOD for p in self._ruled)
+        out_rules = [names[g] for g in rule_out.tolist()]
+        out = with_rules(s.encode(0, k, cols, ids, state.table, tails), out_rules) + encode_trailer(batch, 0, 0, False)
+        if trailer:
+            out += trailer
+        limit = self.defaults.max_response_bytes
+        if len(out) > limit:
+            state.put(ids, saved)
+            added = state.table.born()
+            state.table.rollback()
+            state.budget.release(added)
+            raise ResourceExhausted(f"{_too_large(where, len(out), k, limit)}; the batch was not applied")
+        state.budget.release(0, expired)
+        self.on_batch(len(cols), k)
+        if k and self.watch is not None and self.watch.outliers_active:
+            self._publish(ids, cols.values, cols.times, s.idx[:k], s.mean, s.std, s.z, out_rules)
+        e = int(s.ev_n[0])
+        if e:
+            self._announce(s.ev[:e], s.ev_stats[:e], ids, cols.values, cols.times,
+                           [names[g] for g in rule_ev.tolist()])
+        if self.taps is not None and self.taps.active:
+            self._tap(lambda: (ids, cols.values, cols.times, s.idx[:k], s.mean, s.std, s.z), k)
+        return out
+
     def _tap(self, rows, k: int) -> None:
         """Tell the page's taps a batch was applied (streamer/web/tap.py; only called while a page views a series);
         rows() gives its (ids, values, times, idx, mean, std, z) when a tap records it."""
         self.taps.observe(self.session.name if self.session is not None else "", self.state, self.params, rows, k)
 
-    def _publish(self, ids, values, times, idx, mean, std, z) -> None:
-        """Hand the batch's outliers to Watch (only called when someone watches)."""
+    def _publish(self, ids, values, times, idx, mean, std, z, rule: list[str] | None = None) -> None:
+        """Hand the batch's outliers to Watch (only called when someone watches); `rule`: each one's rule."""
         session = self.session.name if self.session is not None else ""
         self.watch.publish(watch.flagged(self.state.table.name, ids, values, times, idx, mean, std, z,
-                                         watch.ORIGIN_STREAM, session, self.tenant))
+                                         watch.ORIGIN_STREAM, session, self.tenant, rule))
 
     def _source(self) -> str:
         """Where this stream's episodes come from, as sinks and Watch name it."""
         return f"session {self._session_name}" if self._session_name else "stream"
 
-    def _announce(self, ev, stats, ids, values, times) -> None:
+    def _announce(self, ev, stats, ids, values, times, rule: list[str] | None = None) -> None:
         self.on_episodes(episodes.events(ev, stats, ids, values, times, self.state.table, self._source(),
-                                         self._session_name, tenant=self.tenant))
+                                         self._session_name, tenant=self.tenant, rule=rule))
 
     @staticmethod
     def _intern_staged(state: SeriesState, cols: Columns, now: float, where: str) -> np.ndarray:
@@ -450,8 +496,25 @@ class StreamDetector:
             state.reserve(state.table.slots)
             return ids
 
+    def _use(self, settings: series_rules.Settings, options: Options | None, where: str) -> Params:
+        """Resolve the stream's options with `settings` (its defaults, and each rule's), give the state the
+        arrays they need, and keep them: the next batches are judged with them. The Params without a rule."""
+        params = resolve(options, settings.defaults, where)
+        ruled = None
+        if settings.rules:
+            ruled = [resolve(options, rule.defaults(settings.defaults), where) for rule in settings.rules.rules]
+            ruled.append(params)
+        if self.state is not None:
+            with self.session.lock if self.session is not None else contextlib.nullcontext():
+                self.state.ttl = params.series_ttl
+                for p in ruled or (params,):
+                    p.use(self.state)
+        self._settings, self.params, self._ruled = settings, params, ruled
+        return params
+
     def _start(self, cols: fused.Head, where: str) -> None:
-        params = resolve(cols.options, self.defaults, where)
+        settings = self.live.current
+        params = resolve(cols.options, settings.defaults, where)
         if len(cols.session.encode()) > MAX_NAME_BYTES:
             raise InvalidArgument(f"{where}: session name is {len(cols.session.encode())} bytes, over the "
                                   f"limit of {MAX_NAME_BYTES} bytes")
@@ -470,11 +533,12 @@ class StreamDetector:
             self.state = SeriesState(params.mode, self.defaults.max_series, ttl=params.series_ttl,
                                      budget=self.sessions.budget)
             params.use(self.state)
-        self.options, self.params, self._session_name = cols.options, params, cols.session
+        self.options, self._session_name = cols.options, cols.session
+        self._use(settings, cols.options, where)
         self._made_session = self.session is not None and len(self.state.table) == 0
 
     def _check_same(self, cols: fused.Head, where: str) -> None:
-        if cols.options is not None and resolve(cols.options, self.defaults, where) != self.params:
+        if cols.options is not None and resolve(cols.options, self._settings.defaults, where) != self.params:
             raise InvalidArgument(f"{where}: options differ from the stream's first request ({self.options}); "
                                   f"a stream keeps one set of options, open a new stream to change them")
         if cols.session and cols.session != self._session_name:

@@ -21,15 +21,17 @@ _KINDS = {rules.EPISODE_OPENED: OPENED, rules.EPISODE_UPDATED: UPDATED, rules.EP
 
 def events(ev: np.ndarray, stats: np.ndarray, ids: np.ndarray, values: np.ndarray, times: np.ndarray,
            table: SeriesTable, source: str, session: str = "", origin: int = 1,
-           attributes: Callable[[str], tuple] | None = None, tenant: str = "") -> list[EpisodeEvent]:
+           attributes: Callable[[str], tuple] | None = None, tenant: str = "",
+           rule: list[str] | None = None) -> list[EpisodeEvent]:
     """The episode changes a batch made (rules.stream_update's ev and ev_stats rows) as events. An episode's id
     is a hash of its source, series and start, so it is the same after a restart; its events are numbered by
     its count of flagged values (opened 0, updated count - 1, resolved count), so each id is unique and a
     batch replayed after a restart gives the same ids, which receivers drop. `attributes(series)` gives an
-    OTLP series' attributes (for Alertmanager's labels)."""
+    OTLP series' attributes (for Alertmanager's labels); rule[j]: the rule that judged change j (None: none)."""
     out = []
     now = time.time_ns()
-    for (row, kind, start, count), (peak_z, peak_value, mu, std, z) in zip(ev.tolist(), stats.tolist()):
+    for j, ((row, kind, start, count), (peak_z, peak_value, mu, std, z)) in enumerate(zip(ev.tolist(),
+                                                                                          stats.tolist())):
         series = table.name(int(ids[row])).decode("utf-8", "replace")
         episode = hashlib.blake2b(f"{source}\0{series}\0{start}".encode(), digest_size=8).hexdigest()
         seq = 0 if kind == rules.EPISODE_OPENED else count - 1 if kind == rules.EPISODE_UPDATED else count
@@ -37,7 +39,7 @@ def events(ev: np.ndarray, stats: np.ndarray, ids: np.ndarray, values: np.ndarra
                                 float(values[row]), mu, std, z, peak_value, peak_z,
                                 ended_ns=int(times[row]) or now if kind == rules.EPISODE_RESOLVED else 0,
                                 attributes=attributes(series) if attributes else (), session=session,
-                                origin=origin, tenant=tenant))
+                                origin=origin, tenant=tenant, rule=rule[j] if rule is not None else ""))
     return out
 
 

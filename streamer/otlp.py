@@ -19,8 +19,8 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as otlp_service
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
-from streamer import episodes, expiry, rates, rules, tenants
-from streamer.detector import MAX_NAME_BYTES, Params
+from streamer import episodes, expiry, rates, rules, series_rules, tenants
+from streamer.detector import MAX_NAME_BYTES, Params, resolve
 from streamer.errors import InvalidArgument, Unavailable
 from streamer.series import SeriesLimitError, lazy_zeros
 from streamer.state import MODE_EXPONENTIAL, SeriesState, SessionError, SessionRegistry
@@ -149,9 +149,17 @@ class OtlpIngest:
     def __init__(self, sessions: SessionRegistry, params: Params, max_series: int,
                  resource_attributes: tuple[str, ...] = DEFAULT_RESOURCE_ATTRIBUTES, hub=None,
                  on_batch: Callable[[int, int], None] = lambda metrics, outliers: None,
-                 on_episodes: Callable[[list], None] = lambda events: None):
+                 on_episodes: Callable[[list], None] = lambda events: None,
+                 live: series_rules.Live | None = None):
         self.sessions = sessions
         self.params = params
+        # the server's settings a reload replaces: with them, params (and each rule's) follow the live settings
+        self.live = live
+        # (settings, params, each rule's Params then params or None, series key -> rule index): replaced whole,
+        # so an export on another thread reads one consistent set
+        self._judging = (live.current if live is not None else None, params, None, {})
+        if live is not None:
+            self._use(live.current)
         self.max_series = max_series
         self.resource_attributes = tuple(resource_attributes)
         self.hub = hub
@@ -161,8 +169,27 @@ class OtlpIngest:
         self._keys: dict = {}  # (session, metric, attribute bytes) -> series key; see _key_cache
         self.options = ", ".join(f"{f.name}={getattr(params, f.name)}" for f in dataclasses.fields(params))
 
+    def _use(self, settings: series_rules.Settings) -> None:
+        """Judge the next exports with `settings`: the --otlp-* options over its defaults; for a series a rule
+        matches, the rule's keys win over both (they are the most specific)."""
+        where = "--otlp-* options"
+        options = settings.otlp_options
+        base = resolve(options, settings.defaults, where) if options is not None else self.params
+        ruled = None
+        if settings.rules:
+            ruled = []
+            for rule in settings.rules.rules:
+                set_here = {k for k, _ in rule.values} & {"threshold", "warmup", "alpha"}
+                mine = dataclasses.replace(options, **{k: 0 for k in set_here}) if options is not None else None
+                ruled.append(resolve(mine, rule.defaults(settings.defaults), where))
+            ruled.append(base)
+        self.params, self._judging = base, (settings, base, ruled, {})
+        self.options = ", ".join(f"{f.name}={getattr(base, f.name)}" for f in dataclasses.fields(base))
+
     def export(self, request: bytes, tenant: str = "") -> bytes:
         """`tenant`: the caller's (streamer/tenants.py): its sources are sessions of their own, otlp@TENANT:{...}."""
+        if self.live is not None and self.live.current is not self._judging[0]:  # a reload
+            self._use(self.live.current)
         try:
             req = otlp_service.ExportMetricsServiceRequest.FromString(request)
         except DecodeError as exc:
@@ -350,9 +377,12 @@ class OtlpIngest:
                      state.last_start, judged)
         n = len(ids)
         idx, mean, std, z, tail = (np.empty(n, dtype=np.int32), np.empty(n), np.empty(n), np.empty(n), np.empty(n))
-        p = self.params
+        settings, p, ruled, key_rule = self._judging
         r = p.rules()
-        p.use(state)  # the arrays of the rules the options turn on (episodes too)
+        for q in ruled or (p,):
+            q.use(state)  # the arrays of the rules the options turn on (episodes too)
+        if ruled is not None:
+            return self._apply_ruled(state, res, rows, ids, judged, times, settings.rules, ruled, key_rule, tenant)
         if r.resolve_after:
             ev, ev_stats, ev_n = np.empty((n, 4), dtype=np.int64), np.empty((n, 5)), np.zeros(1, dtype=np.int64)
             kept = (times, time.time_ns(), state.ep_run, state.ep_start, state.ep_count, state.ep_peak_z,
@@ -375,6 +405,36 @@ class OtlpIngest:
         if not k or self.hub is None or not self.hub.outliers_active:
             return []
         return flagged(state.table.name, ids, judged, times, idx[:k], mean, std, z, ORIGIN_OTLP, res.session, tenant)
+
+    def _apply_ruled(self, state: OtlpState, res: _Resource, rows: np.ndarray, ids: np.ndarray,
+                     judged: np.ndarray, times: np.ndarray, ruleset: series_rules.RuleSet, ruled: list[Params],
+                     cache: dict[str, int], tenant: str = "") -> list:
+        """_apply's judging with rules: each point under its series' rule (series_rules.judge)."""
+        if len(cache) > KEY_CACHE:
+            cache.clear()
+        rule_of = np.empty(len(ids), dtype=np.int64)
+        for j, i in enumerate(rows.tolist()):
+            key = res.keys[i]
+            g = cache.get(key)
+            if g is None:
+                g = cache[key] = ruleset.index(key)
+            rule_of[j] = g
+        n = len(ids)
+        idx, mean, std, z, tail = (np.empty(n, dtype=np.int32), np.empty(n), np.empty(n), np.empty(n), np.zeros(n))
+        ev, ev_stats, ev_n = np.empty((n, 4), dtype=np.int64), np.empty((n, 5)), np.zeros(1, dtype=np.int64)
+        k, rule_out, rule_ev = series_rules.judge(state, ruled, rule_of, ids, judged, times, time.time_ns(),
+                                                  idx, mean, std, z, tail, ev, ev_stats, ev_n)
+        self.on_batch(n, k)
+        names = ruleset.names
+        e = int(ev_n[0])
+        if e:
+            self.on_episodes(episodes.events(ev[:e], ev_stats[:e], ids, judged, times, state.table, res.session,
+                                             res.session, ORIGIN_OTLP, attributes_of, tenant,
+                                             rule=[names[g] for g in rule_ev.tolist()]))
+        if not k or self.hub is None or not self.hub.active:
+            return []
+        return flagged(state.table.name, ids, judged, times, idx[:k], mean, std, z, ORIGIN_OTLP, res.session, tenant,
+                       [names[g] for g in rule_out.tolist()])
 
 
 def _intern_within_limit(table, buf: bytes, starts: np.ndarray, lengths: np.ndarray, room: int | None = None):

@@ -33,6 +33,7 @@ from streamer.sinks import RELEASED, SinkConfig, Sinks
 from streamer.sinks.http import SinkMetrics
 from streamer.state import SeriesBudget, SessionRegistry
 from streamer.store import StoreError, open_store
+from streamer.series_rules import NO_RULES, Live, RuleSet, Settings
 from streamer.watch import Hub
 from streamer.wire import Options
 
@@ -75,6 +76,10 @@ class Config:
     otlp_options: Options = Options()  # --otlp-threshold, ...: how OTLP points are judged; zero: `defaults`
     http_port: int = 9470  # the page and its API (streamer/web/) on --host; 0: not served
     http_max_upload_mb: float = 32.0  # the page's backtest upload limit (413 above it)
+    rules: RuleSet = NO_RULES  # the config file's [[rules]]: option sets by series key (series_rules.py)
+    # where reload() reads the configuration again (streamer/reload.py ConfigSource: the command line, the
+    # environment and the --config file); None: a server made in code, which has nothing to re-read
+    source: object = dataclasses.field(default=None, compare=False, repr=False)
     tenants: object = None  # streamer.tenants.Tenants from the config file's [tenants] (needs tls_client_ca)
 
     @property
@@ -175,6 +180,14 @@ class StreamerServer:
         self.otlp_port: int | None = None
         self.page = None  # streamer/web/pageserver.PageServer when --http-port is set
         self.http_port: int | None = None
+        # What reload() replaces for detection: the defaults, the rules and the OTLP options (series_rules.Live),
+        # read by each stream at its next batch and by each export.
+        self.live = Live(Settings(0, self.defaults, config.rules, config.otlp_options))
+        self.tls: tls.ReloadableCredentials | None = None  # the gRPC ports' certificates (reload replaces them)
+        self.throttle: Throttle | None = None
+        # With --workers N (workers.py): called after a reload() that applied, to make every other worker reload
+        self.peers_reload: Callable[[], None] | None = None
+        self._reloading = threading.Lock()  # one reload at a time (SIGHUP and the admin call may overlap)
 
     async def start(self, stop: asyncio.Event | None = None) -> int | None:
         """Bind, open the store, compile the kernels, start serving; the port, or None if `stop` was set during
@@ -183,8 +196,9 @@ class StreamerServer:
         credentials = None
         if self.config.tls_cert:  # read and checked first: a wrong file fails at once, in one line
             try:
-                credentials = tls.server_credentials(self.config.tls_cert, self.config.tls_key,
+                self.tls = tls.ReloadableCredentials(self.config.tls_cert, self.config.tls_key,
                                                      self.config.tls_client_ca)
+                credentials = self.tls.credentials
             except tls.TLSError as exc:
                 raise OSError(f"tls: {exc}") from None
         if self.config.tenants is not None and not self.config.tls_client_ca:
@@ -247,7 +261,7 @@ class StreamerServer:
         params = detector.resolve(self.config.otlp_options, self.config.defaults, "--otlp-* options")
         bus = self.bus if self.bus is not None else open_bus(self.config.store, self.sessions.owner)
         hub = Hub(bus)
-        throttle = Throttle(self.config.episode_update_seconds)
+        throttle = self.throttle = Throttle(self.config.episode_update_seconds)
 
         def on_episodes(events) -> None:  # from a batch or an export: announce, never wait
             events = throttle(events)
@@ -260,10 +274,10 @@ class StreamerServer:
         ingest = otlp.OtlpIngest(self.sessions, params, self.config.defaults.max_series,
                                  self.config.otlp_resource_attributes, hub,
                                  self.metrics.batch_counter("Export") if self.metrics else detector.uncounted,
-                                 on_episodes)
+                                 on_episodes, live=self.live)
 
         self.service = OutliersService(self.defaults, self.sessions, self.metrics, hub, ingest, on_episodes,
-                                       self.config.tenants)
+                                       self.config.tenants, live=self.live)
         server.add_generic_rpc_handlers(self.service.handlers())
         # the admin API; Reload calls this server's reload() where the build has one (issue 22, part 3)
         admin.AdminService(self.sessions, self.service.caller, getattr(self, "reload", None)).add_to(server)
@@ -368,6 +382,23 @@ class StreamerServer:
             log.info("loaded the kernels from numba's cache in %.1f s", seconds)
         return True
 
+    async def reload(self) -> str:
+        """Read the configuration again (the --config file, the environment and the command line, which still
+        wins) and apply what changed: rules, detection defaults, the OTLP options, sinks, log level, TLS
+        certificate files. A one-line summary of what changed; ConfigError (logged, nothing applied) when the
+        file is refused or a key that cannot change live (port, store, workers, ...) changed. Series keep their
+        state; streams take the new settings at their next batch. With --workers N every worker reloads."""
+        summary = await asyncio.to_thread(self._reload)
+        if self.peers_reload is not None:
+            self.peers_reload()
+        return summary
+
+    def _reload(self) -> str:
+        """reload() for this process only (a thread: it reads files); streamer/reload.py does it."""
+        from streamer.reload import reload_server
+        with self._reloading:
+            return reload_server(self)
+
     @staticmethod
     async def _every(seconds: float, work: Callable[[], object]) -> None:
         """Run `work` (quick: it only queues store jobs) every `seconds` until cancelled; a failure is logged
@@ -420,14 +451,23 @@ class StreamerServer:
             self._metrics_http = None
 
 
-async def serve(config: Config, on_ready: Callable[[], object] | None = None, bus=None) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully. A worker of `--workers N` (streamer/workers.py)
-    passes `on_ready`, called once it answers, and logs "serving on" (the parent says "ready" for all)."""
+async def serve(config: Config, on_ready: Callable[[], object] | None = None, bus=None,
+                peers_reload: Callable[[], None] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully; reload on SIGHUP. A worker of `--workers N`
+    (streamer/workers.py) passes `on_ready`, called once it answers, and logs "serving on" (the parent says
+    "ready" for all), and `peers_reload`, which makes the other workers reload after a reload() call."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before start: a signal during the compile stops cleanly too
         loop.add_signal_handler(sig, stop.set)
     server = StreamerServer(config, bus=bus)
+    server.peers_reload = peers_reload
+
+    def hangup() -> None:  # SIGHUP: reload this process (a worker's parent sends it to every worker)
+        task = asyncio.ensure_future(asyncio.to_thread(server._reload))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # refusals are logged by _reload
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
     port = await server.start(stop)
     if port is None:
         log.info("stopped by a signal during the compile, before serving")

@@ -81,8 +81,9 @@ class OutliersService:
 
     def __init__(self, defaults: detector.Defaults, sessions: SessionRegistry, metrics: Metrics | None = None,
                  hub: Hub | None = None, ingest: otlp.OtlpIngest | None = None,
-                 on_episodes=detector.unannounced, tenancy: tenants.Tenants | None = None):
-        self.defaults = defaults
+                 on_episodes=detector.unannounced, tenancy: tenants.Tenants | None = None, live=None):
+        self.defaults = defaults  # the limits; the detection defaults a reload changes are live's
+        self.live = live  # series_rules.Live: the server's current defaults and rules (None: `defaults` always)
         self.tenancy = tenancy  # [tenants] of the config file; None: one tenant, every client in it
         self.sessions = sessions
         self.metrics = metrics
@@ -140,7 +141,8 @@ class OutliersService:
         try:
             if self.tenancy is not None:
                 self._tenant(context)
-            return await _run(lambda r: detector.detect(r, self.defaults, self._count_detect), request)
+            defaults = self.live.current.defaults if self.live is not None else self.defaults
+            return await _run(lambda r: detector.detect(r, defaults, self._count_detect), request)
         except DetectError as exc:
             self._rejected("Detect", exc, context, started)
             return b""  # discarded: grpc sends the status set above
@@ -148,7 +150,8 @@ class OutliersService:
     async def DetectStream(self, requests: AsyncIterator[bytes],
                            context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         started = time.perf_counter()
-        stream = detector.StreamDetector(self.defaults, self.sessions, self._count_stream, self.on_episodes)
+        stream = detector.StreamDetector(self.defaults, self.sessions, self._count_stream, self.on_episodes,
+                                         live=self.live)
         stream.watch = self.hub
         stream.taps = self.taps
         me = _Stream(asyncio.current_task(), stream)

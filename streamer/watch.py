@@ -36,10 +36,11 @@ class Event(NamedTuple):
     origin: int
     session: str
     tenant: str = ""  # whose stream or OTLP source found it: Watch is scoped by it (streamer/tenants.py)
+    rule: str = ""  # the config file's rule that judged it ("": none matched, the server's defaults)
 
     def message(self) -> pb.WatchEvent:
         o = pb.OutlierEvent(series=self.series, value=self.value, mean=self.mean, stddev=self.stddev,
-                            zscore=self.zscore, origin=self.origin, session=self.session)
+                            zscore=self.zscore, origin=self.origin, session=self.session, rule=self.rule)
         o.time.seconds, o.time.nanos = divmod(int(self.time_ns), 1_000_000_000)
         return pb.WatchEvent(outlier=o)
 
@@ -55,7 +56,7 @@ def _stamp(ts, ns: int) -> None:
 def episode_message(e: EpisodeEvent) -> pb.WatchEvent:
     """An episode event (streamer/sinks/episode.py) as Watch sends it."""
     m = pb.EpisodeEvent(kind=_EPISODE_KINDS[e.kind], id=e.id, episode=e.episode, series=e.series, source=e.source,
-                        session=e.session, origin=e.origin, count=e.count, value=e.value, mean=e.mean,
+                        session=e.session, origin=e.origin, rule=e.rule, count=e.count, value=e.value, mean=e.mean,
                         stddev=e.stddev, zscore=e.zscore, peak_value=e.peak_value, peak_zscore=e.peak_zscore)
     _stamp(m.started, e.started_ns)
     if e.ended_ns:
@@ -63,17 +64,21 @@ def episode_message(e: EpisodeEvent) -> pb.WatchEvent:
     return pb.WatchEvent(episode=m)
 
 
-def flagged(names, ids, values, times, idx, mean, std, z, origin: int, session: str, tenant: str = "") -> list[Event]:
+def flagged(names, ids, values, times, idx, mean, std, z, origin: int, session: str, tenant: str = "",
+            rule: list[str] | None = None) -> list[Event]:
     """Events of the flagged rows idx[:k] of a batch (the kernels' outputs mean/std/z are per flagged row);
-    `names(slot)` gives a series' key as bytes; a time of 0 becomes now."""
+    `names(slot)` gives a series' key as bytes; a time of 0 becomes now; rule[j]: outlier j's rule (None: none)."""
     now = time.time_ns()
     rows = np.asarray(idx)
     slots = np.asarray(ids)[rows].tolist()
     ts = np.asarray(times)[rows].tolist()
     vs = np.asarray(values)[rows].tolist()
-    return [Event(names(s).decode("utf-8", "replace"), v, t or now, m, d, zz, origin, session, tenant)
-            for s, v, t, m, d, zz in zip(slots, vs, ts, np.asarray(mean)[:len(rows)].tolist(),
-                                         np.asarray(std)[:len(rows)].tolist(), np.asarray(z)[:len(rows)].tolist())]
+    out = [Event(names(s).decode("utf-8", "replace"), v, t or now, m, d, zz, origin, session, tenant)
+           for s, v, t, m, d, zz in zip(slots, vs, ts, np.asarray(mean)[:len(rows)].tolist(),
+                                        np.asarray(std)[:len(rows)].tolist(), np.asarray(z)[:len(rows)].tolist())]
+    if rule is not None:
+        out = [e._replace(rule=r) for e, r in zip(out, rule)]
+    return out
 
 
 class _Dropped:

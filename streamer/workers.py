@@ -112,6 +112,7 @@ class Supervisor:
                     os.close(fd)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until serve() reloads on it (default: exit)
                 for handler in logging.getLogger().handlers:
                     handler.addFilter(_Prefix(f"worker {i}: "))
                 config = dataclasses.replace(self.config, metrics_port=self.config.metrics_port + i
@@ -120,7 +121,10 @@ class Supervisor:
                                              http_port=self.config.http_port + i if self.config.http_port else 0)
                 from streamer.bus import WorkerBus
                 bus = WorkerBus(i, self.n, self.bus_dir, self.bus_page) if self.bus_dir else None
-                asyncio.run(serve(config, on_ready=lambda: os.write(w, b"r"), bus=bus))
+                # A reload() called in this worker (the admin API) applies here, then asks the parent to pass
+                # SIGHUP to every worker: they all read the file again (this one finds nothing more changed).
+                asyncio.run(serve(config, on_ready=lambda: os.write(w, b"r"), bus=bus,
+                                  peers_reload=lambda: os.kill(parent, signal.SIGHUP)))
                 code = 0
             except OSError as exc:
                 log.error("streamer serve: %s", exc)
@@ -156,6 +160,32 @@ class Supervisor:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+
+    def _hangup(self, signum, frame) -> None:
+        """SIGHUP (from outside, or from a worker whose reload() applied): every worker reloads."""
+        log.info("reloading: passing SIGHUP to %d worker(s)", len(self.pids))
+        self._reread()
+        for pid in self.pids:
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass
+
+    def _reread(self) -> None:
+        """Take what a reload applies into the config later workers are forked with (one replacing a worker that
+        died must not start with the old rules). A refused file changes nothing: the workers log why."""
+        from streamer.config_file import ConfigError
+        from streamer.reload import applied, refused
+        source = self.config.source
+        if source is None:
+            return
+        try:
+            args, new = source.read()
+        except ConfigError:
+            return
+        if not refused(source.changes(args)):
+            self.config = applied(self.config, new)
+            source.args, source.config = args, new
 
     def _reap(self) -> None:
         """Collect exited workers; replace them unless stopping (or dying in a loop)."""
@@ -195,6 +225,7 @@ class Supervisor:
         self.failed, self.up = False, False
         signal.signal(signal.SIGTERM, self._signal)
         signal.signal(signal.SIGINT, self._signal)
+        signal.signal(signal.SIGHUP, self._hangup)
         self._wait_ready([self._spawn(0)], None)  # it compiles into numba's cache; the others load from it
         if not self.stopping and self.pids:
             self._wait_ready([self._spawn(i) for i in range(1, self.n)], None)

@@ -106,14 +106,17 @@ def stub(channel):
 
 class CliServer:
     """`python -m streamer serve` as a subprocess, on a free port; stderr is collected in `log`. `env` is added
-    to the environment."""
+    to the environment; `omit` names flags of the harness's own left out (a test whose config file sets them: a
+    flag would win over the file)."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None):
+    def __init__(self, *args: str, env: dict[str, str] | None = None, omit: tuple[str, ...] = ()):
+        harness = ["--host", "127.0.0.1", "--port", "0", "--store", "memory://", "--metrics-port", "0",
+                   "--otlp-port", "0", "--http-port", "0"]
+        harness = [x for flag, value in zip(harness[::2], harness[1::2]) if flag not in omit for x in (flag, value)]
         self.proc = subprocess.Popen(
             # an in-memory store and no metrics port unless the test names them (a later flag wins): no test shares
             # state or a port
-            [sys.executable, "-m", "streamer", "serve", "--host", "127.0.0.1", "--port", "0", "--store", "memory://",
-             "--metrics-port", "0", "--otlp-port", "0", "--http-port", "0", *args],
+            [sys.executable, "-m", "streamer", "serve", *harness, *args],
             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         self.log: list[str] = []
         deadline = time.monotonic() + 120
@@ -149,8 +152,8 @@ class CliServer:
 def cli_server():
     servers = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> CliServer:
-        s = CliServer(*args, env=env)
+    def start(*args: str, env: dict[str, str] | None = None, omit: tuple[str, ...] = ()) -> CliServer:
+        s = CliServer(*args, env=env, omit=omit)
         servers.append(s)
         return s
 

@@ -99,3 +99,18 @@ def test_a_real_server_runs_with_its_file_and_flags_win(tmp_path, cli_server):
         assert client.detect(values=[1.0, 1.0, 1.0, 3.0], name="x").indices == [3]
     assert server.terminate() == 0
     assert server.log[0].startswith("{")  # log_format from the file
+
+
+def test_the_readme_example_file_checks_and_its_rules_read_back(tmp_path, capsys):
+    import pathlib
+    import re
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    example = re.search(r"```toml\n(# /etc/streamer/streamer.toml\n.*?)```", readme, flags=re.S).group(1)
+    assert "[[rules]]" in example
+    assert cli.main(["config", "check", write(tmp_path, example)], environ={}) == 0
+    out = capsys.readouterr().out
+    assert "# 2 rule(s), first match wins" in out and 'name = "latency"\nmatch = "*_latency_*"\n' in out
+    rules = config_file.load(write(tmp_path, example), cli._parser().serve)["rules"]
+    assert config_file.load(write(tmp_path, out), cli._parser().serve)["rules"] == rules
+    assert [r.name for r in rules.rules] == ["latency", "http-counters"]
+    assert rules.rules[1].values == (("min_deviation", 50.0), ("direction", 2), ("threshold", 4.0))

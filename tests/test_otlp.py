@@ -277,3 +277,23 @@ def test_rates_kernel_matches_its_naive_twin(seed):
                                                                     for x in want]
     for s, (v, c, t, st) in memory.items():
         assert (last[0][s], last[1][s], last[2][s], last[3][s]) == (v, c, t, st)
+
+
+def test_a_rule_judges_the_otlp_series_it_matches_and_names_itself(make_server):
+    from streamer.series_rules import Rule, RuleSet
+    rules = RuleSet((Rule("rooms", prefix="room.", values=(("threshold", 1.5),)),))  # wins over --otlp-threshold
+    server = make_server(otlp_options=Options(warmup=5, threshold=4.0), rules=rules)
+    w = Watcher(server.addr)
+    try:
+        with grpc.insecure_channel(server.addr) as ch:
+            call = ch.unary_unary(EXPORT, request_serializer=svc.ExportMetricsServiceRequest.SerializeToString,
+                                  response_deserializer=svc.ExportMetricsServiceResponse.FromString)
+            for i in range(11):  # mean 50, stddev 1; then 52.5: z 2.5 (about: the 11th value moves them)
+                x = 52.5 if i == 10 else 50.0 + (1 if i % 2 else -1)
+                call(request(gauge("room.temp", x, i), gauge("cpu.load", x, i), service="ruled"), timeout=30)
+        marker(server.addr)
+        events = w.until(lambda ev: any(e.outlier.series == "zz.marker" for e in ev))
+    finally:
+        w.close()
+    got = [(o.series.split("{")[0], o.rule) for o in outliers(events)]
+    assert got == [("room.temp", "rooms")]  # cpu.load matches no rule: --otlp-threshold 4 leaves it normal

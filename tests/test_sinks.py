@@ -41,6 +41,8 @@ def test_label_names_are_sanitized_and_a_collision_keeps_the_first():
     lab, collisions = labels(event(attributes=(("host.name", "a"), ("host_name", "b"), ("series", "x"))))
     assert lab == {"alertname": "StreamerOutlier", "series": "latency_ms", "source": "session checkout",
                    "host_name": "a"} and collisions == 2
+    lab, _ = labels(event(rule="latency", attributes=(("rule", "x"),)))  # the config file's rule that judged it
+    assert lab["rule"] == "latency" and event(rule="latency").as_json()["rule"] == "latency"
 
 
 def test_an_episode_fires_in_alertmanager_and_resolves(receiver):
@@ -136,7 +138,7 @@ def test_a_webhook_that_fails_its_first_posts_gets_every_event_once_in_order():
         assert first == {"id": "e0-0", "kind": "opened", "episode": "e0", "series": "s0",
                          "source": "session checkout", "started": "2025-12-01T12:00:00.000000Z", "ended": None,
                          "count": 1, "value": 50.0, "mean": 10.0, "stddev": 2.0, "zscore": 6.0,
-                         "peak_value": 50.0, "peak_zscore": 6.0, "attributes": {}}
+                         "peak_value": 50.0, "peak_zscore": 6.0, "attributes": {}, "rule": ""}
     finally:
         sink.close()
         hook.close()

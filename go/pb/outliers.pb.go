@@ -679,8 +679,11 @@ type Outlier struct {
 	// SCORE_LIKELIHOOD: the tail probability that flagged the value (below likelihood_threshold); the paper's
 	// "anomaly likelihood" is 1 minus it. 0 (absent) with SCORE_ZSCORE.
 	TailProbability float64 `protobuf:"fixed64,7,opt,name=tail_probability,json=tailProbability,proto3" json:"tail_probability,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// DetectStream: the name of the config file's rule (serve --config, [[rules]]) that judged the value; empty
+	// when no rule matched its series (the server's defaults) or the server has no rules.
+	Rule          string `protobuf:"bytes,8,opt,name=rule,proto3" json:"rule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Outlier) Reset() {
@@ -760,6 +763,13 @@ func (x *Outlier) GetTailProbability() float64 {
 		return x.TailProbability
 	}
 	return 0
+}
+
+func (x *Outlier) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
 }
 
 // The outliers of one batch.
@@ -937,11 +947,13 @@ type OutlierEvent struct {
 	// rate per second of a cumulative or delta sum, or a histogram's mean
 	Time *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"` // the value's time (Metric.time, or the data point's time_unix_nano);
 	// when it has none, the time the server judged it
-	Mean          float64 `protobuf:"fixed64,4,opt,name=mean,proto3" json:"mean,omitempty"`     // the series' mean it was judged against, before the value
-	Stddev        float64 `protobuf:"fixed64,5,opt,name=stddev,proto3" json:"stddev,omitempty"` // the population standard deviation it was judged against
-	Zscore        float64 `protobuf:"fixed64,6,opt,name=zscore,proto3" json:"zscore,omitempty"` // signed (value - mean) / stddev; +-Inf when stddev is 0
-	Origin        Origin  `protobuf:"varint,7,opt,name=origin,proto3,enum=pb.Origin" json:"origin,omitempty"`
-	Session       string  `protobuf:"bytes,8,opt,name=session,proto3" json:"session,omitempty"` // the DetectStream's session ("" if private) or the OTLP resource's
+	Mean    float64 `protobuf:"fixed64,4,opt,name=mean,proto3" json:"mean,omitempty"`     // the series' mean it was judged against, before the value
+	Stddev  float64 `protobuf:"fixed64,5,opt,name=stddev,proto3" json:"stddev,omitempty"` // the population standard deviation it was judged against
+	Zscore  float64 `protobuf:"fixed64,6,opt,name=zscore,proto3" json:"zscore,omitempty"` // signed (value - mean) / stddev; +-Inf when stddev is 0
+	Origin  Origin  `protobuf:"varint,7,opt,name=origin,proto3,enum=pb.Origin" json:"origin,omitempty"`
+	Session string  `protobuf:"bytes,8,opt,name=session,proto3" json:"session,omitempty"` // the DetectStream's session ("" if private) or the OTLP resource's
+	// session: "otlp:" and its identifying attributes, as in series keys
+	Rule          string `protobuf:"bytes,9,opt,name=rule,proto3" json:"rule,omitempty"` // the config file's rule that judged it ("": none matched, the defaults)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1028,6 +1040,13 @@ func (x *OutlierEvent) GetOrigin() Origin {
 func (x *OutlierEvent) GetSession() string {
 	if x != nil {
 		return x.Session
+	}
+	return ""
+}
+
+func (x *OutlierEvent) GetRule() string {
+	if x != nil {
+		return x.Rule
 	}
 	return ""
 }
@@ -1206,6 +1225,7 @@ type EpisodeEvent struct {
 	Zscore        float64                `protobuf:"fixed64,14,opt,name=zscore,proto3" json:"zscore,omitempty"`
 	PeakValue     float64                `protobuf:"fixed64,15,opt,name=peak_value,json=peakValue,proto3" json:"peak_value,omitempty"`    // the flagged value of largest |z| so far
 	PeakZscore    float64                `protobuf:"fixed64,16,opt,name=peak_zscore,json=peakZscore,proto3" json:"peak_zscore,omitempty"` // its |z|
+	Rule          string                 `protobuf:"bytes,17,opt,name=rule,proto3" json:"rule,omitempty"`                                 // the config file's rule that judged the value ("": none matched)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1352,6 +1372,13 @@ func (x *EpisodeEvent) GetPeakZscore() float64 {
 	return 0
 }
 
+func (x *EpisodeEvent) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
+}
+
 var File_outliers_proto protoreflect.FileDescriptor
 
 const file_outliers_proto_rawDesc = "" +
@@ -1399,7 +1426,7 @@ const file_outliers_proto_rawDesc = "" +
 	".pb.MetricR\ametrics\x12+\n" +
 	"\aoptions\x18\x02 \x01(\v2\x11.pb.DetectOptionsR\aoptions\x12\x18\n" +
 	"\asession\x18\x03 \x01(\tR\asession\x12\x10\n" +
-	"\x03seq\x18\x04 \x01(\x04R\x03seq\"\xb8\x01\n" +
+	"\x03seq\x18\x04 \x01(\x04R\x03seq\"\xcc\x01\n" +
 	"\aOutlier\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x05R\x05index\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
@@ -1407,7 +1434,8 @@ const file_outliers_proto_rawDesc = "" +
 	"\x04mean\x18\x04 \x01(\x01R\x04mean\x12\x16\n" +
 	"\x06stddev\x18\x05 \x01(\x01R\x06stddev\x12\x16\n" +
 	"\x06zscore\x18\x06 \x01(\x01R\x06zscore\x12)\n" +
-	"\x10tail_probability\x18\a \x01(\x01R\x0ftailProbability\"\x87\x02\n" +
+	"\x10tail_probability\x18\a \x01(\x01R\x0ftailProbability\x12\x12\n" +
+	"\x04rule\x18\b \x01(\tR\x04rule\"\x87\x02\n" +
 	"\x10OutliersResponse\x12\x18\n" +
 	"\aindices\x18\x01 \x03(\x05R\aindices\x12'\n" +
 	"\boutliers\x18\x02 \x03(\v2\v.pb.OutlierR\boutliers\x12\x14\n" +
@@ -1422,7 +1450,7 @@ const file_outliers_proto_rawDesc = "" +
 	"\fWatchRequest\x12\x18\n" +
 	"\asession\x18\x01 \x01(\tR\asession\x12\x16\n" +
 	"\x06prefix\x18\x02 \x01(\tR\x06prefix\x12$\n" +
-	"\x05kinds\x18\x03 \x01(\x0e2\x0e.pb.WatchKindsR\x05kinds\"\xee\x01\n" +
+	"\x05kinds\x18\x03 \x01(\x0e2\x0e.pb.WatchKindsR\x05kinds\"\x82\x02\n" +
 	"\fOutlierEvent\x12\x16\n" +
 	"\x06series\x18\x01 \x01(\tR\x06series\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value\x12.\n" +
@@ -1432,7 +1460,8 @@ const file_outliers_proto_rawDesc = "" +
 	"\x06zscore\x18\x06 \x01(\x01R\x06zscore\x12\"\n" +
 	"\x06origin\x18\a \x01(\x0e2\n" +
 	".pb.OriginR\x06origin\x12\x18\n" +
-	"\asession\x18\b \x01(\tR\asession\"5\n" +
+	"\asession\x18\b \x01(\tR\asession\x12\x12\n" +
+	"\x04rule\x18\t \x01(\tR\x04rule\"5\n" +
 	"\aDropped\x12\x14\n" +
 	"\x05count\x18\x01 \x01(\x04R\x05count\x12\x14\n" +
 	"\x05total\x18\x02 \x01(\x04R\x05total\"\x9a\x01\n" +
@@ -1441,7 +1470,7 @@ const file_outliers_proto_rawDesc = "" +
 	"\aoutlier\x18\x01 \x01(\v2\x10.pb.OutlierEventH\x00R\aoutlier\x12'\n" +
 	"\adropped\x18\x02 \x01(\v2\v.pb.DroppedH\x00R\adropped\x12,\n" +
 	"\aepisode\x18\x03 \x01(\v2\x10.pb.EpisodeEventH\x00R\aepisodeB\a\n" +
-	"\x05event\"\xae\x04\n" +
+	"\x05event\"\xc2\x04\n" +
 	"\fEpisodeEvent\x12)\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x15.pb.EpisodeEvent.KindR\x04kind\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x18\n" +
@@ -1462,7 +1491,8 @@ const file_outliers_proto_rawDesc = "" +
 	"\n" +
 	"peak_value\x18\x0f \x01(\x01R\tpeakValue\x12\x1f\n" +
 	"\vpeak_zscore\x18\x10 \x01(\x01R\n" +
-	"peakZscore\"C\n" +
+	"peakZscore\x12\x12\n" +
+	"\x04rule\x18\x11 \x01(\tR\x04rule\"C\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +

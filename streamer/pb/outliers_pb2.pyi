@@ -118,7 +118,7 @@ class OutliersRequest(_message.Message):
     def __init__(self, metrics: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., options: _Optional[_Union[DetectOptions, _Mapping]] = ..., session: _Optional[str] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class Outlier(_message.Message):
-    __slots__ = ("index", "name", "value", "mean", "stddev", "zscore", "tail_probability")
+    __slots__ = ("index", "name", "value", "mean", "stddev", "zscore", "tail_probability", "rule")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +126,7 @@ class Outlier(_message.Message):
     STDDEV_FIELD_NUMBER: _ClassVar[int]
     ZSCORE_FIELD_NUMBER: _ClassVar[int]
     TAIL_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
     index: int
     name: str
     value: float
@@ -133,7 +134,8 @@ class Outlier(_message.Message):
     stddev: float
     zscore: float
     tail_probability: float
-    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., value: _Optional[float] = ..., mean: _Optional[float] = ..., stddev: _Optional[float] = ..., zscore: _Optional[float] = ..., tail_probability: _Optional[float] = ...) -> None: ...
+    rule: str
+    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., value: _Optional[float] = ..., mean: _Optional[float] = ..., stddev: _Optional[float] = ..., zscore: _Optional[float] = ..., tail_probability: _Optional[float] = ..., rule: _Optional[str] = ...) -> None: ...
 
 class OutliersResponse(_message.Message):
     __slots__ = ("indices", "outliers", "batch", "duplicate", "applied_seq", "durable_seq", "ephemeral", "forgotten")
@@ -166,7 +168,7 @@ class WatchRequest(_message.Message):
     def __init__(self, session: _Optional[str] = ..., prefix: _Optional[str] = ..., kinds: _Optional[_Union[WatchKinds, str]] = ...) -> None: ...
 
 class OutlierEvent(_message.Message):
-    __slots__ = ("series", "value", "time", "mean", "stddev", "zscore", "origin", "session")
+    __slots__ = ("series", "value", "time", "mean", "stddev", "zscore", "origin", "session", "rule")
     SERIES_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -175,6 +177,7 @@ class OutlierEvent(_message.Message):
     ZSCORE_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
     series: str
     value: float
     time: _timestamp_pb2.Timestamp
@@ -183,7 +186,8 @@ class OutlierEvent(_message.Message):
     zscore: float
     origin: Origin
     session: str
-    def __init__(self, series: _Optional[str] = ..., value: _Optional[float] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., mean: _Optional[float] = ..., stddev: _Optional[float] = ..., zscore: _Optional[float] = ..., origin: _Optional[_Union[Origin, str]] = ..., session: _Optional[str] = ...) -> None: ...
+    rule: str
+    def __init__(self, series: _Optional[str] = ..., value: _Optional[float] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., mean: _Optional[float] = ..., stddev: _Optional[float] = ..., zscore: _Optional[float] = ..., origin: _Optional[_Union[Origin, str]] = ..., session: _Optional[str] = ..., rule: _Optional[str] = ...) -> None: ...
 
 class Dropped(_message.Message):
     __slots__ = ("count", "total")
@@ -204,7 +208,7 @@ class WatchEvent(_message.Message):
     def __init__(self, outlier: _Optional[_Union[OutlierEvent, _Mapping]] = ..., dropped: _Optional[_Union[Dropped, _Mapping]] = ..., episode: _Optional[_Union[EpisodeEvent, _Mapping]] = ...) -> None: ...
 
 class EpisodeEvent(_message.Message):
-    __slots__ = ("kind", "id", "episode", "series", "source", "session", "origin", "started", "ended", "count", "value", "mean", "stddev", "zscore", "peak_value", "peak_zscore")
+    __slots__ = ("kind", "id", "episode", "series", "source", "session", "origin", "started", "ended", "count", "value", "mean", "stddev", "zscore", "peak_value", "peak_zscore", "rule")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[EpisodeEvent.Kind]
@@ -231,6 +235,7 @@ class EpisodeEvent(_message.Message):
     ZSCORE_FIELD_NUMBER: _ClassVar[int]
     PEAK_VALUE_FIELD_NUMBER: _ClassVar[int]
     PEAK_ZSCORE_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
     kind: EpisodeEvent.Kind
     id: str
     episode: str
@@ -247,4 +252,5 @@ class EpisodeEvent(_message.Message):
     zscore: float
     peak_value: float
     peak_zscore: float
-    def __init__(self, kind: _Optional[_Union[EpisodeEvent.Kind, str]] = ..., id: _Optional[str] = ..., episode: _Optional[str] = ..., series: _Optional[str] = ..., source: _Optional[str] = ..., session: _Optional[str] = ..., origin: _Optional[_Union[Origin, str]] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., count: _Optional[int] = ..., value: _Optional[float] = ..., mean: _Optional[float] = ..., stddev: _Optional[float] = ..., zscore: _Optional[float] = ..., peak_value: _Optional[float] = ..., peak_zscore: _Optional[float] = ...) -> None: ...
+    rule: str
+    def __init__(self, kind: _Optional[_Union[EpisodeEvent.Kind, str]] = ..., id: _Optional[str] = ..., episode: _Optional[str] = ..., series: _Optional[str] = ..., source: _Optional[str] = ..., session: _Optional[str] = ..., origin: _Optional[_Union[Origin, str]] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., count: _Optional[int] = ..., value: _Optional[float] = ..., mean: _Optional[float] = ..., stddev: _Optional[float] = ..., zscore: _Optional[float] = ..., peak_value: _Optional[float] = ..., peak_zscore: _Optional[float] = ..., rule: _Optional[str] = ...) -> None: ...

@@ -77,6 +77,7 @@ class Sinks:
 
     def __init__(self, config: SinkConfig, metrics: SinkMetrics | None = None):
         metrics = metrics if metrics is not None else SinkMetrics()
+        self.metrics = metrics  # kept: a reload's new Sinks counts on the same metrics
         self.alertmanagers = [AlertmanagerSink(url, metrics, resend_seconds=config.resend_seconds)
                               for url in config.alertmanagers]
         self.webhooks = [WebhookSink(url, metrics, headers=dict(config.webhook_headers), ca_file=config.webhook_ca)

@@ -40,6 +40,7 @@ class EpisodeEvent:
     session: str = ""  # the session ("" for a private stream; an OTLP resource's session)
     origin: int = 1    # ORIGIN_STREAM (1) or ORIGIN_OTLP (2), as Watch's Origin
     tenant: str = ""   # the tenant whose stream or source it is (Watch is scoped by it; streamer/tenants.py)
+    rule: str = ""     # the config file's rule that judged the value ("": none matched, the server's defaults)
 
     @property
     def id(self) -> str:
@@ -52,7 +53,7 @@ class EpisodeEvent:
                "ended": rfc3339(self.ended_ns) if self.ended_ns else None, "count": self.count,
                "value": _number(self.value), "mean": _number(self.mean), "stddev": _number(self.stddev),
                "zscore": _number(self.zscore), "peak_value": _number(self.peak_value),
-               "peak_zscore": _number(self.peak_zscore), "attributes": dict(self.attributes)}
+               "peak_zscore": _number(self.peak_zscore), "attributes": dict(self.attributes), "rule": self.rule}
         if self.tail_probability is not None:
             out["tail_probability"] = self.tail_probability
         return out
@@ -87,6 +88,8 @@ def labels(event: EpisodeEvent) -> tuple[dict[str, str], int]:
     """The alert's labels, and how many attributes were left out because their sanitized name collided with an
     earlier one (the first keeps it). The fixed labels come first, so an attribute never replaces them."""
     out = {"alertname": "StreamerOutlier", "series": event.series, "source": event.source}
+    if event.rule:  # the rule that judged it (none: the server's defaults, no label)
+        out["rule"] = event.rule
     collisions = 0
     for name, value in event.attributes:
         key = label_name(name)

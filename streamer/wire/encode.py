@@ -222,3 +222,47 @@ def encode_response(batch: int, index: np.ndarray, names: list[bytes], values: n
                     np.asarray(values, dtype=np.float64), np.asarray(mean, dtype=np.float64),
                     np.asarray(std, dtype=np.float64), np.asarray(z, dtype=np.float64),
                     arena, name_off, name_len, np.asarray(tail, dtype=np.float64))
+
+
+def _varint_bytes(x: int) -> bytes:
+    out = bytearray()
+    while x >= 0x80:
+        out.append(x & 0x7F | 0x80)
+        x >>= 7
+    out.append(x)
+    return bytes(out)
+
+
+def with_rules(body: bytes, rules: list[str]) -> bytes:
+    """A response body of batch 0 (packed indices, then the Outliers, as _encode writes them) with Outlier j's
+    `rule` (field 8, its last) set to rules[j]; "" (no rule matched: the server's defaults) writes nothing, as
+    protobuf omits an empty string. Only the stream's rules path calls it (Python, per outlier)."""
+    if not any(rules):
+        return body
+    p, out = 0, bytearray()
+    if body[:1] == b"\x0a":  # the packed indices, copied
+        n, q = _read_varint(body, 1)
+        out += body[:q + n]
+        p = q + n
+    for rule in rules:
+        if body[p] != 0x12:
+            raise ValueError("with_rules: the body has fewer Outliers than rules")
+        n, q = _read_varint(body, p + 1)
+        sub = body[q:q + n]
+        if rule:
+            name = rule.encode()
+            sub += b"\x42" + _varint_bytes(len(name)) + name
+        out += b"\x12" + _varint_bytes(len(sub)) + sub
+        p = q + n
+    return bytes(out) + body[p:]
+
+
+def _read_varint(b: bytes, p: int) -> tuple[int, int]:
+    x = shift = 0
+    while True:
+        c = b[p]
+        x |= (c & 0x7F) << shift
+        p += 1
+        if c < 0x80:
+            return x, p
+        shift += 7
