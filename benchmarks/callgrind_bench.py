@@ -24,15 +24,39 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _inner(sizes: list[int], calls: int, series: int) -> None:
+def _page_cases(calls: int) -> list:
+    """The page's cost (issue 21): DetectStream batches of benchmarks/page_bench.py (1 000 metrics of 100 series,
+    5 spikes a batch) with no taps and with one viewed series (its flagged values and its samples recorded).
+    The taps' clock advances 100 microseconds a batch, about a batch's native time, so a whole batch is sampled
+    as often per batch as at full speed (once in 500 at SAMPLE_SECONDS 0.05), not at valgrind's slower pace."""
+    from benchmarks.page_bench import batches
+    from streamer import detector
+    from streamer.state import SessionRegistry
+    from streamer.web.tap import Taps
+
+    requests = batches("", 60 + calls, 1)
+    cases = []
+    for name in ("no page", "one viewed series"):
+        d = detector.StreamDetector(detector.Defaults(), SessionRegistry(600, 10, 10**6))
+        if name != "no page":
+            ticks = iter(range(10**9))
+            d.taps = Taps(clock=lambda: next(ticks) * 1e-4)
+            d.taps.view("", "s0")
+        for r in requests[:60]:  # past the warmup: spikes are flagged from batch 20
+            d.process(r)
+        cases.append((f"{name} 1000", lambda d=d: [d.process(r) for r in requests[60:]]))
+    return cases
+
+
+def _inner(sizes: list[int], calls: int, series: int, page: bool = False) -> None:
     """Under valgrind: warm up every case, then run each between two getppid() markers."""
     from benchmarks.stage_bench import collector_request
     from streamer import detector
     from streamer.state import SessionRegistry
 
     defaults = detector.Defaults()
-    cases = []
-    for n in sizes:
+    cases = _page_cases(calls) if page else []
+    for n in ([] if page else sizes):
         requests = [collector_request(n, series, seed) for seed in range(2)]
         stream = detector.StreamDetector(defaults, SessionRegistry(60.0, 1, 100_000))
         for r in requests * 2:
@@ -54,11 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--calls", type=int, default=4)
     parser.add_argument("--series", type=int, default=2000)
+    parser.add_argument("--page", action="store_true",
+                        help="instead: DetectStream batches with and without a series viewed on the page")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.inner:
-        _inner(args.sizes, args.calls, args.series)
+        _inner(args.sizes, args.calls, args.series, args.page)
         return 0
     import llvmlite.binding as ll
 
@@ -67,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, PYTHONHASHSEED="0", NUMBA_CPU_NAME=ll.get_host_cpu_name(),
                NUMBA_CPU_FEATURES=ll.get_host_cpu_features().flatten())
     inner = [sys.executable, "-m", "benchmarks.callgrind_bench", "--inner", "--calls", str(args.calls),
-             "--series", str(args.series), "--sizes", *map(str, args.sizes)]
+             "--series", str(args.series), "--sizes", *map(str, args.sizes)] + (["--page"] if args.page else [])
     subprocess.run(inner, check=True, capture_output=True, env=env, cwd=ROOT)  # compiles into numba's cache
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "cg.out")
@@ -86,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     # dump 1 ends at the first marker (start-up and warm-up); dump k + 1 is case k
     figures = {}
     for k, name in enumerate(names):
-        n = int(name.split()[1])
+        n = int(name.rsplit(" ", 1)[1])
         figures[name] = totals[k + 1] / (args.calls * n)
     lines = ["| case | instructions a metric |", "|---|---:|"]
     lines += [f"| {name} | {ir:.1f} |" for name, ir in figures.items()]

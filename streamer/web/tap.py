@@ -3,8 +3,8 @@ against, in a bounded ring per viewed series (nothing is kept for series nobody 
 
 The detector (a stream's batch, an OTLP export) calls `Taps.observe` after each applied batch only while
 `Taps.active` is true (a plain attribute: some page views a series). Values are sampled: at most one batch in
-SAMPLE_SECONDS is recorded whole, each value with the band it was judged against; the page gets every flagged value
-from the Watch hub besides (pageserver.py), which detection publishes anyway while a page is open. The band is read
+SAMPLE_SECONDS is recorded whole, each value with the band it was judged against, and every flagged value of a viewed
+series is recorded besides (one compiled look-up, only in batches with outliers). The band is read
 from the stream's own state, copied for the viewed series just before that batch (`_One`): the series' first value
 of the batch is judged against exactly that state. Later values of it in the same batch: without exclusion every
 finite value is taken in whatever the rules, so the stream's own kernel (kernels.welford_update / ewm_update) run
