@@ -298,9 +298,6 @@ class StreamerServer:
             self._stop_metrics()
             return None
         if self.config.http_port:
-            if self.config.tenants is not None:
-                log.info("the page (--http-port) shows every tenant's sessions and outliers: under [tenants] only "
-                         "the admin identities may open it (403 for the others)")
             await self._start_page(hub)
         await server.start()
         hub.start(loop)

@@ -268,17 +268,42 @@ def tenants_caller(*fields):
     return Caller(*fields)
 
 
-def test_under_tenants_the_page_is_for_the_admin_role_only(server, pki):
-    """The page shows every tenant's data (no per-tenant view yet): an admin's certificate opens it, a tenant's
-    gets 403 naming its identity."""
+def test_under_tenants_the_page_shows_a_tenant_its_own_sessions_and_events_and_an_admin_all(server, pki):
     port = int(re.search(r"page on https://[^:]+:(\d+)/", "".join(server.log)).group(1))
 
-    def get(who: str):
+    def get(who: str, path: str):
         context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
         context.load_cert_chain(str(pki / f"{who}.crt"), str(pki / f"{who}.key"))
-        return urllib.request.urlopen(f"https://127.0.0.1:{port}/api/sessions", context=context, timeout=30)
-    with get("ops") as resp:
-        assert resp.status == 200 and "b-session" in {s["name"] for s in json.loads(resp.read())["sessions"]}
-    with pytest.raises(urllib.error.HTTPError) as err:
-        get("a")
-    assert err.value.code == 403 and CLIENTS["a"] in err.value.read().decode()
+        return urllib.request.urlopen(f"https://127.0.0.1:{port}{path}", context=context, timeout=30)
+
+    def forbidden(who: str, path: str) -> str:
+        with pytest.raises(urllib.error.HTTPError) as err:
+            get(who, path)
+        assert err.value.code == 403
+        return err.value.read().decode()
+
+    def names(who: str) -> set[str]:
+        with get(who, "/api/sessions") as resp:
+            return {s["name"] for s in json.loads(resp.read())["sessions"]}
+
+    flat = [[("disk", 1.0), ("disk", 1.0)]] * 8  # past the warm-up
+    stream(server, pki, "a", "a-page", flat)
+    stream(server, pki, "b", "b-page", flat)
+    assert {"a-page", "b-page"} <= names("ops")
+    assert "a-page" in names("a") and not {n for n in names("a") if n.startswith("b-")}
+    with get("a", "/api/series?session=a-page&q=dis") as resp:
+        assert json.loads(resp.read())["series"] == ["disk"]
+    for path in ("/api/series?session=b-page&q=", "/api/tap?session=b-page&series=disk",
+                 "/api/events?session=b-page"):
+        assert "'b-page' belongs to another tenant" in forbidden("a", path)
+    assert "private streams" in forbidden("a", "/api/tap?series=disk")
+    assert CLIENTS["stranger"] in forbidden("stranger", "/api/sessions")
+    # A's live list without a filter: B's spike first, then A's; the first event A is sent must be its own
+    with get("a", "/api/events") as events:
+        stream(server, pki, "b", "b-page", [[("disk", 90.0)]])
+        stream(server, pki, "a", "a-page", [[("disk", 70.0)]])
+        line = b""
+        while not line.startswith(b"data: "):
+            line = events.readline()
+    first = json.loads(line[len(b"data: "):])[0]
+    assert (first["session"], first["value"]) == ("a-page", 70.0), first

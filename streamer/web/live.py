@@ -14,8 +14,9 @@ class LiveList(watch.Subscriber):
     pays for 640 outliers a second, not for every one; episodes always reach it. `paused` counts the pauses since
     the last message (the page says the list is sampled). Touched only on the event loop's thread."""
 
-    def __init__(self, hub: watch.Hub, session: str, prefix: str):
-        super().__init__(session, prefix, LIVE_QUOTA + 4 * LIVE_QUOTA, pb.WATCH_ALL)  # room for episodes beyond
+    def __init__(self, hub: watch.Hub, session: str, prefix: str, tenant: str | None = None):
+        # room for episodes beyond the quota; `tenant`: that tenant's events only (None: every event)
+        super().__init__(session, prefix, LIVE_QUOTA + 4 * LIVE_QUOTA, pb.WATCH_ALL, tenant)
         self.hub = hub
         self.paused = 0
         self._outliers = 0  # events queued since the last delivery

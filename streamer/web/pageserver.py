@@ -152,12 +152,18 @@ class PageServer:
         url = urllib.parse.urlsplit(target)
         path = url.path
         q = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query, keep_blank_values=True).items()}
+        scope = None  # whose data the caller sees: None every tenant's (no [tenants], or the admin role)
         tenancy = getattr(self.service, "tenancy", None)
-        if tenancy is not None:  # [tenants]: the page shows every tenant's data, so it is for the admin role only
+        if tenancy is not None:  # [tenants]: a tenant's certificate sees its own tenant's sessions and events only
             caller = tenancy.caller_from_peercert(writer.get_extra_info("peercert"))
             if not caller.admin:
-                return await self._send(writer, 403, {"error": f"under [tenants] the page needs the admin role; "
-                                                               f"identity {caller.identity!r} does not have it"})
+                if not caller.known:
+                    return await self._send(writer, 403, {"error": f"client certificate identity {caller.identity!r} "
+                                                                   f"names no tenant"})
+                scope = caller.tenant
+                denied = await self._out_of_scope(q.get("session", ""), scope, path)
+                if denied:
+                    return await self._send(writer, 403, {"error": denied})
         if method == "POST" and path == "/api/backtest":
             return await self._backtest(reader, writer, headers, q)
         if method != "GET":
@@ -165,16 +171,16 @@ class PageServer:
         if path == "/" or path.startswith("/static/"):
             return await self._static(writer, "index.html" if path == "/" else path[len("/static/"):])
         if path == "/api/sessions":
-            return await self._send(writer, 200, self._sessions())
+            return await self._send(writer, 200, self._sessions(scope))
         if path == "/api/series":
             found = await asyncio.to_thread(self._search, q.get("session", ""), q.get("q", ""),
-                                            min(int(q.get("limit") or 50), SEARCH_LIMIT))
+                                            min(int(q.get("limit") or 50), SEARCH_LIMIT), scope)
             return await self._send(writer, 200, {"series": found})
         if path == "/api/options":
             return await self._send(writer, 200, {"fields": option_fields(), "max_upload_bytes": self.max_upload,
                                                   "defaults": dataclasses.asdict(self.defaults)})
         if path == "/api/events":
-            return await self._events(reader, writer, q)
+            return await self._events(reader, writer, q, scope)
         if path == "/api/tap":
             return await self._tap(reader, writer, q)
         if path.startswith("/api/backtest/"):
@@ -194,31 +200,45 @@ class PageServer:
         data = resources.files("streamer.web").joinpath("static", name).read_bytes()
         await self._send(writer, 200, data, STATIC[name])
 
-    def _sessions(self) -> dict:
+    async def _out_of_scope(self, session: str, tenant: str, path: str) -> str | None:
+        """Why a tenant's caller may not use `path` for `session` (None: it may)."""
+        if path == "/api/tap" and not session:
+            return "under [tenants] a tenant views the series of one of its sessions (private streams: admin role)"
+        if session and path in ("/api/tap", "/api/series", "/api/events"):
+            owner = await asyncio.to_thread(self.service.sessions.tenant_of, session)
+            if owner is not None and owner != tenant:
+                return f"session {session!r} belongs to another tenant"
+        return None
+
+    def _sessions(self, scope: str | None = None) -> dict:
         reg = self.service.sessions
         with reg._lock:
-            held = list(reg._sessions.values())
-        out = [{"name": s.name, "source": "otlp" if s.name.startswith("otlp:") else "session",
+            held = [s for s in reg._sessions.values() if scope is None or s.tenant == scope]
+        out = [{"name": s.name, "source": "otlp" if s.name.startswith(("otlp:", "otlp@")) else "session",
                 "series": len(s.state.table), "open": s.open, "options": s.options} for s in held]
-        private = [d for d in (s.detector for s in list(self.service._streams)) if d.session is None and d.state]
+        private = [d for d in self._private(scope) if d.state]
         out.sort(key=lambda s: s["name"])
         return {"sessions": out, "private_streams": len(private),
                 "private_series": sum(len(d.state.table) for d in private)}
 
-    def _tables(self, session: str):
+    def _private(self, scope: str | None):
+        """The detectors of the private streams open now (of tenant `scope` only, unless it is None)."""
+        return [d for d in (s.detector for s in list(self.service._streams))
+                if d.session is None and (scope is None or d.tenant == scope)]
+
+    def _tables(self, session: str, scope: str | None = None):
         reg = self.service.sessions
         if session:
             with reg._lock:
                 s = reg._sessions.get(session)
-            return [s.state.table] if s is not None else []
-        return [d.state.table for d in (s.detector for s in list(self.service._streams))
-                if d.session is None and d.state is not None]
+            return [s.state.table] if s is not None and (scope is None or s.tenant == scope) else []
+        return [d.state.table for d in self._private(scope) if d.state is not None]
 
-    def _search(self, session: str, text: str, limit: int) -> list[str]:
+    def _search(self, session: str, text: str, limit: int, scope: str | None = None) -> list[str]:
         """Series keys of `session` (empty: the private streams) containing `text`, at most `limit`."""
         found: list[str] = []
         key = text.encode("utf-8")
-        for table in self._tables(session):
+        for table in self._tables(session, scope):
             arena, offsets, lengths = table.name_arrays()
             n = len(table)
             if n == 0:
@@ -259,13 +279,13 @@ class PageServer:
             return not gone.done(), None
         return True, task.result()
 
-    async def _events(self, reader, writer, q: dict) -> None:
+    async def _events(self, reader, writer, q: dict, scope: str | None = None) -> None:
         """Server-sent events: the Hub's outliers (and episodes) matching session, source and series prefix."""
         source = q.get("source", "")
         if source and source not in ORIGINS:
             return await self._send(writer, 400, {"error": f"source {source!r}: one of {', '.join(ORIGINS)}"})
         hub = self.service.hub
-        sub = hub.add(LiveList(hub, q.get("session", ""), q.get("prefix", "")))
+        sub = hub.add(LiveList(hub, q.get("session", ""), q.get("prefix", ""), scope))
         gone = asyncio.ensure_future(reader.read(1))  # a page sends nothing more: EOF when it goes away
         try:
             await self._sse_head(writer)
