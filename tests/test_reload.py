@@ -158,7 +158,13 @@ def test_reload_method_keeps_flags_winning_and_names_what_it_refuses(tmp_path, m
         assert server.server.live.current is live  # nothing applied
 
 
-def test_every_worker_reloads_on_sighup(tmp_path, cli_server):
+@pytest.mark.parametrize("trigger", ["sighup", "admin"])
+def test_every_worker_reloads_on_sighup_or_an_admin_call(tmp_path, cli_server, trigger):
+    """SIGHUP to the parent, or `streamer admin reload` reaching one worker (which asks the parent to pass SIGHUP
+    to every worker): either way both workers judge by the new rule."""
+    import subprocess
+    import sys
+
     path = tmp_path / "streamer.toml"
     path.write_text(LOOSE)
     server = cli_server("--config", str(path), "--workers", "2", "--store", f"sqlite:///{tmp_path}/state.db",
@@ -172,7 +178,12 @@ def test_every_worker_reloads_on_sighup(tmp_path, cli_server):
     assert all(judge(f"before-{i}") == [] for i in range(3))
     path.write_text(TIGHT)
     mark = len(server.log)
-    server.proc.send_signal(signal.SIGHUP)
+    if trigger == "sighup":
+        server.proc.send_signal(signal.SIGHUP)
+    else:
+        out = subprocess.run([sys.executable, "-m", "streamer", "admin", "reload", "--addr", server.addr],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "latency-tight" in out.stdout, out.stderr
     for i in range(2):
         assert "latency-tight" in wait_for(server.log, f"worker {i}: reloaded", mark)
     assert [judge(f"after-{i}") for i in range(6)] == [[(SERIES, "latency-tight")]] * 6
