@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import ssl
 
 log = logging.getLogger("streamer")
 
@@ -104,12 +105,20 @@ def reload_server(server) -> str:
                 material = server.tls.read(new.tls_cert, new.tls_key, new.tls_client_ca)
             except tls.TLSError as exc:
                 raise ConfigError(f"config file {source.path}: tls: {exc}") from None
+        page_tls = None
+        if server.page is not None and new.tls_cert is not None:
+            try:
+                page_tls = server.page.tls_context(new.tls_cert, new.tls_key, new.tls_client_ca)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"config file {source.path}: tls (the page): {exc}") from None
     except ConfigError as exc:
         log.error("reload refused, the running configuration stays: %s", exc)
         raise
     # Checked: from here on nothing can fail, so the reload is applied whole.
     if material is not None and server.tls.update(material):
         changed.append("tls certificate files (contents)")
+    if page_tls is not None:  # the page's HTTPS takes the same files, for its new connections
+        server.page.use_tls(page_tls)
     rules = f"; {len(new.rules)} rule(s): {', '.join(r.name for r in new.rules.rules)}" if new.rules else ""
     if not changed:  # streams keep their resolved options: the settings' version stays
         log.info("reloaded %s: nothing changed%s", source.path, rules)

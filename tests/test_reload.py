@@ -7,8 +7,12 @@ from __future__ import annotations
 import queue
 import re
 import signal
+import socket
+import ssl
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -212,16 +216,29 @@ def test_sighup_serves_rotated_certificate_files_to_new_connections(tmp_path, cl
         except ClientError:
             return False
 
+    def page_works(ca_name: str) -> bool:  # the page's HTTPS takes the same files
+        context = ssl.create_default_context(cafile=str(tmp_path / f"{ca_name}-ca.pem"))
+        try:
+            with urllib.request.urlopen(f"https://127.0.0.1:{page}/api/sessions", context=context, timeout=10) as r:
+                return r.status == 200
+        except urllib.error.URLError:
+            return False
+
     issue(old)
     path = tmp_path / "streamer.toml"
     path.write_text(f'tls_cert = "{cert}"\ntls_key = "{key}"\n')
-    server = cli_server("--config", str(path))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        page = sock.getsockname()[1]
+    server = cli_server("--config", str(path), "--http-port", str(page))
     assert (works("old"), works("new")) == (True, False)
+    assert (page_works("old"), page_works("new")) == (True, False)
     issue(new)  # the same paths, new contents: a certificate rotation
     mark = len(server.log)
     server.proc.send_signal(signal.SIGHUP)
     assert "tls certificate files (contents) changed" in wait_for(server.log, "reloaded", mark)
     assert (works("old"), works("new")) == (False, True)
+    assert (page_works("old"), page_works("new")) == (False, True)
     path.write_text(f'tls_cert = "{cert}"\ntls_key = "{key}"\ntls_client_ca = "{tmp_path / "new-ca.pem"}"\n')
     mark = len(server.log)
     server.proc.send_signal(signal.SIGHUP)

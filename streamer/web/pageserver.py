@@ -88,15 +88,31 @@ class PageServer:
         self._server: asyncio.AbstractServer | None = None
         self._conns: set[asyncio.Task] = set()
         self.port: int | None = None
+        self._tls: ssl.SSLContext | None = None  # the TLS settings of new connections (use_tls)
+
+    @staticmethod
+    def tls_context(tls_cert: str, tls_key: str, tls_client_ca: str | None = None) -> ssl.SSLContext:
+        """The page's TLS settings from the serve TLS files (OSError or ssl.SSLError when they do not load)."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls_cert, tls_key)
+        if tls_client_ca:  # as on the gRPC port: only clients with a certificate this CA signed
+            context.load_verify_locations(tls_client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    def use_tls(self, context: ssl.SSLContext) -> None:
+        """Serve new connections with `context` (a reload's new certificate files); open ones keep theirs."""
+        self._tls = context
+
+    def _pick_tls(self, sslobj, server_name, context) -> None:
+        # OpenSSL calls this in every handshake (with or without SNI): switch to the current settings
+        sslobj.context = self._tls
 
     async def start(self, host: str, port: int, tls_cert=None, tls_key=None, tls_client_ca=None) -> int:
         context = None
         if tls_cert:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(tls_cert, tls_key)
-            if tls_client_ca:  # as on the gRPC port: only clients with a certificate this CA signed
-                context.load_verify_locations(tls_client_ca)
-                context.verify_mode = ssl.CERT_REQUIRED
+            context = self._tls = self.tls_context(tls_cert, tls_key, tls_client_ca)
+            context.sni_callback = self._pick_tls
         name = host[1:-1] if host.startswith("[") and host.endswith("]") else host
         self._server = await asyncio.start_server(self._connection, name or None, port, ssl=context,
                                                   reuse_address=True)
