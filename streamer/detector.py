@@ -379,7 +379,7 @@ class StreamDetector:
                     c = self._pass.columns()
                     self._announce(ev, stats, self._pass.slots(), c.values, c.times)
             if self.taps is not None and self.taps.active:
-                self._tap(self._pass.flagged_rows, k)
+                self._tap(self._pass.flagged_rows, k, self._pass.flagged_at)
             return out + trailer if trailer else out
         cols = self._pass.columns()
         now = self.sessions.clock()
@@ -420,7 +420,7 @@ class StreamDetector:
             e = int(s.ev_n[0])
             self._announce(s.ev[:e], s.ev_stats[:e], ids, cols.values, cols.times)
         if self.taps is not None and self.taps.active:
-            self._tap(lambda: (ids, cols.values, cols.times, s.idx[:k], s.mean, s.std, s.z), k)
+            self._tap(lambda: (ids, cols.values, cols.times, s.idx[:k], s.mean, s.std, s.z), k, lambda: (ids, s.idx))
         return out
 
     def _apply_ruled(self, cols: Columns, ids: np.ndarray, saved, expired: int, now: float, where: str,
@@ -454,13 +454,14 @@ class StreamDetector:
             self._announce(s.ev[:e], s.ev_stats[:e], ids, cols.values, cols.times,
                            [names[g] for g in rule_ev.tolist()])
         if self.taps is not None and self.taps.active:
-            self._tap(lambda: (ids, cols.values, cols.times, s.idx[:k], s.mean, s.std, s.z), k)
+            self._tap(lambda: (ids, cols.values, cols.times, s.idx[:k], s.mean, s.std, s.z), k, lambda: (ids, s.idx))
         return out
 
-    def _tap(self, rows, k: int) -> None:
+    def _tap(self, rows, k: int, flagged) -> None:
         """Tell the page's taps a batch was applied (streamer/web/tap.py; only called while a page views a series);
         rows() gives its (ids, values, times, idx, mean, std, z) when a tap records it."""
-        self.taps.observe(self.session.name if self.session is not None else "", self.state, self.params, rows, k)
+        self.taps.observe(self.session.name if self.session is not None else "", self.state, self.params, rows, k,
+                          flagged)
 
     def _publish(self, ids, values, times, idx, mean, std, z, rule: list[str] | None = None) -> None:
         """Hand the batch's outliers to Watch (only called when someone watches); `rule`: each one's rule."""

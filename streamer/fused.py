@@ -232,6 +232,10 @@ class StreamPass:
         return (self._ids[:n], cols[2, :n].view(np.float64), cols[3, :n], self._idx[:k], self._mean[:k],
                 self._std[:k], self._z[:k])
 
+    def flagged_at(self) -> tuple:
+        """(slots, idx) of the last apply() as buffers: the flagged rows' slots are slots[idx[j]], j < flagged()."""
+        return self._ids, self._idx
+
     def apply(self, state, exponential: bool, alpha: float, threshold: float, warmup: int, exclude: bool,
               batch: int, rules: Rules = Rules(), now: float = 0.0) -> bytes:
         """Apply the decoded request to `state` (a SeriesState, whose table is keyed with HASH_SEED, with the

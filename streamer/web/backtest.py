@@ -258,7 +258,7 @@ class _After:
     def __init__(self) -> None:
         self.post: tuple | None = None
 
-    def observe(self, session, state, params, rows, k: int = -1) -> None:
+    def observe(self, session, state, params, rows, k: int = -1, flagged=None) -> None:
         ids = rows()[0]
         self.post = (state.count[ids], state.mean[ids], state.spread[ids])  # copies (fancy indexing)
 
