@@ -135,8 +135,8 @@ def test_progress_on_writes_a_line_to_stderr(addr, tmp_path):
 
 
 def test_progress_on_a_terminal_once_the_run_is_slow(addr):
-    """stderr on a pseudo-terminal, stdin fed in two parts 2.5 s apart (past the 1.5 s delay): the line is
-    drawn in place and erased at the end, and stdout has the answer."""
+    """stderr on a pseudo-terminal, stdin fed in two parts 2.5 s apart once the CLI reads (past the 1.5 s
+    delay): the line is drawn in place and erased at the end, and stdout has the answer."""
     master, slave = pty.openpty()
     proc = subprocess.Popen([*STREAMER, "detect", "-", "--addr", addr], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=slave)
@@ -155,11 +155,13 @@ def test_progress_on_a_terminal_once_the_run_is_slow(addr):
 
     reader = threading.Thread(target=read_tty, daemon=True)
     reader.start()
-    rows = [f",a,{i % 7}\n".encode() for i in range(20_000)]
-    proc.stdin.write(b"time,name,value\n" + b"".join(rows[:10_000]))
+    rows = [f",a,{i % 7}\n".encode() for i in range(60_000)]
+    # The first part is several pipe buffers long, so its write returns once the CLI is reading (its start-up,
+    # a second or more on a loaded machine, does not count against the pause), then the pause makes it slow.
+    proc.stdin.write(b"time,name,value\n" + b"".join(rows[:40_000]))
     proc.stdin.flush()
     time.sleep(2.5)
-    proc.stdin.write(b"".join(rows[10_000:]))
+    proc.stdin.write(b"".join(rows[40_000:]))
     proc.stdin.close()
     stdout = proc.stdout.read().decode()
     assert proc.wait(60) == 0
@@ -168,4 +170,4 @@ def test_progress_on_a_terminal_once_the_run_is_slow(addr):
     text = seen.decode()
     assert "streamer detect: " in text and "rows read" in text, text
     assert text.endswith("\r"), text  # erased: the terminal is left clean
-    assert stdout.startswith("0 outlier(s) in 20000 metric(s)")
+    assert stdout.startswith("0 outlier(s) in 60000 metric(s)")
