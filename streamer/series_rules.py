@@ -167,6 +167,7 @@ def judge(state, params: list, rule_of: np.ndarray, ids: np.ndarray, values: np.
     found, changes, a = [], [], 0
     for g in groups.tolist():
         b = a + int(counts[g])
+        o_n[0] = 0  # a rule without episodes leaves the count alone: not the previous group's
         k = _update(params[g], s_ids[a:b], s_values[a:b], s_times[a:b], now_ns, state, o_idx[a:], o_mean[a:],
                     o_std[a:], o_z[a:], o_tail[a:], o_ev[a:], o_stats[a:], o_n)
         found.append((a, k, g))

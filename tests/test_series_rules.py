@@ -13,7 +13,8 @@ from streamer.wire import Options
 
 RULES = series_rules.RuleSet((
     series_rules.Rule("tight", match="*_latency_*", values=(("threshold", 1.5), ("cooldown", 2))),
-    series_rules.Rule("counters", prefix="http_", values=(("min_deviation", 0.5), ("direction", 2))),
+    series_rules.Rule("counters", prefix="http_", values=(("min_deviation", 0.5), ("direction", 2),
+                                                          ("resolve_after", 0))),  # no episodes, after a rule with them
     series_rules.Rule("likely", match="q?", values=(("score", 2), ("likelihood_learning", 5),
                                                     ("likelihood_threshold", 0.2))),
     series_rules.Rule("shadowed", prefix="http_", values=(("threshold", 9.0),)),  # never: counters comes first
