@@ -425,13 +425,15 @@ class OtlpIngest:
         k, rule_out, rule_ev = series_rules.judge(state, ruled, rule_of, ids, judged, times, time.time_ns(),
                                                   idx, mean, std, z, tail, ev, ev_stats, ev_n)
         self.on_batch(n, k)
+        if self.taps is not None and self.taps.active:  # the band drawn is the defaults' (ruled[-1]), as in streams
+            self.taps.observe(res.session, state, ruled[-1], lambda: (ids, judged, times, idx[:k], mean, std, z), k)
         names = ruleset.names
         e = int(ev_n[0])
         if e:
             self.on_episodes(episodes.events(ev[:e], ev_stats[:e], ids, judged, times, state.table, res.session,
                                              res.session, ORIGIN_OTLP, attributes_of, tenant,
                                              rule=[names[g] for g in rule_ev.tolist()]))
-        if not k or self.hub is None or not self.hub.active:
+        if not k or self.hub is None or not self.hub.outliers_active:
             return []
         return flagged(state.table.name, ids, judged, times, idx[:k], mean, std, z, ORIGIN_OTLP, res.session, tenant,
                        [names[g] for g in rule_out.tolist()])

@@ -297,6 +297,7 @@ def test_under_tenants_the_page_shows_a_tenant_its_own_sessions_and_events_and_a
                  "/api/events?session=b-page"):
         assert "'b-page' belongs to another tenant" in forbidden("a", path)
     assert "private streams" in forbidden("a", "/api/tap?series=disk")
+    assert "no session 'c-page' of this tenant yet" in forbidden("a", "/api/tap?session=c-page&series=disk")
     assert CLIENTS["stranger"] in forbidden("stranger", "/api/sessions")
     # A's live list without a filter: B's spike first, then A's; the first event A is sent must be its own
     with get("a", "/api/events") as events:

@@ -224,6 +224,8 @@ class PageServer:
             owner = await asyncio.to_thread(self.service.sessions.tenant_of, session)
             if owner is not None and owner != tenant:
                 return f"session {session!r} belongs to another tenant"
+            if owner is None and path == "/api/tap":  # a tap has no tenant: it would see whoever makes the session
+                return f"no session {session!r} of this tenant yet: view it once it exists"
         return None
 
     def _sessions(self, scope: str | None = None) -> dict:
