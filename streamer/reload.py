@@ -125,6 +125,9 @@ def reload_server(server) -> str:
         return f"reloaded {source.path}: nothing changed{rules}"
     defaults = dataclasses.replace(new.defaults, max_response_bytes=server.config.max_message_bytes)
     server.live.replace(defaults=defaults, rules=new.rules, otlp_options=new.otlp_options)
+    server.sessions.series_ttl = defaults.series_ttl  # new sessions' (streams set theirs from the live defaults)
+    if server.page is not None:  # the page's option form and the backtests' empty fields
+        server.page.use_defaults(defaults)
     if new.alerts != server.config.alerts:
         old, server.sinks = server.sinks, Sinks(new.alerts, server.sinks.metrics)
         server.sinks.start()

@@ -141,7 +141,11 @@ def test_reload_method_keeps_flags_winning_and_names_what_it_refuses(tmp_path, m
     path.write_text("threshold = 4.0\nwarmup = 3\n")
     argv = ["serve", "--config", str(path), "--threshold", "2.5", "--store", "memory://"]
     args, config = cli.reread(argv, {})
-    server = make_server(defaults=config.defaults, rules=config.rules, source=ConfigSource(argv, {}, args, config))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        page = sock.getsockname()[1]
+    server = make_server(defaults=config.defaults, rules=config.rules, source=ConfigSource(argv, {}, args, config),
+                         http_port=page)
     assert server.server.live.current.defaults.threshold == 2.5
     path.write_text("threshold = 5.0\nwarmup = 4\n[[rules]]\nname = \"cpu\"\nprefix = \"cpu.\"\ncooldown = 2\n")
     summary = server.call(server.server.reload())
@@ -151,6 +155,12 @@ def test_reload_method_keeps_flags_winning_and_names_what_it_refuses(tmp_path, m
     assert live.rules.rules[0] == series_rules.Rule("cpu", prefix="cpu.", values=(("cooldown", 2),),
                                                     keys=(("cooldown", 2),))
     assert server.call(server.server.reload()) == f"reloaded {path}: nothing changed; 1 rule(s): cpu"
+    # the page's option form and its backtests take the reloaded defaults, new sessions the series TTL
+    assert server.server.page.defaults.warmup == 4 and server.server.page.backtests.defaults.warmup == 4
+    path.write_text(path.read_text().replace("warmup = 4\n", "warmup = 4\nseries_ttl = 30\n"))
+    assert server.call(server.server.reload()) == f"reloaded {path}: series_ttl changed; 1 rule(s): cpu"
+    assert server.server.sessions.series_ttl == 30.0
+    live = server.server.live.current
     for text, words in [("workers = 2\nmax_series = 7\nstore = \"sqlite:///x.db\"\n",  # --store wins: no change
                          "max_series, workers (the processes are forked at start) cannot change while serving"),
                         ("[[rules]]\nname = \"m\"\nmatch = \"*\"\nmode = \"exponential\"\n",

@@ -334,11 +334,15 @@ class Backtests:
     """The last KEEP results, by id; run() is called on a worker thread."""
 
     def __init__(self, defaults: detector.Defaults):
-        # episodes are kept in a backtest whatever the server keeps (resolve_after 0 in an option set: none)
-        self.defaults = dataclasses.replace(defaults, episodes=True)
+        self.use_defaults(defaults)
         self._results: dict[str, Result] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()  # protects _results (runs on worker threads, reads on the event loop)
+
+    def use_defaults(self, defaults: detector.Defaults) -> None:
+        """The server's defaults (at start, and after a reload), for an option set's empty fields."""
+        # episodes are kept in a backtest whatever the server keeps (resolve_after 0 in an option set: none)
+        self.defaults = dataclasses.replace(defaults, episodes=True)
 
     def run(self, data: bytes, filename: str, option_sets: list) -> Result:
         if not isinstance(option_sets, list) or not option_sets:

@@ -100,6 +100,11 @@ class PageServer:
             context.verify_mode = ssl.CERT_REQUIRED
         return context
 
+    def use_defaults(self, defaults: detector.Defaults) -> None:
+        """A reload's detection defaults: what the option form shows and a backtest's empty fields take."""
+        self.defaults = defaults
+        self.backtests.use_defaults(defaults)
+
     def use_tls(self, context: ssl.SSLContext) -> None:
         """Serve new connections with `context` (a reload's new certificate files); open ones keep theirs."""
         self._tls = context
