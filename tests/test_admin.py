@@ -14,7 +14,6 @@ from test_reflection import grpcurl  # noqa: F401 (the fixture: bin/grpcurl at t
 
 from streamer.client import Client
 from streamer.pb import admin_pb2, admin_pb2_grpc
-from streamer.server import StreamerServer
 
 
 def admin(addr: str, *args: str, ok: bool | None = True) -> subprocess.CompletedProcess:
@@ -81,12 +80,11 @@ def test_the_admin_cli_lists_shows_resets_deletes_and_reloads(server, tmp_path):
     out = subprocess.run([sys.executable, "-m", "streamer", "session", "alpha", "--store",
                           f"sqlite:///{tmp_path}/state.db"], capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "holds no session 'alpha'" in out.stderr
-    # Reload calls the server's reload(); a build without one (issue 22 part 3 not merged) says so
+    # Reload calls the server's reload(): this server has no --config, so it is refused with the reason
+    # (a reload that applies is in tests/test_reload.py)
     out = admin(server.addr, "reload", ok=None)
-    if not hasattr(StreamerServer, "reload"):
-        assert out.returncode == 1 and "UNIMPLEMENTED" in out.stderr
-    else:  # wired: it answers (this server has no --config: a refusal names the reason, never UNIMPLEMENTED)
-        assert "UNIMPLEMENTED" not in out.stderr and (out.returncode == 0 or "FAILED_PRECONDITION" in out.stderr)
+    assert out.returncode == 1 and "FAILED_PRECONDITION" in out.stderr and "without --config" in out.stderr, \
+        out.stderr
     assert server.terminate() == 0
     assert "Traceback" not in "".join(server.log)
 
