@@ -93,7 +93,7 @@ def _fresh(session: Session, stored_version: int | None, durable: bool) -> bool:
 
 class AdminService(admin_pb2_grpc.AdminServicer):
     """The Admin servicer. `caller(context)` says who calls (tenants.Caller); `reload` is the server's reload
-    coroutine (None: this server has none, and Reload answers UNIMPLEMENTED)."""
+    coroutine (StreamerServer.reload; None where the servicer is used without a server: UNIMPLEMENTED)."""
 
     def __init__(self, sessions: SessionRegistry, caller: Callable[[grpc.aio.ServicerContext], tenants.Caller],
                  reload: Callable[[], Awaitable[str]] | None = None):
@@ -138,8 +138,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def Reload(self, request: pb.ReloadRequest, context) -> pb.ReloadResponse:
         async def work():
             if self.reload is None:
-                raise _Refused(grpc.StatusCode.UNIMPLEMENTED, "this server has no reload (serve --config FILE and a "
-                                                              "build with reload: issue 22, part 3)")
+                raise _Refused(grpc.StatusCode.UNIMPLEMENTED, "this server has no reload")
             from streamer.config_file import ConfigError
             try:
                 return pb.ReloadResponse(message=await self.reload())

@@ -32,7 +32,3 @@ class Unavailable(DetectError):
 
 class PermissionDenied(DetectError):
     code = "PERMISSION_DENIED"
-
-
-class NotFound(DetectError):
-    code = "NOT_FOUND"

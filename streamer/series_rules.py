@@ -49,10 +49,6 @@ class Rule:
         """`base` (a detector.Defaults) with this rule's values."""
         return dataclasses.replace(base, **dict(self.values))
 
-    def describe(self) -> str:
-        pattern = f"match = {self.match!r}" if self.match else f"prefix = {self.prefix!r}"
-        return f"{self.name} ({pattern}: " + ", ".join(f"{k} = {v!r}" for k, v in self.keys) + ")"
-
 
 @dataclasses.dataclass(frozen=True)
 class RuleSet:

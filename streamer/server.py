@@ -279,8 +279,8 @@ class StreamerServer:
         self.service = OutliersService(self.defaults, self.sessions, self.metrics, hub, ingest, on_episodes,
                                        self.config.tenants, live=self.live)
         server.add_generic_rpc_handlers(self.service.handlers())
-        # the admin API; Reload calls this server's reload() where the build has one (issue 22, part 3)
-        admin.AdminService(self.sessions, self.service.caller, getattr(self, "reload", None)).add_to(server)
+        # the admin API (streamer/admin.py); its Reload calls this server's reload()
+        admin.AdminService(self.sessions, self.service.caller, self.reload).add_to(server)
         if self.metrics is not None:
             self.metrics.watch(self.service.open_streams, self.sessions.__len__, self.service.series_held,
                                lambda: self.sessions.budget.expired)

@@ -1,9 +1,10 @@
 """Outlier fan-out for Watch: one bounded queue per subscriber, what a slow one misses counted and told to it.
 
-The detectors call `Hub.publish` only when `Hub.active` is true (a plain attribute: someone watches here, or a
-bus says someone watches in another worker or replica), so detection pays one attribute read per batch with
-outliers when nobody watches. Publishing may happen on any thread (large batches and OTLP exports run on
-worker threads); subscribers are served on the event loop. The bus to other workers and replicas is in
+The detectors build and publish outlier events only when `Hub.outliers_active` is true (a plain attribute:
+someone here wants outliers now, or a bus says someone watches in another worker or replica), and episodes
+while `Hub.active` is, so detection pays one attribute read per batch with outliers when nobody watches.
+Publishing may happen on any thread (large batches and OTLP exports run on worker threads); subscribers are
+served on the event loop. The bus to other workers and replicas is in
 streamer/bus.py.
 """
 from __future__ import annotations
@@ -183,7 +184,8 @@ class Hub:
         return len(self._subs)
 
     def refresh(self) -> None:
-        """Recompute `active` (the bus calls this when the count of remote watchers changes)."""
+        """Recompute `active` and `outliers_active` (the bus calls this when the count of remote watchers
+        changes; a subscriber, when it stops or starts wanting outliers)."""
         with self._lock:
             remote = self.bus is not None and self.bus.remote_watchers() > 0
             self.active = bool(self._subs) or remote

@@ -42,19 +42,6 @@ def _check_ca(path: str) -> None:
         raise TLSError(f"the CA file {path} holds no usable certificate: {exc.reason or exc}") from None
 
 
-def server_credentials(cert: str, key: str, client_ca: str | None = None) -> grpc.ServerCredentials:
-    """TLS with `cert` (the chain, leaf first) and `key`; with `client_ca`, every client must present a certificate
-    signed by it (mTLS), and a client without one, or with one of another CA, fails its handshake."""
-    chain, private = _read(cert, "certificate"), _read(key, "key")
-    _check_pair(cert, key)
-    roots = None
-    if client_ca is not None:
-        roots = _read(client_ca, "client CA file")
-        _check_ca(client_ca)
-    return grpc.ssl_server_credentials([(private, chain)], root_certificates=roots,
-                                       require_client_auth=roots is not None)
-
-
 def channel_credentials(ca: str | None = None, cert: str | None = None,
                         key: str | None = None) -> grpc.ChannelCredentials:
     """A client's TLS: trust `ca` (None: the system's roots); present `cert` and `key` when the server asks
@@ -73,7 +60,8 @@ def channel_credentials(ca: str | None = None, cert: str | None = None,
 
 
 def _material(cert: str, key: str, client_ca: str | None) -> tuple[bytes, bytes, bytes | None]:
-    """The PEM bytes of a server's files, checked as server_credentials checks them."""
+    """The PEM bytes of a server's files, checked: `cert` (the chain, leaf first) and its `key`; with
+    `client_ca`, the CA whose certificates every client must present (mTLS)."""
     chain, private = _read(cert, "certificate"), _read(key, "key")
     _check_pair(cert, key)
     roots = None
