@@ -141,3 +141,15 @@ def test_redis_lost_while_serving_keeps_streams_judged_and_health_says_so(redis_
         assert "store:" in "".join(server.log)
     finally:
         server.close()
+
+
+def test_a_schema_2_store_is_moved_to_the_current_schema(redis_url):
+    import redis
+
+    from streamer.store.base import SCHEMA_VERSION
+    from streamer.store.redis import _META, RedisStore
+    url, _ = redis_url
+    r = redis.Redis.from_url(url)
+    r.hset(_META, "schema_version", "2")  # as a schema-2 streamer left it
+    RedisStore(url).close()
+    assert int(r.hget(_META, "schema_version")) == SCHEMA_VERSION == 3

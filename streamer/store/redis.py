@@ -107,7 +107,11 @@ class RedisStore(Store):
             elif int(found) > SCHEMA_VERSION:
                 raise StoreError(f"{url}: written by a newer streamer (store schema {int(found)}; this one "
                                  f"reads up to {SCHEMA_VERSION}); upgrade streamer or use another database")
-            # found < SCHEMA_VERSION: schema 1 was never written to Redis (the Redis store began at 2)
+            elif int(found) < SCHEMA_VERSION:
+                # Schema 1 was never written to Redis (its store began at 2); 2 -> 3 added a session's tenant, a
+                # hash field that reads as "" (the one tenant) where absent: only the number moves, so that a
+                # streamer of schema 2 refuses a store that may now hold tenants.
+                self._r.hset(_META, "schema_version", str(SCHEMA_VERSION))
             self._acquire, self._renew = self._r.register_script(_ACQUIRE), self._r.register_script(_RENEW)
             self._release, self._save = self._r.register_script(_RELEASE), self._r.register_script(_SAVE)
             self._expire, self._delete = self._r.register_script(_EXPIRE), self._r.register_script(_DELETE)
