@@ -15,18 +15,13 @@ import os
 import sys
 
 from streamer import __version__
-from streamer.detector import (DIRECTION_BOTH, DIRECTION_DOWN, DIRECTION_UP, MAX_LIKELIHOOD_SHORT, SCORE_LIKELIHOOD,
-                               SCORE_ZSCORE, Defaults)
+from streamer.detector import DIRECTIONS, MAX_LIKELIHOOD_SHORT, MODES, SCORES, Defaults
 from streamer.ops import logs
 from streamer.progress import MODES as PROGRESS_MODES
 from streamer.series_rules import NO_RULES
 from streamer.server import Config, serve
-from streamer.state import MODE_CUMULATIVE, MODE_EXPONENTIAL
 from streamer.wire import Options
 
-MODES = {"cumulative": MODE_CUMULATIVE, "exponential": MODE_EXPONENTIAL}
-DIRECTIONS = {"both": DIRECTION_BOTH, "up": DIRECTION_UP, "down": DIRECTION_DOWN}
-SCORES = {"zscore": SCORE_ZSCORE, "likelihood": SCORE_LIKELIHOOD}
 MAX_MESSAGE_MB = 2047  # grpc's message limits are int32 byte counts: 2047 MiB is the most that fits
 MAX_UINT32 = 2**32 - 1
 MAX_INT32 = 2**31 - 1

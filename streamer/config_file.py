@@ -147,9 +147,7 @@ def _rules(raw, text: str, path: str, known: dict[str, argparse.Action]):
     if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
         raise ConfigError(f"config file {path}, line {_line(text, 'rules')}, key rules: must be an array of tables "
                           f"([[rules]] with name = \"...\" and match = \"GLOB\" or prefix = \"...\")")
-    convert = {"score": {"zscore": detector.SCORE_ZSCORE, "likelihood": detector.SCORE_LIKELIHOOD},
-               "direction": {"both": detector.DIRECTION_BOTH, "up": detector.DIRECTION_UP,
-                             "down": detector.DIRECTION_DOWN}}
+    convert = {"score": detector.SCORES, "direction": detector.DIRECTIONS}
     out, names = [], set()
     for n, table in enumerate(raw):
         def where(key: str) -> str:

@@ -31,6 +31,10 @@ SCORE_ZSCORE, SCORE_LIKELIHOOD = 1, 2
 SCORE_NAMES = {SCORE_ZSCORE: "SCORE_ZSCORE", SCORE_LIKELIHOOD: "SCORE_LIKELIHOOD"}
 DIRECTION_BOTH, DIRECTION_UP, DIRECTION_DOWN = 1, 2, 3
 DIRECTION_NAMES = {DIRECTION_BOTH: "DIRECTION_BOTH", DIRECTION_UP: "DIRECTION_UP", DIRECTION_DOWN: "DIRECTION_DOWN"}
+# the names the CLI's flags, the config file and the page take for the enum options
+MODES = {"cumulative": MODE_CUMULATIVE, "exponential": MODE_EXPONENTIAL}
+SCORES = {"zscore": SCORE_ZSCORE, "likelihood": SCORE_LIKELIHOOD}
+DIRECTIONS = {"both": DIRECTION_BOTH, "up": DIRECTION_UP, "down": DIRECTION_DOWN}
 _KERNEL_DIRECTION = {DIRECTION_BOTH: 0, DIRECTION_UP: 1, DIRECTION_DOWN: 2}  # rules.stream_update's codes
 
 # Bytes an answer can take per metric if every metric is flagged, besides the name's own bytes: the Outlier's
@@ -403,25 +407,8 @@ class StreamDetector:
                                    state.ep_peak_z, state.ep_peak_value, s.ev, s.ev_stats, s.ev_n)
                                   if r.resolve_after else rules.NO_EPISODES))
         out = s.encode(batch, k, cols, ids, state.table, r.likelihood)
-        if trailer:
-            out += trailer
-        if len(out) > limit:
-            # Repeated ids restore the same saved values; new series go back to the zeros they had.
-            state.put(ids, saved)
-            added = state.table.born()
-            state.table.rollback()
-            state.budget.release(added)
-            raise ResourceExhausted(f"{_too_large(where, len(out), k, limit)}; the batch was not applied")
-        state.budget.release(0, expired)
-        self.on_batch(len(cols), k)
-        if k and self.watch is not None and self.watch.outliers_active:
-            self._publish(ids, cols.values, cols.times, s.idx[:k], s.mean, s.std, s.z)
-        if r.resolve_after and s.ev_n[0]:
-            e = int(s.ev_n[0])
-            self._announce(s.ev[:e], s.ev_stats[:e], ids, cols.values, cols.times)
-        if self.taps is not None and self.taps.active:
-            self._tap(lambda: (ids, cols.values, cols.times, s.idx[:k], s.mean, s.std, s.z), k, lambda: (ids, s.idx))
-        return out
+        return self._finish(out + trailer, cols, ids, saved, expired, where, k, int(s.ev_n[0]) if r.resolve_after
+                            else 0)
 
     def _apply_ruled(self, cols: Columns, ids: np.ndarray, saved, expired: int, now: float, where: str,
                      batch: int, trailer: bytes) -> bytes:
@@ -436,10 +423,19 @@ class StreamDetector:
         tails = any(p.score == SCORE_LIKELIHOOD for p in self._ruled)
         out_rules = [names[g] for g in rule_out.tolist()]
         out = with_rules(s.encode(0, k, cols, ids, state.table, tails), out_rules) + encode_trailer(batch, 0, 0, False)
-        if trailer:
-            out += trailer
+        e = int(s.ev_n[0])
+        return self._finish(out + trailer, cols, ids, saved, expired, where, k, e, out_rules,
+                            [names[g] for g in rule_ev.tolist()] if e else None)
+
+    def _finish(self, out: bytes, cols: Columns, ids: np.ndarray, saved, expired: int, where: str, k: int, e: int,
+                rule: list[str] | None = None, ev_rule: list[str] | None = None) -> bytes:
+        """The staged path's end: undo the batch if its answer `out` is too large for grpc, else count it and hand
+        its k outliers and e episode changes (in the scratch arrays; `rule`, `ev_rule`: each one's rule) to
+        Watch, the sinks and the page's taps."""
+        state, s = self.state, self._scratch
         limit = self.defaults.max_response_bytes
         if len(out) > limit:
+            # Repeated ids restore the same saved values; new series go back to the zeros they had.
             state.put(ids, saved)
             added = state.table.born()
             state.table.rollback()
@@ -448,11 +444,9 @@ class StreamDetector:
         state.budget.release(0, expired)
         self.on_batch(len(cols), k)
         if k and self.watch is not None and self.watch.outliers_active:
-            self._publish(ids, cols.values, cols.times, s.idx[:k], s.mean, s.std, s.z, out_rules)
-        e = int(s.ev_n[0])
+            self._publish(ids, cols.values, cols.times, s.idx[:k], s.mean, s.std, s.z, rule)
         if e:
-            self._announce(s.ev[:e], s.ev_stats[:e], ids, cols.values, cols.times,
-                           [names[g] for g in rule_ev.tolist()])
+            self._announce(s.ev[:e], s.ev_stats[:e], ids, cols.values, cols.times, ev_rule)
         if self.taps is not None and self.taps.active:
             self._tap(lambda: (ids, cols.values, cols.times, s.idx[:k], s.mean, s.std, s.z), k, lambda: (ids, s.idx))
         return out

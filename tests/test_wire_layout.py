@@ -8,19 +8,10 @@ import struct
 
 import pytest
 
-from oracle import INT64, same_as_protobuf
+from oracle import same_as_protobuf
+from test_wire import varint
 
 from streamer.pb import outliers_pb2 as pb
-
-
-def varint(x: int) -> bytes:
-    x %= INT64
-    out = bytearray()
-    while x >= 0x80:
-        out.append(x & 0x7F | 0x80)
-        x >>= 7
-    out.append(x)
-    return bytes(out)
 
 
 def record(tag: int, payload: bytes) -> bytes:

@@ -23,7 +23,7 @@ from streamer.metricfile import FileError, MetricFile
 from streamer.pb import outliers_pb2 as pb
 from streamer.request_bytes import RequestBuilder, options_field
 from streamer.sinks.episode import OPENED, RESOLVED
-from streamer.state import MODE_CUMULATIVE, MODE_EXPONENTIAL, SessionRegistry
+from streamer.state import MODE_EXPONENTIAL, SessionRegistry
 from streamer.store.memory import MemoryStore
 from streamer.wire import Options
 
@@ -33,10 +33,8 @@ BATCH_ROWS = 4096
 CHART_VALUES = 20_000  # the chart of one series shows its last values up to this many
 KEEP = 8             # results kept for the page to chart and download (the oldest is forgotten)
 MAX_SETS = 6
-MODES = {"cumulative": MODE_CUMULATIVE, "exponential": MODE_EXPONENTIAL}
-SCORES = {"zscore": detector.SCORE_ZSCORE, "likelihood": detector.SCORE_LIKELIHOOD}
-DIRECTIONS = {"both": detector.DIRECTION_BOTH, "up": detector.DIRECTION_UP, "down": detector.DIRECTION_DOWN}
-CHOICES = {"mode": MODES, "score": SCORES, "direction": DIRECTIONS}  # enum fields: the form offers their names
+# enum fields: the form offers their names
+CHOICES = {"mode": detector.MODES, "score": detector.SCORES, "direction": detector.DIRECTIONS}
 
 
 class BacktestError(ValueError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from streamer.request_bytes import varint
 from streamer.wire.primitives import HOT, INLINE, store_f64
 
 
@@ -224,15 +225,6 @@ def encode_response(batch: int, index: np.ndarray, names: list[bytes], values: n
                     arena, name_off, name_len, np.asarray(tail, dtype=np.float64))
 
 
-def _varint_bytes(x: int) -> bytes:
-    out = bytearray()
-    while x >= 0x80:
-        out.append(x & 0x7F | 0x80)
-        x >>= 7
-    out.append(x)
-    return bytes(out)
-
-
 def with_rules(body: bytes, rules: list[str]) -> bytes:
     """A response body of batch 0 (packed indices, then the Outliers, as _encode writes them) with Outlier j's
     `rule` (field 8, its last) set to rules[j]; "" (no rule matched: the server's defaults) writes nothing, as
@@ -251,8 +243,8 @@ def with_rules(body: bytes, rules: list[str]) -> bytes:
         sub = body[q:q + n]
         if rule:
             name = rule.encode()
-            sub += b"\x42" + _varint_bytes(len(name)) + name
-        out += b"\x12" + _varint_bytes(len(sub)) + sub
+            sub += b"\x42" + varint(len(name)) + name
+        out += b"\x12" + varint(len(sub)) + sub
         p = q + n
     return bytes(out) + body[p:]
 

@@ -13,15 +13,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from streamer.wire.options import _int32
 from streamer.wire.primitives import INLINE, byte_at, hash_utf8, load_f64, utf8_valid, varint
 
 _NS = np.int64(1_000_000_000)
-
-
-@njit(**INLINE)
-def _int32(x):
-    """x truncated to int32, sign-extended (as upb reads an int32 field's varint)."""
-    return ((x & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
 
 
 @njit(**INLINE)
