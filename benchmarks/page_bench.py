@@ -4,13 +4,14 @@ in interleaved rounds of one run; and the in-process cost per batch of the tap.
     python -m benchmarks.page_bench [--rounds 6] [--duration 3] [--clients 2] [--out DIR]
 
 One `streamer serve` (memory://, --http-port on a free port) for the whole run. `--clients` threads each stream
-pre-encoded batches of 1 000 metrics (100 series, 5 flagged a batch) on their own channel and session, four
-batches in flight. "page open" rounds hold the two connections the page's browser holds while a series is viewed
-(the page's EventSources: /api/events, every outlier of every session; /api/tap on series s0 of the first
-client's session, ten values a batch), read by a thread each; "no page" rounds hold none, and "live list only" and
-"series view only" one of the two, to tell their costs apart. Rounds alternate the order of the variants;
-medians with min-max over the rounds. In process (CPU time): StreamDetector.process per batch with no taps, taps
-nobody views, and a viewed series. Writes page.json and page.md to --out (default benchmarks/results).
+pre-encoded batches of 1 000 metrics (100 series, 5 flagged a batch) on their own channel and session, four batches in
+flight. "page open" rounds hold the two connections the page's browser holds while a series is viewed (the page's
+EventSources: /api/events, every outlier of every session; /api/tap on series s0 of the first client's session, ten
+values a batch), read by a thread each; "no page" rounds hold none, and "live list only" and "series view only" one
+of the two, to tell their costs apart. Rounds alternate the order of the variants; medians with min-max over the
+rounds, of metrics/s and of the server's CPU time a metric answered (utime + stime over each round: steadier than
+metrics/s on a shared machine). In process (CPU time): StreamDetector.process per batch with no taps, taps nobody
+views, and a viewed series. Writes page.json and page.md to --out (default benchmarks/results).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import grpc
 import numpy as np
 
 from benchmarks import report
+from benchmarks.loadgen import _cpu_seconds
 from benchmarks.servers import ROOT, ServerProcess
 from streamer import detector
 from streamer.pb import outliers_pb2 as pb
@@ -155,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     server = ServerProcess("streamer", args=("--http-port", str(http_port)))
     clients = []
     runs: dict[str, list[float]] = {name: [] for name in PATHS}
+    cpu: dict[str, list[float]] = {name: [] for name in PATHS}  # the server's CPU ns a metric answered
     received = []
     try:
         clients = [Client(server.addr, batches(f"bench-{k}", 220, k)) for k in range(args.clients)]
@@ -168,17 +171,19 @@ def main(argv: list[str] | None = None) -> None:
             for name in order:
                 stop = threading.Event()
                 threads, counts = page_open(http_port, stop, PATHS[name])
-                before, t0 = sum(c.answered for c in clients), time.monotonic()
+                before, t0, c0 = sum(c.answered for c in clients), time.monotonic(), _cpu_seconds(server.pid)
                 time.sleep(args.duration)
-                rate = (sum(c.answered for c in clients) - before) / (time.monotonic() - t0)
+                answered = sum(c.answered for c in clients) - before
+                rate = answered / (time.monotonic() - t0)
+                cpu[name].append(1e9 * (_cpu_seconds(server.pid) - c0) / max(answered, 1))
                 stop.set()
                 for t in threads:
                     t.join(20)  # a heartbeat or the next event wakes the reader
                 runs[name].append(rate)
                 if name == "page open":
                     received.append(counts[0])
-            print(f"round {r + 1}: " + ", ".join(f"{n} {runs[n][-1] / 1e3:.1f} k metrics/s" for n in runs),
-                  flush=True)
+            print(f"round {r + 1}: " + ", ".join(f"{n} {runs[n][-1] / 1e3:.1f} k metrics/s, {cpu[n][-1]:.0f} ns CPU"
+                                                 for n in runs), flush=True)
     finally:
         for c in clients:
             c.stop.set()
@@ -186,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     ratios = [a / b for a, b in zip(runs["page open"], runs["no page"])]
     parts = {n: [a / b for a, b in zip(runs[n], runs["no page"])] for n in PATHS if n != "no page"}
     fig = {n: {"median": statistics.median(v), "min": min(v), "max": max(v)} for n, v in runs.items()}
+    per_cpu = {n: [a / b for a, b in zip(cpu["no page"], cpu[n])] for n in PATHS if n != "no page"}
+    cpu_fig = {n: {"median": statistics.median(v), "min": min(v), "max": max(v)} for n, v in cpu.items()}
     result = {"what": "DetectStream metrics/s with the page open on a busy series (its /api/events and /api/tap "
                       "connections) and without; interleaved rounds in one run",
               "clients": args.clients, "rounds": args.rounds, "duration_s": args.duration,
@@ -193,6 +200,9 @@ def main(argv: list[str] | None = None) -> None:
               "page_over_no_page": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)},
               "over_no_page": {n: {"median": statistics.median(v), "min": min(v), "max": max(v)}
                                for n, v in parts.items()},
+              "server_cpu_ns_per_metric": cpu_fig,
+              "per_cpu_second_over_no_page": {n: {"median": statistics.median(v), "min": min(v), "max": max(v)}
+                                              for n, v in per_cpu.items()},
               "sse_messages_per_page_round": received,
               "in_process_us_per_batch": local, "machine": report.machine(), "versions": report.versions(),
               "seconds": round(time.time() - started, 1)}
@@ -202,10 +212,17 @@ def main(argv: list[str] | None = None) -> None:
     def f(v, scale=1e3, unit=" k"):
         return f"{v['median'] / scale:.1f}{unit} ({v['min'] / scale:.1f}-{v['max'] / scale:.1f})"
 
+    def ratio(v):
+        return f"{v['median']:.3f} ({v['min']:.3f}-{v['max']:.3f})"
+
     r = result["page_over_no_page"]
     md = [f"# The page's cost to DetectStream ({args.clients} clients, 1 000 metrics a batch, {args.rounds} rounds "
           f"of {args.duration:g} s)", "", "| | metrics/s, median (min-max) |", "| --- | --- |"]
-    md += [f"| {n} | {f(v)} |" for n, v in fig.items()]
+    md[-2:] = ["| | metrics/s, median (min-max) | server CPU ns a metric | metrics per server CPU-s, over no page |",
+               "| --- | --- | --- | --- |"]
+    md += [f"| {n} | {f(v)} | {f(cpu_fig[n], 1, '')} | " +
+           (f"{ratio(result['per_cpu_second_over_no_page'][n])} |" if n != "no page" else "1 |")
+           for n, v in fig.items()]
     md += ["", f"page open / no page, per round: {r['median']:.3f} ({r['min']:.3f}-{r['max']:.3f}); SSE messages "
            f"the page received per round: {received}", "",
            "Each over no page, per round: " + "; ".join(

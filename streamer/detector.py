@@ -305,6 +305,8 @@ class StreamDetector:
         self._pass = fused.StreamPass()
         self.watch: watch.Hub | None = None  # where its outliers go when someone watches (service.py sets it)
         self.taps = None  # the page's viewed series (streamer/web/tap.py Taps; service.py sets it)
+        self._tapped_key: tuple | None = None  # what _tapped()'s slots were looked up for
+        self._tapped_slots = fused.NO_TAPS
         self.tenant = ""  # the caller's tenant (streamer/tenants.py; service.py sets it): its sessions only
 
     def process(self, buf: bytes) -> bytes:
@@ -368,9 +370,10 @@ class StreamDetector:
         limit = self.defaults.max_response_bytes
         if self._ruled is None and _answer_bound(len(buf), len(cols)) <= limit:
             try:
+                tapped = self._tapped() if self.taps is not None and self.taps.active else fused.NO_TAPS
                 out = self._pass.apply(state, params.mode == MODE_EXPONENTIAL, params.alpha, params.threshold,
                                        params.warmup, params.exclude_outliers, batch, params.rules(),
-                                       self.sessions.clock())
+                                       self.sessions.clock(), tapped)
             except (SeriesLimitError, TotalSeriesLimitError) as exc:
                 raise _series_limit(where, exc) from None
             k = self._pass.flagged()
@@ -382,8 +385,10 @@ class StreamDetector:
                 if len(ev):
                     c = self._pass.columns()
                     self._announce(ev, stats, self._pass.slots(), c.values, c.times)
-            if self.taps is not None and self.taps.active:
-                self._tap(self._pass.flagged_rows, k, self._pass.flagged_at)
+            if len(tapped):
+                self._tap(self._pass.flagged_rows, k, viewed=self._pass.tapped())
+            elif self.taps is not None and self.taps.active and len(self._tapped()):
+                self._tap(self._pass.flagged_rows, k)  # the batch brought a viewed series: its flags were not counted
             return out + trailer if trailer else out
         cols = self._pass.columns()
         now = self.sessions.clock()
@@ -451,11 +456,21 @@ class StreamDetector:
             self._tap(lambda: (ids, cols.values, cols.times, s.idx[:k], s.mean, s.std, s.z), k, lambda: (ids, s.idx))
         return out
 
-    def _tap(self, rows, k: int, flagged) -> None:
+    def _tap(self, rows, k: int, flagged=None, viewed: int | None = None) -> None:
         """Tell the page's taps a batch was applied (streamer/web/tap.py; only called while a page views a series);
         rows() gives its (ids, values, times, idx, mean, std, z) when a tap records it."""
         self.taps.observe(self.session.name if self.session is not None else "", self.state, self.params, rows, k,
-                          flagged)
+                          flagged, viewed)
+
+    def _tapped(self) -> np.ndarray:
+        """The slots of this stream's series that a page views, for the fused pass to count their flagged rows:
+        looked up again only when a page starts or stops viewing a series or the table has grown."""
+        table = self.state.table
+        key = (self.taps.version, table, len(table))
+        if key != self._tapped_key:
+            self._tapped_key = key
+            self._tapped_slots = self.taps.slots(self.session.name if self.session is not None else "", table)
+        return self._tapped_slots
 
     def _publish(self, ids, values, times, idx, mean, std, z, rule: list[str] | None = None) -> None:
         """Hand the batch's outliers to Watch (only called when someone watches); `rule`: each one's rule."""

@@ -30,8 +30,8 @@ from streamer.wire.primitives import HASH_SEED
 MAX_NAME_BYTES = 1024  # detector.MAX_NAME_BYTES is this one
 
 # Slots of the pass's state array after the decoder's own (decode._STATE_SIZE of them).
-_PHASE, _N, _I, _K, _SIZE, _WHY = range(decode._STATE_SIZE, decode._STATE_SIZE + 6)
-_STATE_SIZE = decode._STATE_SIZE + 6
+_PHASE, _N, _I, _K, _SIZE, _WHY, _TAPPED = range(decode._STATE_SIZE, decode._STATE_SIZE + 7)
+_STATE_SIZE = decode._STATE_SIZE + 7
 
 # What the compiled functions return: done; or where they stopped (Python grows an array, zeroes the state of
 # series that come back after expiring, and calls again, or maps an error); negative: the decoder's error code.
@@ -64,13 +64,14 @@ def _apply_pass(b, cols, st, ids, m, index, old, hashes, offsets, lengths, arena
                 count, mean, spread, last_seen, clock, now, ttl, reset, exponential, alpha, threshold, warmup,
                 exclude, exclude_limit, cooldown, streak, hold, likelihood, window, tail_threshold, learning,
                 lcount, lmean, lvar, ring, idx, mean_out, std_out, z_out, tail_out, suppress, resolve_after,
-                ep_run, ep_start, ep_count, ep_peak_z, ep_peak_value, ev, ev_stats, ev_n, batch, out):
+                ep_run, ep_start, ep_count, ep_peak_z, ep_peak_value, ev, ev_stats, ev_n, batch, tapped, out):
     """Intern, note times, judge and encode the batch _decode_pass left in cols and st, from phase st[_PHASE] on.
 
     ids, reset, idx, mean_out, std_out, z_out: at least st[_N] long (tail_out too with the likelihood score, else
     empty); the rules' arguments and arrays are rules.stream_update's (episodes take `now`, seconds, for metrics
     without a time). m ... born are a SeriesTable's (keyed with HASH_SEED, begun for this batch); count ... clock
-    the series state, updated in place; out receives the answer (st[_SIZE] bytes). Returns DONE, TABLE (st[_WHY]:
+    the series state, updated in place; tapped: the slots of the series the page views (streamer/web/tap.py), whose
+    flagged rows are counted into st[_TAPPED]; out receives the answer (st[_SIZE] bytes). Returns DONE, TABLE (st[_WHY]:
     why _intern stopped, at metric st[_I]), STATE (the state arrays need m[M_HIGH] slots), RESET (zero the state
     of reset[:st[_WHY]], then call again) or OUT.
     """
@@ -100,6 +101,7 @@ def _apply_pass(b, cols, st, ids, m, index, old, hashes, offsets, lengths, arena
                                 np.int64(now * 1e9), ep_run, ep_start, ep_count, ep_peak_z, ep_peak_value, ev,
                                 ev_stats, ev_n)
         st[_K] = k
+        st[_TAPPED] = _count_tapped(ids, idx, k, tapped)
         st[_PHASE] = _ENCODE
     k = st[_K]
     size = _encode(out, batch, idx[:k], idx[:k], ids, values, mean_out, std_out, z_out, tail_out, arena, offsets,
@@ -110,7 +112,22 @@ def _apply_pass(b, cols, st, ids, m, index, old, hashes, offsets, lengths, arena
     return OUT if size > len(out) else DONE
 
 
+@njit(nogil=True, cache=True)
+def _count_tapped(ids, idx, k, tapped):
+    """How many of the k flagged rows idx[:k] are of a slot in `tapped` (a few slots, often none)."""
+    h = 0
+    if len(tapped):
+        for j in range(k):
+            s = ids[idx[j]]
+            for t in range(len(tapped)):
+                if s == tapped[t]:
+                    h += 1
+                    break
+    return h
+
+
 _NO_TAIL = np.zeros(0, dtype=np.float64)
+NO_TAPS = np.zeros(0, dtype=np.int64)  # apply()'s `tapped` when the page views no series of the stream
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,14 +249,15 @@ class StreamPass:
         return (self._ids[:n], cols[2, :n].view(np.float64), cols[3, :n], self._idx[:k], self._mean[:k],
                 self._std[:k], self._z[:k])
 
-    def flagged_at(self) -> tuple:
-        """(slots, idx) of the last apply() as buffers: the flagged rows' slots are slots[idx[j]], j < flagged()."""
-        return self._ids, self._idx
+    def tapped(self) -> int:
+        """How many metrics the last apply() flagged of the series its `tapped` named."""
+        return int(self._st[_TAPPED])
 
     def apply(self, state, exponential: bool, alpha: float, threshold: float, warmup: int, exclude: bool,
-              batch: int, rules: Rules = Rules(), now: float = 0.0) -> bytes:
+              batch: int, rules: Rules = Rules(), now: float = 0.0, tapped: np.ndarray = NO_TAPS) -> bytes:
         """Apply the decoded request to `state` (a SeriesState, whose table is keyed with HASH_SEED, with the
-        arrays `rules` need: SeriesState.use; `now`: the arrival time, seconds) and return its answer; raise
+        arrays `rules` need: SeriesState.use; `now`: the arrival time, seconds; `tapped`: slots whose flagged rows
+        tapped() counts) and return its answer; raise
         SeriesLimitError or TotalSeriesLimitError with state and table untouched (besides expired series swept
         out)."""
         table, st, b = state.table, self._st, self._buf
@@ -261,7 +279,7 @@ class StreamPass:
                                   self._tail if rules.likelihood else _NO_TAIL, rules.suppress_array,
                                   rules.resolve_after, state.ep_run, state.ep_start, state.ep_count,
                                   state.ep_peak_z, state.ep_peak_value, self._ev, self._ev_stats, self._ev_n,
-                                  batch, self._out)
+                                  batch, tapped, self._out)
                 if why == DONE:
                     added = table.born()
                     table.settle()

@@ -348,3 +348,34 @@ def test_the_page_needs_no_network_its_chart_library_and_licence_are_in_the_pack
     html = static.joinpath("index.html").read_text()
     assert re.findall(r'src="([^"]+)"', html) == ["/static/uPlot.iife.min.js", "/static/app.js"]
     assert "MIT" in static.joinpath("LICENSE.uPlot.txt").read_text()
+
+
+def test_a_tap_follows_views_that_start_and_stop_on_an_open_stream():
+    """The fused pass counts the viewed series' flagged values from slots the stream looks up again when a page
+    starts or stops viewing a series: a series viewed mid-stream gets its next flagged values, one no longer viewed
+    none, and the other viewed series keeps its own throughout."""
+    from streamer.pb import outliers_pb2 as pb
+    from streamer.state import SessionRegistry
+    from streamer.web.tap import Taps
+    taps = Taps(sample_seconds=1e9, clock=lambda: 1.0)
+    d = detector.StreamDetector(detector.Defaults(), SessionRegistry(600, 10, 1000))
+    d.taps = taps
+    rng = random.Random(SEED)
+    x = taps.view("", "x")
+    flagged: dict = {"x": [], "y": []}
+    y = None
+    for b in range(60):
+        if b == 30:
+            y = taps.view("", "y")
+        if b == 45:
+            taps.unview(y)
+        values = [rng.gauss(0, 1) for _ in range(4)]
+        if b >= 15 and b % 5 in (0, 2):  # x's spikes, then y's in other batches
+            values[b % 5 // 2] = 50.0 + b
+        req = pb.OutliersRequest(metrics=[pb.Metric(name="xy"[i % 2], value=v) for i, v in enumerate(values)])
+        for o in pb.OutliersResponse.FromString(d.process(req.SerializeToString())).outliers:
+            flagged[o.name].append((b, o.value))
+    on_x = [p[1] for p in x.ring if p[4]]
+    on_y = [p[1] for p in y.ring if p[4]]
+    assert on_x == [v for _, v in flagged["x"]] and {50.0 + b for b in range(15, 60, 5)} <= set(on_x)
+    assert on_y == [v for b, v in flagged["y"] if 30 <= b < 45] and {82.0, 87.0, 92.0} <= set(on_y)

@@ -247,16 +247,24 @@ def _previous(names: list[str]) -> np.ndarray:
     return prev
 
 
+_NO_SLOT = np.array([-1], dtype=np.int64)  # a slot no series has
+
+
 class _After:
     """The detector's tap hook (the shape of tap.Taps): called after every applied request with its rows' slots;
     keeps the state of each row's series after it, which is what that series' next value is judged against."""
 
     active = True
+    version = 0
 
     def __init__(self) -> None:
         self.post: tuple | None = None
 
-    def observe(self, session, state, params, rows, k: int = -1, flagged=None) -> None:
+    @staticmethod
+    def slots(session, table) -> np.ndarray:
+        return _NO_SLOT  # the fused pass calls observe() after a batch only when it was given slots to count
+
+    def observe(self, session, state, params, rows, k: int = -1, flagged=None, viewed=None) -> None:
         ids = rows()[0]
         self.post = (state.count[ids], state.mean[ids], state.spread[ids])  # copies (fancy indexing)
 

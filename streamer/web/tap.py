@@ -3,15 +3,16 @@ against, in a bounded ring per viewed series (nothing is kept for series nobody 
 
 The detector (a stream's batch, an OTLP export) calls `Taps.observe` after each applied batch only while
 `Taps.active` is true (a plain attribute: some page views a series). Values are sampled: at most one batch in
-SAMPLE_SECONDS is recorded whole, each value with the band it was judged against, and every flagged value of a viewed
-series is recorded besides (one compiled look-up, only in batches with outliers). The band is read
-from the stream's own state, copied for the viewed series just before that batch (`_One`): the series' first value
-of the batch is judged against exactly that state. Later values of it in the same batch: without exclusion every
-finite value is taken in whatever the rules, so the stream's own kernel (kernels.welford_update / ewm_update) run
-on the copy gives their bands exactly; with exclusion, what is taken in depends on every rule (limit, cooldown,
-min_deviation, direction, score), so they get the stream's band when flagged and none otherwise (not a guess).
-Between samples a batch costs a dictionary look-up and a clock read (observe's fast path); a page reads the ring
-every DELIVER_SECONDS (pageserver.py).
+SAMPLE_SECONDS is recorded whole, each value with the band it was judged against, and every flagged value of a
+viewed series is recorded besides (counted in the fused pass, or one compiled look-up in batches with outliers). The
+band is read from the stream's own state, copied for the viewed series just before that batch (`_One`): the series'
+first value of the batch is judged against exactly that state. Later values of it in the same batch: without
+exclusion every finite value is taken in whatever the rules, so the stream's own kernel (kernels.welford_update /
+ewm_update) run on the copy gives their bands exactly; with exclusion, what is taken in depends on every rule
+(limit, cooldown, min_deviation, direction, score), so they get the stream's band when flagged and none otherwise
+(not a guess). Between samples a batch costs a dictionary look-up and a clock read (observe's fast path: the fused
+pass counts a viewed series' flagged rows, `Taps.slots`); a page reads the ring every DELIVER_SECONDS
+(pageserver.py).
 """
 from __future__ import annotations
 
@@ -196,6 +197,7 @@ class Taps:
         self._armed = 0     # taps holding the state before their next batch (observe's fast path: none, and
         self._due = 0.0     # the clock before the earliest next sample)
         self._lock = threading.Lock()  # protects the two dicts' changes (observe() only reads them)
+        self.version = 0  # changed whenever a series is viewed or no longer viewed (detectors' slots() caches)
 
     def view(self, session: str, series: str) -> Tap:
         with self._lock:
@@ -205,6 +207,7 @@ class Taps:
                 self._by_session = {**self._by_session,
                                     session: [*self._by_session.get(session, []), tap]}
             tap.viewers += 1
+            self.version += 1
             self._due = 0.0  # a new tap is due at once
             self.active = True
         return tap
@@ -212,6 +215,7 @@ class Taps:
     def unview(self, tap: Tap) -> None:
         with self._lock:
             tap.viewers -= 1
+            self.version += 1
             if tap.viewers <= 0:
                 if self._taps.pop((tap.session, tap.series), None) is not None and tap.armed is not None:
                     tap.armed = None
@@ -222,21 +226,29 @@ class Taps:
                     self._by_session[tap.session] = rest
             self.active = bool(self._taps)
 
-    def observe(self, session: str, state, params, rows, k: int = -1, flagged=None) -> None:
+    def slots(self, session: str, table) -> np.ndarray:
+        """The slots in `table` (a SeriesTable of `session`) of the series a page views, those it holds."""
+        found = [s for s in (tap.slot(table) for tap in self._by_session.get(session, ())) if s >= 0]
+        return np.array(found, dtype=np.int64)
+
+    def observe(self, session: str, state, params, rows, k: int = -1, flagged=None, viewed: int | None = None
+                ) -> None:
         """After a batch was applied to `state`: record the viewed series' flagged values of it, and all its
         values when sampled (see the module's docstring); rows() gives the batch's (ids, values, times, idx, mean,
         std, z), idx the k flagged rows (k < 0: unknown until rows() is called) and mean, std, z what they were
-        judged against; flagged(), when given, the buffers (ids, idx) alone, cheaper than rows(). A batch with
-        nothing flagged between samples costs a look-up and a clock read; one with flagged values, none of a
-        viewed series, a look at their slots."""
+        judged against; `viewed`, when given, how many of them are of a viewed series (the fused pass counts them:
+        slots()), else flagged(), when given, the buffers (ids, idx) alone, cheaper than rows(). A batch with
+        nothing of a viewed series flagged between samples costs a look-up and a clock read (and without `viewed`,
+        a look at their slots when it has flagged values)."""
         taps = self._by_session.get(session)
         if not taps:
             return
         now = self.clock()
         if not self._armed and now < self._due:
-            if not k:
-                return  # nearly every batch: nothing flagged, no tap armed and none due to be
-            if flagged is not None and k > 0 and not self._viewed_among(taps, state.table, flagged, k):
+            if not k or viewed == 0:
+                return  # nearly every batch: nothing of a viewed series flagged, no tap armed and none due to be
+            if viewed is None and flagged is not None and k > 0 and not self._viewed_among(
+                    taps, state.table, flagged, k):
                 return  # flagged values, none of a viewed series
         ids, values, times, idx, mean, std, z = rows()
         table = id(state.table)
