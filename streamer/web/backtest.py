@@ -261,8 +261,8 @@ class _After:
         self.post: tuple | None = None
 
     @staticmethod
-    def slots(session, table) -> np.ndarray:
-        return _NO_SLOT  # the fused pass calls observe() after a batch only when it was given slots to count
+    def slots(session, table) -> tuple[np.ndarray, int]:
+        return _NO_SLOT, 0  # the fused pass calls observe() after a batch only when it was given slots to count
 
     def observe(self, session, state, params, rows, k: int = -1, flagged=None, viewed=None) -> None:
         ids = rows()[0]

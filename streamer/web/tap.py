@@ -10,9 +10,8 @@ first value of the batch is judged against exactly that state. Later values of i
 exclusion every finite value is taken in whatever the rules, so the stream's own kernel (kernels.welford_update /
 ewm_update) run on the copy gives their bands exactly; with exclusion, what is taken in depends on every rule
 (limit, cooldown, min_deviation, direction, score), so they get the stream's band when flagged and none otherwise
-(not a guess). Between samples a batch costs a dictionary look-up and a clock read (observe's fast path: the fused
-pass counts a viewed series' flagged rows, `Taps.slots`); a page reads the ring every DELIVER_SECONDS
-(pageserver.py).
+(not a guess). Between samples a batch costs a clock read (observe's fast path: the fused pass counts a viewed
+series' flagged rows, `Taps.slots`); a page reads the ring every DELIVER_SECONDS (pageserver.py).
 """
 from __future__ import annotations
 
@@ -226,10 +225,12 @@ class Taps:
                     self._by_session[tap.session] = rest
             self.active = bool(self._taps)
 
-    def slots(self, session: str, table) -> np.ndarray:
-        """The slots in `table` (a SeriesTable of `session`) of the series a page views, those it holds."""
-        found = [s for s in (tap.slot(table) for tap in self._by_session.get(session, ())) if s >= 0]
-        return np.array(found, dtype=np.int64)
+    def slots(self, session: str, table) -> tuple[np.ndarray, int]:
+        """The slots in `table` (a SeriesTable of `session`) of the series a page views that it holds, and how many
+        viewed series of the session it does not hold (yet)."""
+        taps = self._by_session.get(session, ())
+        found = [s for s in (tap.slot(table) for tap in taps) if s >= 0]
+        return np.array(found, dtype=np.int64), len(taps) - len(found)
 
     def observe(self, session: str, state, params, rows, k: int = -1, flagged=None, viewed: int | None = None
                 ) -> None:
@@ -238,15 +239,15 @@ class Taps:
         std, z), idx the k flagged rows (k < 0: unknown until rows() is called) and mean, std, z what they were
         judged against; `viewed`, when given, how many of them are of a viewed series (the fused pass counts them:
         slots()), else flagged(), when given, the buffers (ids, idx) alone, cheaper than rows(). A batch with
-        nothing of a viewed series flagged between samples costs a look-up and a clock read (and without `viewed`,
-        a look at their slots when it has flagged values)."""
+        nothing of a viewed series flagged between samples costs a clock read (and without `viewed`, a look at
+        their slots when it has flagged values)."""
+        now = self.clock()
+        if not self._armed and now < self._due and (not k or viewed == 0):
+            return  # nearly every batch: nothing of a viewed series flagged, no tap armed and none due to be
         taps = self._by_session.get(session)
         if not taps:
             return
-        now = self.clock()
         if not self._armed and now < self._due:
-            if not k or viewed == 0:
-                return  # nearly every batch: nothing of a viewed series flagged, no tap armed and none due to be
             if viewed is None and flagged is not None and k > 0 and not self._viewed_among(
                     taps, state.table, flagged, k):
                 return  # flagged values, none of a viewed series
