@@ -64,14 +64,16 @@ def _apply_pass(b, cols, st, ids, m, index, old, hashes, offsets, lengths, arena
                 count, mean, spread, last_seen, clock, now, ttl, reset, exponential, alpha, threshold, warmup,
                 exclude, exclude_limit, cooldown, streak, hold, likelihood, window, tail_threshold, learning,
                 lcount, lmean, lvar, ring, idx, mean_out, std_out, z_out, tail_out, suppress, resolve_after,
-                ep_run, ep_start, ep_count, ep_peak_z, ep_peak_value, ev, ev_stats, ev_n, batch, tapped, out):
+                ep_run, ep_start, ep_count, ep_peak_z, ep_peak_value, ev, ev_stats, ev_n, batch, tapped, tap_out,
+                out):
     """Intern, note times, judge and encode the batch _decode_pass left in cols and st, from phase st[_PHASE] on.
 
     ids, reset, idx, mean_out, std_out, z_out: at least st[_N] long (tail_out too with the likelihood score, else
     empty); the rules' arguments and arrays are rules.stream_update's (episodes take `now`, seconds, for metrics
     without a time). m ... born are a SeriesTable's (keyed with HASH_SEED, begun for this batch); count ... clock
     the series state, updated in place; tapped: the slots of the series the page views (streamer/web/tap.py), whose
-    flagged rows are counted into st[_TAPPED]; out receives the answer (st[_SIZE] bytes). Returns DONE, TABLE (st[_WHY]:
+    flagged rows are copied into tap_out (float64[st[_N], 6] when tapped is not empty; st[_TAPPED] of them);
+    out receives the answer (st[_SIZE] bytes). Returns DONE, TABLE (st[_WHY]:
     why _intern stopped, at metric st[_I]), STATE (the state arrays need m[M_HIGH] slots), RESET (zero the state
     of reset[:st[_WHY]], then call again) or OUT.
     """
@@ -101,7 +103,7 @@ def _apply_pass(b, cols, st, ids, m, index, old, hashes, offsets, lengths, arena
                                 np.int64(now * 1e9), ep_run, ep_start, ep_count, ep_peak_z, ep_peak_value, ev,
                                 ev_stats, ev_n)
         st[_K] = k
-        st[_TAPPED] = _count_tapped(ids, idx, k, tapped)
+        st[_TAPPED] = _copy_tapped(ids, values, cols[3, :n], idx, mean_out, std_out, z_out, k, tapped, tap_out)
         st[_PHASE] = _ENCODE
     k = st[_K]
     size = _encode(out, batch, idx[:k], idx[:k], ids, values, mean_out, std_out, z_out, tail_out, arena, offsets,
@@ -113,14 +115,18 @@ def _apply_pass(b, cols, st, ids, m, index, old, hashes, offsets, lengths, arena
 
 
 @njit(nogil=True, cache=True)
-def _count_tapped(ids, idx, k, tapped):
-    """How many of the k flagged rows idx[:k] are of a slot in `tapped` (a few slots, often none)."""
+def _copy_tapped(ids, values, times, idx, mean_out, std_out, z_out, k, tapped, out):
+    """Copy the flagged rows idx[:k] of a slot in `tapped` (a few slots, often none) into out, each as (slot, time
+    in ns or 0, value, mean, stddev, zscore); their count."""
     h = 0
     if len(tapped):
         for j in range(k):
-            s = ids[idx[j]]
+            r = idx[j]
+            s = ids[r]
             for t in range(len(tapped)):
                 if s == tapped[t]:
+                    out[h, 0], out[h, 1], out[h, 2] = s, times[r], values[r]
+                    out[h, 3], out[h, 4], out[h, 5] = mean_out[j], std_out[j], z_out[j]
                     h += 1
                     break
     return h
@@ -128,6 +134,7 @@ def _count_tapped(ids, idx, k, tapped):
 
 _NO_TAIL = np.zeros(0, dtype=np.float64)
 NO_TAPS = np.zeros(0, dtype=np.int64)  # apply()'s `tapped` when the page views no series of the stream
+_NO_TAP_OUT = np.zeros((0, 6), dtype=np.float64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +191,7 @@ class StreamPass:
         self._hashed = hashed
         self._st = np.zeros(_STATE_SIZE, dtype=np.int64)
         self._out = np.empty(4096, dtype=np.uint8)
+        self._tap_out = _NO_TAP_OUT  # apply()'s tapped rows, grown when a page views a series of the stream
         self._size(0)
         self._buf = b""
 
@@ -249,19 +257,26 @@ class StreamPass:
         return (self._ids[:n], cols[2, :n].view(np.float64), cols[3, :n], self._idx[:k], self._mean[:k],
                 self._std[:k], self._z[:k])
 
-    def tapped(self) -> int:
-        """How many metrics the last apply() flagged of the series its `tapped` named."""
-        return int(self._st[_TAPPED])
+    def tapped(self) -> np.ndarray:
+        """The metrics the last apply() flagged of the series its `tapped` named, rows of (slot, time in ns or 0,
+        value, mean, stddev, zscore): a view valid until the next apply()."""
+        return self._tap_out[:int(self._st[_TAPPED])]
 
     def apply(self, state, exponential: bool, alpha: float, threshold: float, warmup: int, exclude: bool,
               batch: int, rules: Rules = Rules(), now: float = 0.0, tapped: np.ndarray = NO_TAPS) -> bytes:
         """Apply the decoded request to `state` (a SeriesState, whose table is keyed with HASH_SEED, with the
         arrays `rules` need: SeriesState.use; `now`: the arrival time, seconds; `tapped`: slots whose flagged rows
-        tapped() counts) and return its answer; raise
+        tapped() gives) and return its answer; raise
         SeriesLimitError or TotalSeriesLimitError with state and table untouched (besides expired series swept
         out)."""
         table, st, b = state.table, self._st, self._buf
         n = int(st[_N])
+        if not len(tapped):
+            tap_out = _NO_TAP_OUT
+        elif len(self._tap_out) >= n:
+            tap_out = self._tap_out
+        else:  # only streams a page views have this buffer
+            tap_out = self._tap_out = np.empty((max(n, 2 * len(self._tap_out)), 6), dtype=np.float64)
         state.sweep()
         room = state.budget.grant(n)
         added, swept = 0, False
@@ -279,7 +294,7 @@ class StreamPass:
                                   self._tail if rules.likelihood else _NO_TAIL, rules.suppress_array,
                                   rules.resolve_after, state.ep_run, state.ep_start, state.ep_count,
                                   state.ep_peak_z, state.ep_peak_value, self._ev, self._ev_stats, self._ev_n,
-                                  batch, tapped, self._out)
+                                  batch, tapped, tap_out, self._out)
                 if why == DONE:
                     added = table.born()
                     table.settle()

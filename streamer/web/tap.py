@@ -73,9 +73,6 @@ class _One:
         self.count = np.array([count], dtype=np.int64)
         self.mean = np.array([mean], dtype=np.float64)
         self.spread = np.array([spread], dtype=np.float64)
-        self.ids = np.zeros(1, dtype=np.int64)
-        self.idx = np.empty(1, dtype=np.int32)
-        self.out = [np.empty(1, dtype=np.float64) for _ in range(3)]
 
     def set(self, count, mean, spread) -> None:
         self.count[0], self.mean[0], self.spread[0] = count, mean, spread
@@ -91,29 +88,38 @@ class _One:
 
     def band(self, values: np.ndarray, params):
         """(means, stddevs) each of `values` (one series, in order) is judged against from this state, which then
-        holds the state after them. Exact only when flagged values update the state (not exclude_outliers): the
-        whole run is one call of the kernel with threshold -1, which flags every value past the warmup (|x - mean| >
-        -stddev) unless stddev and the difference are both 0, when the mean is x."""
-        n = len(values)
-        ids = np.zeros(n, dtype=np.int64)
-        idx = np.empty(n, dtype=np.int32)
-        out = [np.full(n, np.nan) for _ in range(3)]
-        need = max(int(params.warmup), 2)
-        seen = self.count[0]
-        if params.mode == MODE_EXPONENTIAL:
-            k = kernels.ewm_update(ids, values, self.count, self.mean, self.spread, float(params.alpha), -1.0,
-                                   int(params.warmup), False, idx, *out)
-        else:
-            k = kernels.welford_update(ids, values, self.count, self.mean, self.spread, -1.0, int(params.warmup),
-                                       False, idx, *out)
-        means, stds = np.full(n, np.nan), np.full(n, np.nan)
-        means[idx[:k]], stds[idx[:k]] = out[0][:k], out[1][:k]
-        # not flagged past the warmup: difference and stddev both 0, so the mean was the value
-        finite = np.isfinite(values)
-        judged = (seen + np.cumsum(finite) - finite) >= need
-        same = judged & finite & np.isnan(means)
-        means[same], stds[same] = values[same], 0.0
+        holds the state after them (NaN: in the warmup, or not finite). Exact only when flagged values update the
+        state (not exclude_outliers): _band."""
+        means, stds = np.empty(len(values)), np.empty(len(values))
+        _band(values, self.count, self.mean, self.spread, params.mode == MODE_EXPONENTIAL, float(params.alpha),
+              int(params.warmup), means, stds)
         return means, stds
+
+
+@numba.njit(nogil=True, cache=True)
+def _band(values, count, mean, spread, exponential, alpha, warmup, means, stds):
+    """The band of each of `values` from the one-series state (count, mean, spread), updated by them: the whole run
+    is one call of the stream's kernel with threshold -1, which flags every value past the warmup (|x - mean| >
+    -stddev) with what it was judged against, unless stddev and the difference are both 0, when the mean is x."""
+    n = len(values)
+    ids = np.zeros(n, dtype=np.int64)
+    idx = np.empty(n, dtype=np.int32)
+    m_out, s_out, z_out = np.empty(n), np.empty(n), np.empty(n)
+    seen = count[0]
+    if exponential:
+        k = kernels.ewm_update(ids, values, count, mean, spread, alpha, -1.0, warmup, False, idx, m_out, s_out, z_out)
+    else:
+        k = kernels.welford_update(ids, values, count, mean, spread, -1.0, warmup, False, idx, m_out, s_out, z_out)
+    means[:] = np.nan
+    stds[:] = np.nan
+    for j in range(k):
+        means[idx[j]], stds[idx[j]] = m_out[j], s_out[j]
+    need = max(warmup, 2)
+    for i in range(n):
+        if np.isfinite(values[i]):
+            if seen >= need and np.isnan(means[i]):  # judged, not flagged: difference and stddev both 0
+                means[i], stds[i] = values[i], 0.0
+            seen += 1
 
 
 class Tap:
@@ -232,24 +238,26 @@ class Taps:
         found = [s for s in (tap.slot(table) for tap in taps) if s >= 0]
         return np.array(found, dtype=np.int64), len(taps) - len(found)
 
-    def observe(self, session: str, state, params, rows, k: int = -1, flagged=None, viewed: int | None = None
-                ) -> None:
+    def observe(self, session: str, state, params, rows, k: int = -1, flagged=None, viewed=None) -> None:
         """After a batch was applied to `state`: record the viewed series' flagged values of it, and all its
         values when sampled (see the module's docstring); rows() gives the batch's (ids, values, times, idx, mean,
         std, z), idx the k flagged rows (k < 0: unknown until rows() is called) and mean, std, z what they were
-        judged against; `viewed`, when given, how many of them are of a viewed series (the fused pass counts them:
-        slots()), else flagged(), when given, the buffers (ids, idx) alone, cheaper than rows(). A batch with
-        nothing of a viewed series flagged between samples costs a clock read (and without `viewed`, a look at
-        their slots when it has flagged values)."""
+        judged against; `viewed`, when given, those of them of a viewed series as the fused pass copies them
+        (rows of slot, time, value, mean, stddev, zscore: StreamPass.tapped, for the slots() of the session), else
+        flagged(), when given, the buffers (ids, idx) alone, cheaper than rows(). Between samples, a batch with
+        nothing of a viewed series flagged costs a clock read (and without `viewed`, a look at their slots when it
+        has flagged values); one with, the points of those values."""
         now = self.clock()
-        if not self._armed and now < self._due and (not k or viewed == 0):
+        if not self._armed and now < self._due and (not k or viewed is not None and not len(viewed)):
             return  # nearly every batch: nothing of a viewed series flagged, no tap armed and none due to be
         taps = self._by_session.get(session)
         if not taps:
             return
         if not self._armed and now < self._due:
-            if viewed is None and flagged is not None and k > 0 and not self._viewed_among(
-                    taps, state.table, flagged, k):
+            if viewed is not None:
+                self._copied(taps, state.table, viewed, params)
+                return
+            if flagged is not None and k > 0 and not self._viewed_among(taps, state.table, flagged, k):
                 return  # flagged values, none of a viewed series
         ids, values, times, idx, mean, std, z = rows()
         table = id(state.table)
@@ -301,6 +309,17 @@ class Taps:
             if _rows_of(ids, idx, k, s, tap.rows):
                 return True
         return False
+
+    @staticmethod
+    def _copied(taps: list[Tap], table, viewed, params) -> None:
+        """Record flagged values of viewed series as the fused pass copied them."""
+        wall, key, k = time.time_ns(), id(table), params.threshold
+        by_slot = {tap.slots.get(key): tap for tap in taps}
+        for s, t, v, m, d, zz in viewed.tolist():
+            tap = by_slot.get(int(s))
+            if tap is not None:
+                tap.k = k
+                tap.add([((t or wall) / 1e9, v, m, d, True, zz, k)])
 
     @staticmethod
     def _flagged(tap: Tap, js, params, values, times, idx, mean, std, z) -> None:
