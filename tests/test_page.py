@@ -234,7 +234,8 @@ def test_an_option_set_can_name_any_field_the_pipeline_reads():
 
 
 @pytest.mark.parametrize("exclude", [False, True])
-def test_a_sampled_tap_judges_sampled_batches_as_the_stream(exclude):
+@pytest.mark.parametrize("mode", ["cumulative", "exponential"])
+def test_a_sampled_tap_judges_sampled_batches_as_the_stream(exclude, mode):
     """With sampling (one batch recorded whole in a long while), each whole batch (three values of the series in
     it) has the band the kernel judged it against, and its flagged values the stream's mean and stddev."""
     from streamer.pb import outliers_pb2 as pb
@@ -256,7 +257,8 @@ def test_a_sampled_tap_judges_sampled_batches_as_the_stream(exclude):
         req = pb.OutliersRequest(metrics=[pb.Metric(name="x", value=v) for v in values] +
                                  [pb.Metric(name="y", value=other)])
         if b == 0:
-            req.options.CopyFrom(pb.DetectOptions(exclude_outliers=exclude))
+            req.options.CopyFrom(pb.DetectOptions(exclude_outliers=exclude, alpha=0.1,
+                                                  mode=pb.MODE_EXPONENTIAL if mode == "exponential" else 0))
         answer = pb.OutliersResponse.FromString(d.process(req.SerializeToString()))
         outliers += [(o.value, o.mean, o.stddev) for o in answer.outliers if o.name == "x"]
         others += [o.value for o in answer.outliers if o.name == "y"]
@@ -278,8 +280,8 @@ def test_a_sampled_tap_judges_sampled_batches_as_the_stream(exclude):
         for v in values:
             x = state["series"][0] if state else None
             if x is not None and x.n >= 10:
-                expect[v] = (x.mean, (x.spread / x.n) ** 0.5)
-            naive.stream([("x", v)], state, threshold=2.0, warmup=10, exclude=exclude)
+                expect[v] = (x.mean, (x.spread if mode == "exponential" else x.spread / x.n) ** 0.5)
+            naive.stream([("x", v)], state, threshold=2.0, warmup=10, exclude=exclude, alpha=0.1, mode=mode)
     for p in whole:
         if p[2] is not None:
             assert (p[2], p[3]) == pytest.approx(expect[p[1]], rel=1e-9)
