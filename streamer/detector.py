@@ -430,13 +430,14 @@ class StreamDetector:
         out = with_rules(s.encode(0, k, cols, ids, state.table, tails), out_rules) + encode_trailer(batch, 0, 0, False)
         e = int(s.ev_n[0])
         return self._finish(out + trailer, cols, ids, saved, expired, where, k, e, out_rules,
-                            [names[g] for g in rule_ev.tolist()] if e else None)
+                            [names[g] for g in rule_ev.tolist()] if e else None,
+                            series_rules.params_of(self._ruled, ids, rule_of))
 
     def _finish(self, out: bytes, cols: Columns, ids: np.ndarray, saved, expired: int, where: str, k: int, e: int,
-                rule: list[str] | None = None, ev_rule: list[str] | None = None) -> bytes:
+                rule: list[str] | None = None, ev_rule: list[str] | None = None, params_of=None) -> bytes:
         """The staged path's end: undo the batch if its answer `out` is too large for grpc, else count it and hand
         its k outliers and e episode changes (in the scratch arrays; `rule`, `ev_rule`: each one's rule) to
-        Watch, the sinks and the page's taps."""
+        Watch, the sinks and the page's taps (`params_of`: each series' Params, with rules)."""
         state, s = self.state, self._scratch
         limit = self.defaults.max_response_bytes
         if len(out) > limit:
@@ -453,14 +454,16 @@ class StreamDetector:
         if e:
             self._announce(s.ev[:e], s.ev_stats[:e], ids, cols.values, cols.times, ev_rule)
         if self.taps is not None and self.taps.active:
-            self._tap(lambda: (ids, cols.values, cols.times, s.idx[:k], s.mean, s.std, s.z), k, lambda: (ids, s.idx))
+            self._tap(lambda: (ids, cols.values, cols.times, s.idx[:k], s.mean, s.std, s.z), k, lambda: (ids, s.idx),
+                      params=params_of)
         return out
 
-    def _tap(self, rows, k: int, flagged=None, viewed: int | None = None) -> None:
+    def _tap(self, rows, k: int, flagged=None, viewed=None, params=None) -> None:
         """Tell the page's taps a batch was applied (streamer/web/tap.py; only called while a page views a series);
-        rows() gives its (ids, values, times, idx, mean, std, z) when a tap records it."""
-        self.taps.observe(self.session.name if self.session is not None else "", self.state, self.params, rows, k,
-                          flagged, viewed)
+        rows() gives its (ids, values, times, idx, mean, std, z) when a tap records it; `params`: as Taps.observe
+        takes them (None: the stream's)."""
+        self.taps.observe(self.session.name if self.session is not None else "", self.state, params or self.params,
+                          rows, k, flagged, viewed)
 
     def _tapped(self) -> np.ndarray:
         """The slots of this stream's series that a page views, for the fused pass to count their flagged rows:

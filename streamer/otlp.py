@@ -425,8 +425,9 @@ class OtlpIngest:
         k, rule_out, rule_ev = series_rules.judge(state, ruled, rule_of, ids, judged, times, time.time_ns(),
                                                   idx, mean, std, z, tail, ev, ev_stats, ev_n)
         self.on_batch(n, k)
-        if self.taps is not None and self.taps.active:  # the band drawn is the defaults' (ruled[-1]), as in streams
-            self.taps.observe(res.session, state, ruled[-1], lambda: (ids, judged, times, idx[:k], mean, std, z), k)
+        if self.taps is not None and self.taps.active:  # the band drawn is each series' rule's
+            self.taps.observe(res.session, state, series_rules.params_of(ruled, ids, rule_of),
+                              lambda: (ids, judged, times, idx[:k], mean, std, z), k)
         names = ruleset.names
         e = int(ev_n[0])
         if e:

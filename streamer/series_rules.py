@@ -125,6 +125,12 @@ def rule_of_rows(state, ruleset: RuleSet, version: int, ids: np.ndarray, name_ha
     return of[ids]
 
 
+def params_of(ruled: list, ids: np.ndarray, rule_of: np.ndarray):
+    """A function of a slot among `ids` giving its series' Params (ruled[rule_of[i]] at a row i of the slot): what
+    the page's taps judge a ruled series' band by (streamer/web/tap.py)."""
+    return lambda slot: ruled[int(rule_of[np.flatnonzero(ids == slot)[0]])]
+
+
 def _update(p, ids, values, times, now_ns, state, idx, mean, std, z, tail, ev, ev_stats, ev_n) -> int:
     """rules.stream_update with the options `p` (a detector.Params) on `state` (which has their arrays)."""
     r = p.rules()

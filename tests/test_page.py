@@ -381,3 +381,43 @@ def test_a_tap_follows_views_that_start_and_stop_on_an_open_stream():
     on_y = [p[1] for p in y.ring if p[4]]
     assert on_x == [v for _, v in flagged["x"]] and {50.0 + b for b in range(15, 60, 5)} <= set(on_x)
     assert on_y == [v for b, v in flagged["y"] if 30 <= b < 45] and {82.0, 87.0, 92.0} <= set(on_y)
+
+
+def test_a_tap_draws_a_ruled_series_by_its_rule():
+    """With rules, a viewed series' recorded batch has the band and threshold of its own rule (exponential, alpha
+    0.2, k 3 here), not the server's defaults (cumulative, k 2): each value against the naive stream's state."""
+    from streamer import series_rules
+    from streamer.pb import outliers_pb2 as pb
+    from streamer.state import SessionRegistry
+    from streamer.web.tap import Taps
+    rules = series_rules.RuleSet((series_rules.Rule("fast", prefix="lat", values=(
+        ("mode", MODE_EXPONENTIAL), ("alpha", 0.2), ("threshold", 3.0))),))
+    defaults = detector.Defaults()
+    live = series_rules.Live(series_rules.Settings(1, defaults, rules))
+    clock = [0.0]
+    taps = Taps(sample_seconds=10.0, clock=lambda: clock[0])
+    tap = taps.view("", "lat")
+    d = detector.StreamDetector(defaults, SessionRegistry(600, 10, 1000), live=live)
+    d.taps = taps
+    rng = random.Random(SEED)
+    sent = []
+    for b in range(40):
+        clock[0] = 11.0 * (b >= 30)  # arms after batch 30: batch 31 is recorded whole
+        values = [rng.gauss(10, 1) for _ in range(3)]
+        sent.append(values)
+        req = pb.OutliersRequest(metrics=[pb.Metric(name="lat", value=v) for v in values] +
+                                 [pb.Metric(name="cpu", value=rng.gauss(0, 1))])
+        d.process(req.SerializeToString())
+    whole = [p for p in tap.ring if not p[4]]
+    assert {p[1] for p in whole} >= set(sent[31]) and all(p[6] == 3.0 for p in whole)
+    state: dict = {}
+    expect = {}
+    for values in sent:
+        for v in values:
+            x = state["series"][0] if state else None
+            if x is not None and x.n >= 10:
+                expect[v] = (x.mean, x.spread ** 0.5)
+            naive.stream([("lat", v)], state, threshold=3.0, warmup=10, alpha=0.2, mode="exponential")
+    for p in whole:
+        if p[1] in set(sent[31]):
+            assert (p[2], p[3]) == pytest.approx(expect[p[1]], rel=1e-9)

@@ -239,8 +239,9 @@ class Taps:
         return np.array(found, dtype=np.int64), len(taps) - len(found)
 
     def observe(self, session: str, state, params, rows, k: int = -1, flagged=None, viewed=None) -> None:
-        """After a batch was applied to `state`: record the viewed series' flagged values of it, and all its
-        values when sampled (see the module's docstring); rows() gives the batch's (ids, values, times, idx, mean,
+        """After a batch was applied to `state` with `params` (a detector.Params, or with rules a function of a
+        slot giving its series' Params): record the viewed series' flagged values of it, and all its values when
+        sampled (see the module's docstring); rows() gives the batch's (ids, values, times, idx, mean,
         std, z), idx the k flagged rows (k < 0: unknown until rows() is called) and mean, std, z what they were
         judged against; `viewed`, when given, those of them of a viewed series as the fused pass copies them
         (rows of slot, time, value, mean, stddev, zscore: StreamPass.tapped, for the slots() of the session), else
@@ -280,11 +281,13 @@ class Taps:
                 self._armed -= 1
                 tap.next_sample = now + self.sample_seconds
                 due = True
-                self._whole(tap, tap.rows[:n].copy(), params, values, times, idx, mean, std, z)
+                self._whole(tap, tap.rows[:n].copy(), params(s) if callable(params) else params, values, times,
+                            idx, mean, std, z)
             elif k:
                 n = _rows_of(ids, idx, len(idx), s, tap.rows)  # the series' flagged values: j into idx
                 if n:
-                    self._flagged(tap, tap.rows[:n], params, values, times, idx, mean, std, z)
+                    self._flagged(tap, tap.rows[:n], params(s) if callable(params) else params, values, times, idx,
+                                  mean, std, z)
             if now >= tap.next_sample:  # the next batch with the series is recorded whole
                 tap.one.set(state.count[s], state.mean[s], state.spread[s])
                 tap.armed = id(state)
