@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--variants", nargs="+", choices=list(PATHS), default=list(PATHS),
+                        help="which to run besides no page and page open (always run; each is compared with no page)")
     args = parser.parse_args(argv)
     started = time.time()
     local = in_process()
@@ -156,8 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     http_port = free_port()
     server = ServerProcess("streamer", args=("--http-port", str(http_port)))
     clients = []
-    runs: dict[str, list[float]] = {name: [] for name in PATHS}
-    cpu: dict[str, list[float]] = {name: [] for name in PATHS}  # the server's CPU ns a metric answered
+    variants = ["no page", "page open"] + [v for v in args.variants if v not in ("no page", "page open")]
+    runs: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}  # the server's CPU ns a metric answered
     received = []
     try:
         clients = [Client(server.addr, batches(f"bench-{k}", 220, k)) for k in range(args.clients)]
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
             c.ready.wait(60)
         time.sleep(1.0)  # warm
         for r in range(args.rounds):
-            order = list(runs) if r % 2 == 0 else list(reversed(runs))
+            order = variants if r % 2 == 0 else variants[::-1]
             for name in order:
                 stop = threading.Event()
                 threads, counts = page_open(http_port, stop, PATHS[name])
@@ -189,9 +192,9 @@ def main(argv: list[str] | None = None) -> None:
             c.stop.set()
         server.stop()
     ratios = [a / b for a, b in zip(runs["page open"], runs["no page"])]
-    parts = {n: [a / b for a, b in zip(runs[n], runs["no page"])] for n in PATHS if n != "no page"}
+    parts = {n: [a / b for a, b in zip(runs[n], runs["no page"])] for n in variants if n != "no page"}
     fig = {n: {"median": statistics.median(v), "min": min(v), "max": max(v)} for n, v in runs.items()}
-    per_cpu = {n: [a / b for a, b in zip(cpu["no page"], cpu[n])] for n in PATHS if n != "no page"}
+    per_cpu = {n: [a / b for a, b in zip(cpu["no page"], cpu[n])] for n in variants if n != "no page"}
     cpu_fig = {n: {"median": statistics.median(v), "min": min(v), "max": max(v)} for n, v in cpu.items()}
     result = {"what": "DetectStream metrics/s with the page open on a busy series (its /api/events and /api/tap "
                       "connections) and without; interleaved rounds in one run",
