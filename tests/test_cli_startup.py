@@ -48,5 +48,5 @@ def test_client_verbs_load_no_numba(verb, refused, tmp_path):
         assert done.returncode == 0, done.stderr[-2000:]
         assert done.stdout
     assert "streamer.cli" in names and "streamer.ops.logs" in names  # the listing is the run's, read right
-    loaded = sorted(n for n in names if any(n == p or n.startswith(p + ".") for p in PIPELINE))
+    loaded = sorted(p for p in PIPELINE if any(n == p or n.startswith(p + ".") for n in names))
     assert not loaded, f"`streamer {verb}` imports {loaded}"
