@@ -7,7 +7,6 @@ Every flag is checked here, with its range in --help; a bad one is one line on s
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import logging
 import math
@@ -625,6 +624,8 @@ def main(argv: list[str] | None = None, environ=None) -> int:
     config = dataclasses.replace(config, source=ConfigSource(argv, environ, args, config))
     try:
         if args.workers == 1:
+            import asyncio
+
             from streamer.server import serve
             asyncio.run(serve(config))
             return 0

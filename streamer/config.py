@@ -1,7 +1,8 @@
-"""The server's configuration: Config, everything `streamer serve` takes, with the defaults its flags show.
+"""The server's configuration: Config, everything `streamer serve` takes, with the defaults its flags show, and
+SinkConfig, its alert sinks' part.
 
-Plain data, no numpy, no numba: the CLI builds its parser and a Config from these without loading the
-pipeline, which only `serve` does (server.py, which re-exports Config).
+Plain data, no numpy, no numba, no HTTP client: the CLI builds its parser and a Config from these without
+loading the pipeline or the sinks, which only `serve` does (server.py and sinks/ re-export Config, SinkConfig).
 """
 from __future__ import annotations
 
@@ -9,14 +10,25 @@ import dataclasses
 
 from streamer.defaults import Defaults, Options
 from streamer.rule_set import NO_RULES, RuleSet
-from streamer.sinks import SinkConfig
 
 # Defaults of parts the server configures, defined here so the CLI shows them without importing those parts:
 UPDATE_SECONDS = 10.0  # episodes.Throttle: an open episode's changes are announced at most this often
+RESEND_SECONDS = 60.0  # sinks.AlertmanagerSink: an open episode's alert is sent again this often
 # otlp.OtlpState: the resource attributes that name a series' source; the others (process.pid,
 # telemetry.sdk.version, ...) change with every restart or upgrade and would reset every baseline
 # (shared/DECISIONS.md).
 DEFAULT_RESOURCE_ATTRIBUTES = ("service.namespace", "service.name", "host.name", "k8s.pod.name", "container.name")
+
+
+@dataclasses.dataclass(frozen=True)
+class SinkConfig:
+    """The sink flags of `streamer serve`, checked (check_url, parse_header, the CA file readable)."""
+
+    alertmanagers: tuple[str, ...] = ()
+    webhooks: tuple[str, ...] = ()
+    webhook_headers: tuple[tuple[str, str], ...] = ()  # values already read from the environment
+    webhook_ca: str | None = None
+    resend_seconds: float = RESEND_SECONDS
 
 
 @dataclasses.dataclass(frozen=True)
