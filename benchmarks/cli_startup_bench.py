@@ -1,11 +1,12 @@
 """Start-up time of the `streamer` command line: wall seconds of client commands (--version, detect --help, an
 admin call to a port nothing listens on) and the import time of streamer.cli, for one or more source trees,
-in interleaved rounds (the machine is noisy: each round runs every tree once, figures are median (min-max)).
+in interleaved rounds (the machine is noisy: each round runs every tree once; figures are median (min-max),
+and each tree's ratio to the first, round by round).
 
     python -m benchmarks.cli_startup_bench [--rounds N] [TREE ...]   # default TREE: this checkout
 
 A tree is a directory holding streamer/ (a checkout, or `git archive REV | tar -x -C DIR` of an older one), run
-as PYTHONPATH=TREE python -m streamer. Nothing here asserts a speed: tests/test_cli.py checks what is imported.
+as PYTHONPATH=TREE python -m streamer. Nothing here asserts a speed: tests/test_cli_startup.py checks what is imported.
 """
 from __future__ import annotations
 
@@ -81,6 +82,12 @@ def main() -> int:
         print(f"\n{tree} (numba loaded by import streamer.cli: {numba_loaded[tree]})")
         for name in ["import streamer.cli", *cmds]:
             print(f"  {name:28s} {_fmt(figures[tree, name])} s")
+    for tree in args.trees[1:]:  # ratios round by round: a noisy moment slows both trees of that round
+        base = args.trees[0]
+        print(f"\n{base} / {tree}, per round")
+        for name in ["import streamer.cli", *cmds]:
+            ratios = [a / b for a, b in zip(figures[base, name], figures[tree, name])]
+            print(f"  {name:28s} {statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})")
     print(f"load after: {os.getloadavg()[0]:.2f}")
     return 0
 

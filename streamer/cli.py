@@ -13,7 +13,7 @@ import math
 import os
 import sys
 
-# Nothing imported here loads numba or the pipeline (tests/test_cli.py checks it): the client verbs start in a
+# Nothing imported here loads numba or the pipeline (tests/test_cli_startup.py checks it): the client verbs start in a
 # fraction of the time; `serve` imports the server (and with it the kernels) when it runs.
 from streamer import __version__
 from streamer.config import Config

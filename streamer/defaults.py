@@ -2,7 +2,7 @@
 (Options) and the server's defaults for what a request leaves unset (Defaults).
 
 No numpy, no numba: the CLI, the config file and the server's Config read these without loading the pipeline
-(tests/test_cli.py checks it). The wire package, series_state.py and detector.py re-export them; resolving
+(tests/test_cli_startup.py checks it). The wire package, series_state.py and detector.py re-export them; resolving
 Options against Defaults lives in detector.py.
 """
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The client verbs of the real CLI (detect, watch, admin, config check, --help, --version) start without numba or
-the detection pipeline: only `streamer serve` loads them. Checked from outside, in the modules `python -X
-importtime -m streamer ...` reports, so an import at module level anywhere on these paths fails here."""
+the detection pipeline: only `streamer serve` loads them; those that make no call load no grpc either. Checked
+from outside, in the modules `python -X importtime -m streamer ...` reports, so an import at module level
+anywhere on these paths fails here."""
 from __future__ import annotations
 
 import socket
@@ -50,3 +51,5 @@ def test_client_verbs_load_no_numba(verb, refused, tmp_path):
     assert "streamer.cli" in names and "streamer.ops.logs" in names  # the listing is the run's, read right
     loaded = sorted(p for p in PIPELINE if any(n == p or n.startswith(p + ".") for n in names))
     assert not loaded, f"`streamer {verb}` imports {loaded}"
+    if verb in ("--version", "detect --help", "serve --help", "config check"):  # no call: no grpc either
+        assert "grpc" not in names
