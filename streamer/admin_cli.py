@@ -6,14 +6,8 @@ import datetime
 import json
 import sys
 
-import grpc
-from google.protobuf import json_format
-
-from streamer.ops.tls import TLSError, channel_credentials
-from streamer.pb import admin_pb2 as pb
-from streamer.pb import admin_pb2_grpc
-
-KINDS = {pb.SESSION_KIND_STREAM: "stream", pb.SESSION_KIND_OTLP: "otlp"}
+# grpc and the generated modules are imported where the calls are made (run), not here: every `streamer` command
+# builds this verb's parser (add_parser), and only `streamer admin` needs them (tests/test_cli_startup.py)
 
 
 def add_parser(sub, path_type) -> None:
@@ -58,17 +52,21 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-def _sessions(resp: pb.ListSessionsResponse) -> str:
+def _sessions(resp) -> str:
+    """A ListSessionsResponse as a table."""
+    from streamer.pb import admin_pb2 as pb
+    kinds = {pb.SESSION_KIND_STREAM: "stream", pb.SESSION_KIND_OTLP: "otlp"}
     rows = [["NAME", "KIND", "TENANT", "SERIES", "LAST ACTIVITY", "LEASE", "HERE"]]
     for s in resp.sessions:
         lease = "-" if not s.lease_owner else ("this process" if s.lease_owner == resp.process else s.lease_owner)
         here = "open" if s.open_here else "held" if s.held_here else "-"
-        rows.append([s.name, KINDS.get(s.kind, "?"), s.tenant or "-", str(s.series), _when(s.last_activity), lease,
+        rows.append([s.name, kinds.get(s.kind, "?"), s.tenant or "-", str(s.series), _when(s.last_activity), lease,
                      here])
     return _table(rows) + f"\n{len(resp.sessions)} session(s)"
 
 
-def _series(resp: pb.GetSeriesResponse) -> str:
+def _series(resp) -> str:
+    """A GetSeriesResponse as lines."""
     lines = [f"session  {resp.session}", f"series   {resp.series}", f"mode     {resp.mode}",
              f"count    {resp.count}", f"mean     {resp.mean!r}", f"stddev   {resp.stddev!r}",
              f"spread   {resp.spread!r}", f"seen     {_when(resp.last_seen)}"]
@@ -78,6 +76,12 @@ def _series(resp: pb.GetSeriesResponse) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """The admin verb on parsed flags; the exit status (1 with the server's message on a refused call)."""
+    import grpc
+    from google.protobuf import json_format
+
+    from streamer.ops.tls import TLSError, channel_credentials
+    from streamer.pb import admin_pb2 as pb
+    from streamer.pb import admin_pb2_grpc
     try:
         credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key) if (
             args.tls or args.tls_ca or args.tls_cert) else None

@@ -7,20 +7,20 @@ Every flag is checked here, with its range in --help; a bad one is one line on s
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import logging
 import math
 import os
 import sys
 
+# Nothing imported here loads numba or the pipeline (tests/test_cli_startup.py checks it): the client verbs start in a
+# fraction of the time; `serve` imports the server (and with it the kernels) when it runs.
 from streamer import __version__
-from streamer.detector import DIRECTIONS, MAX_LIKELIHOOD_SHORT, MODES, SCORES, Defaults
+from streamer.config import Config
+from streamer.defaults import DIRECTIONS, MAX_LIKELIHOOD_SHORT, MODES, SCORES, Defaults, Options
 from streamer.ops import logs
 from streamer.progress import MODES as PROGRESS_MODES
-from streamer.series_rules import NO_RULES
-from streamer.server import Config, serve
-from streamer.wire import Options
+from streamer.rule_set import NO_RULES
 
 MAX_MESSAGE_MB = 2047  # grpc's message limits are int32 byte counts: 2047 MiB is the most that fits
 MAX_UINT32 = 2**32 - 1
@@ -624,6 +624,9 @@ def main(argv: list[str] | None = None, environ=None) -> int:
     config = dataclasses.replace(config, source=ConfigSource(argv, environ, args, config))
     try:
         if args.workers == 1:
+            import asyncio
+
+            from streamer.server import serve
             asyncio.run(serve(config))
             return 0
         from streamer import workers

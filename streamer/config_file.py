@@ -141,13 +141,13 @@ def _rule_line(text: str, n: int, key: str) -> int:
 
 
 def _rules(raw, text: str, path: str, known: dict[str, argparse.Action]):
-    """The [[rules]] tables as a series_rules.RuleSet, each key checked as its flag is; raise ConfigError."""
-    from streamer import detector, series_rules
+    """The [[rules]] tables as a rule_set.RuleSet, each key checked as its flag is; raise ConfigError."""
+    from streamer import defaults, rule_set
 
     if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
         raise ConfigError(f"config file {path}, line {_line(text, 'rules')}, key rules: must be an array of tables "
                           f"([[rules]] with name = \"...\" and match = \"GLOB\" or prefix = \"...\")")
-    convert = {"score": detector.SCORES, "direction": detector.DIRECTIONS}
+    convert = {"score": defaults.SCORES, "direction": defaults.DIRECTIONS}
     out, names = [], set()
     for n, table in enumerate(raw):
         def where(key: str) -> str:
@@ -170,13 +170,13 @@ def _rules(raw, text: str, path: str, known: dict[str, argparse.Action]):
         for key, value in table.items():
             if key in ("name", "match", "prefix"):
                 continue
-            if key in series_rules.NOT_PER_SERIES:
-                raise ConfigError(f"{where(key)}: a rule cannot set {key}: {series_rules.NOT_PER_SERIES[key]}")
-            if key not in series_rules.RULE_KEYS:
-                near = difflib.get_close_matches(key, series_rules.RULE_KEYS, n=1)
+            if key in rule_set.NOT_PER_SERIES:
+                raise ConfigError(f"{where(key)}: a rule cannot set {key}: {rule_set.NOT_PER_SERIES[key]}")
+            if key not in rule_set.RULE_KEYS:
+                near = difflib.get_close_matches(key, rule_set.RULE_KEYS, n=1)
                 hint = f"; did you mean {near[0]}?" if near else ""
                 raise ConfigError(f"{where(key)}: a rule takes name, match or prefix, and "
-                                  f"{', '.join(series_rules.RULE_KEYS)}{hint}")
+                                  f"{', '.join(rule_set.RULE_KEYS)}{hint}")
             try:
                 flag = _value(known[key], value)
             except argparse.ArgumentTypeError as exc:
@@ -187,8 +187,8 @@ def _rules(raw, text: str, path: str, known: dict[str, argparse.Action]):
                 flag = None
             values.append((key, flag))
             keys.append((key, value))
-        out.append(series_rules.Rule(name, **{patterns[0]: pattern}, values=tuple(values), keys=tuple(keys)))
-    return series_rules.RuleSet(tuple(out))
+        out.append(rule_set.Rule(name, **{patterns[0]: pattern}, values=tuple(values), keys=tuple(keys)))
+    return rule_set.RuleSet(tuple(out))
 
 
 def _tenants(raw, text: str, path: str):

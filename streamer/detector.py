@@ -19,22 +19,16 @@ from streamer.errors import (AlreadyExists, DetectError, FailedPrecondition, Inv
 from streamer.series import SeriesLimitError, SeriesTable
 from streamer.sinks.episode import EpisodeEvent
 from streamer import expiry
-from streamer.state import (MODE_CUMULATIVE, MODE_EXPONENTIAL, MODE_NAMES, SeriesState, Session,
-                            SessionError, SessionRegistry, TotalSeriesLimitError)
+# the option enums and the server's Defaults live in defaults.py (no numba: the CLI reads them); re-exported here
+from streamer.defaults import (DIRECTION_BOTH, DIRECTION_DOWN, DIRECTION_NAMES, DIRECTION_UP, DIRECTIONS,  # noqa: F401
+                               MAX_LIKELIHOOD_SHORT, MODE_CUMULATIVE, MODE_EXPONENTIAL, MODE_NAMES, MODES,
+                               SCORE_LIKELIHOOD, SCORE_NAMES, SCORE_ZSCORE, SCORES, Defaults)
+from streamer.state import SeriesState, Session, SessionError, SessionRegistry, TotalSeriesLimitError
 from streamer.wire import (TRAILER_BYTES, Columns, Options, WireError, encode_flagged,
                            encode_trailer)
 from streamer.wire.encode import with_rules
 
 MAX_NAME_BYTES = fused.MAX_NAME_BYTES
-MAX_LIKELIHOOD_SHORT = 1024  # raw scores a series' likelihood ring holds at most (8 bytes each)
-SCORE_ZSCORE, SCORE_LIKELIHOOD = 1, 2
-SCORE_NAMES = {SCORE_ZSCORE: "SCORE_ZSCORE", SCORE_LIKELIHOOD: "SCORE_LIKELIHOOD"}
-DIRECTION_BOTH, DIRECTION_UP, DIRECTION_DOWN = 1, 2, 3
-DIRECTION_NAMES = {DIRECTION_BOTH: "DIRECTION_BOTH", DIRECTION_UP: "DIRECTION_UP", DIRECTION_DOWN: "DIRECTION_DOWN"}
-# the names the CLI's flags, the config file and the page take for the enum options
-MODES = {"cumulative": MODE_CUMULATIVE, "exponential": MODE_EXPONENTIAL}
-SCORES = {"zscore": SCORE_ZSCORE, "likelihood": SCORE_LIKELIHOOD}
-DIRECTIONS = {"both": DIRECTION_BOTH, "up": DIRECTION_UP, "down": DIRECTION_DOWN}
 _KERNEL_DIRECTION = {DIRECTION_BOTH: 0, DIRECTION_UP: 1, DIRECTION_DOWN: 2}  # rules.stream_update's codes
 
 # Bytes an answer can take per metric if every metric is flagged, besides the name's own bytes: the Outlier's
@@ -43,31 +37,6 @@ _KERNEL_DIRECTION = {DIRECTION_BOTH: 0, DIRECTION_UP: 1, DIRECTION_DOWN: 2}  # r
 # per answer, the packed field's tag and length (1 + 5) and the batch number (1 + 10).
 _ANSWER_BYTES_PER_METRIC = 62
 _ANSWER_BYTES_FIXED = 17 + TRAILER_BYTES  # and the sequence fields after the batch number
-
-
-@dataclasses.dataclass(frozen=True)
-class Defaults:
-    """Server-wide defaults, used for every zero field (1-5) or unset field (6-12) of DetectOptions, and limits."""
-
-    threshold: float = 2.0
-    warmup: int = 10
-    mode: int = MODE_CUMULATIVE
-    alpha: float = 0.05
-    exclude_limit: int | None = None  # None: the stream's warmup (at least 2, as the warmup acts)
-    cooldown: int = 0
-    score: int = SCORE_ZSCORE
-    likelihood_short: int = 10
-    likelihood_window: int = 8640
-    likelihood_threshold: float = 1e-5
-    likelihood_learning: int = 300
-    min_deviation: float = 0.0
-    min_relative_deviation: float = 0.0
-    direction: int = 1  # DIRECTION_BOTH
-    resolve_after: int = 10
-    episodes: bool = False  # whether streams keep episodes at all (--episodes; on when an alert sink is set)
-    max_series: int = 100_000
-    series_ttl: float = 0.0  # seconds a series may be idle before it is dropped (0: never); --series-ttl
-    max_response_bytes: int = 64 * 1024 * 1024  # what grpc can send; the server sets it from --max-message-mb
 
 
 @dataclasses.dataclass(frozen=True)

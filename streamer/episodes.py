@@ -12,10 +12,10 @@ from typing import Callable
 import numpy as np
 
 from streamer import rules
+from streamer.config import UPDATE_SECONDS
 from streamer.series import SeriesTable
 from streamer.sinks.episode import OPENED, RELEASED, RESOLVED, UPDATED, EpisodeEvent
 
-UPDATE_SECONDS = 10.0
 _KINDS = {rules.EPISODE_OPENED: OPENED, rules.EPISODE_UPDATED: UPDATED, rules.EPISODE_RESOLVED: RESOLVED}
 
 

@@ -20,6 +20,7 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as otlp
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
 from streamer import episodes, expiry, rates, rules, series_rules, tenants
+from streamer.config import DEFAULT_RESOURCE_ATTRIBUTES
 from streamer.detector import MAX_NAME_BYTES, Params, resolve
 from streamer.errors import InvalidArgument, Unavailable
 from streamer.series import SeriesLimitError, lazy_zeros
@@ -27,9 +28,6 @@ from streamer.state import MODE_EXPONENTIAL, SeriesState, SessionError, SessionR
 from streamer.watch import ORIGIN_OTLP, flagged
 
 SERVICE_NAME = "opentelemetry.proto.collector.metrics.v1.MetricsService"
-# Resource attributes that name a series' source; the others (process.pid, telemetry.sdk.version, ...) change
-# with every restart or upgrade and would reset every baseline (shared/DECISIONS.md).
-DEFAULT_RESOURCE_ATTRIBUTES = ("service.namespace", "service.name", "host.name", "k8s.pod.name", "container.name")
 KEY_CACHE = 200_000  # series keys remembered (about 300 bytes each); past it the cache starts again
 LEASE_WAIT = 5.0  # seconds an export waits for its resource's session, held by another export, before UNAVAILABLE
 _DELTA, _CUMULATIVE = metrics_pb2.AGGREGATION_TEMPORALITY_DELTA, metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE

@@ -12,12 +12,10 @@ from typing import Callable
 import numpy as np
 
 from streamer import expiry
+from streamer.defaults import MODE_CUMULATIVE, MODE_EXPONENTIAL, MODE_NAMES  # noqa: F401 (a state's modes, re-exported)
 from streamer.series import M_COUNT, M_HIGH, M_NAMES, M_USED, SeriesLimitError, SeriesTable, _gather, lazy_zeros
 from streamer.store import Snapshot
 
-MODE_CUMULATIVE = 1
-MODE_EXPONENTIAL = 2
-MODE_NAMES = {MODE_CUMULATIVE: "MODE_CUMULATIVE", MODE_EXPONENTIAL: "MODE_EXPONENTIAL"}
 # Per-series arrays, indexed by slot. _STATS are zeroed for a new series in a reused slot (reset_slots); a
 # feature adding per-series state adds its array here (and to _ARRAYS, to be kept in snapshots).
 _STATS = ("count", "mean", "spread")

@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from streamer import admin, detector, fused, kernels, otlp, rates, rules, series, wire
 from streamer.bus import open_bus
+from streamer.config import Config
 from streamer.ops import tls
 from streamer.ops.metrics import Metrics, MetricsInterceptor
 # The Outliers methods are registered as raw-bytes handlers (service.py), so nothing else loads the generated
@@ -28,70 +29,17 @@ from streamer.ops.metrics import Metrics, MetricsInterceptor
 # has run. Without it, `grpcurl describe pb.Outliers` from another process gets "Symbol not found".
 from streamer.pb import outliers_pb2
 from streamer.service import SERVICE_NAME, OutliersService
-from streamer.episodes import UPDATE_SECONDS, Throttle
-from streamer.sinks import RELEASED, SinkConfig, Sinks
+from streamer.episodes import Throttle
+from streamer.sinks import RELEASED, Sinks
 from streamer.sinks.http import SinkMetrics
 from streamer.state import SeriesBudget, SessionRegistry
 from streamer.store import StoreError, open_store
-from streamer.series_rules import NO_RULES, Live, RuleSet, Settings
+from streamer.series_rules import Live, Settings
 from streamer.watch import Hub
-from streamer.wire import Options
 
 log = logging.getLogger("streamer")
 
 STORE_HEALTH = "streamer.store"  # a health service name: NOT_SERVING while snapshots cannot be written
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """Everything `streamer serve` takes; every field has the default the CLI shows."""
-
-    host: str = "[::]"
-    port: int = 9999
-    defaults: detector.Defaults = detector.Defaults()
-    max_message_mb: int = 64
-    grace_seconds: float = 5.0
-    drain_seconds: float = 0.0
-    session_ttl: float = 600.0
-    max_sessions: int = 10_000
-    # series held by the process in all sessions and streams (0: no limit); with --workers N, each worker's
-    # share is max_total_series / N
-    max_total_series: int = 10_000_000
-    store: str = "sqlite:///state/streamer.db"  # relative to the working directory (shared/DECISIONS.md)
-    snapshot_seconds: float = 5.0
-    lease_seconds: float = 10.0
-    metrics_port: int = 9464  # Prometheus /metrics on --host; 0: not served (shared/DECISIONS.md)
-    tls_cert: str | None = None       # PEM files; with both, the port speaks TLS only
-    tls_key: str | None = None
-    tls_client_ca: str | None = None  # with it, clients must present a certificate this CA signed (mTLS)
-    alerts: SinkConfig = SinkConfig()  # where episodes are posted (Alertmanager, webhooks); none by default
-    episode_update_seconds: float = UPDATE_SECONDS  # an open episode's changes are announced at most this often
-    # SO_REUSEPORT. Off: the port is this process's alone, so a second server on it fails at start instead of
-    # silently sharing the connections (and its sessions) with the first. On only for several workers of one
-    # server that bind the same port (a future --workers N).
-    reuse_port: bool = False
-    # OTLP: MetricsService/Export is served on `port` and, unless 0, on otlp_port too (4317: exporters' default)
-    otlp_port: int = 4317
-    otlp_resource_attributes: tuple[str, ...] = otlp.DEFAULT_RESOURCE_ATTRIBUTES  # those that name a series
-    otlp_options: Options = Options()  # --otlp-threshold, ...: how OTLP points are judged; zero: `defaults`
-    http_port: int = 9470  # the page and its API (streamer/web/) on --host; 0: not served
-    http_max_upload_mb: float = 32.0  # the page's backtest upload limit (413 above it)
-    rules: RuleSet = NO_RULES  # the config file's [[rules]]: option sets by series key (series_rules.py)
-    # where reload() reads the configuration again (streamer/reload.py ConfigSource: the command line, the
-    # environment and the --config file); None: a server made in code, which has nothing to re-read
-    source: object = dataclasses.field(default=None, compare=False, repr=False)
-    tenants: object = None  # streamer.tenants.Tenants from the config file's [tenants] (needs tls_client_ca)
-
-    @property
-    def max_message_bytes(self) -> int:
-        """The largest request grpc takes and the largest answer it sends."""
-        return self.max_message_mb * 1024 * 1024
-
-    def security(self) -> str:
-        """How the gRPC port is reached, for the ready line."""
-        if not self.tls_cert:
-            return "plaintext"
-        return "TLS, client certificates required" if self.tls_client_ca else "TLS"
 
 
 def _check_bindable(host: str, port: int, reuse_port: bool) -> None:

@@ -7,13 +7,13 @@ lease), so a fleet posts each episode once, not once per worker.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import ssl
 import urllib.parse
 
-from streamer.sinks.alertmanager import RESEND_SECONDS, AlertmanagerSink
+from streamer.config import SinkConfig  # plain data with the server's Config (the CLI reads it without sinks)
+from streamer.sinks.alertmanager import AlertmanagerSink
 from streamer.sinks.episode import OPENED, RELEASED, RESOLVED, UPDATED, EpisodeEvent
 from streamer.sinks.http import SinkMetrics
 from streamer.sinks.webhook import WebhookSink
@@ -22,17 +22,6 @@ __all__ = ["OPENED", "RELEASED", "RESOLVED", "UPDATED", "EpisodeEvent", "Alertma
            "Sinks", "check_url", "parse_header"]
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP header name (RFC 9110 token)
-
-
-@dataclasses.dataclass(frozen=True)
-class SinkConfig:
-    """The sink flags of `streamer serve`, checked (check_url, parse_header, the CA file readable)."""
-
-    alertmanagers: tuple[str, ...] = ()
-    webhooks: tuple[str, ...] = ()
-    webhook_headers: tuple[tuple[str, str], ...] = ()  # values already read from the environment
-    webhook_ca: str | None = None
-    resend_seconds: float = RESEND_SECONDS
 
 
 def check_url(text: str) -> str:

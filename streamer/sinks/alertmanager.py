@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from streamer.config import RESEND_SECONDS
 from streamer.sinks.episode import RELEASED, RESOLVED, EpisodeEvent, labels, rfc3339
 from streamer.sinks.http import Poster
 
-RESEND_SECONDS = 60.0
 BATCH = 500  # alerts per POST
 PENDING_LIMIT = 10_000  # resolved alerts kept while Alertmanager cannot be reached; older ones are dropped
 

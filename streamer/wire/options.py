@@ -1,17 +1,16 @@
-"""DetectOptions on the wire: the Options dataclass the decoder gives, and the compiled reader of its fields
-into the decoder's state array (slots 0 .. OPTION_SLOTS - 1). Resolution against the server's defaults and
-range checks live in detector.py.
+"""DetectOptions on the wire: the Options the decoder gives (a plain dataclass, defined in streamer/defaults.py),
+and the compiled reader of its fields into the decoder's state array (slots 0 .. OPTION_SLOTS - 1). Resolution
+against the server's defaults and range checks live in detector.py.
 
 Fields 1-5 keep proto3's zero-means-default; fields 6-17 are proto3 `optional` (explicit presence): a bit
 per field in st[_PRESENT] says it was sent, so 0 can mean "off" where the server's default is not 0.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 from numba import njit
 
+from streamer.defaults import Options
 from streamer.wire.primitives import E_TRUNCATED, INLINE, load_i64, varint
 
 # Slots of the decoder's state array (doubles kept as their bits).
@@ -20,30 +19,6 @@ _EXCLUDE_LIMIT, _COOLDOWN, _SCORE, _SHORT, _WINDOW, _TAIL_THRESHOLD, _LEARNING, 
 _MIN_DEVIATION, _MIN_RELATIVE, _DIRECTION, _RESOLVE_AFTER, _SERIES_TTL = range(14, 19)
 OPTION_SLOTS = 19
 _FIRST_OPTIONAL = 6  # field number of exclude_limit; field f sets bit f - 6 of st[_PRESENT]
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-    """DetectOptions as sent: zero fields 1-5 and None fields 6-12 mean "the server's default" (resolved in
-    detector.py)."""
-
-    threshold: float = 0.0
-    warmup: int = 0
-    mode: int = 0
-    alpha: float = 0.0
-    exclude_outliers: bool = False
-    exclude_limit: int | None = None
-    cooldown: int | None = None
-    score: int | None = None
-    likelihood_short: int | None = None
-    likelihood_window: int | None = None
-    likelihood_threshold: float | None = None
-    likelihood_learning: int | None = None
-    min_deviation: float | None = None
-    min_relative_deviation: float | None = None
-    direction: int | None = None
-    resolve_after: int | None = None
-    series_ttl: float | None = None  # field 13, series_ttl_seconds
 
 
 @njit(**INLINE)
