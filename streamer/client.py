@@ -200,9 +200,10 @@ class Client:
             raise ClientError(call.code(), call.details())
         return Watch(call)
 
-    def batcher(self, **settings) -> "Batcher":
+    def batcher(self, **settings):
         """A Batcher (streamer.batcher) on this channel: add() metrics one at a time or in small groups, each
         add's outliers come back as a Future; settings: max_metrics, max_bytes, linger, session, options, ..."""
+        from streamer.batcher import Batcher
         return Batcher(self, **settings)
 
     def detect_bytes(self, request: bytes, *, timeout: float | None = None) -> Result:
@@ -309,4 +310,10 @@ class AsyncClient:
             call.cancel()
 
 
-from streamer.batcher import Batcher, BatcherClosed  # noqa: E402,F401 (part of this module's API; it imports this one)
+def __getattr__(name: str):
+    """Batcher and BatcherClosed are part of this module's API, from streamer/batcher.py, which imports this module:
+    looked up when first asked for, so either module can be imported first."""
+    if name in ("Batcher", "BatcherClosed"):
+        from streamer import batcher
+        return getattr(batcher, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

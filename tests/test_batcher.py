@@ -86,3 +86,15 @@ def test_a_refused_stream_fails_its_adds(server):
         batcher.close()
         with pytest.raises(ValueError):
             Batcher(client, linger=-1)
+
+
+@pytest.mark.parametrize("first", ["streamer.batcher", "streamer.client"])
+def test_either_module_imports_first(first):
+    """streamer.client re-exports the Batcher of streamer/batcher.py, which imports streamer.client: a program may
+    import either first (a fresh interpreter each)."""
+    import subprocess
+    import sys
+    code = f"import {first}; from streamer.client import Batcher; from streamer.batcher import Batcher as B; " \
+           "assert Batcher is B; print('ok')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
