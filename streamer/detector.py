@@ -356,8 +356,8 @@ class StreamDetector:
                     self._announce(ev, stats, self._pass.slots(), c.values, c.times)
             if len(tapped):
                 self._tap(self._pass.flagged_rows, k, viewed=self._pass.tapped())
-            elif self.taps is not None and self.taps.active and len(self._tapped()):
-                self._tap(self._pass.flagged_rows, k)  # the batch brought a viewed series: its flags were not counted
+            elif self._tapped_key[2] >= 0 and tapped is self._tapped_slots and len(self._tapped()):
+                self._tap(self._pass.flagged_rows, k)  # the batch brought a missing viewed series: flags not counted
             return out + trailer if trailer else out
         cols = self._pass.columns()
         now = self.sessions.clock()

@@ -4,14 +4,14 @@ from __future__ import annotations
 from streamer import watch
 from streamer.pb import outliers_pb2 as pb
 
-LIVE_QUOTA = 64  # outliers a page's live list is sent per DELIVER_SECONDS at most (640 a second; see LiveList)
+LIVE_QUOTA = 16  # outliers a page's live list is sent per DELIVER_SECONDS at most (160 a second; see LiveList)
 
 
 class LiveList(watch.Subscriber):
     """The page's live list: a Watch subscriber that stops wanting outliers once LIVE_QUOTA of them wait unsent,
     until the page has been sent them (every DELIVER_SECONDS). While it does not want them, and nobody else
     watches, detection builds no outlier events at all (Hub.outliers_active), so a busy server with a page open
-    pays for 640 outliers a second, not for every one; episodes always reach it. `paused` counts the pauses since
+    pays for 160 outliers a second, not for every one; episodes always reach it. `paused` counts the pauses since
     the last message (the page says the list is sampled). Touched only on the event loop's thread."""
 
     def __init__(self, hub: watch.Hub, session: str, prefix: str, tenant: str | None = None):
