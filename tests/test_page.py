@@ -384,14 +384,15 @@ def test_a_tap_follows_views_that_start_and_stop_on_an_open_stream():
 
 
 def test_a_tap_draws_a_ruled_series_by_its_rule():
-    """With rules, a viewed series' recorded batch has the band and threshold of its own rule (exponential, alpha
-    0.2, k 3 here), not the server's defaults (cumulative, k 2): each value against the naive stream's state."""
+    """With rules, a viewed series' recorded batch has the band and threshold of its own rule (alpha 0.2, k 3 here,
+    on a stream whose client asked for the exponential mode), not the server's defaults (alpha 0.05, k 2): each
+    value against the naive stream's state."""
     from streamer import series_rules
     from streamer.pb import outliers_pb2 as pb
     from streamer.state import SessionRegistry
     from streamer.web.tap import Taps
-    rules = series_rules.RuleSet((series_rules.Rule("fast", prefix="lat", values=(
-        ("mode", MODE_EXPONENTIAL), ("alpha", 0.2), ("threshold", 3.0))),))
+    rule = series_rules.Rule("fast", prefix="lat", values=(("alpha", 0.2), ("threshold", 3.0)))
+    rules = series_rules.RuleSet((rule,))
     defaults = detector.Defaults()
     live = series_rules.Live(series_rules.Settings(1, defaults, rules))
     clock = [0.0]
@@ -407,6 +408,8 @@ def test_a_tap_draws_a_ruled_series_by_its_rule():
         sent.append(values)
         req = pb.OutliersRequest(metrics=[pb.Metric(name="lat", value=v) for v in values] +
                                  [pb.Metric(name="cpu", value=rng.gauss(0, 1))])
+        if b == 0:
+            req.options.CopyFrom(pb.DetectOptions(mode=pb.MODE_EXPONENTIAL))  # a mode is one per stream, not a rule's
         d.process(req.SerializeToString())
     whole = [p for p in tap.ring if not p[4]]
     assert {p[1] for p in whole} >= set(sent[31]) and all(p[6] == 3.0 for p in whole)
