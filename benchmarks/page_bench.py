@@ -4,14 +4,14 @@ in interleaved rounds of one run; and the in-process cost per batch of the tap.
     python -m benchmarks.page_bench [--rounds 6] [--duration 3] [--clients 2] [--out DIR]
 
 One `streamer serve` (memory://, --http-port on a free port) for the whole run. `--clients` threads each stream
-pre-encoded batches of 1 000 metrics (100 series, 5 flagged a batch) on their own channel and session, four batches in
-flight. "page open" rounds hold the two connections the page's browser holds while a series is viewed (the page's
+pre-encoded batches of 1 000 metrics (100 series, 5 flagged a batch) on their own channel and session, four batches
+in flight. "page open" rounds hold the two connections the page's browser holds while a series is viewed (the page's
 EventSources: /api/events, every outlier of every session; /api/tap on series s0 of the first client's session, ten
-values a batch), read by a thread each; "no page" rounds hold none, and "live list only" and "series view only" one
-of the two, to tell their costs apart. Rounds alternate the order of the variants; medians with min-max over the
-rounds, of metrics/s and of the server's CPU time a metric answered (utime + stime over each round: steadier than
-metrics/s on a shared machine). In process (CPU time): StreamDetector.process per batch with no taps, taps nobody
-views, and a viewed series. Writes page.json and page.md to --out (default benchmarks/results).
+values a batch), read by a process each, as a browser's are; "no page" rounds hold none, and "live list only" and
+"series view only" one of the two, to tell their costs apart. Rounds alternate the order of the variants; medians
+with min-max over the rounds, of metrics/s and of the server's CPU time a metric answered (utime + stime over each
+round: steadier than metrics/s on a shared machine). In process (CPU time): StreamDetector.process per batch with no
+taps, taps nobody views, and a viewed series. Writes page.json and page.md to --out (default benchmarks/results).
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ import http.client
 import json
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -81,34 +83,52 @@ class Client(threading.Thread):
                     break
 
 
-def _sse(port: int, path: str, stop: threading.Event, open_: threading.Event, counts: list) -> None:
+def _sse_reader(port: int, path: str) -> None:
+    """`--sse-reader PORT PATH`: what a browser's EventSource does, in a process of its own (as a browser is, so
+    that reading does not take the load generator's GIL): prints "open" once answered, reads until SIGTERM, then
+    prints how many messages it read."""
+    import signal
+    count = [0]
+
+    def done(*_):
+        print(count[0], flush=True)
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, done)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     conn.request("GET", path)
     r = conn.getresponse()
-    open_.set()
-    while not stop.is_set():
+    print("open", flush=True)
+    while True:
         line = r.fp.readline()
         if not line:
             break
         if line.startswith(b"data: "):
-            counts[0] += 1
-    conn.close()
+            count[0] += 1
+    done()
 
 
 PATHS = {"no page": (), "page open": ("/api/events", "/api/tap?session=bench-0&series=s0"),
          "live list only": ("/api/events",), "series view only": ("/api/tap?session=bench-0&series=s0",)}
 
 
-def page_open(port: int, stop: threading.Event, paths) -> tuple[list[threading.Thread], list]:
-    counts = [0]
-    threads = []
+def page_open(port: int, paths) -> list[subprocess.Popen]:
+    """A reader process per path (_sse_reader), each answered before this returns."""
+    readers = []
     for path in paths:
-        opened = threading.Event()
-        t = threading.Thread(target=_sse, args=(port, path, stop, opened, counts), daemon=True)
-        t.start()
-        opened.wait(30)
-        threads.append(t)
-    return threads, counts
+        p = subprocess.Popen([sys.executable, "-m", "benchmarks.page_bench", "--sse-reader", str(port), path],
+                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        if p.stdout.readline().strip() != "open":
+            raise RuntimeError(f"the page's {path} did not answer")
+        readers.append(p)
+    return readers
+
+
+def page_close(readers: list[subprocess.Popen]) -> int:
+    """Stop the readers; the messages they read in all."""
+    for p in readers:
+        p.terminate()
+    return sum(int(p.communicate(timeout=30)[0].strip() or 0) for p in readers)
 
 
 def in_process(rounds: int = 9, n: int = 300) -> dict:
@@ -149,9 +169,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--sse-reader", nargs=2, metavar=("PORT", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--variants", nargs="+", choices=list(PATHS), default=list(PATHS),
                         help="which to run besides no page and page open (always run; each is compared with no page)")
     args = parser.parse_args(argv)
+    if args.sse_reader:
+        return _sse_reader(int(args.sse_reader[0]), args.sse_reader[1])
     started = time.time()
     local = in_process()
     print(f"in process, us a batch: {json.dumps(local)}", flush=True)
@@ -172,19 +195,16 @@ def main(argv: list[str] | None = None) -> None:
         for r in range(args.rounds):
             order = variants if r % 2 == 0 else variants[::-1]
             for name in order:
-                stop = threading.Event()
-                threads, counts = page_open(http_port, stop, PATHS[name])
+                readers = page_open(http_port, PATHS[name])
                 before, t0, c0 = sum(c.answered for c in clients), time.monotonic(), _cpu_seconds(server.pid)
                 time.sleep(args.duration)
                 answered = sum(c.answered for c in clients) - before
                 rate = answered / (time.monotonic() - t0)
                 cpu[name].append(1e9 * (_cpu_seconds(server.pid) - c0) / max(answered, 1))
-                stop.set()
-                for t in threads:
-                    t.join(20)  # a heartbeat or the next event wakes the reader
+                messages = page_close(readers)
                 runs[name].append(rate)
                 if name == "page open":
-                    received.append(counts[0])
+                    received.append(messages)
             print(f"round {r + 1}: " + ", ".join(f"{n} {runs[n][-1] / 1e3:.1f} k metrics/s, {cpu[n][-1]:.0f} ns CPU"
                                                  for n in runs), flush=True)
     finally:
