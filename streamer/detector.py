@@ -435,7 +435,7 @@ class StreamDetector:
                           rows, k, flagged, viewed)
 
     def _tapped(self) -> np.ndarray:
-        """The slots of this stream's series that a page views, for the fused pass to count their flagged rows:
+        """The slots of this stream's series that a page views, for the fused pass to copy their flagged rows:
         looked up again when a page starts or stops viewing a series, and while one of them is not in the table,
         when the table has grown."""
         taps, table, key = self.taps, self.state.table, self._tapped_key

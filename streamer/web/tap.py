@@ -10,7 +10,7 @@ first value of the batch is judged against exactly that state. Later values of i
 exclusion every finite value is taken in whatever the rules, so the stream's own kernel (kernels.welford_update /
 ewm_update) run on the copy gives their bands exactly; with exclusion, what is taken in depends on every rule
 (limit, cooldown, min_deviation, direction, score), so they get the stream's band when flagged and none otherwise
-(not a guess). Between samples a batch costs a clock read (observe's fast path: the fused pass counts a viewed
+(not a guess). Between samples a batch costs a clock read (observe's fast path: the fused pass copies a viewed
 series' flagged rows, `Taps.slots`); a page reads the ring every DELIVER_SECONDS (pageserver.py).
 """
 from __future__ import annotations
@@ -139,7 +139,6 @@ class Tap:
         self.armed: int | None = None     # id(state) whose state before the next batch `one` holds
         self.next_sample = 0.0
         self.rows = np.empty(64, dtype=np.int64)  # _rows_of's out, grown to the batch
-        self.k: float | None = None               # the threshold of the last recorded batch
 
     def slot(self, table) -> int:
         """The series' slot in `table`, or -1 (looked for again only once the table has grown)."""
@@ -321,15 +320,13 @@ class Taps:
         for s, t, v, m, d, zz in viewed.tolist():
             tap = by_slot.get(int(s))
             if tap is not None:
-                tap.k = k
                 tap.add([((t or wall) / 1e9, v, m, d, True, zz, k)])
 
     @staticmethod
     def _flagged(tap: Tap, js, params, values, times, idx, mean, std, z) -> None:
         """Record the flagged rows idx[js] of the tap's series, with what the stream reported."""
-        wall, rs = time.time_ns(), idx[js]
-        tap.k = params.threshold
-        tap.add([((t or wall) / 1e9, v, m, d, True, zz, tap.k) for t, v, m, d, zz in
+        wall, rs, k = time.time_ns(), idx[js], params.threshold
+        tap.add([((t or wall) / 1e9, v, m, d, True, zz, k) for t, v, m, d, zz in
                  zip(times[rs].tolist(), values[rs].tolist(), mean[js].tolist(), std[js].tolist(), z[js].tolist())])
 
     @staticmethod
@@ -350,7 +347,7 @@ class Taps:
             means = [None if x != x else x for x in m.tolist()]
             stds = [None if x != x else x for x in d.tolist()]
         wall = time.time_ns()
-        k = tap.k = params.threshold
+        k = params.threshold
         points = []
         for r, v, t, mu, sd in zip(rows.tolist(), vs.tolist(), times[rows].tolist(), means, stds):
             f = flagged.get(r)
