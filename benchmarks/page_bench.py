@@ -7,7 +7,8 @@ One `streamer serve` (memory://, --http-port on a free port) for the whole run. 
 pre-encoded batches of 1 000 metrics (100 series, 5 flagged a batch) on their own channel and session, four batches
 in flight. "page open" rounds hold the two connections the page's browser holds while a series is viewed (the page's
 EventSources: /api/events, every outlier of every session; /api/tap on series s0 of the first client's session, ten
-values a batch), read by a process each, as a browser's are; "no page" rounds hold none, and "live list only" and
+values a batch), read by a process each, as a browser's are, and measured from the first message each has read (a
+page open, not a page opening: the ring sent at opening is a one-off); "no page" rounds hold none, and "live list only" and
 "series view only" one of the two, to tell their costs apart. Rounds alternate the order of the variants; medians
 with min-max over the rounds, of metrics/s and of the server's CPU time a metric answered (utime + stime over each
 round: steadier than metrics/s on a shared machine). In process (CPU time): StreamDetector.process per batch with no
@@ -83,29 +84,30 @@ class Client(threading.Thread):
                     break
 
 
-def _sse_reader(port: int, path: str) -> None:
-    """`--sse-reader PORT PATH`: what a browser's EventSource does, in a process of its own (as a browser is, so
-    that reading does not take the load generator's GIL): prints "open" once answered, reads until SIGTERM, then
-    prints how many messages it read."""
-    import signal
-    count = [0]
-
-    def done(*_):
-        print(count[0], flush=True)
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, done)
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    conn.request("GET", path)
-    r = conn.getresponse()
-    print("open", flush=True)
-    while True:
-        line = r.fp.readline()
-        if not line:
-            break
-        if line.startswith(b"data: "):
-            count[0] += 1
-    done()
+# What a browser's EventSource does, in a process of its own (as a browser is, so that reading does not take the load
+# generator's GIL) and with nothing imported but http.client (so that starting it costs the machine little): prints
+# "open" once the page's first message has come (for /api/tap, the ring a page gets when it opens: the rounds measure
+# the page open, not its opening), reads until SIGTERM, then prints how many messages it read.
+SSE_READER = """
+import http.client, signal, sys
+count = [0]
+def done(*_):
+    print(count[0], flush=True)
+    raise SystemExit(0)
+signal.signal(signal.SIGTERM, done)
+conn = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=60)
+conn.request("GET", sys.argv[2])
+r = conn.getresponse()
+while True:
+    line = r.fp.readline()
+    if not line:
+        break
+    if line.startswith(b"data: "):
+        count[0] += 1
+        if count[0] == 1:
+            print("open", flush=True)
+done()
+"""
 
 
 PATHS = {"no page": (), "page open": ("/api/events", "/api/tap?session=bench-0&series=s0"),
@@ -113,11 +115,10 @@ PATHS = {"no page": (), "page open": ("/api/events", "/api/tap?session=bench-0&s
 
 
 def page_open(port: int, paths) -> list[subprocess.Popen]:
-    """A reader process per path (_sse_reader), each answered before this returns."""
+    """A reader process per path (SSE_READER), each sent its first message before this returns."""
     readers = []
     for path in paths:
-        p = subprocess.Popen([sys.executable, "-m", "benchmarks.page_bench", "--sse-reader", str(port), path],
-                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        p = subprocess.Popen([sys.executable, "-c", SSE_READER, str(port), path], stdout=subprocess.PIPE, text=True)
         if p.stdout.readline().strip() != "open":
             raise RuntimeError(f"the page's {path} did not answer")
         readers.append(p)
@@ -169,12 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--sse-reader", nargs=2, metavar=("PORT", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--variants", nargs="+", choices=list(PATHS), default=list(PATHS),
                         help="which to run besides no page and page open (always run; each is compared with no page)")
     args = parser.parse_args(argv)
-    if args.sse_reader:
-        return _sse_reader(int(args.sse_reader[0]), args.sse_reader[1])
     started = time.time()
     local = in_process()
     print(f"in process, us a batch: {json.dumps(local)}", flush=True)

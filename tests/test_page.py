@@ -424,3 +424,16 @@ def test_a_tap_draws_a_ruled_series_by_its_rule():
     for p in whole:
         if p[1] in set(sent[31]):
             assert (p[2], p[3]) == pytest.approx(expect[p[1]], rel=1e-9)
+
+
+def test_a_tap_hands_a_page_what_it_has_not_sent_even_past_the_ring():
+    """Tap.since: the points added after the first `added`, in order; once more were added than the ring holds,
+    what the ring still holds."""
+    from streamer.web.tap import Tap
+    tap = Tap("", "x", limit=5)
+    assert tap.since(0) == []
+    tap.add([(1,), (2,), (3,)])
+    assert tap.since(0) == [(1,), (2,), (3,)] and tap.since(1) == [(2,), (3,)] and tap.since(3) == []
+    tap.add([(i,) for i in range(4, 10)])  # 9 added, the ring keeps the last 5
+    assert tap.since(3) == [(5,), (6,), (7,), (8,), (9,)] and tap.since(7) == [(8,), (9,)]
+    assert tap.since(9) == [] and tap.since(0) == list(tap.ring)

@@ -16,6 +16,7 @@ series' flagged rows, `Taps.slots`); a page reads the ring every DELIVER_SECONDS
 from __future__ import annotations
 
 import collections
+import itertools
 import math
 import threading
 import time
@@ -161,11 +162,12 @@ class Tap:
 
     def since(self, added: int) -> list:
         """The points added after the first `added` (those still in the ring)."""
-        new = self.added - added
+        new = min(self.added - added, len(self.ring))
         if new <= 0:
             return []
-        ring = list(self.ring)
-        return ring[-new:] if new < len(ring) else ring
+        points = list(itertools.islice(reversed(self.ring), new))  # from the newest: not a copy of the whole ring
+        points.reverse()
+        return points
 
 
 def find_slot(table, key: bytes) -> int:
