@@ -8,16 +8,15 @@ pre-encoded batches of 1 000 metrics (100 series, 5 flagged a batch) on their ow
 in flight. "page open" rounds hold the two connections the page's browser holds while a series is viewed (the page's
 EventSources: /api/events, every outlier of every session; /api/tap on series s0 of the first client's session, ten
 values a batch), read by a process each, as a browser's are, and measured from the first message each has read (a
-page open, not a page opening: the ring sent at opening is a one-off); "no page" rounds hold none, and "live list only" and
-"series view only" one of the two, to tell their costs apart. Rounds alternate the order of the variants; medians
-with min-max over the rounds, of metrics/s and of the server's CPU time a metric answered (utime + stime over each
-round: steadier than metrics/s on a shared machine). In process (CPU time): StreamDetector.process per batch with no
-taps, taps nobody views, and a viewed series. Writes page.json and page.md to --out (default benchmarks/results).
+page open, not a page opening: the ring sent at opening is a one-off); "no page" rounds hold none, and "live list
+only" and "series view only" one of the two, to tell their costs apart. Rounds alternate the order of the variants;
+medians with min-max over the rounds, of metrics/s and of the server's CPU time a metric answered (utime + stime over
+each round: steadier than metrics/s on a shared machine). In process (CPU time): StreamDetector.process per batch with
+no taps, taps nobody views, and a viewed series. Writes page.json and page.md to --out (default benchmarks/results).
 """
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import socket
 import statistics
