@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -157,6 +158,26 @@ def in_process(rounds: int = 9, n: int = 300) -> dict:
     return {k: {"median": statistics.median(v), "min": min(v), "max": max(v)} for k, v in times.items()}
 
 
+def median_interval(values: list[float], draws: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """A 95% bootstrap interval of the median of `values` (the rounds' ratios): resampled with replacement, the
+    2.5th and 97.5th percentiles of the resamples' medians. The rounds spread by far more than the difference
+    measured; this says how far their median may be from the machine's (assuming rounds independent)."""
+    rng = np.random.default_rng(seed)
+    meds = np.median(rng.choice(np.asarray(values), size=(draws, len(values))), axis=1)
+    return float(np.percentile(meds, 2.5)), float(np.percentile(meds, 97.5))
+
+
+def pin(server_pid: int, load_pid: int) -> None:
+    """Every thread of the server on the last CPU, every thread of the load generator (and the readers it starts
+    later) on the others."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--pin needs two CPUs")
+    rest = ",".join(map(str, cpus[:-1]))
+    for pid, where in ((server_pid, str(cpus[-1])), (load_pid, rest)):
+        subprocess.run(["taskset", "-a", "-p", "-c", where, str(pid)], check=True, stdout=subprocess.DEVNULL)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -169,6 +190,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--pin", action="store_true",
+                        help="the server's threads on the last CPU, the load generator's and the page's readers on "
+                             "the others (fewer neighbours moving the server's CPU time from round to round)")
     parser.add_argument("--variants", nargs="+", choices=list(PATHS), default=list(PATHS),
                         help="which to run besides no page and page open (always run; each is compared with no page)")
     args = parser.parse_args(argv)
@@ -188,6 +212,8 @@ def main(argv: list[str] | None = None) -> None:
             c.start()
         for c in clients:
             c.ready.wait(60)
+        if args.pin:
+            pin(server.pid, os.getpid())
         time.sleep(1.0)  # warm
         for r in range(args.rounds):
             order = variants if r % 2 == 0 else variants[::-1]
@@ -215,14 +241,14 @@ def main(argv: list[str] | None = None) -> None:
     cpu_fig = {n: {"median": statistics.median(v), "min": min(v), "max": max(v)} for n, v in cpu.items()}
     result = {"what": "DetectStream metrics/s with the page open on a busy series (its /api/events and /api/tap "
                       "connections) and without; interleaved rounds in one run",
-              "clients": args.clients, "rounds": args.rounds, "duration_s": args.duration,
+              "clients": args.clients, "pinned": args.pin, "rounds": args.rounds, "duration_s": args.duration,
               "metrics_per_s": fig,
               "page_over_no_page": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)},
               "over_no_page": {n: {"median": statistics.median(v), "min": min(v), "max": max(v)}
                                for n, v in parts.items()},
               "server_cpu_ns_per_metric": cpu_fig,
-              "per_cpu_second_over_no_page": {n: {"median": statistics.median(v), "min": min(v), "max": max(v)}
-                                              for n, v in per_cpu.items()},
+              "per_cpu_second_over_no_page": {n: {"median": statistics.median(v), "min": min(v), "max": max(v),
+                                                  "median_95": median_interval(v)} for n, v in per_cpu.items()},
               "sse_messages_per_page_round": received,
               "in_process_us_per_batch": local, "machine": report.machine(), "versions": report.versions(),
               "seconds": round(time.time() - started, 1)}
@@ -233,13 +259,15 @@ def main(argv: list[str] | None = None) -> None:
         return f"{v['median'] / scale:.1f}{unit} ({v['min'] / scale:.1f}-{v['max'] / scale:.1f})"
 
     def ratio(v):
-        return f"{v['median']:.3f} ({v['min']:.3f}-{v['max']:.3f})"
+        lo, hi = v.get("median_95", (None, None))
+        interval = f"; median's 95% interval {lo:.3f}-{hi:.3f}" if lo is not None else ""
+        return f"{v['median']:.3f} ({v['min']:.3f}-{v['max']:.3f}{interval})"
 
     r = result["page_over_no_page"]
     md = [f"# The page's cost to DetectStream ({args.clients} clients, 1 000 metrics a batch, {args.rounds} rounds "
-          f"of {args.duration:g} s)", "", "| | metrics/s, median (min-max) |", "| --- | --- |"]
-    md[-2:] = ["| | metrics/s, median (min-max) | server CPU ns a metric | metrics per server CPU-s, over no page |",
-               "| --- | --- | --- | --- |"]
+          f"of {args.duration:g} s{'; the server pinned to a CPU of its own' if args.pin else ''})", "",
+          "| | metrics/s, median (min-max) | server CPU ns a metric | metrics per server CPU-s, over no page |",
+          "| --- | --- | --- | --- |"]
     md += [f"| {n} | {f(v)} | {f(cpu_fig[n], 1, '')} | " +
            (f"{ratio(result['per_cpu_second_over_no_page'][n])} |" if n != "no page" else "1 |")
            for n, v in fig.items()]
