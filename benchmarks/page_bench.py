@@ -1,7 +1,7 @@
 """What an open page costs DetectStream: metrics per second with the page open on a busy series, against no page,
 in interleaved rounds of one run; and the in-process cost per batch of the tap.
 
-    python -m benchmarks.page_bench [--rounds 6] [--duration 3] [--clients 2] [--out DIR]
+    python -m benchmarks.page_bench [--rounds 6] [--duration 3] [--clients 2] [--load python|go] [--out DIR]
 
 One `streamer serve` (memory://, --http-port on a free port) for the whole run. `--clients` threads each stream
 pre-encoded batches of 1 000 metrics (100 series, 5 flagged a batch) on their own channel and session, four batches
@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -30,7 +30,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from benchmarks import report
+from benchmarks import golang, report
 from benchmarks.loadgen import _cpu_seconds
 from benchmarks.servers import ROOT, ServerProcess
 from streamer import detector
@@ -86,8 +86,9 @@ class Client(threading.Thread):
 
 # What a browser's EventSource does, in a process of its own (as a browser is, so that reading does not take the load
 # generator's GIL) and with nothing imported but http.client (so that starting it costs the machine little): prints
-# "open" once the page's first message has come (for /api/tap, the ring a page gets when it opens: the rounds measure
-# the page open, not its opening), reads until SIGTERM, then prints how many messages it read.
+# "open" once a line starting with its third argument has come (for /api/tap, the ring a page gets when it opens: the
+# rounds measure the page open, not its opening; for /api/events, the stream's first comment), reads until SIGTERM,
+# then prints how many messages it read.
 SSE_READER = """
 import http.client, signal, sys
 count = [0]
@@ -98,27 +99,32 @@ signal.signal(signal.SIGTERM, done)
 conn = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=60)
 conn.request("GET", sys.argv[2])
 r = conn.getresponse()
+first = sys.argv[3].encode()
 while True:
     line = r.fp.readline()
     if not line:
         break
+    if first and line.startswith(first):
+        print("open", flush=True)
+        first = b""
     if line.startswith(b"data: "):
         count[0] += 1
-        if count[0] == 1:
-            print("open", flush=True)
 done()
 """
 
 
-PATHS = {"no page": (), "page open": ("/api/events", "/api/tap?session=bench-0&series=s0"),
-         "live list only": ("/api/events",), "series view only": ("/api/tap?session=bench-0&series=s0",)}
+EVENTS, TAP = "/api/events", "/api/tap?session=bench-0&series=s0"
+GO_TAP = "/api/tap?session=&series=series-00000"  # the Go load generator's streams are private, its series named so
+PATHS = {"no page": (), "page open": (EVENTS, TAP), "live list only": (EVENTS,), "series view only": (TAP,)}
+FIRST = {EVENTS: ": ", TAP: "data: ", GO_TAP: "data: "}  # the reader's "open": the line each waits for
 
 
 def page_open(port: int, paths) -> list[subprocess.Popen]:
     """A reader process per path (SSE_READER), each sent its first message before this returns."""
     readers = []
     for path in paths:
-        p = subprocess.Popen([sys.executable, "-c", SSE_READER, str(port), path], stdout=subprocess.PIPE, text=True)
+        p = subprocess.Popen([sys.executable, "-c", SSE_READER, str(port), path, FIRST[path]], stdout=subprocess.PIPE,
+                             text=True)
         if p.stdout.readline().strip() != "open":
             raise RuntimeError(f"the page's {path} did not answer")
         readers.append(p)
@@ -167,15 +173,30 @@ def median_interval(values: list[float], draws: int = 10_000, seed: int = 0) -> 
     return float(np.percentile(meds, 2.5)), float(np.percentile(meds, 97.5))
 
 
-def pin(server_pid: int, load_pid: int) -> None:
-    """Every thread of the server on the last CPU, every thread of the load generator (and the readers it starts
-    later) on the others."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        raise SystemExit("--pin needs two CPUs")
-    rest = ",".join(map(str, cpus[:-1]))
-    for pid, where in ((server_pid, str(cpus[-1])), (load_pid, rest)):
-        subprocess.run(["taskset", "-a", "-p", "-c", where, str(pid)], check=True, stdout=subprocess.DEVNULL)
+def python_round(clients: list[Client], server: ServerProcess, duration: float):
+    """A round of the Python clients' load: (metrics/s, the server's CPU ns a metric answered) over `duration`."""
+    def measure() -> tuple[float, float]:
+        before, t0, c0 = sum(c.answered for c in clients), time.monotonic(), _cpu_seconds(server.pid)
+        time.sleep(duration)
+        answered = sum(c.answered for c in clients) - before
+        return answered / (time.monotonic() - t0), 1e9 * (_cpu_seconds(server.pid) - c0) / max(answered, 1)
+    return measure
+
+
+def go_round(go: golang.GoLoadGenerator, server: ServerProcess, duration: float):
+    """A round of the Go load generator (after 0.5 s of warm-up): (metrics/s, the server's CPU ns a metric), as it
+    reports them for its measured window."""
+    command = [str(go.binary), "-addr", server.addr, "-mode", "stream", "-pipelined", "-window", "16", "-batch", "1000",
+               "-series", "100", "-streams", "2", "-timestamps", "-json", "-duration", f"{duration:g}s",
+               "-warmup", "0.5s", "-server-pid", str(server.pid)]
+
+    def measure() -> tuple[float, float]:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 120)
+        raw = json.loads(done.stdout.strip().splitlines()[-1])
+        if raw.get("error") or not raw.get("server_cpu_s"):
+            raise RuntimeError(f"go loadgen: {raw.get('error') or 'no server_cpu_s'}: {done.stderr[-500:]}")
+        return raw["metrics_per_s"], 1e9 * raw["server_cpu_s"] / raw["metrics"]
+    return measure
 
 
 def free_port() -> int:
@@ -190,9 +211,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--pin", action="store_true",
-                        help="the server's threads on the last CPU, the load generator's and the page's readers on "
-                             "the others (fewer neighbours moving the server's CPU time from round to round)")
+    parser.add_argument("--load", choices=("python", "go"), default="python",
+                        help="python: --clients threads of this process stream for the whole run, and the rounds read "
+                             "the server's CPU time; go: go/cmd/loadgen runs once a round (two private streams of "
+                             "1 000 metrics a message, 100 series, 16 in flight each, values normal: about 46 "
+                             "flagged a message), faster than the server, and reports the server's CPU time itself")
     parser.add_argument("--variants", nargs="+", choices=list(PATHS), default=list(PATHS),
                         help="which to run besides no page and page open (always run; each is compared with no page)")
     args = parser.parse_args(argv)
@@ -206,26 +229,30 @@ def main(argv: list[str] | None = None) -> None:
     runs: dict[str, list[float]] = {name: [] for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in variants}  # the server's CPU ns a metric answered
     received = []
+    paths = PATHS
+    if args.load == "go":
+        paths = {k: tuple(GO_TAP if p == TAP else p for p in v) for k, v in PATHS.items()}
     try:
-        clients = [Client(server.addr, batches(f"bench-{k}", 220, k)) for k in range(args.clients)]
-        for c in clients:
-            c.start()
-        for c in clients:
-            c.ready.wait(60)
-        if args.pin:
-            pin(server.pid, os.getpid())
-        time.sleep(1.0)  # warm
+        if args.load == "go":
+            workdir = tempfile.TemporaryDirectory()
+            go = golang.GoLoadGenerator(Path(workdir.name))
+            measure = go_round(go, server, args.duration)
+        else:
+            clients = [Client(server.addr, batches(f"bench-{k}", 220, k)) for k in range(args.clients)]
+            for c in clients:
+                c.start()
+            for c in clients:
+                c.ready.wait(60)
+            time.sleep(1.0)  # warm
+            measure = python_round(clients, server, args.duration)
         for r in range(args.rounds):
             order = variants if r % 2 == 0 else variants[::-1]
             for name in order:
-                readers = page_open(http_port, PATHS[name])
-                before, t0, c0 = sum(c.answered for c in clients), time.monotonic(), _cpu_seconds(server.pid)
-                time.sleep(args.duration)
-                answered = sum(c.answered for c in clients) - before
-                rate = answered / (time.monotonic() - t0)
-                cpu[name].append(1e9 * (_cpu_seconds(server.pid) - c0) / max(answered, 1))
+                readers = page_open(http_port, paths[name])
+                rate, ns = measure()
                 messages = page_close(readers)
                 runs[name].append(rate)
+                cpu[name].append(ns)
                 if name == "page open":
                     received.append(messages)
             print(f"round {r + 1}: " + ", ".join(f"{n} {runs[n][-1] / 1e3:.1f} k metrics/s, {cpu[n][-1]:.0f} ns CPU"
@@ -241,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     cpu_fig = {n: {"median": statistics.median(v), "min": min(v), "max": max(v)} for n, v in cpu.items()}
     result = {"what": "DetectStream metrics/s with the page open on a busy series (its /api/events and /api/tap "
                       "connections) and without; interleaved rounds in one run",
-              "clients": args.clients, "pinned": args.pin, "rounds": args.rounds, "duration_s": args.duration,
+              "clients": args.clients, "load": args.load, "rounds": args.rounds, "duration_s": args.duration,
               "metrics_per_s": fig,
               "page_over_no_page": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)},
               "over_no_page": {n: {"median": statistics.median(v), "min": min(v), "max": max(v)}
@@ -265,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
 
     r = result["page_over_no_page"]
     md = [f"# The page's cost to DetectStream ({args.clients} clients, 1 000 metrics a batch, {args.rounds} rounds "
-          f"of {args.duration:g} s{'; the server pinned to a CPU of its own' if args.pin else ''})", "",
+          f"of {args.duration:g} s{'; the Go load generator' if args.load == 'go' else ''})", "",
           "| | metrics/s, median (min-max) | server CPU ns a metric | metrics per server CPU-s, over no page |",
           "| --- | --- | --- | --- |"]
     md += [f"| {n} | {f(v)} | {f(cpu_fig[n], 1, '')} | " +
