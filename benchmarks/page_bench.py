@@ -291,8 +291,9 @@ def main(argv: list[str] | None = None) -> None:
         return f"{v['median']:.3f} ({v['min']:.3f}-{v['max']:.3f}{interval})"
 
     r = result["page_over_no_page"]
-    md = [f"# The page's cost to DetectStream ({args.clients} clients, 1 000 metrics a batch, {args.rounds} rounds "
-          f"of {args.duration:g} s{'; the Go load generator' if args.load == 'go' else ''})", "",
+    load = "the Go load generator's 2 streams" if args.load == "go" else f"{args.clients} clients"
+    md = [f"# The page's cost to DetectStream ({load}, 1 000 metrics a batch, {args.rounds} rounds of "
+          f"{args.duration:g} s)", "",
           "| | metrics/s, median (min-max) | server CPU ns a metric | metrics per server CPU-s, over no page |",
           "| --- | --- | --- | --- |"]
     md += [f"| {n} | {f(v)} | {f(cpu_fig[n], 1, '')} | " +
