@@ -274,7 +274,7 @@ class StreamDetector:
         self._pass = fused.StreamPass()
         self.watch: watch.Hub | None = None  # where its outliers go when someone watches (service.py sets it)
         self.taps = None  # the page's viewed series (streamer/web/tap.py Taps; service.py sets it)
-        self._tapped_key: tuple = (-1, None, -1)  # what _tapped()'s slots were looked up for
+        self._tapped_key: tuple = (-1, None, -1, 0)  # what _tapped()'s slots were looked up for
         self._tapped_slots = fused.NO_TAPS
         self.tenant = ""  # the caller's tenant (streamer/tenants.py; service.py sets it): its sessions only
 
@@ -436,13 +436,15 @@ class StreamDetector:
 
     def _tapped(self) -> np.ndarray:
         """The slots of this stream's series that a page views, for the fused pass to copy their flagged rows:
-        looked up again when a page starts or stops viewing a series, and while one of them is not in the table,
-        when the table has grown."""
+        looked up again when a page starts or stops viewing a series, when series were removed from the table
+        (expired: a slot may have gone to another series), and while one of them is not in the table, when the
+        table has grown."""
         taps, table, key = self.taps, self.state.table, self._tapped_key
-        if key[0] != taps.version or key[1] is not table or (key[2] >= 0 and key[2] != len(table)):
+        if key[0] != taps.version or key[1] is not table or (key[2] >= 0 and key[2] != len(table)) or \
+                key[3] != table.removals:
             session = self.session.name if self.session is not None else ""
             self._tapped_slots, missing = taps.slots(session, table)
-            self._tapped_key = (taps.version, table, len(table) if missing else -1)
+            self._tapped_key = (taps.version, table, len(table) if missing else -1, table.removals)
         return self._tapped_slots
 
     def _publish(self, ids, values, times, idx, mean, std, z, rule: list[str] | None = None) -> None:

@@ -15,6 +15,7 @@ free list at most, and the name's own bytes.
 """
 from __future__ import annotations
 
+import itertools
 import mmap
 
 import numpy as np
@@ -53,6 +54,9 @@ class SeriesLimitError(Exception):
         super().__init__(f"metric {index} would be series number {limit + 1}, over the limit of {limit} series")
         self.index = index
         self.limit = limit
+
+
+_SERIALS = itertools.count(1)
 
 
 def lazy_zeros(n: int, dtype) -> np.ndarray:
@@ -280,6 +284,8 @@ class SeriesTable:
         self._next_pages = 0
         # plain ints, not numpy scalars: numba takes those ~20x faster as arguments
         self._seed = int(seed)
+        self.serial = next(_SERIALS)  # this table's own number (an id() is reused once its object is gone)
+        self.removals = 0  # raised whenever series are removed (expire, clear): a slot kept since may name another
 
     def __len__(self) -> int:
         return int(self._m[M_COUNT])
@@ -380,6 +386,7 @@ class SeriesTable:
         self._next_pages = 0
         m[:] = 0  # no slots, no free list, no name bytes: slots past M_HIGH are written before they are read
         m[M_BITS], m[M_LIMIT], m[M_HASH_MASK], m[M_NAMES] = bits, self.limit, mask, names + 1
+        self.removals += 1
 
     def _grow(self, status: int, name_len: int) -> bool:
         """Make the room _intern stopped for (`name_len`: the length of the name it was adding); False when it
@@ -429,6 +436,8 @@ class SeriesTable:
         k = _expire(self._m, self._index, self._old, self._hashes, self._offsets, self._lengths, self._free,
                     last_seen, float(cutoff), out)
         self.settle()
+        if k:
+            self.removals += 1
         return out[:k]
 
     def live(self) -> tuple[bytes, np.ndarray, np.ndarray]:
@@ -441,8 +450,15 @@ class SeriesTable:
         return names[:used].tobytes(), lens[:n], slots[:n]
 
     def name(self, slot: int) -> bytes:
-        if not 0 <= slot < self.slots or self._offsets[slot] < 0:
+        name = self.live_name(slot)
+        if name is None:
             raise IndexError(f"series slot {slot} is not live (the table holds {len(self)} series)")
+        return name
+
+    def live_name(self, slot: int) -> bytes | None:
+        """The name of `slot`, or None when no series holds it (removed, or never used)."""
+        if not 0 <= slot < self.slots or self._offsets[slot] < 0:
+            return None
         off = int(self._offsets[slot])
         return self._arena[off:off + int(self._lengths[slot])].tobytes()
 

@@ -437,3 +437,40 @@ def test_a_tap_hands_a_page_what_it_has_not_sent_even_past_the_ring():
     tap.add([(i,) for i in range(4, 10)])  # 9 added, the ring keeps the last 5
     assert tap.since(3) == [(5,), (6,), (7,), (8,), (9,)] and tap.since(7) == [(8,), (9,)]
     assert tap.since(9) == [] and tap.since(0) == list(tap.ring)
+
+
+def test_a_tap_follows_its_series_not_its_slot_once_it_expired():
+    """A viewed series expires (series TTL 3 s, data time) and a new series takes its slot: the tap records none of
+    the newcomer's values; when the viewed series comes back (in another slot, state fresh), the tap records its
+    values again, flagged ones included."""
+    from streamer.pb import outliers_pb2 as pb
+    from streamer.state import SessionRegistry
+    from streamer.web.tap import Taps, find_slot
+    taps = Taps(sample_seconds=1e9, clock=lambda: 1.0)
+    d = detector.StreamDetector(detector.Defaults(series_ttl=3.0), SessionRegistry(600, 10, 1000))
+    d.taps = taps
+    tap = taps.view("", "x")
+    rng = random.Random(SEED)
+    sent: dict = {"x": [], "y": []}
+    flagged: dict = {"x": [], "y": []}
+    slots = {}
+    for b in range(70):
+        name = "x" if b < 20 or b >= 40 else "y" if b >= 25 else None  # x gone from 20 (expired at 23), y from 25
+        names = ["w", "w"] + ([name, name] if name else [])
+        values = [rng.gauss(0, 1) for _ in names]
+        if name and b in (15, 18, 33, 36, 60, 65):
+            values[2] = 50.0 + b
+        req = pb.OutliersRequest(metrics=[pb.Metric(name=n, value=v) for n, v in zip(names, values)])
+        for m in req.metrics:
+            m.time.seconds = 1_700_000_000 + b
+        if name:
+            sent[name] += values[2:]
+        for o in pb.OutliersResponse.FromString(d.process(req.SerializeToString())).outliers:
+            if o.name in flagged:
+                flagged[o.name].append(o.value)
+        if b in (10, 30, 50):
+            slots[b] = find_slot(d.state.table, b"x" if b != 30 else b"y")
+    assert slots[10] == slots[30] != slots[50]  # y took x's slot; x came back in another
+    assert {83.0, 86.0} <= set(flagged["y"]) and {65.0, 68.0, 110.0, 115.0} <= set(flagged["x"])
+    assert [p[1] for p in tap.ring if p[4]] == flagged["x"]
+    assert {p[1] for p in tap.ring} <= set(sent["x"])

@@ -134,26 +134,34 @@ class Tap:
         self.ring: collections.deque = collections.deque(maxlen=limit)
         self.added = 0
         self.viewers = 0
-        self.slots: dict[int, int] = {}   # id(table) -> the series' slot in that table
-        self.looked: dict[int, int] = {}  # id(table) -> len(table) when the slot was last looked for in vain
+        self.slots: dict[int, tuple[int, int]] = {}   # table.serial -> (the series' slot there, table.removals)
+        self.looked: dict[int, tuple[int, int]] = {}  # table.serial -> (len, removals) when last looked for in vain
         self.one = _One()
         self.armed: int | None = None     # id(state) whose state before the next batch `one` holds
         self.next_sample = 0.0
         self.rows = np.empty(64, dtype=np.int64)  # _rows_of's out, grown to the batch
 
     def slot(self, table) -> int:
-        """The series' slot in `table`, or -1 (looked for again only once the table has grown)."""
-        key = id(table)
-        s = self.slots.get(key)
-        if s is not None:
-            return s
-        n = len(table)
-        if self.looked.get(key) == n:
+        """The series' slot in `table`, or -1 (looked for again only once the table has grown or lost series).
+        Once series were removed (expired), a slot kept from before is checked to be live and the series' still:
+        its series may have expired, and its slot gone to another."""
+        key, removals = table.serial, table.removals
+        kept = self.slots.get(key)
+        if kept is not None:
+            s, seen = kept
+            if seen == removals:
+                return s
+            del self.slots[key]
+            if table.live_name(s) == self.key:
+                self.slots[key] = (s, removals)
+                return s
+        looked = (len(table), removals)
+        if self.looked.get(key) == looked:
             return -1
-        self.looked[key] = n
+        self.looked[key] = looked
         s = find_slot(table, self.key)
         if s >= 0:
-            self.slots[key] = s
+            self.slots[key] = (s, removals)
         return s
 
     def add(self, points: list) -> None:
@@ -262,14 +270,11 @@ class Taps:
             if flagged is not None and k > 0 and not self._viewed_among(taps, state.table, flagged, k):
                 return  # flagged values, none of a viewed series
         ids, values, times, idx, mean, std, z = rows()
-        table = id(state.table)
         due = False
         for tap in taps:
-            s = tap.slots.get(table)
-            if s is None:
-                s = tap.slot(state.table)
-                if s < 0:
-                    continue
+            s = tap.slot(state.table)
+            if s < 0:
+                continue
             if len(tap.rows) < len(ids):
                 tap.rows = np.empty(2 * len(ids), dtype=np.int64)
             if tap.armed is not None:
@@ -317,8 +322,8 @@ class Taps:
     @staticmethod
     def _copied(taps: list[Tap], table, viewed, params) -> None:
         """Record flagged values of viewed series as the fused pass copied them."""
-        wall, key, k = time.time_ns(), id(table), params.threshold
-        by_slot = {tap.slots.get(key): tap for tap in taps}
+        wall, k = time.time_ns(), params.threshold
+        by_slot = {tap.slot(table): tap for tap in taps}
         for s, t, v, m, d, zz in viewed.tolist():
             tap = by_slot.get(int(s))
             if tap is not None:
