@@ -338,6 +338,22 @@ def test_the_live_list_pauses_outliers_past_its_quota_but_never_episodes():
     assert not hub.outliers_active
 
 
+def test_the_live_list_takes_a_batchs_first_outliers_up_to_its_quota():
+    """A batch with more outliers than the quota has room for: the first ones the list wants (its prefix here) are
+    queued, up to the quota, in batch order; the rest are neither queued nor counted as dropped."""
+    from streamer import watch
+    from streamer.web.live import LIVE_QUOTA, LiveList
+    hub = watch.Hub()
+    live = hub.add(LiveList(hub, "", "cpu"))
+    batch = [watch.Event("mem" if i % 3 == 0 else f"cpu{i}", float(i), 1, 1.0, 1.0, 8.0, 1, "s")
+             for i in range(4 * LIVE_QUOTA)]
+    live.offer(batch[:3])
+    live.offer(batch)
+    wanted = [e for e in batch if e.series.startswith("cpu")]
+    assert list(live.queue) == wanted[:2] + wanted[:LIVE_QUOTA - 2]
+    assert live.missed == 0 and live.paused == 1 and not hub.outliers_active
+
+
 def test_the_page_needs_no_network_its_chart_library_and_licence_are_in_the_package():
     """No CDN: every script, stylesheet and request of the page is the server's own (/static, /api)."""
     import re

@@ -1,6 +1,8 @@
 """The page's live list as a Watch subscriber with a quota (see LiveList); pageserver.py sends what it queues."""
 from __future__ import annotations
 
+import itertools
+
 from streamer import watch
 from streamer.pb import outliers_pb2 as pb
 
@@ -8,11 +10,12 @@ LIVE_QUOTA = 16  # outliers a page's live list is sent per DELIVER_SECONDS at mo
 
 
 class LiveList(watch.Subscriber):
-    """The page's live list: a Watch subscriber that stops wanting outliers once LIVE_QUOTA of them wait unsent,
-    until the page has been sent them (every DELIVER_SECONDS). While it does not want them, and nobody else
-    watches, detection builds no outlier events at all (Hub.outliers_active), so a busy server with a page open
-    pays for 160 outliers a second, not for every one; episodes always reach it. `paused` counts the pauses since
-    the last message (the page says the list is sampled). Touched only on the event loop's thread."""
+    """The page's live list: a Watch subscriber that takes LIVE_QUOTA outliers at most (a batch's first ones) and
+    then stops wanting outliers until the page has been sent them (every DELIVER_SECONDS). While it does not want
+    them, and nobody else watches, detection builds no outlier events at all (Hub.outliers_active), so a busy
+    server with a page open pays for 160 outliers a second, not for every one; episodes always reach it. `paused`
+    counts the pauses since the last message (the page says the list is sampled). Touched only on the event loop's
+    thread."""
 
     def __init__(self, hub: watch.Hub, session: str, prefix: str, tenant: str | None = None):
         # room for episodes beyond the quota; `tenant`: that tenant's events only (None: every event)
@@ -22,6 +25,10 @@ class LiveList(watch.Subscriber):
         self._outliers = 0  # events queued since the last delivery
 
     def offer(self, events, lost: int = 0) -> None:
+        if self.outliers and len(events) > LIVE_QUOTA - self._outliers and type(events[0]) is watch.Event:
+            # a batch's outliers past the quota are not queued (nor counted as dropped): the list is sampled
+            room = LIVE_QUOTA - self._outliers
+            events = list(itertools.islice((e for e in events if self.wants(e)), room))
         before = len(self.queue)
         super().offer(events, lost)
         if self.outliers:
