@@ -274,6 +274,7 @@ def main(argv: list[str] | None = None) -> None:
               "over_no_page": {n: {"median": statistics.median(v), "min": min(v), "max": max(v)}
                                for n, v in parts.items()},
               "server_cpu_ns_per_metric": cpu_fig,
+              "per_round": {"metrics_per_s": runs, "server_cpu_ns_per_metric": cpu},
               "per_cpu_second_over_no_page": {n: {"median": statistics.median(v), "min": min(v), "max": max(v),
                                                   "median_95": median_interval(v)} for n, v in per_cpu.items()},
               "sse_messages_per_page_round": received,
