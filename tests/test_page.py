@@ -340,17 +340,19 @@ def test_the_live_list_pauses_outliers_past_its_quota_but_never_episodes():
 
 def test_the_live_list_takes_a_batchs_first_outliers_up_to_its_quota():
     """A batch with more outliers than the quota has room for: the first ones the list wants (its prefix here) are
-    queued, up to the quota, in batch order; the rest are neither queued nor counted as dropped."""
+    queued, up to the quota, in batch order; the rest are neither queued nor counted as dropped; episodes all are."""
     from streamer import watch
+    from streamer.sinks.episode import OPENED, EpisodeEvent
     from streamer.web.live import LIVE_QUOTA, LiveList
     hub = watch.Hub()
     live = hub.add(LiveList(hub, "", "cpu"))
     batch = [watch.Event("mem" if i % 3 == 0 else f"cpu{i}", float(i), 1, 1.0, 1.0, 8.0, 1, "s")
              for i in range(4 * LIVE_QUOTA)]
+    episode = EpisodeEvent(OPENED, "e1", 0, "cpu", "session s", 1, 1, 9.0, 1.0, 1.0, 8.0, 9.0, 8.0, session="s")
     live.offer(batch[:3])
-    live.offer(batch)
+    live.offer(batch + [episode])  # a list from the bus may hold both
     wanted = [e for e in batch if e.series.startswith("cpu")]
-    assert list(live.queue) == wanted[:2] + wanted[:LIVE_QUOTA - 2]
+    assert list(live.queue) == wanted[:2] + wanted[:LIVE_QUOTA - 2] + [episode]
     assert live.missed == 0 and live.paused == 1 and not hub.outliers_active
 
 

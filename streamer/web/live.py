@@ -1,8 +1,6 @@
 """The page's live list as a Watch subscriber with a quota (see LiveList); pageserver.py sends what it queues."""
 from __future__ import annotations
 
-import itertools
-
 from streamer import watch
 from streamer.pb import outliers_pb2 as pb
 
@@ -25,10 +23,18 @@ class LiveList(watch.Subscriber):
         self._outliers = 0  # events queued since the last delivery
 
     def offer(self, events, lost: int = 0) -> None:
-        if self.outliers and len(events) > LIVE_QUOTA - self._outliers and type(events[0]) is watch.Event:
-            # a batch's outliers past the quota are not queued (nor counted as dropped): the list is sampled
-            room = LIVE_QUOTA - self._outliers
-            events = list(itertools.islice((e for e in events if self.wants(e)), room))
+        room = LIVE_QUOTA - self._outliers
+        if self.outliers and len(events) > room:
+            # a batch's outliers past the quota are not queued (nor counted as dropped): the list is sampled;
+            # episodes (the bus may bring them in the same list) all are
+            kept = []
+            for e in events:
+                if type(e) is watch.Event:
+                    if room <= 0 or not self.wants(e):
+                        continue
+                    room -= 1
+                kept.append(e)
+            events = kept
         before = len(self.queue)
         super().offer(events, lost)
         if self.outliers:
