@@ -86,9 +86,10 @@ lint: $(DEV_STAMP)  ## flake8, go vet and gofmt
 	$(BIN)/flake8 streamer tests benchmarks protos
 	cd go && go vet ./... && { unformatted=$$(gofmt -l .); test -z "$$unformatted" || { echo "gofmt -l: $$unformatted"; exit 1; }; }
 
-bench: $(BENCH_STAMP)  ## full benchmark run (about 25 minutes): the main run, issue 23's targets, a million series
+bench: $(BENCH_STAMP)  ## full benchmark run (about 30 minutes): the main run, issue 23's targets, the page's cost, a million series
 	$(BIN)/python -m benchmarks
 	$(BIN)/python -m benchmarks.targets
+	$(BIN)/python -m benchmarks.page_bench --variants "no page" "page open"
 	$(BIN)/python -m benchmarks.sink_bench
 	$(BIN)/python -m benchmarks.million_bench
 	$(BIN)/python -m benchmarks.million_load

@@ -1,7 +1,8 @@
 """What an open page costs DetectStream: metrics per second with the page open on a busy series, against no page,
 in interleaved rounds of one run; and the in-process cost per batch of the tap.
 
-    python -m benchmarks.page_bench [--rounds 6] [--duration 3] [--clients 2] [--load python|go] [--out DIR]
+    python -m benchmarks.page_bench [--rounds 40] [--duration 2] [--clients 2] [--load python|go] [--variants ...]
+                                    [--out DIR]
 
 One `streamer serve` (memory://, --http-port on a free port) for the whole run. `--clients` threads each stream
 pre-encoded batches of 1 000 metrics (100 series, 5 flagged a batch) on their own channel and session, four batches
@@ -207,8 +208,8 @@ def free_port() -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--duration", type=float, default=2.0)
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--load", choices=("python", "go"), default="python",
