@@ -1,19 +1,19 @@
 """What an open page costs DetectStream: metrics per second with the page open on a busy series, against no page,
 in interleaved rounds of one run; and the in-process cost per batch of the tap.
 
-    python -m benchmarks.page_bench [--rounds 40] [--duration 2] [--clients 2] [--load python|go] [--variants ...]
-                                    [--out DIR]
+    python -m benchmarks.page_bench [--rounds 40] [--duration 2] [--clients 2] [--variants ...] [--out DIR]
 
 One `streamer serve` (memory://, --http-port on a free port) for the whole run. `--clients` threads each stream
-pre-encoded batches of 1 000 metrics (100 series, 5 flagged a batch) on their own channel and session, four batches
-in flight. "page open" rounds hold the two connections the page's browser holds while a series is viewed (the page's
-EventSources: /api/events, every outlier of every session; /api/tap on series s0 of the first client's session, ten
-values a batch), read by a process each, as a browser's are, and measured from the first message each has read (a
-page open, not a page opening: the ring sent at opening is a one-off); "no page" rounds hold none, and "live list
-only" and "series view only" one of the two, to tell their costs apart. Rounds alternate the order of the variants;
-medians with min-max over the rounds, of metrics/s and of the server's CPU time a metric answered (utime + stime over
-each round: steadier than metrics/s on a shared machine). In process (CPU time): StreamDetector.process per batch with
-no taps, taps nobody views, and a viewed series. Writes page.json and page.md to --out (default benchmarks/results).
+pre-encoded batches of 1 000 metrics (100 series, normal values: about 46 flagged a batch, and 5 spikes) on their
+own channel and session, four batches in flight. "page open" rounds hold the two connections the page's browser
+holds while a series is viewed (the page's EventSources: /api/events, every outlier of every session; /api/tap on
+series s0 of the first client's session, ten values a batch), read by a process each, as a browser's are, and
+measured from the first message each has read (a page open, not a page opening: the ring sent at opening is a
+one-off); "no page" rounds hold none, and "live list only" and "series view only" one of the two, to tell their
+costs apart. Rounds alternate the order of the variants; medians with min-max over the rounds, of metrics/s and of
+the server's CPU time a metric answered (utime + stime over each round: steadier than metrics/s on a shared
+machine). In process (CPU time): StreamDetector.process per batch with no taps, taps nobody views, and a viewed
+series. Writes page.json and page.md to --out (default benchmarks/results).
 """
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from benchmarks import golang, report
+from benchmarks import report
 from benchmarks.loadgen import _cpu_seconds
 from benchmarks.servers import ROOT, ServerProcess
 from streamer import detector
@@ -115,9 +114,8 @@ done()
 
 
 EVENTS, TAP = "/api/events", "/api/tap?session=bench-0&series=s0"
-GO_TAP = "/api/tap?session=&series=series-00000"  # the Go load generator's streams are private, its series named so
 PATHS = {"no page": (), "page open": (EVENTS, TAP), "live list only": (EVENTS,), "series view only": (TAP,)}
-FIRST = {EVENTS: ": ", TAP: "data: ", GO_TAP: "data: "}  # the reader's "open": the line each waits for
+FIRST = {EVENTS: ": ", TAP: "data: "}  # the reader's "open": the line each waits for
 
 
 def page_open(port: int, paths) -> list[subprocess.Popen]:
@@ -174,30 +172,12 @@ def median_interval(values: list[float], draws: int = 10_000, seed: int = 0) -> 
     return float(np.percentile(meds, 2.5)), float(np.percentile(meds, 97.5))
 
 
-def python_round(clients: list[Client], server: ServerProcess, duration: float):
-    """A round of the Python clients' load: (metrics/s, the server's CPU ns a metric answered) over `duration`."""
-    def measure() -> tuple[float, float]:
-        before, t0, c0 = sum(c.answered for c in clients), time.monotonic(), _cpu_seconds(server.pid)
-        time.sleep(duration)
-        answered = sum(c.answered for c in clients) - before
-        return answered / (time.monotonic() - t0), 1e9 * (_cpu_seconds(server.pid) - c0) / max(answered, 1)
-    return measure
-
-
-def go_round(go: golang.GoLoadGenerator, server: ServerProcess, duration: float):
-    """A round of the Go load generator (after 0.5 s of warm-up): (metrics/s, the server's CPU ns a metric), as it
-    reports them for its measured window."""
-    command = [str(go.binary), "-addr", server.addr, "-mode", "stream", "-pipelined", "-window", "16", "-batch", "1000",
-               "-series", "100", "-streams", "2", "-timestamps", "-json", "-duration", f"{duration:g}s",
-               "-warmup", "0.5s", "-server-pid", str(server.pid)]
-
-    def measure() -> tuple[float, float]:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 120)
-        raw = json.loads(done.stdout.strip().splitlines()[-1])
-        if raw.get("error") or not raw.get("server_cpu_s"):
-            raise RuntimeError(f"go loadgen: {raw.get('error') or 'no server_cpu_s'}: {done.stderr[-500:]}")
-        return raw["metrics_per_s"], 1e9 * raw["server_cpu_s"] / raw["metrics"]
-    return measure
+def measure(clients: list[Client], server: ServerProcess, duration: float) -> tuple[float, float]:
+    """One round: (metrics/s, the server's CPU ns a metric answered) over `duration`."""
+    before, t0, c0 = sum(c.answered for c in clients), time.monotonic(), _cpu_seconds(server.pid)
+    time.sleep(duration)
+    answered = sum(c.answered for c in clients) - before
+    return answered / (time.monotonic() - t0), 1e9 * (_cpu_seconds(server.pid) - c0) / max(answered, 1)
 
 
 def free_port() -> int:
@@ -212,11 +192,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=2.0)
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--load", choices=("python", "go"), default="python",
-                        help="python: --clients threads of this process stream for the whole run, and the rounds read "
-                             "the server's CPU time; go: go/cmd/loadgen runs once a round (two private streams of "
-                             "1 000 metrics a message, 100 series, 16 in flight each, values normal: about 46 "
-                             "flagged a message), faster than the server, and reports the server's CPU time itself")
     parser.add_argument("--variants", nargs="+", choices=list(PATHS), default=list(PATHS),
                         help="which to run besides no page and page open (always run; each is compared with no page)")
     args = parser.parse_args(argv)
@@ -230,27 +205,18 @@ def main(argv: list[str] | None = None) -> None:
     runs: dict[str, list[float]] = {name: [] for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in variants}  # the server's CPU ns a metric answered
     received = []
-    paths = PATHS
-    if args.load == "go":
-        paths = {k: tuple(GO_TAP if p == TAP else p for p in v) for k, v in PATHS.items()}
     try:
-        if args.load == "go":
-            workdir = tempfile.TemporaryDirectory()
-            go = golang.GoLoadGenerator(Path(workdir.name))
-            measure = go_round(go, server, args.duration)
-        else:
-            clients = [Client(server.addr, batches(f"bench-{k}", 220, k)) for k in range(args.clients)]
-            for c in clients:
-                c.start()
-            for c in clients:
-                c.ready.wait(60)
-            time.sleep(1.0)  # warm
-            measure = python_round(clients, server, args.duration)
+        clients = [Client(server.addr, batches(f"bench-{k}", 220, k)) for k in range(args.clients)]
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.ready.wait(60)
+        time.sleep(1.0)  # warm
         for r in range(args.rounds):
             order = variants if r % 2 == 0 else variants[::-1]
             for name in order:
-                readers = page_open(http_port, paths[name])
-                rate, ns = measure()
+                readers = page_open(http_port, PATHS[name])
+                rate, ns = measure(clients, server, args.duration)
                 messages = page_close(readers)
                 runs[name].append(rate)
                 cpu[name].append(ns)
@@ -269,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     cpu_fig = {n: {"median": statistics.median(v), "min": min(v), "max": max(v)} for n, v in cpu.items()}
     result = {"what": "DetectStream metrics/s with the page open on a busy series (its /api/events and /api/tap "
                       "connections) and without; interleaved rounds in one run",
-              "clients": args.clients, "load": args.load, "rounds": args.rounds, "duration_s": args.duration,
+              "clients": args.clients, "rounds": args.rounds, "duration_s": args.duration,
               "metrics_per_s": fig,
               "page_over_no_page": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)},
               "over_no_page": {n: {"median": statistics.median(v), "min": min(v), "max": max(v)}
@@ -293,8 +259,7 @@ def main(argv: list[str] | None = None) -> None:
         return f"{v['median']:.3f} ({v['min']:.3f}-{v['max']:.3f}{interval})"
 
     r = result["page_over_no_page"]
-    load = "the Go load generator's 2 streams" if args.load == "go" else f"{args.clients} clients"
-    md = [f"# The page's cost to DetectStream ({load}, 1 000 metrics a batch, {args.rounds} rounds of "
+    md = [f"# The page's cost to DetectStream ({args.clients} clients, 1 000 metrics a batch, {args.rounds} rounds of "
           f"{args.duration:g} s)", "",
           "| | metrics/s, median (min-max) | server CPU ns a metric | metrics per server CPU-s, over no page |",
           "| --- | --- | --- | --- |"]
