@@ -492,3 +492,31 @@ def test_a_tap_follows_its_series_not_its_slot_once_it_expired():
     assert {83.0, 86.0} <= set(flagged["y"]) and {65.0, 68.0, 110.0, 115.0} <= set(flagged["x"])
     assert [p[1] for p in tap.ring if p[4]] == flagged["x"]
     assert {p[1] for p in tap.ring} <= set(sent["x"])
+
+
+def test_a_backtest_draws_no_old_band_for_a_series_that_expired():
+    """Series TTL 10 s (data time): "a" is silent for 170 s and comes back as a new series, so its first values
+    after the gap are in the warmup (no band), and its band then follows the values since the gap only; "b", never
+    silent, keeps its band throughout."""
+    import statistics
+    rng = random.Random(SEED)
+    rows = []
+    for i in range(230):
+        for name in ("a", "b"):
+            if name == "a" and 30 <= i < 200:
+                continue
+            rows.append((1764580000 + i, name, rng.gauss(10, 1)))
+    result = Backtests(detector.Defaults()).run(csv_file(rows), "gap.csv",
+                                                [{"series_ttl": 10, "warmup": 3, "threshold": 50}])
+    s = result.sets[0]
+    a = [r for r, row in enumerate(rows) if row[1] == "a"]
+    after = a[30:]  # the rows of "a" from t = 200
+    values = [rows[r][2] for r in after]
+    for j, r in enumerate(after):
+        if j < 3:
+            assert np.isnan(s.band_mean[r]) and np.isnan(s.band_std[r]), j
+        else:
+            expect = (statistics.fmean(values[:j]), statistics.pstdev(values[:j]))
+            assert (s.band_mean[r], s.band_std[r]) == pytest.approx(expect, rel=1e-9), j
+    b = [r for r, row in enumerate(rows) if row[1] == "b"]
+    assert not np.isnan(s.band_mean[b[3:]]).any()

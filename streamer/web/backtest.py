@@ -326,11 +326,13 @@ def _note(e, row: int, episodes: list[Episode], open_episodes: dict[str, Episode
 def _band(prev, count, mean, spread, params: detector.Params) -> tuple[np.ndarray, np.ndarray]:
     """The mean and stddev each row was judged against: its series' state after its previous value, read as
     rules.stream_update reads it (population stddev: sqrt(M2 / n) cumulative, sqrt(variance) exponential), NaN
-    before the series has max(warmup, 2) values in its state."""
+    before the series has max(warmup, 2) values in its state. A row whose series expired since its previous value
+    (series_ttl) was judged against a fresh state, so it has none: its count after it is below its count before
+    (a count only falls when the series starts again; a fresh series with one value before is in the warmup)."""
     has = prev >= 0
     p = np.where(has, prev, 0)
     c, m, s = count[p], mean[p], spread[p]
-    judged = has & (c >= max(int(params.warmup), 2))
+    judged = has & (c >= max(int(params.warmup), 2)) & (count >= c)
     with np.errstate(invalid="ignore", divide="ignore"):
         std = np.sqrt(s) if params.mode == MODE_EXPONENTIAL else np.sqrt(s / np.maximum(c, 1))
     return np.where(judged, m, math.nan), np.where(judged, std, math.nan)
