@@ -520,3 +520,17 @@ def test_a_backtest_draws_no_old_band_for_a_series_that_expired():
             assert (s.band_mean[r], s.band_std[r]) == pytest.approx(expect, rel=1e-9), j
     b = [r for r, row in enumerate(rows) if row[1] == "b"]
     assert not np.isnan(s.band_mean[b[3:]]).any()
+
+
+def test_on_the_default_host_the_page_answers_over_ipv4_and_ipv6(cli_server):
+    """`--host [::]` (serve's default): the page, like the gRPC port, is reached at 127.0.0.1 and at ::1; asyncio
+    binds "::" alone IPv6 only, which left IPv4 browsers unanswered."""
+    port = free_port()
+    srv = cli_server("--host", "[::]", "--http-port", str(port))
+    for host in ("127.0.0.1", "::1"):
+        conn = http.client.HTTPConnection(host, port, timeout=30)
+        conn.request("GET", "/")
+        r = conn.getresponse()
+        assert r.status == 200 and b"<html" in r.read().lower(), host
+    with Client(f"127.0.0.1:{srv.port}", timeout=10) as client:  # the gRPC port too, as before
+        assert client.detect(values=[1, 1, 1, 1, 1, 1, 1, 1, 1, 9], name="x").indices == [9]

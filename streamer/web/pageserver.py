@@ -119,8 +119,10 @@ class PageServer:
             context = self._tls = self.tls_context(tls_cert, tls_key, tls_client_ca)
             context.sni_callback = self._pick_tls
         name = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        self._server = await asyncio.start_server(self._connection, name or None, port, ssl=context,
-                                                  reuse_address=True)
+        # "::" (the default --host) means every address of both families, as on the gRPC port; asyncio would bind
+        # it IPv6 only (IPV6_V6ONLY), so IPv4 clients could not reach the page: None binds 0.0.0.0 and :: both
+        self._server = await asyncio.start_server(self._connection, None if name in ("", "::") else name, port,
+                                                  ssl=context, reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
