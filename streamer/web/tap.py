@@ -30,6 +30,7 @@ from streamer.state import MODE_EXPONENTIAL
 RING = 2000  # values kept per viewed series
 DELIVER_SECONDS = 0.1  # how often a page is sent its viewed series' new values
 SAMPLE_SECONDS = 0.05  # a viewed series' batches are recorded whole at most this often (flagged values: always)
+TABLES_KEPT = 64  # tables a tap keeps its series' slot for (or that it was not found in), at most
 
 
 @numba.njit(nogil=True, cache=True)
@@ -158,9 +159,13 @@ class Tap:
         looked = (len(table), removals)
         if self.looked.get(key) == looked:
             return -1
+        if len(self.looked) >= TABLES_KEPT:  # tables come and go (private streams, sessions): forget the old ones
+            self.looked.clear()
         self.looked[key] = looked
         s = find_slot(table, self.key)
         if s >= 0:
+            if len(self.slots) >= TABLES_KEPT:
+                self.slots.clear()
             self.slots[key] = (s, removals)
         return s
 
@@ -288,7 +293,7 @@ class Taps:
                 tap.next_sample = now + self.sample_seconds
                 due = True
                 self._whole(tap, tap.rows[:n].copy(), params(s) if callable(params) else params, values, times,
-                            idx, mean, std, z)
+                            idx, mean, std, z, int(state.count[s]))
             elif k:
                 n = _rows_of(ids, idx, len(idx), s, tap.rows)  # the series' flagged values: j into idx
                 if n:
@@ -337,8 +342,14 @@ class Taps:
                  zip(times[rs].tolist(), values[rs].tolist(), mean[js].tolist(), std[js].tolist(), z[js].tolist())])
 
     @staticmethod
-    def _whole(tap: Tap, rows, params, values, times, idx, mean, std, z) -> None:
+    def _whole(tap: Tap, rows, params, values, times, idx, mean, std, z, count_after: int) -> None:
         vs = values[rows]
+        before = int(tap.one.count[0])
+        # The series started again since `one` was copied (it expired, and came back in a fresh state) when its
+        # count fell, or, with every finite value taken in, did not grow by them: its values were judged from
+        # nothing, as `one` then is (a count only falls when a series starts again)
+        if count_after < before or (not params.exclude_outliers and count_after != before + int(np.isfinite(vs).sum())):
+            tap.one.set(0, 0.0, 0.0)
         k = len(idx)
         flagged = {r: (m, d, zz) for r, m, d, zz in zip(idx.tolist(), mean[:k].tolist(), std[:k].tolist(),
                                                         z[:k].tolist())}
