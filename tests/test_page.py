@@ -2,6 +2,7 @@
 against tests/naive.py. The browser tests are in tests/test_page_browser.py."""
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import random
@@ -152,8 +153,17 @@ def _post(port, path, body: bytes):
     return r.status, json.loads(r.read())
 
 
+def _f64_points(m: dict) -> list[dict]:
+    """A tap's message in format=f64 (7 columns of little-endian float64s) as the JSON form's objects."""
+    cols = np.frombuffer(base64.b64decode(m["f64"]), dtype="<f8").reshape(7, m["n"])
+    none = [[None if x != x else x for x in c] for c in cols.tolist()]
+    return [{"t": t, "value": v, "mean": mu, "stddev": sd, "flagged": f == 1.0, "zscore": z, "k": k}
+            for t, v, mu, sd, f, z, k in zip(*none)]
+
+
 def _sse(port, path, want: int, got: list, ready: threading.Event):
-    """Read server-sent `data:` events of `path` into `got` until `want` items arrived."""
+    """Read server-sent `data:` events of `path` into `got` until `want` items arrived (a tap's format=f64
+    messages decoded into the JSON form's objects)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     conn.request("GET", path)
     r = conn.getresponse()
@@ -167,7 +177,8 @@ def _sse(port, path, want: int, got: list, ready: threading.Event):
             event = line[7:].strip()
         elif line.startswith("data: "):
             if event != "ring":
-                got.extend(json.loads(line[6:]))
+                m = json.loads(line[6:])
+                got.extend(_f64_points(m) if isinstance(m, dict) and "f64" in m else m)
             event = ""
     conn.close()
 
@@ -178,20 +189,24 @@ def test_the_api_serves_sessions_search_live_events_and_a_tap(page):
     assert status == 200 and b"<title>streamer</title>" in body
     assert _get(port, "/static/uPlot.iife.min.js")[0] == 200
     assert _get(port, "/static/../../setup.cfg")[0] == 404
-    events, points = [], []
-    ready_e, ready_t = threading.Event(), threading.Event()
+    status, body = _get(port, "/api/tap?session=s1&series=cpu&format=csv")
+    assert status == 400 and json.loads(body)["error"] == "format 'csv': one of json, f64"
+    events, points, columns = [], [], []
+    ready_e, ready_t, ready_c = threading.Event(), threading.Event(), threading.Event()
     te = threading.Thread(target=_sse, args=(port, "/api/events?session=s1&source=stream&prefix=cp", 1, events,
                                              ready_e))
     tt = threading.Thread(target=_sse, args=(port, "/api/tap?session=s1&series=cpu", 39, points, ready_t))
+    tc = threading.Thread(target=_sse, args=(port, "/api/tap?session=s1&series=cpu&format=f64", 39, columns,
+                                             ready_c))
     srv.server.service.taps.sample_seconds = 0  # every batch recorded whole (test_a_sampled_tap_...: sampled)
-    te.start(), tt.start()
-    assert ready_e.wait(30) and ready_t.wait(30)
+    te.start(), tt.start(), tc.start()
+    assert ready_e.wait(30) and ready_t.wait(30) and ready_c.wait(30)
     rng = random.Random(SEED)
     batches = [[("cpu", 100 + rng.gauss(0, 1)), ("mem", 5 + rng.gauss(0, 0.1))] for _ in range(40)]
     batches[30][0] = ("cpu", 200.0)
     with Client(srv.addr) as c:
         answers = list(c.stream(batches, session="s1"))
-    te.join(60), tt.join(60)
+    te.join(60), tt.join(60), tc.join(60)
     flagged_cpu = [(i, o) for i, a in enumerate(answers) for o in a.outliers if o.name == "cpu"]
     assert (30, 200.0) in [(i, o.value) for i, o in flagged_cpu]
     assert events and all(e["series"].startswith("cp") and e["session"] == "s1" for e in events)
@@ -203,6 +218,7 @@ def test_the_api_serves_sessions_search_live_events_and_a_tap(page):
         assert p["flagged"] and p["mean"] == pytest.approx(o.mean, rel=1e-12)
         assert p["stddev"] == pytest.approx(o.stddev, rel=1e-12)
     assert sum(p["flagged"] for p in points) == len([1 for i, _ in flagged_cpu if i >= 1])
+    assert columns == points and any(p["mean"] is None for p in points)  # the page's form: the same, exactly
     status, body = _get(port, "/api/sessions")
     held = json.loads(body)["sessions"][0]
     assert (held["name"], held["series"], held["open"]) == ("s1", 2, False)

@@ -21,10 +21,11 @@ from importlib import resources
 from streamer import detector
 from streamer.web.backtest import BacktestError, Backtests, option_fields
 from streamer.web.live import LIVE_QUOTA, LiveList
-from streamer.web.tap import DELIVER_SECONDS, Taps, points_json
+from streamer.web.tap import DELIVER_SECONDS, Taps, points_f64, points_json
 
 log = logging.getLogger("streamer.web")
 
+TAP_FORMATS = {"json": points_json, "f64": points_f64}  # /api/tap?format=: the JSON objects, or columns the page reads
 STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
           "app.css": "text/css; charset=utf-8", "uPlot.iife.min.js": "text/javascript; charset=utf-8",
           "uPlot.min.css": "text/css; charset=utf-8", "LICENSE.uPlot.txt": "text/plain; charset=utf-8"}
@@ -347,16 +348,20 @@ class PageServer:
     async def _tap(self, reader, writer, q: dict) -> None:
         """Server-sent events: a series' recent judged values (the ring first), then what is new every
         DELIVER_SECONDS: the tap's sampled batches and every flagged value of the series (tap.py), in one message
-        per DELIVER_SECONDS at most whatever the batch rate."""
+        per DELIVER_SECONDS at most whatever the batch rate; as JSON objects or, with format=f64, as the page reads
+        them (tap.points_f64)."""
         series = q.get("series", "")
         if not series:
             return await self._send(writer, 400, {"error": "give the series key (series=...)"})
+        encode = TAP_FORMATS.get(q.get("format") or "json")
+        if encode is None:
+            return await self._send(writer, 400, {"error": f"format {q['format']!r}: one of {', '.join(TAP_FORMATS)}"})
         tap = self.taps.view(q.get("session", ""), series)
         gone = asyncio.ensure_future(reader.read(1))
         try:
             await self._sse_head(writer)
             sent = tap.added
-            writer.write(b"event: ring\ndata: " + _json(points_json(list(tap.ring))) + b"\n\n")
+            writer.write(b"event: ring\ndata: " + _json(encode(list(tap.ring))) + b"\n\n")
             await writer.drain()
             quiet = 0.0
             while not gone.done():
@@ -364,7 +369,7 @@ class PageServer:
                 new, sent = tap.since(sent), tap.added
                 if new:
                     new.sort(key=lambda p: p[0])
-                    writer.write(b"data: " + _json(points_json(new)) + b"\n\n")
+                    writer.write(b"data: " + _json(encode(new)) + b"\n\n")
                     quiet = 0.0
                 else:
                     quiet += DELIVER_SECONDS

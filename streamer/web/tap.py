@@ -15,6 +15,7 @@ series' flagged rows, `Taps.slots`); a page reads the ring every DELIVER_SECONDS
 """
 from __future__ import annotations
 
+import base64
 import collections
 import itertools
 import math
@@ -377,6 +378,15 @@ class Taps:
 
 
 def points_json(points: list) -> list[dict]:
-    """The ring's tuples as the page reads them."""
+    """The ring's tuples as a JSON list of objects (/api/tap's default form, for scripts)."""
     return [{"t": t, "value": v, "mean": m, "stddev": s, "flagged": f, "zscore": z, "k": k}
             for t, v, m, s, f, z, k in points]
+
+
+def points_f64(points: list) -> dict:
+    """The ring's tuples as the page reads them (/api/tap?format=f64): {"n": n, "f64": base64 of 7 columns of n
+    little-endian float64s: t, value, mean, stddev, flagged (1 or 0), zscore, k}, NaN where the JSON form has null.
+    Exact, and about a tenth of the JSON form's cost: a float's shortest repr is most of json.dumps' time, and a
+    busy series' page gets hundreds of values a second."""
+    cols = np.array(points, dtype=np.float64).reshape(len(points), 7)
+    return {"n": len(points), "f64": base64.b64encode(cols.T.astype("<f8").tobytes()).decode("ascii")}

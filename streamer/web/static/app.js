@@ -126,12 +126,25 @@ function noteEpisode(e) {
   if (live.plot) live.plot.redraw();
 }
 
+// a tap's points as the server sends them with format=f64 (tap.points_f64): 7 columns of n little-endian float64s
+function decodePoints(m) {
+  const bin = atob(m.f64), view = new DataView(new ArrayBuffer(bin.length));
+  for (let i = 0; i < bin.length; i++) view.setUint8(i, bin.charCodeAt(i));
+  const n = m.n, col = (c, i) => { const x = view.getFloat64(8 * (c * n + i), true); return Number.isNaN(x) ? null : x; };
+  const points = [];
+  for (let i = 0; i < n; i++) {
+    points.push({ t: col(0, i), value: col(1, i), mean: col(2, i), stddev: col(3, i), flagged: col(4, i) === 1,
+      zscore: col(5, i), k: col(6, i) });
+  }
+  return points;
+}
+
 function openSeries(session, series) {
   if (live && live.source) live.source.close();
   live = { session, series, pts: [], x: [], value: [], mean: [], upper: [], lower: [], flagged: [], marked: [], episodes: [], plot: null };
   window.streamer.live = live;
   $("chart-title").textContent = `Series ${series}` + (session ? ` (session ${session})` : " (private streams)");
-  const src = new EventSource(`/api/tap?session=${encodeURIComponent(session)}&series=${encodeURIComponent(series)}`);
+  const src = new EventSource(`/api/tap?format=f64&session=${encodeURIComponent(session)}&series=${encodeURIComponent(series)}`);
   live.source = src;
   const add = (points) => {
     // sampled batches and flagged values (from the hub) arrive apart: merged in time order, each value once
@@ -145,8 +158,8 @@ function openSeries(session, series) {
     live.flagged = live.pts.map((p) => p.flagged ? p.value : null);
     drawLive();
   };
-  src.addEventListener("ring", (m) => { live.connected = true; add(JSON.parse(m.data)); });
-  src.onmessage = (m) => add(JSON.parse(m.data));
+  src.addEventListener("ring", (m) => { live.connected = true; add(decodePoints(JSON.parse(m.data))); });
+  src.onmessage = (m) => add(decodePoints(JSON.parse(m.data)));
   drawLive();
 }
 
