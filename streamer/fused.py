@@ -262,6 +262,10 @@ class StreamPass:
         value, mean, stddev, zscore): a view valid until the next apply()."""
         return self._tap_out[:int(self._st[_TAPPED])]
 
+    def tapped_count(self) -> int:
+        """len(tapped()), without making the view."""
+        return int(self._st[_TAPPED])
+
     def apply(self, state, exponential: bool, alpha: float, threshold: float, warmup: int, exclude: bool,
               batch: int, rules: Rules = Rules(), now: float = 0.0, tapped: np.ndarray = NO_TAPS) -> bytes:
         """Apply the decoded request to `state` (a SeriesState, whose table is keyed with HASH_SEED, with the

@@ -25,7 +25,6 @@ from streamer.web.tap import DELIVER_SECONDS, Taps, points_f64, points_json
 
 log = logging.getLogger("streamer.web")
 
-TAP_FORMATS = {"json": points_json, "f64": points_f64}  # /api/tap?format=: the JSON objects, or columns the page reads
 STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
           "app.css": "text/css; charset=utf-8", "uPlot.iife.min.js": "text/javascript; charset=utf-8",
           "uPlot.min.css": "text/css; charset=utf-8", "LICENSE.uPlot.txt": "text/plain; charset=utf-8"}
@@ -75,6 +74,10 @@ def event_json(e) -> dict:
         d["source_name"] = where
         return d
     return {"kind": "dropped", "count": getattr(e, "count", 0), "total": getattr(e, "total", 0)}
+
+
+# /api/tap?format=: a list of JSON objects, or the columns the page reads; each gives a message's bytes
+TAP_FORMATS = {"json": lambda points: _json(points_json(points)), "f64": points_f64}
 
 
 class PageServer:
@@ -361,7 +364,7 @@ class PageServer:
         try:
             await self._sse_head(writer)
             sent = tap.added
-            writer.write(b"event: ring\ndata: " + _json(encode(list(tap.ring))) + b"\n\n")
+            writer.write(b"event: ring\ndata: " + encode(list(tap.ring)) + b"\n\n")
             await writer.drain()
             quiet = 0.0
             while not gone.done():
@@ -369,7 +372,7 @@ class PageServer:
                 new, sent = tap.since(sent), tap.added
                 if new:
                     new.sort(key=lambda p: p[0])
-                    writer.write(b"data: " + _json(encode(new)) + b"\n\n")
+                    writer.write(b"data: " + encode(new) + b"\n\n")
                     quiet = 0.0
                 else:
                     quiet += DELIVER_SECONDS

@@ -214,8 +214,10 @@ class Taps:
         self.active = False  # some page views a series: the detector checks this first
         self._by_session: dict[str, list[Tap]] = {}
         self._taps: dict[tuple[str, str], Tap] = {}
-        self._armed = 0     # taps holding the state before their next batch (observe's fast path: none, and
-        self._due = 0.0     # the clock before the earliest next sample)
+        # observe's fast path, which the detector checks before it calls observe: no tap `armed` (holding the state
+        # before its next batch), the clock before `due` (the earliest next sample), and nothing viewed flagged
+        self.armed = 0
+        self.due = 0.0
         self._lock = threading.Lock()  # protects the two dicts' changes (observe() only reads them)
         self.version = 0  # changed whenever a series is viewed or no longer viewed (detectors' slots() caches)
 
@@ -228,7 +230,7 @@ class Taps:
                                     session: [*self._by_session.get(session, []), tap]}
             tap.viewers += 1
             self.version += 1
-            self._due = 0.0  # a new tap is due at once
+            self.due = 0.0  # a new tap is due at once
             self.active = True
         return tap
 
@@ -239,7 +241,7 @@ class Taps:
             if tap.viewers <= 0:
                 if self._taps.pop((tap.session, tap.series), None) is not None and tap.armed is not None:
                     tap.armed = None
-                    self._armed -= 1
+                    self.armed -= 1
                 rest = [t for t in self._by_session.get(tap.session, []) if t is not tap]
                 self._by_session = {k: v for k, v in self._by_session.items() if k != tap.session}
                 if rest:
@@ -264,12 +266,12 @@ class Taps:
         nothing of a viewed series flagged costs a clock read (and without `viewed`, a look at their slots when it
         has flagged values); one with, the points of those values."""
         now = self.clock()
-        if not self._armed and now < self._due and (not k or viewed is not None and not len(viewed)):
+        if not self.armed and now < self.due and (not k or viewed is not None and not len(viewed)):
             return  # nearly every batch: nothing of a viewed series flagged, no tap armed and none due to be
         taps = self._by_session.get(session)
         if not taps:
             return
-        if not self._armed and now < self._due:
+        if not self.armed and now < self.due:
             if viewed is not None:
                 self._copied(taps, state.table, viewed, params)
                 return
@@ -290,7 +292,7 @@ class Taps:
                 if not n:
                     continue  # its state is as it was: still armed for the next batch
                 tap.armed = None
-                self._armed -= 1
+                self.armed -= 1
                 tap.next_sample = now + self.sample_seconds
                 due = True
                 self._whole(tap, tap.rows[:n].copy(), params(s) if callable(params) else params, values, times,
@@ -303,10 +305,10 @@ class Taps:
             if now >= tap.next_sample:  # the next batch with the series is recorded whole
                 tap.one.set(state.count[s], state.mean[s], state.spread[s])
                 tap.armed = id(state)
-                self._armed += 1
+                self.armed += 1
                 due = True
         if due:
-            self._due = min(t.next_sample for t in taps)
+            self.due = min(t.next_sample for t in taps)
 
     @staticmethod
     def _viewed_among(taps: list[Tap], table, flagged, k: int) -> bool:
@@ -328,12 +330,12 @@ class Taps:
     @staticmethod
     def _copied(taps: list[Tap], table, viewed, params) -> None:
         """Record flagged values of viewed series as the fused pass copied them."""
-        wall, k = time.time_ns(), params.threshold
-        by_slot = {tap.slot(table): tap for tap in taps}
-        for s, t, v, m, d, zz in viewed.tolist():
-            tap = by_slot.get(int(s))
-            if tap is not None:
-                tap.add([((t or wall) / 1e9, v, m, d, True, zz, k)])
+        wall, k, rows = time.time_ns(), params.threshold, viewed.tolist()
+        for tap in taps:
+            s = tap.slot(table)
+            points = [((t or wall) / 1e9, v, m, d, True, zz, k) for slot, t, v, m, d, zz in rows if slot == s]
+            if points:
+                tap.add(points)
 
     @staticmethod
     def _flagged(tap: Tap, js, params, values, times, idx, mean, std, z) -> None:
@@ -383,10 +385,11 @@ def points_json(points: list) -> list[dict]:
             for t, v, m, s, f, z, k in points]
 
 
-def points_f64(points: list) -> dict:
-    """The ring's tuples as the page reads them (/api/tap?format=f64): {"n": n, "f64": base64 of 7 columns of n
-    little-endian float64s: t, value, mean, stddev, flagged (1 or 0), zscore, k}, NaN where the JSON form has null.
-    Exact, and about a tenth of the JSON form's cost: a float's shortest repr is most of json.dumps' time, and a
-    busy series' page gets hundreds of values a second."""
+def points_f64(points: list) -> bytes:
+    """The ring's tuples as the page reads them (/api/tap?format=f64), a JSON object's text: {"n": n, "f64": base64
+    of 7 columns of n little-endian float64s: t, value, mean, stddev, flagged (1 or 0), zscore, k}, NaN where the JSON
+    form has null. Exact, and about a tenth of the JSON form's cost (a float's shortest repr is most of json.dumps'
+    time, and a busy series' page gets hundreds of values a second); written without json.dumps, which would scan
+    the base64 text a character at a time."""
     cols = np.array(points, dtype=np.float64).reshape(len(points), 7)
-    return {"n": len(points), "f64": base64.b64encode(cols.T.astype("<f8").tobytes()).decode("ascii")}
+    return b'{"n": %d, "f64": "%s"}' % (len(points), base64.b64encode(cols.T.astype("<f8").tobytes()))
