@@ -452,7 +452,7 @@ class StreamDetector:
     def _publish(self, ids, values, times, idx, mean, std, z, rule: list[str] | None = None) -> None:
         """Hand the batch's outliers to Watch (only called when someone watches); `rule`: each one's rule."""
         session = self.session.name if self.session is not None else ""
-        self.watch.publish(watch.flagged(self.state.table.name, ids, values, times, idx, mean, std, z,
+        self.watch.publish(watch.flagged(self.state.table, ids, values, times, idx, mean, std, z,
                                          watch.ORIGIN_STREAM, session, self.tenant, rule))
 
     def _source(self) -> str:

@@ -402,7 +402,7 @@ class OtlpIngest:
                                              res.session, ORIGIN_OTLP, attributes_of, tenant))
         if not k or self.hub is None or not self.hub.outliers_active:
             return []
-        return flagged(state.table.name, ids, judged, times, idx[:k], mean, std, z, ORIGIN_OTLP, res.session, tenant)
+        return flagged(state.table, ids, judged, times, idx[:k], mean, std, z, ORIGIN_OTLP, res.session, tenant)
 
     def _apply_ruled(self, state: OtlpState, res: _Resource, rows: np.ndarray, ids: np.ndarray,
                      judged: np.ndarray, times: np.ndarray, ruleset: series_rules.RuleSet, ruled: list[Params],
@@ -434,7 +434,7 @@ class OtlpIngest:
                                              rule=[names[g] for g in rule_ev.tolist()]))
         if not k or self.hub is None or not self.hub.outliers_active:
             return []
-        return flagged(state.table.name, ids, judged, times, idx[:k], mean, std, z, ORIGIN_OTLP, res.session, tenant,
+        return flagged(state.table, ids, judged, times, idx[:k], mean, std, z, ORIGIN_OTLP, res.session, tenant,
                        [names[g] for g in rule_out.tolist()])
 
 

@@ -455,6 +455,13 @@ class SeriesTable:
             raise IndexError(f"series slot {slot} is not live (the table holds {len(self)} series)")
         return name
 
+    def names_of(self, slots: np.ndarray) -> list[bytes]:
+        """The names of live `slots` (a batch's flagged rows' slots), as name() gives them one at a time at about
+        2 us each (numpy's per-call overhead): here a memoryview's slices."""
+        arena = memoryview(self._arena)
+        return [arena[o:o + n].tobytes() for o, n in zip(self._offsets[slots].tolist(),
+                                                         self._lengths[slots].tolist())]
+
     def live_name(self, slot: int) -> bytes | None:
         """The name of `slot`, or None when no series holds it (removed, or never used)."""
         if not 0 <= slot < self.slots or self._offsets[slot] < 0:

@@ -65,18 +65,20 @@ def episode_message(e: EpisodeEvent) -> pb.WatchEvent:
     return pb.WatchEvent(episode=m)
 
 
-def flagged(names, ids, values, times, idx, mean, std, z, origin: int, session: str, tenant: str = "",
+def flagged(table, ids, values, times, idx, mean, std, z, origin: int, session: str, tenant: str = "",
             rule: list[str] | None = None) -> list[Event]:
     """Events of the flagged rows idx[:k] of a batch (the kernels' outputs mean/std/z are per flagged row);
-    `names(slot)` gives a series' key as bytes; a time of 0 becomes now; rule[j]: outlier j's rule (None: none)."""
+    `table`: the SeriesTable of the batch's slots `ids`; a time of 0 becomes now; rule[j]: outlier j's rule (None:
+    none)."""
     now = time.time_ns()
     rows = np.asarray(idx)
-    slots = np.asarray(ids)[rows].tolist()
+    names = table.names_of(np.asarray(ids)[rows])
     ts = np.asarray(times)[rows].tolist()
     vs = np.asarray(values)[rows].tolist()
-    out = [Event(names(s).decode("utf-8", "replace"), v, t or now, m, d, zz, origin, session, tenant)
-           for s, v, t, m, d, zz in zip(slots, vs, ts, np.asarray(mean)[:len(rows)].tolist(),
-                                        np.asarray(std)[:len(rows)].tolist(), np.asarray(z)[:len(rows)].tolist())]
+    k = len(rows)
+    ms, ds, zs = np.asarray(mean)[:k].tolist(), np.asarray(std)[:k].tolist(), np.asarray(z)[:k].tolist()
+    out = [Event(name.decode("utf-8", "replace"), v, t or now, m, d, zz, origin, session, tenant)
+           for name, v, t, m, d, zz in zip(names, vs, ts, ms, ds, zs)]
     if rule is not None:
         out = [e._replace(rule=r) for e, r in zip(out, rule)]
     return out

@@ -265,6 +265,8 @@ def test_expiry_reuses_slots_through_growth_and_rollback(hash_mask):
     offs = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(int)
     got = {packed[o:o + n].tobytes(): int(s) for o, n, s in zip(offs, lens, slots)}
     assert got == live
+    slots = np.array(list(live.values()), dtype=np.int64)  # many names at once (Watch's events), as name() gives each
+    assert table.names_of(slots) == [table.name(s) for s in slots.tolist()] == list(live)
     assert table.slots <= 300
     print(f"{len(live)} live, {table.slots} slots, index {len(table._index)}")
     assert len(table._index) >= 64  # it grew
