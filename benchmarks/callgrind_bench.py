@@ -28,7 +28,7 @@ def _page_cases(calls: int) -> list:
     """The page's cost (issue 21): DetectStream batches of benchmarks/page_bench.py (1 000 metrics of 100 series,
     5 spikes a batch) with no taps and with one viewed series (its flagged values and its samples recorded).
     The taps' clock advances 100 microseconds a batch, about a batch's native time, so a whole batch is sampled
-    as often per batch as at full speed (once in 500 at SAMPLE_SECONDS 0.05), not at valgrind's slower pace."""
+    as often per batch as at full speed (once in 1 000 at SAMPLE_SECONDS 0.1), not at valgrind's slower pace."""
     from benchmarks.page_bench import batches
     from streamer import detector
     from streamer.state import SessionRegistry

@@ -8,7 +8,7 @@ its batches (1 000 metrics of 100 series, 2 clients, four batches in flight each
 alternate between no page and the page open (page_bench's two reader processes, as a browser holds them); each
 window's instructions are callgrind's count between a zero and a dump (`callgrind_control -z`, `-d`), over the
 metrics answered meanwhile. Under valgrind the server runs some 50 to 100 times slower than natively, so the page's
-clocks (a whole batch recorded every 50 ms, a delivery every 100 ms) would fire that many times as often a batch:
+clocks (a whole batch recorded every 100 ms, a delivery every 100 ms) would fire that many times as often a batch:
 the server runs with both stretched by --scale (a wrapper sets them before `streamer serve` starts), and the
 report gives the batches a delivery, against page_bench's native figure (about 250 batches a delivery at 2 500
 batches a second), to show the rates are alike. Writes page_callgrind.json and .md to --out (default

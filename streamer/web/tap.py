@@ -30,7 +30,8 @@ from streamer.state import MODE_EXPONENTIAL
 
 RING = 2000  # values kept per viewed series
 DELIVER_SECONDS = 0.1  # how often a page is sent its viewed series' new values
-SAMPLE_SECONDS = 0.05  # a viewed series' batches are recorded whole at most this often (flagged values: always)
+SAMPLE_SECONDS = 0.1  # a viewed series' batches are recorded whole at most this often (one a delivery; flagged values:
+# always)
 TABLES_KEPT = 64  # tables a tap keeps its series' slot for (or that it was not found in), at most
 
 
