@@ -600,3 +600,12 @@ def test_on_the_default_host_the_page_answers_over_ipv4_and_ipv6(cli_server):
         assert r.status == 200 and b"<html" in r.read().lower(), host
     with Client(f"127.0.0.1:{srv.port}", timeout=10) as client:  # the gRPC port too, as before
         assert client.detect(values=[1, 1, 1, 1, 1, 1, 1, 1, 1, 9], name="x").indices == [9]
+
+
+def test_an_outlier_event_reads_as_the_api_documents_it():
+    from streamer import watch
+    from streamer.web.pageserver import event_json
+    e = watch.Event("cpu", 210.5, 1_764_640_000_250_000_000, 100.25, 2.5, 44.1, watch.ORIGIN_OTLP, "s1", "t", "r")
+    assert event_json(e) == {"kind": "outlier", "series": "cpu", "value": 210.5, "time": e.time_ns / 1e9,
+                             "mean": 100.25, "stddev": 2.5, "zscore": 44.1, "session": "s1", "source": "otlp",
+                             "tenant": "t", "rule": "r"}

@@ -18,7 +18,7 @@ import ssl
 import urllib.parse
 from importlib import resources
 
-from streamer import detector
+from streamer import detector, watch
 from streamer.web.backtest import BacktestError, Backtests, option_fields
 from streamer.web.live import LIVE_QUOTA, LiveList
 from streamer.web.tap import DELIVER_SECONDS, Taps, points_f64, points_json
@@ -57,12 +57,10 @@ def _json(o) -> bytes:
 def event_json(e) -> dict:
     """A Hub event as the page shows it: an outlier (watch.Event), an episode (a dataclass with a `kind`
     opened/updated/resolved, from the alerts work), or a notice of dropped events."""
-    if hasattr(e, "_asdict"):  # watch.Event
-        d = e._asdict()
-        d["kind"] = "outlier"
-        d["time"] = d.pop("time_ns") / 1e9
-        d["source"] = ORIGIN_NAMES.get(d.pop("origin"), "stream")
-        return d
+    if type(e) is watch.Event:  # the live list's many: built directly, not through _asdict() and pops
+        return {"series": e.series, "value": e.value, "time": e.time_ns / 1e9, "mean": e.mean, "stddev": e.stddev,
+                "zscore": e.zscore, "session": e.session, "tenant": e.tenant, "rule": e.rule, "kind": "outlier",
+                "source": ORIGIN_NAMES.get(e.origin, "stream")}
     if dataclasses.is_dataclass(e):  # sinks/episode.py EpisodeEvent
         d = dataclasses.asdict(e)
         d["state"] = d.pop("kind", "")
