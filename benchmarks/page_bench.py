@@ -113,7 +113,7 @@ done()
 """
 
 
-EVENTS, TAP = "/api/events", "/api/tap?format=f64&session=bench-0&series=s0"  # as the page asks for them
+EVENTS, TAP = "/api/events?format=f64", "/api/tap?format=f64&session=bench-0&series=s0"  # as the page asks for them
 PATHS = {"no page": (), "page open": (EVENTS, TAP), "live list only": (EVENTS,), "series view only": (TAP,)}
 FIRST = {EVENTS: ": ", TAP: "data: "}  # the reader's "open": the line each waits for
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import math
 import random
 import socket
 import threading
@@ -153,12 +154,30 @@ def _post(port, path, body: bytes):
     return r.status, json.loads(r.read())
 
 
+def _f64(m: dict, columns: int) -> list[list]:
+    """format=f64's columns of little-endian float64s, with None for what is not finite (as the page reads them)."""
+    cols = np.frombuffer(base64.b64decode(m["f64"]), dtype="<f8").reshape(columns, m["n"])
+    return [[x if math.isfinite(x) else None for x in c] for c in cols.tolist()]
+
+
 def _f64_points(m: dict) -> list[dict]:
-    """A tap's message in format=f64 (7 columns of little-endian float64s) as the JSON form's objects."""
-    cols = np.frombuffer(base64.b64decode(m["f64"]), dtype="<f8").reshape(7, m["n"])
-    none = [[None if x != x else x for x in c] for c in cols.tolist()]
+    """A tap's message in format=f64 as the JSON form's objects."""
     return [{"t": t, "value": v, "mean": mu, "stddev": sd, "flagged": f == 1.0, "zscore": z, "k": k}
-            for t, v, mu, sd, f, z, k in zip(*none)]
+            for t, v, mu, sd, f, z, k in zip(*_f64(m, 7))]
+
+
+def _f64_events(items: list) -> list[dict]:
+    """An /api/events message in format=f64 (runs of outliers as one object of columns) as the JSON form's."""
+    out = []
+    for m in items:
+        if m.get("kind") != "outliers":
+            out.append(m)
+            continue
+        floats = zip(*_f64(m, 5))
+        out += [{"kind": "outlier", "value": v, "time": t, "mean": mu, "stddev": sd, "zscore": z, **{
+            k: m[k][i] for k in ("series", "session", "source", "tenant", "rule")}}
+            for i, (v, t, mu, sd, z) in enumerate(floats)]
+    return out
 
 
 def _sse(port, path, want: int, got: list, ready: threading.Event):
@@ -178,7 +197,7 @@ def _sse(port, path, want: int, got: list, ready: threading.Event):
         elif line.startswith("data: "):
             if event != "ring":
                 m = json.loads(line[6:])
-                got.extend(_f64_points(m) if isinstance(m, dict) and "f64" in m else m)
+                got.extend(_f64_points(m) if isinstance(m, dict) and "f64" in m else _f64_events(m))
             event = ""
     conn.close()
 
@@ -191,25 +210,29 @@ def test_the_api_serves_sessions_search_live_events_and_a_tap(page):
     assert _get(port, "/static/../../setup.cfg")[0] == 404
     status, body = _get(port, "/api/tap?session=s1&series=cpu&format=csv")
     assert status == 400 and json.loads(body)["error"] == "format 'csv': one of json, f64"
-    events, points, columns = [], [], []
-    ready_e, ready_t, ready_c = threading.Event(), threading.Event(), threading.Event()
+    assert _get(port, "/api/events?format=xml")[0] == 400
+    events, events_f64, points, columns = [], [], [], []
+    ready_e, ready_f, ready_t, ready_c = threading.Event(), threading.Event(), threading.Event(), threading.Event()
     te = threading.Thread(target=_sse, args=(port, "/api/events?session=s1&source=stream&prefix=cp", 1, events,
                                              ready_e))
+    tf = threading.Thread(target=_sse, args=(port, "/api/events?format=f64&session=s1&source=stream&prefix=cp", 1,
+                                             events_f64, ready_f))
     tt = threading.Thread(target=_sse, args=(port, "/api/tap?session=s1&series=cpu", 39, points, ready_t))
     tc = threading.Thread(target=_sse, args=(port, "/api/tap?session=s1&series=cpu&format=f64", 39, columns,
                                              ready_c))
     srv.server.service.taps.sample_seconds = 0  # every batch recorded whole (test_a_sampled_tap_...: sampled)
-    te.start(), tt.start(), tc.start()
-    assert ready_e.wait(30) and ready_t.wait(30) and ready_c.wait(30)
+    te.start(), tf.start(), tt.start(), tc.start()
+    assert ready_e.wait(30) and ready_f.wait(30) and ready_t.wait(30) and ready_c.wait(30)
     rng = random.Random(SEED)
     batches = [[("cpu", 100 + rng.gauss(0, 1)), ("mem", 5 + rng.gauss(0, 0.1))] for _ in range(40)]
     batches[30][0] = ("cpu", 200.0)
     with Client(srv.addr) as c:
         answers = list(c.stream(batches, session="s1"))
-    te.join(60), tt.join(60), tc.join(60)
+    te.join(60), tf.join(60), tt.join(60), tc.join(60)
     flagged_cpu = [(i, o) for i, a in enumerate(answers) for o in a.outliers if o.name == "cpu"]
     assert (30, 200.0) in [(i, o.value) for i, o in flagged_cpu]
     assert events and all(e["series"].startswith("cp") and e["session"] == "s1" for e in events)
+    assert events_f64[:len(events)] == events  # the page's form (outliers_f64): the same events, exactly
     # the tap: every value of cpu after the first batch, each judged against the mean and stddev the stream used
     assert [p["value"] for p in points] == [b[0][1] for b in batches[1:]]
     by_value = {p["value"]: p for p in points}

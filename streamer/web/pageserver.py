@@ -8,6 +8,7 @@ flags are set. Live events come from the Watch Hub (streamer/watch.py), a viewed
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
 import logging
@@ -76,6 +77,18 @@ def event_json(e) -> dict:
 
 # /api/tap?format=: a list of JSON objects, or the columns the page reads; each gives a message's bytes
 TAP_FORMATS = {"json": lambda points: _json(points_json(points)), "f64": points_f64}
+
+
+def outliers_f64(events: list) -> dict:
+    """Outlier events (watch.Event) as /api/events?format=f64 sends them, the page's form: one object of columns,
+    {"kind": "outliers", "n": n, "f64": base64 of 5 columns of n little-endian float64s (value, time in seconds,
+    mean, stddev, zscore), and lists of n "series", "session", "source", "tenant", "rule"}. A float's shortest repr
+    costs about 1.5 us, most of an event's JSON: the live list sends 160 outliers a second."""
+    cols = np.array([(e.value, e.time_ns / 1e9, e.mean, e.stddev, e.zscore) for e in events], dtype="<f8")
+    return {"kind": "outliers", "n": len(events), "f64": base64.b64encode(cols.T.tobytes()).decode("ascii"),
+            "series": [e.series for e in events], "session": [e.session for e in events],
+            "source": [ORIGIN_NAMES.get(e.origin, "stream") for e in events],
+            "tenant": [e.tenant for e in events], "rule": [e.rule for e in events]}
 
 
 class PageServer:
@@ -311,17 +324,31 @@ class PageServer:
         source = q.get("source", "")
         if source and source not in ORIGINS:
             return await self._send(writer, 400, {"error": f"source {source!r}: one of {', '.join(ORIGINS)}"})
+        form = q.get("format") or "json"
+        if form not in ("json", "f64"):
+            return await self._send(writer, 400, {"error": f"format {form!r}: one of json, f64"})
+        columns = form == "f64"  # outliers as outliers_f64's columns, each run of them in the queue one object
         hub = self.service.hub
         sub = hub.add(LiveList(hub, q.get("session", ""), q.get("prefix", ""), scope))
         gone = asyncio.ensure_future(reader.read(1))  # a page sends nothing more: EOF when it goes away
         try:
             await self._sse_head(writer)
             while not sub.closed:
-                batch = []
+                batch, run = [], []
                 while sub.queue:
-                    e = event_json(sub.queue.popleft())
+                    item = sub.queue.popleft()
+                    if columns and type(item) is watch.Event:
+                        if not source or ORIGIN_NAMES.get(item.origin, "stream") == source:
+                            run.append(item)
+                        continue
+                    if run:
+                        batch.append(outliers_f64(run))
+                        run = []
+                    e = event_json(item)
                     if not source or e.get("source") == source:
                         batch.append(e)
+                if run:
+                    batch.append(outliers_f64(run))
                 if sub.missed:
                     batch.append({"kind": "dropped", "count": sub.missed, "total": sub.total_missed})
                     sub.missed = 0

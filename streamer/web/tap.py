@@ -388,9 +388,10 @@ def points_json(points: list) -> list[dict]:
 
 def points_f64(points: list) -> bytes:
     """The ring's tuples as the page reads them (/api/tap?format=f64), a JSON object's text: {"n": n, "f64": base64
-    of 7 columns of n little-endian float64s: t, value, mean, stddev, flagged (1 or 0), zscore, k}, NaN where the JSON
-    form has null. Exact, and about a tenth of the JSON form's cost (a float's shortest repr is most of json.dumps'
-    time, and a busy series' page gets hundreds of values a second); written without json.dumps, which would scan
-    the base64 text a character at a time."""
+    of 7 columns of n little-endian float64s: t, value, mean, stddev, flagged (1 or 0), zscore, k}, NaN for none
+    (JSON's null stands for NaN and infinities alike: a reader takes any value that is not finite as null). Exact,
+    and about a tenth of the JSON form's cost (a float's shortest repr is most of json.dumps' time, and a busy
+    series' page gets hundreds of values a second); written without json.dumps, which would scan the base64 text a
+    character at a time."""
     cols = np.array(points, dtype=np.float64).reshape(len(points), 7)
     return b'{"n": %d, "f64": "%s"}' % (len(points), base64.b64encode(cols.T.astype("<f8").tobytes()))

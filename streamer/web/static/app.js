@@ -67,10 +67,30 @@ let events = null;
 function connectEvents() {
   if (events) events.close();
   const p = new URLSearchParams({ session: $("f-session").value, source: $("f-source").value, prefix: $("f-prefix").value });
-  events = new EventSource("/api/events?" + p);
+  events = new EventSource("/api/events?format=f64&" + p);
   events.onopen = () => { $("status").textContent = "live"; };
   events.onerror = () => { $("status").textContent = "reconnecting…"; };
-  events.onmessage = (m) => { for (const e of JSON.parse(m.data)) addEvent(e); };
+  events.onmessage = (m) => {
+    for (const e of JSON.parse(m.data)) { if (e.kind === "outliers") decodeOutliers(e).forEach(addEvent); else addEvent(e); }
+  };
+}
+
+// columns of n little-endian float64s in base64 text (a tap's points, a run of outliers): a reader of the value at
+// column c, row i, null where the server had NaN or an infinity (where its JSON form has null)
+function f64Columns(text, n) {
+  const bin = atob(text), view = new DataView(new ArrayBuffer(bin.length));
+  for (let i = 0; i < bin.length; i++) view.setUint8(i, bin.charCodeAt(i));
+  return (c, i) => { const x = view.getFloat64(8 * (c * n + i), true); return Number.isFinite(x) ? x : null; };
+}
+
+// a run of outliers as /api/events?format=f64 sends them (pageserver.outliers_f64): the JSON form's events
+function decodeOutliers(m) {
+  const col = f64Columns(m.f64, m.n), out = [];
+  for (let i = 0; i < m.n; i++) {
+    out.push({ kind: "outlier", value: col(0, i), time: col(1, i), mean: col(2, i), stddev: col(3, i), zscore: col(4, i),
+      series: m.series[i], session: m.session[i], source: m.source[i], tenant: m.tenant[i], rule: m.rule[i] });
+  }
+  return out;
 }
 
 function addEvent(e) {
@@ -128,10 +148,7 @@ function noteEpisode(e) {
 
 // a tap's points as the server sends them with format=f64 (tap.points_f64): 7 columns of n little-endian float64s
 function decodePoints(m) {
-  const bin = atob(m.f64), view = new DataView(new ArrayBuffer(bin.length));
-  for (let i = 0; i < bin.length; i++) view.setUint8(i, bin.charCodeAt(i));
-  const n = m.n, col = (c, i) => { const x = view.getFloat64(8 * (c * n + i), true); return Number.isNaN(x) ? null : x; };
-  const points = [];
+  const n = m.n, col = f64Columns(m.f64, n), points = [];
   for (let i = 0; i < n; i++) {
     points.push({ t: col(0, i), value: col(1, i), mean: col(2, i), stddev: col(3, i), flagged: col(4, i) === 1,
       zscore: col(5, i), k: col(6, i) });
