@@ -356,7 +356,7 @@ class StreamDetector:
                     self._announce(ev, stats, self._pass.slots(), c.values, c.times)
             if len(tapped):
                 taps = self.taps  # observe's fast path, checked here: most batches have nothing for the page
-                if self._pass.tapped_count() or taps.armed or taps.clock() >= taps.due:
+                if self._pass.tapped_count() or taps.armed_taps or taps.clock() >= taps.due:
                     self._tap(self._pass.flagged_rows, k, viewed=self._pass.tapped())
             elif self._tapped_key[2] >= 0 and tapped is self._tapped_slots and len(self._tapped()):
                 self._tap(self._pass.flagged_rows, k)  # the batch brought a missing viewed series: flags not counted

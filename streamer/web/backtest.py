@@ -256,7 +256,7 @@ class _After:
 
     active = True
     version = 0
-    armed, due = 1, 0.0  # Taps' fast path, which the detector checks, never skips a batch here
+    armed_taps, due = 1, 0.0  # Taps' fast path, which the detector checks, never skips a batch here
 
     def __init__(self) -> None:
         self.post: tuple | None = None

@@ -30,8 +30,7 @@ from streamer.state import MODE_EXPONENTIAL
 
 RING = 2000  # values kept per viewed series
 DELIVER_SECONDS = 0.1  # how often a page is sent its viewed series' new values
-SAMPLE_SECONDS = 0.1  # a viewed series' batches are recorded whole at most this often (one a delivery; flagged values:
-# always)
+SAMPLE_SECONDS = 0.1  # a viewed series' batches are recorded whole at most this often, one a delivery (flagged: all)
 TABLES_KEPT = 64  # tables a tap keeps its series' slot for (or that it was not found in), at most
 
 
@@ -215,9 +214,10 @@ class Taps:
         self.active = False  # some page views a series: the detector checks this first
         self._by_session: dict[str, list[Tap]] = {}
         self._taps: dict[tuple[str, str], Tap] = {}
-        # observe's fast path, which the detector checks before it calls observe: no tap `armed` (holding the state
-        # before its next batch), the clock before `due` (the earliest next sample), and nothing viewed flagged
-        self.armed = 0
+        # observe's fast path, which the detector checks before it calls observe: no tap armed (holding the state
+        # before its next batch: `armed_taps` counts them), the clock before `due` (the earliest next sample), and
+        # nothing viewed flagged
+        self.armed_taps = 0
         self.due = 0.0
         self._lock = threading.Lock()  # protects the two dicts' changes (observe() only reads them)
         self.version = 0  # changed whenever a series is viewed or no longer viewed (detectors' slots() caches)
@@ -242,7 +242,7 @@ class Taps:
             if tap.viewers <= 0:
                 if self._taps.pop((tap.session, tap.series), None) is not None and tap.armed is not None:
                     tap.armed = None
-                    self.armed -= 1
+                    self.armed_taps -= 1
                 rest = [t for t in self._by_session.get(tap.session, []) if t is not tap]
                 self._by_session = {k: v for k, v in self._by_session.items() if k != tap.session}
                 if rest:
@@ -267,12 +267,12 @@ class Taps:
         nothing of a viewed series flagged costs a clock read (and without `viewed`, a look at their slots when it
         has flagged values); one with, the points of those values."""
         now = self.clock()
-        if not self.armed and now < self.due and (not k or viewed is not None and not len(viewed)):
+        if not self.armed_taps and now < self.due and (not k or viewed is not None and not len(viewed)):
             return  # nearly every batch: nothing of a viewed series flagged, no tap armed and none due to be
         taps = self._by_session.get(session)
         if not taps:
             return
-        if not self.armed and now < self.due:
+        if not self.armed_taps and now < self.due:
             if viewed is not None:
                 self._copied(taps, state.table, viewed, params)
                 return
@@ -293,7 +293,7 @@ class Taps:
                 if not n:
                     continue  # its state is as it was: still armed for the next batch
                 tap.armed = None
-                self.armed -= 1
+                self.armed_taps -= 1
                 tap.next_sample = now + self.sample_seconds
                 due = True
                 self._whole(tap, tap.rows[:n].copy(), params(s) if callable(params) else params, values, times,
@@ -306,7 +306,7 @@ class Taps:
             if now >= tap.next_sample:  # the next batch with the series is recorded whole
                 tap.one.set(state.count[s], state.mean[s], state.spread[s])
                 tap.armed = id(state)
-                self.armed += 1
+                self.armed_taps += 1
                 due = True
         if due:
             self.due = min(t.next_sample for t in taps)
