@@ -181,8 +181,8 @@ def _f64_events(items: list) -> list[dict]:
 
 
 def _sse(port, path, want: int, got: list, ready: threading.Event):
-    """Read server-sent `data:` events of `path` into `got` until `want` items arrived (a tap's format=f64
-    messages decoded into the JSON form's objects)."""
+    """Read server-sent `data:` events of `path` into `got` until `want` items arrived (format=f64 messages, a
+    tap's or the live list's, decoded into the JSON form's objects)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     conn.request("GET", path)
     r = conn.getresponse()
@@ -232,7 +232,10 @@ def test_the_api_serves_sessions_search_live_events_and_a_tap(page):
     flagged_cpu = [(i, o) for i, a in enumerate(answers) for o in a.outliers if o.name == "cpu"]
     assert (30, 200.0) in [(i, o.value) for i, o in flagged_cpu]
     assert events and all(e["series"].startswith("cp") and e["session"] == "s1" for e in events)
-    assert events_f64[:len(events)] == events  # the page's form (outliers_f64): the same events, exactly
+    # the page's form (outliers_f64): the same events, exactly (each reader stops after its first message, and
+    # the two subscriptions' deliveries may split the events differently: their common start is compared)
+    common = min(len(events), len(events_f64))
+    assert common and events_f64[:common] == events[:common]
     # the tap: every value of cpu after the first batch, each judged against the mean and stddev the stream used
     assert [p["value"] for p in points] == [b[0][1] for b in batches[1:]]
     by_value = {p["value"]: p for p in points}
