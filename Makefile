@@ -26,7 +26,7 @@ GO_TEST  := cd go && STREAMER_BIN=$(CURDIR)/$(BIN)/streamer go test -count=1 ./.
 
 .DEFAULT_GOAL := help
 .PHONY: help serve test proto lint bench bench-quick soak fuzz clean
-.PHONY: go-tools grpcurl go-test redis-server alertmanager chromium
+.PHONY: go-tools grpcurl go-test redis-server alertmanager chromium valgrind
 
 help:  ## list the verbs
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -86,10 +86,11 @@ lint: $(DEV_STAMP)  ## flake8, go vet and gofmt
 	$(BIN)/flake8 streamer tests benchmarks protos
 	cd go && go vet ./... && { unformatted=$$(gofmt -l .); test -z "$$unformatted" || { echo "gofmt -l: $$unformatted"; exit 1; }; }
 
-bench: $(BENCH_STAMP)  ## full benchmark run (about 30 minutes): the main run, issue 23's targets, the page's cost, a million series
+bench: $(BENCH_STAMP) valgrind  ## full benchmark run (about 40 minutes): the main run, issue 23's targets, the page's cost, a million series
 	$(BIN)/python -m benchmarks
 	$(BIN)/python -m benchmarks.targets
 	$(BIN)/python -m benchmarks.page_bench --variants "no page" "page open"
+	$(BIN)/python -m benchmarks.page_callgrind
 	$(BIN)/python -m benchmarks.sink_bench
 	$(BIN)/python -m benchmarks.million_bench
 	$(BIN)/python -m benchmarks.million_load
@@ -115,6 +116,11 @@ $(GO_TOOLS):
 redis-server:  ## install Debian's redis-server when it is missing (the Redis tests start their own on a free port)
 	@command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 	@command -v redis-server >/dev/null || { echo "redis-server could not be installed"; exit 1; }
+
+# valgrind's callgrind for benchmarks/page_callgrind.py (and callgrind_bench.py): instruction counts, steady here.
+valgrind:  ## install Debian's valgrind when it is missing (the page's cost in instructions, in make bench)
+	@command -v valgrind >/dev/null && command -v callgrind_control >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
+	@command -v valgrind >/dev/null && command -v callgrind_control >/dev/null || { echo "valgrind could not be installed"; exit 1; }
 
 # A real Alertmanager for tests/test_sinks.py and tests/test_alerts.py (Debian's 0.25; the tests start their own).
 alertmanager:  ## install Debian's prometheus-alertmanager when it is missing (the alert tests start their own)
