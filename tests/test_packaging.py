@@ -15,7 +15,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 VERBS = ["help", "serve", "test", "fuzz", "proto", "lint", "bench", "bench-quick", "soak", "clean", "go-tools",
-         "redis-server", "alertmanager", "chromium",
+         "redis-server", "valgrind", "alertmanager", "chromium",
          "grpcurl", "go-test"]
 
 
