@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import statistics
@@ -29,6 +28,7 @@ import time
 from pathlib import Path
 
 from benchmarks import report
+from benchmarks.callgrind_bench import valgrind_env
 from benchmarks.page_bench import PATHS, Client, batches, free_port, page_close, page_open
 from benchmarks.servers import READY, ROOT
 from streamer.web.tap import DELIVER_SECONDS
@@ -65,11 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if args.serve is not None:
         return serve(args.serve, [a for a in rest if a != "--"])
-    import llvmlite.binding as ll
-
-    # as in callgrind_bench: numba's cache is keyed by the CPU, which valgrind emulates with other features
-    env = dict(os.environ, PYTHONHASHSEED="0", PYTHONUNBUFFERED="1", NUMBA_CPU_NAME=ll.get_host_cpu_name(),
-               NUMBA_CPU_FEATURES=ll.get_host_cpu_features().flatten())
+    env = valgrind_env()  # one numba cache for the native warm-up and the run under valgrind
     http_port = free_port()
     serve_args = ["--host", "127.0.0.1", "--port", "0", "--store", "memory://", "--metrics-port", "0",
                   "--otlp-port", "0", "--http-port", str(http_port), "--log-level", "info"]

@@ -28,6 +28,23 @@ def _zscore(diff, std):
     return 0.0
 
 
+# _surely_inside's bounds: with b = threshold^2 * variance * n in [_TINY, _HUGE] no product below over- or
+# underflows, so each is within a few ulps of its exact value, far inside the margin of 1e-9.
+_MARGIN, _TINY, _HUGE = 1.0 - 1e-9, 1e-280, 1e300
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _surely_inside(d, spread, n, threshold):
+    """Whether abs(d) <= threshold * sqrt(spread / n) beyond doubt, decided with no division or square root,
+    which are most of a running update's time (a divider takes 4-6 cycles a value each, and most values are
+    normal). True only when d^2 * n < threshold^2 * spread by a relative margin of 1e-9 in the normal range of
+    doubles: then the exact test is false too, as the rounding of either side is about 1e-16. False (near the
+    boundary, for values near over- or underflow, NaN, a threshold of 0 or below): the caller decides exactly, as
+    before, so every judgement is what the square root and division give."""
+    b = threshold * abs(threshold) * spread  # below 0 for a negative threshold: never "surely inside"
+    return d * d * n < b * _MARGIN and b > _TINY and b < _HUGE
+
+
 @numba.njit(nogil=True, cache=True)
 def _check_batch(ids, values, n_series, idx_out, mean_out, std_out, z_out):
     # Checked up front, before any state is written: numba does no bounds checking, so an id outside the
@@ -116,9 +133,9 @@ def welford_update(ids, values, count, mean, m2, threshold, warmup, exclude_outl
         s = ids[i]
         c = count[s]
         mu = mean[s]
-        if c >= need:
+        d = x - mu
+        if c >= need and not _surely_inside(d, m2[s], c, threshold):
             std = math.sqrt(m2[s] / c)
-            d = x - mu
             if abs(d) > threshold * std:
                 idx_out[k] = i
                 mean_out[k] = mu
@@ -158,9 +175,9 @@ def ewm_update(ids, values, count, mean, var, alpha, threshold, warmup, exclude_
         s = ids[i]
         c = count[s]
         mu = mean[s]
-        if c >= need:
+        d = x - mu
+        if c >= need and not _surely_inside(d, var[s], 1.0, threshold):
             std = math.sqrt(var[s])
-            d = x - mu
             if abs(d) > threshold * std:
                 idx_out[k] = i
                 mean_out[k] = mu

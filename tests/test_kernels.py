@@ -387,3 +387,58 @@ def test_compile_all_compiles_every_kernel():
     kernels.compile_all()
     for name in ("detect_batch", "welford_update", "ewm_update", "chan_merge"):
         assert getattr(kernels, name).signatures, name
+
+
+def _boundary_cases(seed: int):
+    """Series states (count, mean, spread) and one value each, many of them at or next to the threshold of the
+    z-score, over the whole range of doubles: the division-free test must judge each as the square root does."""
+    rng = np.random.default_rng(seed)
+    counts, means, spreads, values = [], [], [], []
+    for scale in (1e-300, 1e-200, 1e-155, 1e-140, 1e-20, 1.0, 1e20, 1e140, 1e150, 1e155, 1e200, 1e300):
+        for _ in range(40):
+            c = int(rng.integers(2, 10**6))
+            mu = float(rng.normal(0.0, scale))
+            spread = float(rng.uniform(0.0, 4.0) * scale * scale * c)  # may under- or overflow: both are cases
+            counts.append(c)
+            means.append(mu)
+            spreads.append(spread)
+            values.append(mu + float(rng.normal(0.0, 3.0 * scale)))
+    for std in (3e-160, 1e-159, 7e-158, 1e-155):  # mean 0: d^2 and the spread are subnormal, precision lost
+        for c in (2, 3, 4, 7, 1000):
+            counts.append(c)
+            means.append(0.0)
+            spreads.append(std * std * c)
+            values.append(std)
+    return counts, means, spreads, values
+
+
+@pytest.mark.parametrize("threshold", [-1.0, 0.0, 1e-300, 0.5, 2.0, 3.0, 1e160])
+@pytest.mark.parametrize("mode", ["cumulative", "exponential"])
+def test_stream_kernels_judge_every_value_as_the_square_root_does(mode, threshold):
+    counts, means, spreads, values = _boundary_cases(7)
+    ids, xs = [], []
+    for s, (c, mu, spread) in enumerate(zip(counts, means, spreads)):
+        std = math.sqrt(spread / c if mode == "cumulative" else spread)
+        edge = threshold * std
+        for x in (values[s], mu + edge, mu - edge, mu + math.nextafter(edge, math.inf),
+                  mu - math.nextafter(edge, math.inf), mu + math.nextafter(edge, 0.0), mu + 1e-9 * edge + edge):
+            if math.isfinite(x):
+                ids.append(s)
+                xs.append(x)
+    judged = []
+    for s, x in zip(ids, xs):  # the exact rule, in Python, on the state before the value (one value a call)
+        c, mu, spread = counts[s], means[s], spreads[s]
+        std = math.sqrt(spread / c if mode == "cumulative" else spread)
+        judged.append(abs(x - mu) > threshold * std)
+    for j, (s, x) in enumerate(zip(ids, xs)):
+        count = np.array(counts, dtype=np.int64)
+        mean, spread = np.array(means), np.array(spreads)
+        idx, *out = outs(1)
+        if mode == "cumulative":
+            k = kernels.welford_update(np.array([s]), np.array([x]), count, mean, spread, threshold, 2, False,
+                                       idx, *out)
+        else:
+            k = kernels.ewm_update(np.array([s]), np.array([x]), count, mean, spread, 0.05, threshold, 2, False,
+                                   idx, *out)
+        assert bool(k) == judged[j], (j, s, x, counts[s], means[s], spreads[s])
+    assert 0 < sum(judged) < len(judged)  # both judgements occur
