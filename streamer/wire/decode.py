@@ -25,7 +25,7 @@ import dataclasses
 import numpy as np
 from numba import njit
 
-from streamer.wire.layout import metric as _usual_metric
+from streamer.wire.layout import run as _usual_run
 from streamer.wire.options import _HAS_OPTIONS, OPTION_SLOTS, Options, _int32, _option_field, options_of  # noqa: F401
 from streamer.wire.primitives import (E_DEPTH, E_GROUP, E_NAME_UTF8, E_SESSION_UTF8, E_TAG, E_TRUNCATED,
                                       E_WIRETYPE, ERRORS, HASH_SEED, HOT, INLINE, advanced, byte_at, f64_bits,
@@ -279,18 +279,10 @@ def _decode(b, cols, st):
     hashing = st[_UNHASHED] == 0
     empty_hash = name_hash(b, 0, 0, seed)
     while p < n:
-        start = p
-        if i < capacity:  # a metric as encoders write it (layout.py), else the general reader below
-            q, ns, nl, h, value, tm = _usual_metric(b, p, n, seed, hashing)
-            if q:
-                cols[0, i] = ns
-                cols[1, i] = nl
-                cols[4, i] = h
-                cols[2, i] = f64_bits(value)
-                cols[3, i] = tm
-                i += 1
-                p = q
-                continue
+        p, i = _usual_run(b, p, n, cols, i, seed, hashing)  # the metrics as encoders write them (layout.py)
+        if p >= n:
+            break
+        start = p  # else the general reader, a record
         t, p = _tag(b, p, n)
         if p < 0:
             pass

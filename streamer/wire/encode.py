@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit
 
 from streamer.request_bytes import varint
-from streamer.wire.primitives import HOT, INLINE, store_f64
+from streamer.wire.primitives import HOT, INLINE, byte_at, load_i64, store_f64, store_i64
 
 
 @njit(**INLINE)
@@ -60,6 +60,19 @@ def _outlier_size(index, name_len, value, mean, std, z, tail):
     if name_len:
         size += 1 + _varint_size(name_len) + name_len
     return size + _double_size(value) + _double_size(mean) + _double_size(std) + _double_size(z)
+
+
+@njit(**INLINE)
+def _copy(out, p, src, q, n):
+    """Copy src[q:q+n] to out[p:p+n] (both in bounds), a word at a time; returns p + n."""
+    k = 0
+    while n - k >= 8:
+        store_i64(out, p + k, load_i64(src, q + k))
+        k += 8
+    while k < n:
+        out[p + k] = byte_at(src, q + k)
+        k += 1
+    return p + n
 
 
 @njit(**HOT)
@@ -119,10 +132,7 @@ def _encode(out, batch, index, rows, ids, values, mean, std, z, tail, arena, nam
         if nl:
             out[p] = 0x12
             p = _put_varint(out, p + 1, nl)
-            off = name_off[s]
-            for c in range(nl):
-                out[p + c] = arena[off + c]
-            p += nl
+            p = _copy(out, p, arena, name_off[s], nl)
         p = _put_double(out, p, 0x19, values[r])
         p = _put_double(out, p, 0x21, mean[j])
         p = _put_double(out, p, 0x29, std[j])

@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit
 
 from streamer.wire.options import _int32
-from streamer.wire.primitives import INLINE, byte_at, hash_utf8, load_f64, utf8_valid, varint
+from streamer.wire.primitives import HOT, INLINE, byte_at, f64_bits, hash_utf8, load_f64, utf8_valid, varint
 
 _NS = np.int64(1_000_000_000)
 
@@ -69,3 +69,25 @@ def metric(b, p, n, seed, hashing):
     if not valid:
         return 0, 0, 0, np.int64(0), 0.0, np.int64(0)
     return end, start, ln, h, value, t
+
+
+@njit(**HOT)
+def run(b, p, n, cols, i, seed, hashing):
+    """Read the metrics in the usual layout from b[p] on into cols (int64[5, capacity], as decode._decode's) from
+    column i on, until a record is not one or the columns are full; returns (next position, next column).
+    A function of its own, called by the decoder at each record the general reader took: in its own small loop
+    the registers hold the positions and column pointers, where inside the whole decoder they were reloaded from
+    the stack for each metric."""
+    capacity = cols.shape[1]
+    while i < capacity:
+        q, ns, nl, h, value, tm = metric(b, p, n, seed, hashing)
+        if q == 0:
+            break
+        cols[0, i] = ns
+        cols[1, i] = nl
+        cols[2, i] = f64_bits(value)
+        cols[3, i] = tm
+        cols[4, i] = h
+        i += 1
+        p = q
+    return p, i

@@ -110,6 +110,17 @@ def _raw_store_f64(typingctx, arr, pos, value):
 
 
 @intrinsic
+def _raw_store_i64(typingctx, arr, pos, value):
+    sig = types.void(arr, pos, types.int64)
+
+    def codegen(context, builder, sig, args):
+        ptr = _byte_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1], ir.IntType(64))
+        builder.store(args[2], ptr, align=1)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
 def _raw_f64_bits(typingctx, x):
     """The bits of float64 x as an int64 (to keep doubles in an int64 array)."""
     sig = types.int64(types.float64)
@@ -127,6 +138,39 @@ def _raw_trailing_zeros(typingctx, x):
     def codegen(context, builder, sig, args):
         return builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))
     return sig, codegen
+
+
+def _target_has_fast_pext() -> bool:
+    """Whether the CPU numba compiles for (the host's, or NUMBA_CPU_NAME / NUMBA_CPU_FEATURES: numba's cache is
+    keyed by these, so code with and without pext never mixes) has BMI2's pext at native speed: AMD before Zen 3
+    runs it in microcode, tens to hundreds of cycles."""
+    import llvmlite.binding as ll
+
+    name = numba.config.CPU_NAME or ll.get_host_cpu_name()
+    features = numba.config.CPU_FEATURES
+    if features is None:
+        features = ll.get_host_cpu_features().flatten()
+    return "+bmi2" in features.split(",") and not name.startswith(("znver1", "znver2", "bdver"))
+
+
+# pext(x, mask): the bits of x under mask, packed to the low end (BMI2). Used only where PEXT is true (the
+# branch on it is resolved when numba compiles: the pure-Python build never calls it); primitives.py falls back
+# to shifts and masks elsewhere.
+PEXT = JIT and _target_has_fast_pext()
+
+
+@intrinsic
+def _raw_pext(typingctx, x, mask):
+    sig = types.int64(types.int64, types.int64)
+
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        fn = builder.module.declare_intrinsic("llvm.x86.bmi.pext.64", fnty=ir.FunctionType(i64, [i64, i64]))
+        return builder.call(fn, args)
+    return sig, codegen
+
+
+pext = _raw_pext
 
 
 if not JIT:
@@ -159,6 +203,10 @@ if not JIT:
     def store_f64(arr, pos, value):
         _check("store_f64", arr, pos, 8)
         arr[pos:pos + 8] = np.frombuffer(struct.pack("<d", value), dtype=np.uint8)
+
+    def store_i64(arr, pos, value):
+        _check("store_i64", arr, pos, 8)
+        arr[pos:pos + 8] = np.frombuffer(int(value).to_bytes(8, "little", signed=True), dtype=np.uint8)
 
     def f64_bits(x):
         return np.float64(x).view(np.int64)
@@ -198,11 +246,18 @@ elif CHECKED:
             raise WireBug("store_f64", pos, len(arr))
         _raw_store_f64(arr, pos, value)
 
+    @njit(**INLINE)
+    def store_i64(arr, pos, value):
+        if pos < 0 or pos > len(arr) - 8:
+            raise WireBug("store_i64", pos, len(arr))
+        _raw_store_i64(arr, pos, value)
+
     f64_bits = _raw_f64_bits
     trailing_zeros = _raw_trailing_zeros
 
 else:
-    at, byte_at, load_i64, load_f64, store_f64 = _raw_at, _raw_byte, _raw_load_i64, _raw_load_f64, _raw_store_f64
+    at, byte_at, load_i64, load_f64 = _raw_at, _raw_byte, _raw_load_i64, _raw_load_f64
+    store_f64, store_i64 = _raw_store_f64, _raw_store_i64
     f64_bits, trailing_zeros = _raw_f64_bits, _raw_trailing_zeros
 
 

@@ -24,8 +24,7 @@ _FIRST_OPTIONAL = 6  # field number of exclude_limit; field f sets bit f - 6 of 
 @njit(**INLINE)
 def _int32(x):
     """The low 32 bits of int64 x as a signed int32, as upb keeps an int32 or enum field."""
-    x &= 0xFFFFFFFF
-    return x - 0x100000000 if x >= 0x80000000 else x
+    return ((x & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000  # branch-free: LLVM makes it one sign extension
 
 
 @njit(**INLINE)

@@ -11,8 +11,8 @@ import os
 import numpy as np
 from numba import njit
 
-from streamer.wire.loads import (CHECKED, HOT, INLINE, JIT, WireBug, at, byte_at, f64_bits, load_f64,  # noqa: F401
-                                 load_i64, store_f64, tail_word, trailing_zeros)
+from streamer.wire.loads import (CHECKED, HOT, INLINE, JIT, PEXT, WireBug, at, byte_at, f64_bits,  # noqa: F401
+                                 load_f64, load_i64, pext, store_f64, store_i64, tail_word, trailing_zeros)
 
 
 # --- errors and progress -----------------------------------------------------------------------------
@@ -59,6 +59,7 @@ def advanced(start, p, loop):
 # --- varints -----------------------------------------------------------------------------------------
 
 HIGH_BITS = np.int64(-0x7F7F7F7F7F7F7F80)  # 0x8080808080808080: the top bit of each byte
+LOW_BITS = np.int64(0x7F7F7F7F7F7F7F7F)     # the other seven
 
 
 @njit(**INLINE)
@@ -75,8 +76,10 @@ def _varint_word(b, p, end, most):
     size = (last >> 3) + 1
     if size > most or size > end - p:
         return np.int64(0), 0
+    if PEXT:  # the 7-bit groups of the varint's bytes, packed in one instruction
+        return pext(w & (((np.int64(1) << last) << 1) - 1), LOW_BITS), size
     # drop the bytes after the varint and the continuation bits, then close the 1-bit gaps between groups
-    x = w & (((np.int64(1) << last) << 1) - 1) & 0x7F7F7F7F7F7F7F7F
+    x = w & (((np.int64(1) << last) << 1) - 1) & LOW_BITS
     x = (x & 0x007F007F007F007F) | ((x & 0x7F007F007F007F00) >> 1)
     x = (x & 0x00003FFF00003FFF) | ((x & 0x3FFF00003FFF0000) >> 2)
     x = (x & 0x000000000FFFFFFF) | ((x & 0x0FFFFFFF00000000) >> 4)
