@@ -51,10 +51,11 @@ def _decode_pass(b, cols, st, resume, seed, unhashed):
     code, n, _, _ = decode._decode(b, cols, st)
     if code != 0:
         return FULL if code == decode._FULL else code
-    for i in range(n):
-        if cols[1, i] > MAX_NAME_BYTES:
-            st[_I] = i
-            return NAME_TOO_LONG
+    if st[decode._LONGEST] > MAX_NAME_BYTES:  # only the general reader takes names that long
+        for i in range(n):
+            if cols[1, i] > MAX_NAME_BYTES:
+                st[_I] = i
+                return NAME_TOO_LONG
     st[_N] = n  # and st[_PHASE] is _INTERN (0)
     return DONE
 

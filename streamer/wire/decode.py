@@ -60,8 +60,9 @@ _MAX_DEPTH, _NS = 100, np.int64(1_000_000_000)  # upb's nesting limit (a level e
 # when the columns are full, and the stack of open groups.
 # Options take slots 0 .. OPTION_SLOTS - 1 (options.py); _HAS_OPTIONS is slot 0.
 # _UNHASHED: 1 if the caller hashes names itself (the fused pass, when a name is not found by its position).
-_SESSION_START, _SESSION_LEN, _POS, _COUNT, _BAD_METRIC, _SEED, _SEQ, _UNHASHED, _STACK = range(
-    OPTION_SLOTS, OPTION_SLOTS + 9)
+# _LONGEST: the longest name the general reader took (the layout's are under 128 bytes, layout.py).
+_SESSION_START, _SESSION_LEN, _POS, _COUNT, _BAD_METRIC, _SEED, _SEQ, _UNHASHED, _LONGEST, _STACK = range(
+    OPTION_SLOTS, OPTION_SLOTS + 10)
 _STATE_SIZE = _STACK + _MAX_DEPTH
 _FULL = 1  # _decode's return when the columns are full: grow them and call again
 
@@ -303,6 +304,7 @@ def _decode(b, cols, st):
                     cols[2, i] = f64_bits(value)
                     cols[3, i] = seconds * _NS + nanos  # wraps outside 1678-2262: see the module docstring
                     i += 1
+                    st[_LONGEST] = max(st[_LONGEST], nl)
         elif t == 0x12:  # options: DetectOptions, merged when sent in parts
             size, p = _length(b, p, n)
             if p >= 0:
