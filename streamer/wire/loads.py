@@ -153,14 +153,14 @@ def _target_has_fast_pext() -> bool:
     return "+bmi2" in features.split(",") and not name.startswith(("znver1", "znver2", "bdver"))
 
 
-# pext(x, mask): the bits of x under mask, packed to the low end (BMI2). Used only where PEXT is true (the
-# branch on it is resolved when numba compiles: the pure-Python build never calls it); primitives.py falls back
-# to shifts and masks elsewhere.
+# Whether primitives.py packs varints with pext; it uses shifts and masks elsewhere, and never compiles a call to
+# pext there (nor does the pure-Python build, which has no twin of it).
 PEXT = JIT and _target_has_fast_pext()
 
 
 @intrinsic
-def _raw_pext(typingctx, x, mask):
+def pext(typingctx, x, mask):
+    """pext(x, mask): the bits of int64 x under mask, packed to the low end (BMI2); only where PEXT is true."""
     sig = types.int64(types.int64, types.int64)
 
     def codegen(context, builder, sig, args):
@@ -168,9 +168,6 @@ def _raw_pext(typingctx, x, mask):
         fn = builder.module.declare_intrinsic("llvm.x86.bmi.pext.64", fnty=ir.FunctionType(i64, [i64, i64]))
         return builder.call(fn, args)
     return sig, codegen
-
-
-pext = _raw_pext
 
 
 if not JIT:

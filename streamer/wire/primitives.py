@@ -76,14 +76,23 @@ def _varint_word(b, p, end, most):
     size = (last >> 3) + 1
     if size > most or size > end - p:
         return np.int64(0), 0
-    if PEXT:  # the 7-bit groups of the varint's bytes, packed in one instruction
-        return pext(w & (((np.int64(1) << last) << 1) - 1), LOW_BITS), size
-    # drop the bytes after the varint and the continuation bits, then close the 1-bit gaps between groups
-    x = w & (((np.int64(1) << last) << 1) - 1) & LOW_BITS
-    x = (x & 0x007F007F007F007F) | ((x & 0x7F007F007F007F00) >> 1)
-    x = (x & 0x00003FFF00003FFF) | ((x & 0x3FFF00003FFF0000) >> 2)
-    x = (x & 0x000000000FFFFFFF) | ((x & 0x0FFFFFFF00000000) >> 4)
-    return x, size
+    return _groups(w & (((np.int64(1) << last) << 1) - 1)), size  # the bytes after the varint dropped
+
+
+if PEXT:
+    @njit(**INLINE)
+    def _groups(x):
+        """The 7-bit groups of the varint bytes in word x, packed: one instruction."""
+        return pext(x, LOW_BITS)
+else:
+    @njit(**INLINE)
+    def _groups(x):
+        """The 7-bit groups of the varint bytes in word x, packed: drop the continuation bits, then close the
+        1-bit gaps between groups, the 2-bit gaps between pairs, the 4-bit gap between quads."""
+        x &= LOW_BITS
+        x = (x & 0x007F007F007F007F) | ((x & 0x7F007F007F007F00) >> 1)
+        x = (x & 0x00003FFF00003FFF) | ((x & 0x3FFF00003FFF0000) >> 2)
+        return (x & 0x000000000FFFFFFF) | ((x & 0x0FFFFFFF00000000) >> 4)
 
 
 @njit(**HOT)
