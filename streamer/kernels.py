@@ -10,6 +10,8 @@ import math
 import numba
 import numpy as np
 
+from streamer import jit_cache  # noqa: F401  (sets numba's cache directory, before the first @njit below)
+
 # Every kernel writes its flagged metrics compactly: positions 0..k-1 of idx_out (int32 metric positions,
 # ascending), mean_out / std_out (the statistics the value was judged against) and z_out (signed z-score),
 # and returns k. The out arrays must be at least as long as `values`.

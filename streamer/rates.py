@@ -10,6 +10,8 @@ import math
 import numba
 import numpy as np
 
+from streamer import jit_cache  # noqa: F401  (sets numba's cache directory, before the first @njit below)
+
 # What a point is (the `kind` column).
 GAUGE = 0      # a Gauge, or a non-monotonic Sum: the value itself
 CUMULATIVE = 1  # a monotonic cumulative Sum: (value - last value) / (time - last time), per second

@@ -4,14 +4,13 @@ Chosen when this module is imported (it is the first of the package's modules to
 - normal: bare machine loads (numba intrinsics); every caller checks its bounds first;
 - checked (STREAMER_WIRE_CHECKED=1): every load checks its bounds and every decoder loop its progress,
   raising WireBug with the load or loop and the position. numba's cache key does not see this switch, so
-  the checked build compiles into its own cache directory: checked and normal machine code never mix;
+  the checked build compiles into its own cache directory (jit_cache.py): checked and normal code never mix;
 - pure Python (NUMBA_DISABLE_JIT=1): plain-Python twins of the loads, always checked, so coverage tools and
   the fuzzer (tests/fuzz/) see every branch of the decoder.
 Split from primitives.py along this seam (the build, and what differs between builds); use it through there.
 """
 from __future__ import annotations
 
-import os
 import struct
 
 import numba
@@ -20,15 +19,11 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-JIT = not numba.config.DISABLE_JIT
-CHECKED = os.environ.get("STREAMER_WIRE_CHECKED", "") not in ("", "0") or not JIT
+from streamer import jit_cache  # first: it sets numba's cache directory, before the first @njit below
 
-if CHECKED and JIT:
-    # Before any @njit(cache=True) below or in the modules importing this one is decorated: that is when
-    # numba picks the cache directory. Inside the user's NUMBA_CACHE_DIR if set, else beside the sources.
-    numba.config.CACHE_DIR = os.path.join(
-        numba.config.CACHE_DIR or os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__"),
-        "streamer-wire-checked")
+JIT = not numba.config.DISABLE_JIT
+CHECKED = jit_cache.CHECKED  # STREAMER_WIRE_CHECKED=1, or no JIT
+
 
 # Hot-path functions never allocate (the Python wrappers hand them every array) and are compiled without
 # numba's reference counting (_nrt=False, a numba-internal option): with it, each inlined helper taking the
