@@ -6,6 +6,7 @@ DetectError subclasses, mapped to status codes by service.py.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import math
@@ -532,12 +533,14 @@ class StreamDetector:
             raise InvalidArgument(f"{where}: session {cols.session!r} differs from the stream's session "
                                   f"{self._session_name!r}")
 
-    def close(self) -> None:
-        """Detach from the session (it stays for its TTL) or drop the private state."""
+    def close(self) -> concurrent.futures.Future | None:
+        """Detach from the session (it stays for its TTL) or drop the private state. For a session: a future
+        done once its snapshot is in the store and its lease released."""
+        done = None
         if self.session is not None:
             # A session this stream made but never filled (its first batch was rejected) is not kept.
             forget = self._made_session and len(self.session.state.table) == 0
-            self.sessions.detach(self.session, forget=forget)
+            done = self.sessions.detach(self.session, forget=forget)
             if self.params is not None and self.params.resolve_after:
                 # its lease is released: the next owner (any worker or replica) sends its open episodes now
                 self.on_episodes([episodes.released(self._source())])
@@ -545,6 +548,7 @@ class StreamDetector:
         elif self.state is not None:
             self.state.drop()
         self.state = None
+        return done
 
 
 __all__ = ["Defaults", "Params", "StreamDetector", "detect", "resolve", "DetectError", "MODE_NAMES", "SCORE_NAMES"]

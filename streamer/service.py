@@ -62,13 +62,14 @@ class _Stream:
     """What shutdown needs to know of one open DetectStream: its task, and whether it waits for a request; and
     its detector, whose series the metrics count."""
 
-    __slots__ = ("task", "detector", "reading", "ended_by_server")
+    __slots__ = ("task", "detector", "reading", "ended_by_server", "closed")
 
     def __init__(self, task: asyncio.Task, detector: detector.StreamDetector):
         self.task = task
         self.detector = detector
         self.reading = False          # parked in the read of the next request (the only place it may be cancelled)
         self.ended_by_server = False  # end_streams() cancelled that read
+        self.closed = False           # its detector is closed
 
 
 SHUTTING_DOWN = ("the server is shutting down; every batch it read from this stream has been answered: resend any "
@@ -171,6 +172,7 @@ class OutliersService:
                 try:
                     request = await next_request()
                 except StopAsyncIteration:
+                    await self._end(me)
                     return
                 except asyncio.CancelledError:
                     if not me.ended_by_server:
@@ -184,15 +186,28 @@ class OutliersService:
                     response = await _run(stream.process, request)
                 except DetectError as exc:
                     self._rejected("DetectStream", exc, context, started, stream)
-                    return  # the finally below frees the session before grpc sends the status
+                    await self._end(me)  # the session is free before grpc sends the status
+                    return
                 yield response
             # Shutdown: every request read so far has had its answer; the client retries on UNAVAILABLE.
             _fail(context, Unavailable(SHUTTING_DOWN))
         finally:
-            # Runs on normal end, after a rejected batch, and when the client cancels or its deadline passes
-            # (the generator is closed with CancelledError): the session is free for the next stream.
-            self._streams.discard(me)
-            stream.close()
+            # When the client cancels or its deadline passes (the generator is closed with CancelledError), and
+            # at shutdown: the session is free for the next stream, its snapshot written behind.
+            if not me.closed:
+                self._streams.discard(me)
+                stream.close()
+
+    async def _end(self, me: _Stream) -> None:
+        """End a stream that the client half-closed or that was rejected: the status goes out once the session's
+        snapshot is in the store and its lease released, so that whatever the client does next, on any worker
+        or replica, sees this stream's state. A store that does not answer within a lease holds it no longer
+        (the write goes on behind, as after a cancelled stream)."""
+        me.closed = True
+        self._streams.discard(me)
+        done = me.detector.close()
+        if done is not None:
+            await asyncio.wait([asyncio.wrap_future(done)], timeout=self.sessions.lease_seconds)
 
     async def Watch(self, request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         started = time.perf_counter()
