@@ -89,6 +89,7 @@ lint: $(DEV_STAMP)  ## flake8, go vet and gofmt
 bench: $(BENCH_STAMP) valgrind  ## full benchmark run (about 40 minutes): the main run, issue 23's targets, the page's cost, a million series
 	$(BIN)/python -m benchmarks
 	$(BIN)/python -m benchmarks.targets
+	$(BIN)/python -m benchmarks.pin_bench
 	$(BIN)/python -m benchmarks.page_bench --variants "no page" "page open"
 	$(BIN)/python -m benchmarks.page_callgrind
 	$(BIN)/python -m benchmarks.sink_bench

@@ -59,6 +59,8 @@ class Config:
     # silently sharing the connections (and its sessions) with the first. On only for several workers of one
     # server that bind the same port (a future --workers N).
     reuse_port: bool = False
+    # --pin-cpus: each server process (worker i of --workers N) runs on one CPU of the set it was started with
+    pin_cpus: bool = False
     # OTLP: MetricsService/Export is served on `port` and, unless 0, on otlp_port too (4317: exporters' default)
     otlp_port: int = 4317
     otlp_resource_attributes: tuple[str, ...] = DEFAULT_RESOURCE_ATTRIBUTES  # those that name a series

@@ -115,6 +115,8 @@ class Supervisor:
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until serve() reloads on it (default: exit)
                 for handler in logging.getLogger().handlers:
                     handler.addFilter(_Prefix(f"worker {i}: "))
+                if self.config.pin_cpus:
+                    log.info("pinned to CPU %d", pin(i))
                 config = dataclasses.replace(self.config, metrics_port=self.config.metrics_port + i
                                              if self.config.metrics_port else 0,
                                              max_total_series=-(-self.config.max_total_series // self.n),
@@ -255,11 +257,26 @@ class Supervisor:
         return 1 if self.failed else 0
 
 
+def pin(i: int) -> int:
+    """Bind every thread of this process (and so the threads it starts) to the i-th CPU, round-robin, of the set
+    it may run on; that CPU's number."""
+    cpus = sorted(os.sched_getaffinity(0))
+    cpu = cpus[i % len(cpus)]
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), {cpu})
+        except ProcessLookupError:  # the thread ended meanwhile
+            pass
+    return cpu
+
+
 def run(config, workers: int) -> int:
     """Serve with `workers` processes (0: one per core); the exit status."""
-    n = workers or os.cpu_count() or 1
+    n = workers or len(os.sched_getaffinity(0))
     if n == 1:
         from streamer.server import serve
+        if config.pin_cpus:
+            log.info("pinned to CPU %d", pin(0))
         asyncio.run(serve(config))
         return 0
     sys.stderr.flush()

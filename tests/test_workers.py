@@ -105,15 +105,58 @@ def test_a_killed_worker_is_replaced_while_the_other_serves(tmp_path):
 
 
 def test_sigterm_to_the_parent_stops_every_worker_gracefully(tmp_path):
-    server = workers(tmp_path / "s.db", 0)  # one per core
-    assert f"with {os.cpu_count()} workers" in "".join(server.log)
+    server = workers(tmp_path / "s.db", 0)  # one per CPU it may run on
+    assert f"with {len(os.sched_getaffinity(0))} workers" in "".join(server.log)
     with Client(server.addr) as c:
         list(c.session_stream(batches_for(5), "closing"))
     assert server.terminate() == 0
     log = "".join(server.log)
-    for i in range(os.cpu_count()):
+    for i in range(len(os.sched_getaffinity(0))):
         assert f"worker {i}: stopped" in log
     assert "Traceback" not in log
+
+
+def cpus_of_threads(pid: int) -> set[str]:
+    """The CPU lists the threads of process `pid` may run on, one entry per distinct list."""
+    return {re.search(r"Cpus_allowed_list:\s*(\S+)", open(f"/proc/{pid}/task/{tid}/status").read()).group(1)
+            for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+def test_pin_cpus_binds_each_worker_and_every_thread_it_starts_to_one_cpu(tmp_path):
+    cpus = sorted(os.sched_getaffinity(0))
+    server = workers(tmp_path / "s.db", 2, "--pin-cpus")
+    try:
+        with Client(server.addr) as c:  # grpc's and the store's threads exist by now
+            list(c.session_stream(batches_for(3), "pinned"))
+        for i, pid in pids(server).items():
+            assert cpus_of_threads(pid) == {str(cpus[i % len(cpus)])}, i
+            assert f"worker {i}: pinned to CPU {cpus[i % len(cpus)]}" in "".join(server.log)
+        assert server.terminate() == 0
+    finally:
+        server.close()
+    one = CliServer("--pin-cpus")  # one process: pinned as worker 0
+    try:
+        with Client(one.addr) as c:
+            list(c.stream(batches_for(2)))
+        assert cpus_of_threads(one.proc.pid) == {str(cpus[0])}
+        assert len(os.listdir(f"/proc/{one.proc.pid}/task")) > 1  # threads started after the pin follow it
+    finally:
+        one.close()
+    unpinned = CliServer()
+    try:
+        assert cpus_of_threads(unpinned.proc.pid) == {_cpu_list(cpus)}  # without the flag: as started
+    finally:
+        unpinned.close()
+
+
+def _cpu_list(cpus: list[int]) -> str:
+    """Linux's form of a CPU list ("0-3,6")."""
+    runs, start = [], cpus[0]
+    for a, b in zip(cpus, cpus[1:] + [None]):
+        if b != a + 1:
+            runs.append(f"{start}-{a}" if a > start else f"{a}")
+            start = b
+    return ",".join(runs)
 
 
 def test_workers_need_a_shared_store():
