@@ -20,7 +20,7 @@ from pathlib import Path
 from benchmarks import report
 from benchmarks.golang import GoLoadGenerator
 from benchmarks.servers import ServerProcess
-from benchmarks.targets import LABELS, RESULTS, SHAPES, _fmt, _mid, measure
+from benchmarks.targets import LABELS, RESULTS, SHAPES, _fmt, _mid, rounds
 
 # name, server, its extra arguments, its environment, whether the harness pins it after start
 VARIANTS = [("streamer", "streamer", (), None, False),
@@ -45,7 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     shapes = [s for s in SHAPES if s[0] in SHAPE_NAMES]
     machine = report.machine()
-    runs: dict[str, dict[str, list[dict]]] = {}
     servers: dict[str, ServerProcess] = {}
     cpu = sorted(os.sched_getaffinity(0))[0]  # the CPU --pin-cpus gives a single process
     with tempfile.TemporaryDirectory(prefix="streamer-pin-") as workdir:
@@ -55,15 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                 servers[name] = ServerProcess(server, args=extra, env=env)
                 if pin:
                     pin_all_threads(servers[name].pid, cpu)
-            for rnd in range(args.rounds):
-                for shape, flags, _, _ in shapes:
-                    order = list(servers) if rnd % 2 == 0 else list(reversed(servers))
-                    for name in order:
-                        r = measure(go, servers[name], flags, args.duration, args.warmup)
-                        runs.setdefault(shape, {}).setdefault(name, []).append(r)
-                        what = r.get("error") or f"{r.get('per_cpu_s', 0) / 1e6:.3g} M/CPU-s, " \
-                                                 f"{r['metrics_per_s'] / 1e6:.3g} M/s, {r['server_cores']:.2f} cores"
-                        print(f"round {rnd + 1}/{args.rounds} {shape} {name}: {what}", file=sys.stderr, flush=True)
+            runs = rounds(go, servers, [(shape, flags, list(servers)) for shape, flags, _, _ in shapes],
+                          args.rounds, args.duration, args.warmup)
         finally:
             for server in servers.values():
                 server.stop()

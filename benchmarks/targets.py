@@ -71,6 +71,22 @@ def measure(go: GoLoadGenerator, server: ServerProcess, flags: list[str], durati
     return out
 
 
+def rounds(go: GoLoadGenerator, servers: dict[str, ServerProcess], shapes: list[tuple[str, list[str], tuple]],
+           n: int, duration: float, warmup: float) -> dict[str, dict[str, list[dict]]]:
+    """n interleaved rounds: each runs every (shape, loadgen flags, server names) on each of its servers, their
+    order alternating from round to round; shape -> server name -> one measure() a round."""
+    runs: dict[str, dict[str, list[dict]]] = {}
+    for rnd in range(n):
+        for shape, flags, names in shapes:
+            for name in (list(names) if rnd % 2 == 0 else list(reversed(names))):
+                r = measure(go, servers[name], flags, duration, warmup)
+                runs.setdefault(shape, {}).setdefault(name, []).append(r)
+                what = r.get("error") or f"{r.get('per_cpu_s', 0) / 1e6:.3g} M/CPU-s, " \
+                                         f"{r['metrics_per_s'] / 1e6:.3g} M/s, {r['server_cores']:.2f} cores"
+                print(f"round {rnd + 1}/{n} {shape} {name}: {what}", file=sys.stderr, flush=True)
+    return runs
+
+
 def _mid(xs: list[float]) -> dict:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)} if xs else {}
 
@@ -168,15 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             for name in ("streamer", "tuned-go", "ceiling"):
                 if any(name in s[3] for s in shapes):
                     servers[name] = ServerProcess(name)
-            for rnd in range(args.rounds):
-                for shape, flags, _, names in shapes:
-                    order = list(names) if rnd % 2 == 0 else list(reversed(names))
-                    for name in order:
-                        r = measure(go, servers[name], flags, args.duration, args.warmup)
-                        runs.setdefault(shape, {}).setdefault(name, []).append(r)
-                        what = r.get("error") or f"{r.get('per_cpu_s', 0) / 1e6:.3g} M/CPU-s, " \
-                                                 f"{r['server_cores']:.2f} cores"
-                        print(f"round {rnd + 1}/{args.rounds} {shape} {name}: {what}", file=sys.stderr, flush=True)
+            runs = rounds(go, servers, [(shape, flags, names) for shape, flags, _, names in shapes], args.rounds,
+                          args.duration, args.warmup)
         finally:
             for server in servers.values():
                 server.stop()
