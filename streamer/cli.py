@@ -206,9 +206,9 @@ def _parser() -> argparse.ArgumentParser:
                         "calls are still taken, so load balancers can follow; then open streams end with "
                         "UNAVAILABLE")
     s.add_argument("--workers", type=_int_range(0, 1024), default=1,
-                   help="server processes on the port, 0-1024 (0: one per core): grpc's Python server uses one "
-                        "core a process; sessions move between workers through the store, so memory:// is "
-                        "refused with more than one")
+                   help="server processes on the port, 0-1024 (0: one per CPU streamer may run on): grpc's Python "
+                        "server uses one core a process; sessions move between workers through the store, so "
+                        "memory:// is refused with more than one")
     s.add_argument("--pin-cpus", action="store_true",
                    help="bind each server process to one CPU (worker i to the i-th of the CPUs streamer may run "
                         "on, round-robin; see taskset): its threads hand work to each other on one core, which "

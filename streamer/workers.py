@@ -271,7 +271,7 @@ def pin(i: int) -> int:
 
 
 def run(config, workers: int) -> int:
-    """Serve with `workers` processes (0: one per core); the exit status."""
+    """Serve with `workers` processes (0: one per CPU this process may run on); the exit status."""
     n = workers or len(os.sched_getaffinity(0))
     if n == 1:
         from streamer.server import serve
