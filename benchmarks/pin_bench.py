@@ -21,6 +21,7 @@ from benchmarks import report
 from benchmarks.golang import GoLoadGenerator
 from benchmarks.servers import ServerProcess
 from benchmarks.targets import LABELS, RESULTS, SHAPES, _fmt, _mid, rounds
+from streamer.workers import pin_threads
 
 # name, server, its extra arguments, its environment, whether the harness pins it after start
 VARIANTS = [("streamer", "streamer", (), None, False),
@@ -28,11 +29,6 @@ VARIANTS = [("streamer", "streamer", (), None, False),
             ("tuned Go", "tuned-go", (), None, False),
             ("tuned Go, pinned", "tuned-go", (), {"GOMAXPROCS": "1"}, True)]
 SHAPE_NAMES = ("stream-b10000", "detect-b100000")
-
-
-def pin_all_threads(pid: int, cpu: int) -> None:
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        os.sched_setaffinity(int(tid), {cpu})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, server, extra, env, pin in VARIANTS:
                 servers[name] = ServerProcess(server, args=extra, env=env)
                 if pin:
-                    pin_all_threads(servers[name].pid, cpu)
+                    pin_threads(servers[name].pid, cpu)
             runs = rounds(go, servers, [(shape, flags, list(servers)) for shape, flags, _, _ in shapes],
                           args.rounds, args.duration, args.warmup)
         finally:

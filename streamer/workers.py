@@ -262,12 +262,17 @@ def pin(i: int) -> int:
     it may run on; that CPU's number."""
     cpus = sorted(os.sched_getaffinity(0))
     cpu = cpus[i % len(cpus)]
-    for tid in os.listdir("/proc/self/task"):
+    pin_threads(os.getpid(), cpu)
+    return cpu
+
+
+def pin_threads(pid: int, cpu: int) -> None:
+    """Bind every thread of process `pid` to `cpu` (as `taskset -a -p`)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             os.sched_setaffinity(int(tid), {cpu})
         except ProcessLookupError:  # the thread ended meanwhile
             pass
-    return cpu
 
 
 def run(config, workers: int) -> int:
